@@ -1,0 +1,177 @@
+"""Filtering, sorting and pagination of query results, shared by every store backend."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from agl.types.core import FilterOptions, PaginatedResult
+
+__all__ = ["compile_filter", "sort_key", "sort_items", "paginate", "check_page", "check_sort_field"]
+
+T = TypeVar("T")
+Predicate = Callable[[Any], bool]
+
+_OPERATORS = ("exact", "within", "contains")
+
+
+def _condition(field: str, op: str, expected: Any) -> Predicate:
+    if op == "exact":
+        return lambda item: getattr(item, field, None) == expected
+
+    if op == "within":
+
+        def within(item: Any) -> bool:
+            try:
+                return getattr(item, field, None) in expected
+            except TypeError:
+                return False
+
+        return within
+
+    def contains(item: Any) -> bool:
+        value = getattr(item, field, None)
+        if value is None:
+            return False
+        try:
+            return expected in value
+        except TypeError:
+            return False
+
+    return contains
+
+
+def _conditions(field: str, ops: Any, where: str) -> list[tuple[str, str, Any]]:
+    if not isinstance(ops, Mapping):
+        raise ValueError(f"{where}: filter for field {field!r} must be a mapping of operators {_OPERATORS}, got {ops!r}")
+    out: list[tuple[str, str, Any]] = []
+    for op, expected in ops.items():
+        if op not in _OPERATORS:
+            raise ValueError(f"{where}: unknown filter operator {op!r} for field {field!r}; use one of {_OPERATORS}")
+        if expected is None:
+            continue
+        out.append((field, op, expected))
+    return out
+
+
+def compile_filter(filters: FilterOptions | None) -> Predicate | None:
+    """Compile filter options into a predicate, or None when nothing is filtered.
+
+    Conditions of all fields form one pool combined by `_aggregate` ("and" default, or "or"); `_must` conditions
+    always hold. An operator whose value is None is ignored; a pool with no conditions filters nothing.
+    """
+    if not filters:
+        return None
+    aggregate = filters.get("_aggregate", "and")
+    if aggregate not in ("and", "or"):
+        raise ValueError(f"filter _aggregate must be 'and' or 'or', got {aggregate!r}")
+    pool: list[tuple[str, str, Any]] = []
+    for field, ops in filters.items():
+        if field in ("_aggregate", "_must"):
+            continue
+        pool.extend(_conditions(field, ops, "filter"))
+    must: list[tuple[str, str, Any]] = []
+    raw_must = filters.get("_must")
+    if raw_must is not None:
+        entries = [raw_must] if isinstance(raw_must, Mapping) else list(raw_must)
+        seen: set[tuple[str, str]] = set()
+        for entry in entries:
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"filter _must entries must be mappings of field -> operators, got {entry!r}")
+            for field, ops in entry.items():
+                for cond in _conditions(field, ops, "filter _must"):
+                    if (cond[0], cond[1]) in seen:
+                        raise ValueError(f"filter _must sets operator {cond[1]!r} for field {field!r} twice")
+                    seen.add((cond[0], cond[1]))
+                    must.append(cond)
+    must_preds = [_condition(*c) for c in must]
+    pool_preds = [_condition(*c) for c in pool]
+    if not must_preds and not pool_preds:
+        return None
+    combine = all if aggregate == "and" else any
+
+    def predicate(item: Any) -> bool:
+        if not all(p(item) for p in must_preds):
+            return False
+        return not pool_preds or combine(p(item) for p in pool_preds)
+
+    return predicate
+
+
+def _none_substitute(model: type[BaseModel], field: str) -> Any:
+    annotation = model.model_fields[field].annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    candidates: Iterable[Any] = args if origin in (typing.Union, types.UnionType) else [annotation]
+    for candidate in candidates:
+        if candidate is str or typing.get_origin(candidate) is Literal:
+            return ""
+        if candidate is bool or candidate is int:
+            return 0
+        if candidate is float:
+            return 0.0
+    raise ValueError(f"cannot sort by {field!r}: it may be None and has no natural order")
+
+
+def check_sort_field(model: type[BaseModel], sort_by: str) -> None:
+    """Raise a ValueError naming the allowed fields if `sort_by` is not a field of `model`."""
+    if sort_by not in model.model_fields:
+        allowed = ", ".join(model.model_fields)
+        raise ValueError(f"Invalid sort_by: {sort_by}, allowed fields are: {allowed}")
+
+
+def sort_key(model: type[BaseModel], sort_by: str) -> Callable[[Any], Any]:
+    """A key function for `sort_by`: None sorts last for `*_time` fields, else as the type's zero value."""
+    check_sort_field(model, sort_by)
+    if sort_by.endswith("_time"):
+
+        def time_key(item: Any) -> tuple[int, Any]:
+            value = getattr(item, sort_by)
+            return (1, 0.0) if value is None else (0, value)
+
+        return time_key
+    substitute: list[Any] = []
+
+    def key(item: Any) -> Any:
+        value = getattr(item, sort_by)
+        if value is None:
+            if not substitute:
+                substitute.append(_none_substitute(model, sort_by))
+            return substitute[0]
+        return value
+
+    return key
+
+
+def sort_items(items: list[T], model: type[BaseModel], sort_by: str | None, sort_order: str = "asc") -> list[T]:
+    """Sort items stably by one field (no-op when `sort_by` is None)."""
+    if sort_order not in ("asc", "desc"):
+        raise ValueError(f"sort_order must be 'asc' or 'desc', got {sort_order!r}")
+    if sort_by is None:
+        return items
+    key = sort_key(model, sort_by)
+    try:
+        return sorted(items, key=key, reverse=sort_order == "desc")
+    except TypeError as exc:
+        raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Raise a ValueError unless `limit` is -1 (all) or ≥ 0 and `offset` ≥ 0."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < -1:
+        raise ValueError(f"limit must be an integer >= 0, or -1 for no limit; got {limit!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be an integer >= 0; got {offset!r}")
+
+
+def paginate(items: Sequence[T], limit: int, offset: int, total: int | None = None) -> PaginatedResult[T]:
+    """One page `[offset, offset+limit)` of `items` (all from `offset` when limit is -1)."""
+    check_page(limit, offset)
+    end = None if limit == -1 else offset + limit
+    return PaginatedResult[Any].model_construct(
+        items=list(items[offset:end]), limit=limit, offset=offset, total=len(items) if total is None else total
+    )

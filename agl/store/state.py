@@ -1,0 +1,147 @@
+"""The rollout, attempt and worker state machines: pure rules every store backend applies.
+
+Nothing here touches storage; a backend asks what the next state is and writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agl.types.core import (
+    ATTEMPT_STATUSES,
+    ROLLOUT_STATUSES,
+    WORKER_STATUSES,
+    Attempt,
+    AttemptStatus,
+    RolloutConfig,
+    RolloutStatus,
+    WorkerStatus,
+)
+
+__all__ = [
+    "QUEUING_STATUSES",
+    "RUNNING_STATUSES",
+    "FINISHED_STATUSES",
+    "ATTEMPT_END_STATUSES",
+    "is_queuing",
+    "is_running",
+    "is_finished",
+    "rollout_status_from_attempt",
+    "attempt_status_on_heartbeat",
+    "rollout_status_on_heartbeat",
+    "unhealthy_status",
+    "worker_fields_for_attempt",
+    "worker_fields_for_empty_dequeue",
+    "check_rollout_status",
+    "check_attempt_status",
+    "check_worker_status",
+]
+
+QUEUING_STATUSES: frozenset[str] = frozenset({"queuing", "requeuing"})
+RUNNING_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
+FINISHED_STATUSES: frozenset[str] = frozenset({"failed", "succeeded", "cancelled"})
+ATTEMPT_END_STATUSES: frozenset[str] = frozenset({"failed", "succeeded"})
+"""Attempt statuses whose write stamps `end_time` (timeout/unresponsive do not)."""
+
+
+def is_queuing(status: str) -> bool:
+    """Waiting in the queue for a worker."""
+    return status in QUEUING_STATUSES
+
+
+def is_running(status: str) -> bool:
+    """Claimed by a worker and not finished."""
+    return status in RUNNING_STATUSES
+
+
+def is_finished(status: str) -> bool:
+    """Terminal: succeeded, failed or cancelled."""
+    return status in FINISHED_STATUSES
+
+
+def check_rollout_status(status: Any, field: str = "status") -> RolloutStatus:
+    """Return `status` if it is a rollout status, else raise a ValueError naming the allowed values."""
+    if status not in ROLLOUT_STATUSES:
+        raise ValueError(f"{field} {status!r} is not a rollout status; expected one of {', '.join(ROLLOUT_STATUSES)}")
+    return status  # type: ignore[no-any-return]
+
+
+def check_attempt_status(status: Any, field: str = "status") -> AttemptStatus:
+    """Return `status` if it is an attempt status, else raise a ValueError naming the allowed values."""
+    if status not in ATTEMPT_STATUSES:
+        raise ValueError(f"{field} {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}")
+    return status  # type: ignore[no-any-return]
+
+
+def check_worker_status(status: Any, field: str = "status") -> WorkerStatus:
+    """Return `status` if it is a worker status, else raise a ValueError naming the allowed values."""
+    if status not in WORKER_STATUSES:
+        raise ValueError(f"{field} {status!r} is not a worker status; expected one of {', '.join(WORKER_STATUSES)}")
+    return status  # type: ignore[no-any-return]
+
+
+def rollout_status_from_attempt(status: AttemptStatus, sequence_id: int, config: RolloutConfig) -> RolloutStatus:
+    """The rollout status implied by its latest attempt's status (the retry rule).
+
+    A failed, timed-out or unresponsive attempt sends the rollout back to the queue (`requeuing`) when its status
+    is in `config.retry_condition` and attempts remain (`sequence_id < max_attempts`); otherwise the rollout fails.
+    """
+    if status in ("preparing", "running", "succeeded"):
+        return status  # type: ignore[return-value]
+    if status in ("failed", "timeout", "unresponsive"):
+        if status in config.retry_condition and sequence_id < config.max_attempts:
+            return "requeuing"
+        return "failed"
+    raise ValueError(f"attempt status {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}")
+
+
+def attempt_status_on_heartbeat(status: AttemptStatus) -> AttemptStatus:
+    """An attempt's status after a span or heartbeat arrives for it."""
+    if status in ("preparing", "unresponsive"):
+        return "running"
+    return status
+
+
+def rollout_status_on_heartbeat(status: RolloutStatus) -> RolloutStatus:
+    """A rollout's status after a span or heartbeat arrives for its latest attempt."""
+    if status in ("preparing", "requeuing"):
+        return "running"
+    return status
+
+
+def unhealthy_status(attempt: Attempt, config: RolloutConfig, now: float) -> AttemptStatus | None:
+    """`timeout` or `unresponsive` if the attempt breaks its rollout's health rules at `now`, else None.
+
+    Timeout is measured from the attempt's start; unresponsiveness from the last heartbeat, or from the start when
+    no heartbeat has arrived yet.
+    """
+    if config.timeout_seconds is not None and now - attempt.start_time > config.timeout_seconds:
+        return "timeout"
+    if config.unresponsive_seconds is not None:
+        since = attempt.last_heartbeat_time if attempt.last_heartbeat_time is not None else attempt.start_time
+        if now - since > config.unresponsive_seconds:
+            return "unresponsive"
+    return None
+
+
+def worker_fields_for_attempt(attempt: Attempt, now: float) -> dict[str, Any]:
+    """The worker fields to write when an attempt held by that worker is created or changes status."""
+    if attempt.status in ("preparing", "running"):
+        return {
+            "status": "busy",
+            "last_busy_time": now,
+            "current_rollout_id": attempt.rollout_id,
+            "current_attempt_id": attempt.attempt_id,
+        }
+    if attempt.status in ("succeeded", "failed"):
+        return {"status": "idle", "last_idle_time": now, "current_rollout_id": None, "current_attempt_id": None}
+    return {"status": "unknown", "last_idle_time": now, "current_rollout_id": None, "current_attempt_id": None}
+
+
+def worker_fields_for_empty_dequeue(current: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """The worker fields to write when a worker polls an empty queue."""
+    fields: dict[str, Any] = {"last_dequeue_time": now}
+    if current is None or current.get("status") != "idle":
+        fields.update(status="idle", last_idle_time=now)
+    return fields

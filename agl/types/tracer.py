@@ -1,0 +1,180 @@
+"""Spans: OpenTelemetry-shaped trace records stored per rollout attempt."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Attributes",
+    "Event",
+    "Link",
+    "OtelResource",
+    "Span",
+    "SpanContext",
+    "SpanCoreFields",
+    "StatusCode",
+    "TraceStatus",
+]
+
+Attributes = dict[str, Any]
+"""A flat map of attribute name → JSON value."""
+
+StatusCode = Literal["UNSET", "OK", "ERROR"]
+
+
+class TraceStatus(BaseModel):
+    """Status of a span."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status_code: StatusCode = "UNSET"
+    description: str | None = None
+
+
+class SpanContext(BaseModel):
+    """Identity of a span within its trace."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trace_id: str
+    span_id: str
+    is_remote: bool = False
+    trace_state: dict[str, str] = Field(default_factory=dict)
+
+
+class Event(BaseModel):
+    """A timestamped event inside a span."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    attributes: Attributes = Field(default_factory=dict)
+    timestamp: float | None = None
+
+
+class Link(BaseModel):
+    """A link from a span to another span's context."""
+
+    model_config = ConfigDict(extra="allow")
+
+    context: SpanContext
+    attributes: Attributes | None = None
+
+
+class OtelResource(BaseModel):
+    """The OpenTelemetry resource (service description) a span came from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attributes: Attributes = Field(default_factory=dict)
+    schema_url: str = ""
+
+
+class SpanCoreFields(BaseModel):
+    """The fields an emitter or tracer sets on a span before the store assigns its ids."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    attributes: Attributes = Field(default_factory=dict)
+    start_time: float | None = None
+    end_time: float | None = None
+    status: TraceStatus = Field(default_factory=TraceStatus)
+
+
+def _hex(value: int, width: int) -> str:
+    return format(value, f"0{width}x")
+
+
+def _ns_to_seconds(value: int | None) -> float | None:
+    if not value:
+        return None
+    return value / 1e9
+
+
+def _context(ctx: Any) -> SpanContext | None:
+    if ctx is None:
+        return None
+    trace_state = getattr(ctx, "trace_state", None)
+    return SpanContext(
+        trace_id=_hex(ctx.trace_id, 32),
+        span_id=_hex(ctx.span_id, 16),
+        is_remote=bool(getattr(ctx, "is_remote", False)),
+        trace_state=dict(trace_state.items()) if trace_state is not None else {},
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+class Span(BaseModel):
+    """One span of a rollout attempt's trace; unknown keys are kept and round-trip."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rollout_id: str
+    attempt_id: str
+    sequence_id: int
+    trace_id: str
+    span_id: str
+    parent_id: str | None = None
+    name: str
+    status: TraceStatus = Field(default_factory=TraceStatus)
+    attributes: Attributes = Field(default_factory=dict)
+    events: list[Event] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list)
+    start_time: float | None = None
+    end_time: float | None = None
+    context: SpanContext | None = None
+    parent: SpanContext | None = None
+    resource: OtelResource = Field(default_factory=OtelResource)
+
+    @classmethod
+    def from_opentelemetry(cls, src: Any, rollout_id: str, attempt_id: str, sequence_id: int) -> Span:
+        """Convert an OpenTelemetry SDK `ReadableSpan` into a stored span of the given attempt."""
+        context = _context(src.get_span_context() if hasattr(src, "get_span_context") else src.context)
+        parent = _context(src.parent)
+        status = src.status
+        status_code = getattr(getattr(status, "status_code", None), "name", "UNSET")
+        resource = getattr(src, "resource", None)
+        return cls(
+            rollout_id=rollout_id,
+            attempt_id=attempt_id,
+            sequence_id=sequence_id,
+            trace_id=context.trace_id if context else "0" * 32,
+            span_id=context.span_id if context else "0" * 16,
+            parent_id=parent.span_id if parent else None,
+            name=src.name,
+            status=TraceStatus(status_code=status_code, description=getattr(status, "description", None) or None),
+            attributes={k: _json_value(v) for k, v in (src.attributes or {}).items()},
+            events=[
+                Event(
+                    name=e.name,
+                    attributes={k: _json_value(v) for k, v in (e.attributes or {}).items()},
+                    timestamp=_ns_to_seconds(e.timestamp),
+                )
+                for e in (src.events or ())
+            ],
+            links=[
+                Link(
+                    context=_context(link.context),  # type: ignore[arg-type]
+                    attributes={k: _json_value(v) for k, v in link.attributes.items()} if link.attributes else None,
+                )
+                for link in (src.links or ())
+            ],
+            start_time=_ns_to_seconds(src.start_time),
+            end_time=_ns_to_seconds(src.end_time),
+            context=context,
+            parent=parent,
+            resource=OtelResource(
+                attributes={k: _json_value(v) for k, v in (resource.attributes or {}).items()} if resource else {},
+                schema_url=(getattr(resource, "schema_url", "") or "") if resource else "",
+            ),
+        )
