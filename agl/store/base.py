@@ -25,7 +25,7 @@ from agl.types.core import (
 from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
-__all__ = ["LightningStore", "LightningStoreCapabilities", "LightningStoreStatistics", "UNSET"]
+__all__ = ["UNSET", "LightningStore", "LightningStoreCapabilities", "LightningStoreStatistics"]
 
 
 class LightningStoreCapabilities(TypedDict, total=False):

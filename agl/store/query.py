@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from agl.types.core import FilterOptions, PaginatedResult
 
-__all__ = ["compile_filter", "sort_key", "sort_items", "paginate", "check_page", "check_sort_field"]
+__all__ = ["check_page", "check_sort_field", "compile_filter", "paginate", "sort_items", "sort_key"]
 
 T = TypeVar("T")
 Predicate = Callable[[Any], bool]
@@ -47,7 +47,9 @@ def _condition(field: str, op: str, expected: Any) -> Predicate:
 
 def _conditions(field: str, ops: Any, where: str) -> list[tuple[str, str, Any]]:
     if not isinstance(ops, Mapping):
-        raise ValueError(f"{where}: filter for field {field!r} must be a mapping of operators {_OPERATORS}, got {ops!r}")
+        raise ValueError(
+            f"{where}: filter for field {field!r} must be a mapping of operators {_OPERATORS}, got {ops!r}"
+        )
     out: list[tuple[str, str, Any]] = []
     for op, expected in ops.items():
         if op not in _OPERATORS:

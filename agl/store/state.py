@@ -20,22 +20,22 @@ from agl.types.core import (
 )
 
 __all__ = [
+    "ATTEMPT_END_STATUSES",
+    "FINISHED_STATUSES",
     "QUEUING_STATUSES",
     "RUNNING_STATUSES",
-    "FINISHED_STATUSES",
-    "ATTEMPT_END_STATUSES",
+    "attempt_status_on_heartbeat",
+    "check_attempt_status",
+    "check_rollout_status",
+    "check_worker_status",
+    "is_finished",
     "is_queuing",
     "is_running",
-    "is_finished",
     "rollout_status_from_attempt",
-    "attempt_status_on_heartbeat",
     "rollout_status_on_heartbeat",
     "unhealthy_status",
     "worker_fields_for_attempt",
     "worker_fields_for_empty_dequeue",
-    "check_rollout_status",
-    "check_attempt_status",
-    "check_worker_status",
 ]
 
 QUEUING_STATUSES: frozenset[str] = frozenset({"queuing", "requeuing"})
@@ -88,12 +88,14 @@ def rollout_status_from_attempt(status: AttemptStatus, sequence_id: int, config:
     is in `config.retry_condition` and attempts remain (`sequence_id < max_attempts`); otherwise the rollout fails.
     """
     if status in ("preparing", "running", "succeeded"):
-        return status  # type: ignore[return-value]
+        return status
     if status in ("failed", "timeout", "unresponsive"):
         if status in config.retry_condition and sequence_id < config.max_attempts:
             return "requeuing"
         return "failed"
-    raise ValueError(f"attempt status {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}")
+    raise ValueError(
+        f"attempt status {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}"
+    )
 
 
 def attempt_status_on_heartbeat(status: AttemptStatus) -> AttemptStatus:

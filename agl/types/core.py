@@ -9,9 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
 __all__ = [
+    "ATTEMPT_STATUSES",
+    "ROLLOUT_STATUSES",
     "UNSET",
-    "AttemptStatus",
+    "WORKER_STATUSES",
     "Attempt",
+    "AttemptStatus",
     "AttemptedRollout",
     "EnqueueRolloutRequest",
     "FilterField",
@@ -27,9 +30,6 @@ __all__ = [
     "Unset",
     "Worker",
     "WorkerStatus",
-    "ROLLOUT_STATUSES",
-    "ATTEMPT_STATUSES",
-    "WORKER_STATUSES",
 ]
 
 RolloutStatus = Literal["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
@@ -45,7 +45,13 @@ RolloutMode = Literal["train", "val", "test"]
 """Which dataset split a rollout belongs to."""
 
 ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = (
-    "queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"
+    "queuing",
+    "preparing",
+    "running",
+    "failed",
+    "succeeded",
+    "cancelled",
+    "requeuing",
 )
 ATTEMPT_STATUSES: tuple[AttemptStatus, ...] = ("preparing", "running", "failed", "succeeded", "unresponsive", "timeout")
 WORKER_STATUSES: tuple[WorkerStatus, ...] = ("idle", "busy", "unknown")
@@ -170,7 +176,7 @@ class Worker(BaseModel):
 T = TypeVar("T")
 
 
-class PaginatedResult(BaseModel, Sequence[T], Generic[T]):  # type: ignore[misc]
+class PaginatedResult(BaseModel, Sequence[T], Generic[T]):
     """One page of a query: `items` plus the request's `limit`/`offset` and the `total` number of matches.
 
     Behaves as a read-only sequence of its items.

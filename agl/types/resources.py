@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,7 +54,7 @@ class ProxyLLM(LLM):
             )
         return super().__getattribute__(name)
 
-    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:  # type: ignore[override]
+    def get_base_url(self, rollout_id: str | None = None, attempt_id: str | None = None) -> str:
         """The endpoint with `/rollout/{rollout_id}/attempt/{attempt_id}` inserted before a trailing `/v1`."""
         endpoint = str(self.__dict__["endpoint"])
         if rollout_id is None and attempt_id is None:
@@ -93,7 +93,7 @@ class PromptTemplate(Resource):
         raise NotImplementedError(f"PromptTemplate.format supports only engine='f-string', not {self.engine!r}")
 
 
-ResourceUnion = Annotated[Union[LLM, ProxyLLM, PromptTemplate], Field(discriminator="resource_type")]
+ResourceUnion = Annotated[LLM | ProxyLLM | PromptTemplate, Field(discriminator="resource_type")]
 """Any resource, told apart by `resource_type`."""
 
 NamedResources = dict[str, ResourceUnion]

@@ -164,7 +164,7 @@ class Span(BaseModel):
             ],
             links=[
                 Link(
-                    context=_context(link.context),  # type: ignore[arg-type]
+                    context=_context(link.context),
                     attributes={k: _json_value(v) for k, v in link.attributes.items()} if link.attributes else None,
                 )
                 for link in (src.links or ())

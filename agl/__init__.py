@@ -1,0 +1,92 @@
+"""AGL: train any AI agent by turning its runs into spans in a store that an algorithm learns from.
+
+`import agl` is cheap: public names are imported from their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.3.0"
+
+# Public name -> module that defines it. Everything listed here is importable as `agl.<name>`.
+_EXPORTS: dict[str, str] = {}
+
+
+def _export(module: str, *names: str) -> None:
+    for name in names:
+        _EXPORTS[name] = module
+
+
+_export(
+    "agl.types.core",
+    "UNSET", "Unset", "Attempt", "AttemptStatus", "AttemptedRollout", "EnqueueRolloutRequest", "FilterField",
+    "FilterOptions", "PaginatedResult", "Rollout", "RolloutConfig", "RolloutMode", "RolloutStatus", "SortOptions",
+    "TaskInput", "Triplet", "Worker", "WorkerStatus",
+)  # fmt: skip
+_export(
+    "agl.types.resources",
+    "LLM", "NamedResources", "PromptTemplate", "ProxyLLM", "Resource", "ResourcesUpdate",
+)  # fmt: skip
+_export(
+    "agl.types.tracer",
+    "Attributes", "Event", "Link", "OtelResource", "Span", "SpanContext", "SpanCoreFields", "TraceStatus",
+)  # fmt: skip
+_export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "LightningStoreStatistics")
+_export("agl.store.memory", "InMemoryLightningStore")
+_export("agl.store.threading", "LightningStoreThreaded")
+_export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+    from agl.store.memory import InMemoryLightningStore
+    from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt
+    from agl.store.threading import LightningStoreThreaded
+    from agl.types.core import (
+        UNSET,
+        Attempt,
+        AttemptedRollout,
+        AttemptStatus,
+        EnqueueRolloutRequest,
+        FilterField,
+        FilterOptions,
+        PaginatedResult,
+        Rollout,
+        RolloutConfig,
+        RolloutMode,
+        RolloutStatus,
+        SortOptions,
+        TaskInput,
+        Triplet,
+        Unset,
+        Worker,
+        WorkerStatus,
+    )
+    from agl.types.resources import LLM, NamedResources, PromptTemplate, ProxyLLM, Resource, ResourcesUpdate
+    from agl.types.tracer import (
+        Attributes,
+        Event,
+        Link,
+        OtelResource,
+        Span,
+        SpanContext,
+        SpanCoreFields,
+        TraceStatus,
+    )

@@ -1,0 +1,974 @@
+"""`InMemoryLightningStore`: the whole store protocol in one process's memory, O(1) per call.
+
+Every method body is synchronous under one `threading.Lock` (no lock is ever held across an `await`), so the store
+is safe from several threads and event loops at once. Indexes keep each call independent of how many rollouts are
+held: a FIFO queue with lazy deletion, a status index, the set of running rollouts that have health rules, per-rollout
+span maps, and a heap of rollouts holding spans ordered for eviction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+from agl.store import state
+from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.budget import MemoryBudget
+from agl.store.query import check_page, compile_filter, paginate, sort_items
+from agl.types.core import (
+    UNSET,
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    PaginatedResult,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Worker,
+    WorkerStatus,
+)
+from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.tracer import Span
+
+__all__ = ["InMemoryLightningStore"]
+
+logger = logging.getLogger(__name__)
+
+_named_resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+_MODES = ("train", "val", "test")
+
+
+def _new_id(prefix: str, nbytes: int) -> str:
+    return prefix + os.urandom(nbytes).hex()
+
+
+def _span_json_size(span: Span) -> int:
+    return len(span.__pydantic_serializer__.to_json(span))
+
+
+def _check_mode(mode: Any) -> RolloutMode | None:
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"mode {mode!r} is not a rollout mode; expected one of train, val, test or None")
+    return mode  # type: ignore[no-any-return]
+
+
+def _as_config(config: RolloutConfig | dict[str, Any] | None) -> RolloutConfig:
+    if config is None:
+        return RolloutConfig()
+    if isinstance(config, RolloutConfig):
+        return config.model_copy(deep=True)
+    return RolloutConfig.model_validate(config)
+
+
+def _as_metadata(metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{field} must be a dict or None, got {type(metadata).__name__}")
+    return dict(metadata)
+
+
+def _has_health_rules(config: RolloutConfig) -> bool:
+    return config.timeout_seconds is not None or config.unresponsive_seconds is not None
+
+
+class _RolloutRecord:
+    """Everything the store holds about one rollout."""
+
+    __slots__ = ("attempts", "attempts_by_id", "order", "rollout", "span_bytes", "span_seq", "spans")
+
+    def __init__(self, rollout: Rollout, order: int) -> None:
+        self.rollout = rollout
+        self.order = order
+        self.attempts: list[Attempt] = []
+        self.attempts_by_id: dict[str, Attempt] = {}
+        self.spans: dict[tuple[str, str], Span] = {}
+        self.span_bytes = 0
+        self.span_seq = 0
+
+    def latest(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+class InMemoryLightningStore(LightningStore):
+    """A fast, thread-safe store held in memory; span memory is capped by a budget (oldest rollouts' spans go first).
+
+    Args:
+        thread_safe: kept for compatibility; this store is always safe across threads and event loops.
+        eviction_memory_threshold: span bytes above which spans are evicted, as a ratio of `memory_capacity_bytes`
+            (float) or bytes (int). Default 0.7 of physical memory.
+        safe_memory_threshold: eviction stops once span bytes are at or below this. Default 0.8 × eviction.
+        span_size_estimator: bytes to count for a span; default is its exact serialized JSON size.
+        scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
+        clock: source of the current time in epoch seconds (tests pass a controllable clock).
+        memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        thread_safe: bool = False,
+        eviction_memory_threshold: float | int | None = None,
+        safe_memory_threshold: float | int | None = None,
+        span_size_estimator: Callable[[Span], int] | None = None,
+        scan_debounce_seconds: float = 10.0,
+        clock: Callable[[], float] | None = None,
+        memory_capacity_bytes: int | None = None,
+    ) -> None:
+        self._clock: Callable[[], float] = clock or time.time
+        self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
+        self._span_size: Callable[[Span], int] = span_size_estimator or _span_json_size
+        self._scan_debounce = float(scan_debounce_seconds)
+        self._lock = threading.Lock()
+        self._created = self._clock()
+        self._last_scan: float | None = None
+        self._order = 0
+
+        self._records: dict[str, _RolloutRecord] = {}
+        self._by_status: dict[str, dict[str, None]] = {s: {} for s in state.QUEUING_STATUSES | state.RUNNING_STATUSES}
+        self._by_status.update({s: {} for s in state.FINISHED_STATUSES})
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._watched: dict[str, None] = {}
+        self._total_attempts = 0
+
+        self._total_spans = 0
+        self._total_span_bytes = 0
+        self._eviction_heap: list[tuple[float, str]] = []
+        self._evicted: set[str] = set()
+
+        self._resources: dict[str, ResourcesUpdate] = {}
+        self._latest_resources_id: str | None = None
+        self._workers: dict[str, Worker] = {}
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    # -- pickling: locks and waiters belong to this process ---------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            data = self.__dict__.copy()
+        data["_lock"] = None
+        data["_waiters"] = {}
+        return data
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self._lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        """Thread-safe and async-safe; not shared across processes."""
+        return LightningStoreCapabilities(thread_safe=True, async_safe=True, zero_copy=False, otlp_traces=False)
+
+    @property
+    def budget(self) -> MemoryBudget:
+        """The span memory budget in force."""
+        return self._budget
+
+    async def statistics(self) -> LightningStoreStatistics:
+        """Sizes of every collection, uptime and span memory use against the budget."""
+        with self._lock:
+            return LightningStoreStatistics(
+                name=type(self).__name__,
+                total_rollouts=len(self._records),
+                total_attempts=self._total_attempts,
+                total_spans=self._total_spans,
+                total_resources=len(self._resources),
+                total_workers=len(self._workers),
+                uptime=self._clock() - self._created,
+                total_span_bytes=self._total_span_bytes,
+                eviction_threshold_bytes=self._budget.eviction_bytes,
+                safe_threshold_bytes=self._budget.safe_bytes,
+                memory_capacity_bytes=self._budget.capacity_bytes,
+            )
+
+    # -- internal helpers (call with the lock held) -----------------------------------------------------------
+    def _record(self, rollout_id: str) -> _RolloutRecord:
+        record = self._records.get(rollout_id)
+        if record is None:
+            raise ValueError(f"Rollout {rollout_id} not found")
+        return record
+
+    @staticmethod
+    def _snapshot(record: _RolloutRecord, attempt: Attempt | None = None) -> Rollout:
+        """A copy of the rollout, with `attempt` (default: the latest) attached when there is one."""
+        attempt = attempt if attempt is not None else record.latest()
+        if attempt is None:
+            return record.rollout.model_copy()
+        fields = dict(record.rollout.__dict__)
+        fields["attempt"] = attempt.model_copy()
+        return AttemptedRollout.model_construct(**fields)
+
+    @staticmethod
+    def _plain(record: _RolloutRecord) -> Rollout:
+        return record.rollout.model_copy()
+
+    def _maybe_scan(self, now: float) -> None:
+        if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
+            return
+        self._last_scan = now
+        for rollout_id in list(self._watched):
+            record = self._records[rollout_id]
+            attempt = record.latest()
+            if attempt is None:
+                continue
+            bad = state.unhealthy_status(attempt, record.rollout.config, now)
+            if bad is not None and attempt.status != bad:
+                self._write_attempt_status(record, attempt, bad, now)
+
+    def _set_rollout_status(self, record: _RolloutRecord, status: RolloutStatus, now: float) -> None:
+        rollout = record.rollout
+        rollout_id = rollout.rollout_id
+        old = rollout.status
+        if old != status:
+            self._by_status[old].pop(rollout_id, None)
+            self._by_status[status][rollout_id] = None
+            rollout.status = status
+        if status in state.FINISHED_STATUSES:
+            rollout.end_time = now
+            self._release_waiters(rollout_id)
+        elif status in state.QUEUING_STATUSES and rollout_id not in self._queued:
+            self._queue.append(rollout_id)
+            self._queued.add(rollout_id)
+        self._refresh_watch(record)
+
+    def _refresh_watch(self, record: _RolloutRecord) -> None:
+        """Keep the set of rollouts the health scan must look at in step with status and config."""
+        rollout = record.rollout
+        if rollout.status in state.RUNNING_STATUSES and _has_health_rules(rollout.config):
+            self._watched[rollout.rollout_id] = None
+        else:
+            self._watched.pop(rollout.rollout_id, None)
+
+    def _release_waiters(self, rollout_id: str) -> None:
+        for loop, future in self._waiters.pop(rollout_id, ()):
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # the waiting loop is closed
+                pass
+
+    def _sync_worker(self, attempt: Attempt, now: float, *, dequeued: bool = False) -> None:
+        if not attempt.worker_id:
+            return
+        fields = state.worker_fields_for_attempt(attempt, now)
+        if dequeued:
+            fields["last_dequeue_time"] = now
+        self._write_worker(attempt.worker_id, fields)
+
+    def _write_worker(self, worker_id: str, fields: dict[str, Any]) -> Worker:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            worker = Worker(worker_id=worker_id)
+            self._workers[worker_id] = worker
+        for key, value in fields.items():
+            setattr(worker, key, value)
+        return worker
+
+    def _new_attempt(self, record: _RolloutRecord, worker_id: str | None, now: float) -> Attempt:
+        attempt = Attempt(
+            rollout_id=record.rollout.rollout_id,
+            attempt_id=_new_id("at-", 4),
+            sequence_id=len(record.attempts) + 1,
+            start_time=now,
+            status="preparing",
+            worker_id=worker_id,
+        )
+        record.attempts.append(attempt)
+        record.attempts_by_id[attempt.attempt_id] = attempt
+        self._total_attempts += 1
+        self._set_rollout_status(record, "preparing", now)
+        return attempt
+
+    def _write_attempt_status(
+        self, record: _RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float
+    ) -> None:
+        attempt.status = status
+        if status in state.ATTEMPT_END_STATUSES:
+            attempt.end_time = now
+        if attempt is record.attempts[-1]:
+            new = state.rollout_status_from_attempt(status, attempt.sequence_id, record.rollout.config)
+            if new != record.rollout.status:
+                self._set_rollout_status(record, new, now)
+        self._sync_worker(attempt, now)
+
+    def _new_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None,
+        resources_id: str | None,
+        config: RolloutConfig | dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+        status: RolloutStatus,
+        now: float,
+    ) -> _RolloutRecord:
+        rollout = Rollout(
+            rollout_id=_new_id("ro-", 6),
+            input=input,
+            start_time=now,
+            mode=_check_mode(mode),
+            resources_id=resources_id if resources_id is not None else self._latest_resources_id,
+            status=status,
+            config=_as_config(config),
+            metadata=_as_metadata(metadata),
+        )
+        self._order += 1
+        record = _RolloutRecord(rollout, self._order)
+        self._records[rollout.rollout_id] = record
+        self._by_status[status][rollout.rollout_id] = None
+        return record
+
+    def _enqueue(self, record: _RolloutRecord) -> None:
+        rollout_id = record.rollout.rollout_id
+        self._queue.append(rollout_id)
+        self._queued.add(rollout_id)
+
+    def _claim(self, worker_id: str | None, now: float) -> tuple[_RolloutRecord, Attempt] | None:
+        while self._queue:
+            rollout_id = self._queue.popleft()
+            self._queued.discard(rollout_id)
+            record = self._records.get(rollout_id)
+            if record is None or record.rollout.status not in state.QUEUING_STATUSES:
+                logger.warning("Skipping stale queue entry %s (no longer waiting in the queue)", rollout_id)
+                continue
+            return record, self._new_attempt(record, worker_id, now)
+        return None
+
+    # -- rollouts and the queue -------------------------------------------------------------------------------
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        """Create a rollout and its first attempt, both `preparing`, without queueing it."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            record = self._new_rollout(input, mode, resources_id, config, metadata, "preparing", now)
+            attempt = self._new_attempt(record, worker_id, now)
+            self._sync_worker(attempt, now)
+            return self._snapshot(record, attempt)  # type: ignore[return-value]
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Create a `queuing` rollout at the tail of the queue."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            record = self._new_rollout(input, mode, resources_id, config, metadata, "queuing", now)
+            self._enqueue(record)
+            return self._plain(record)
+
+    async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
+        """Enqueue several rollouts in order, all or none; results in input order."""
+        requests = [
+            r if isinstance(r, EnqueueRolloutRequest) else EnqueueRolloutRequest.model_validate(r) for r in rollouts
+        ]
+        configs = [_as_config(r.config) for r in requests]  # validate everything before storing anything
+        for r in requests:
+            _check_mode(r.mode)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            out: list[Rollout] = []
+            for request, config in zip(requests, configs, strict=True):
+                record = self._new_rollout(
+                    request.input, request.mode, request.resources_id, config, request.metadata, "queuing", now
+                )
+                self._enqueue(record)
+                out.append(self._plain(record))
+            return out
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            claimed = self._claim(worker_id, now)
+            if claimed is None:
+                if worker_id:
+                    self._write_worker(
+                        worker_id, state.worker_fields_for_empty_dequeue(self._worker_dict(worker_id), now)
+                    )
+                return None
+            record, attempt = claimed
+            self._sync_worker(attempt, now, dequeued=True)
+            return self._snapshot(record, attempt)  # type: ignore[return-value]
+
+    def _worker_dict(self, worker_id: str) -> dict[str, Any] | None:
+        worker = self._workers.get(worker_id)
+        return None if worker is None else {"status": worker.status}
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        """Claim up to `limit` rollouts from the head of the queue, in FIFO order."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            claimed: list[tuple[_RolloutRecord, Attempt]] = []
+            while len(claimed) < limit:
+                one = self._claim(worker_id, now)
+                if one is None:
+                    break
+                claimed.append(one)
+            if worker_id:
+                if claimed:
+                    self._sync_worker(claimed[-1][1], now, dequeued=True)
+                else:
+                    self._write_worker(
+                        worker_id, state.worker_fields_for_empty_dequeue(self._worker_dict(worker_id), now)
+                    )
+            return [self._snapshot(record, attempt) for record, attempt in claimed]  # type: ignore[misc]
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            record = self._record(rollout_id)
+            attempt = self._new_attempt(record, worker_id, now)
+            self._sync_worker(attempt, now)
+            return self._snapshot(record, attempt)  # type: ignore[return-value]
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout]:
+        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        if status_in is None and status is not None:
+            _deprecated("status", "status_in")
+            status_in = status
+        if rollout_id_in is None and rollout_ids is not None:
+            _deprecated("rollout_ids", "rollout_id_in")
+            rollout_id_in = rollout_ids
+        if status_in is not None:
+            for s in status_in:
+                state.check_rollout_status(s, "status_in item")
+        if filter_logic not in ("and", "or"):
+            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "status": {"within": status_in},
+                "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            candidates = self._rollout_candidates(status_in, rollout_id_in, filter_logic)
+            matches = [r for r in candidates if predicate is None or predicate(r.rollout)]
+            if sort_by is None:
+                if candidates is not self._records.values():
+                    matches.sort(key=lambda r: r.order)
+                records = matches
+            else:
+                pairs = sort_items([r.rollout for r in matches], Rollout, sort_by, sort_order)
+                by_id = {r.rollout.rollout_id: r for r in matches}
+                records = [by_id[p.rollout_id] for p in pairs]
+            total = len(records)
+            end = None if limit == -1 else offset + limit
+            items = [self._snapshot(r) for r in records[offset:end]]
+        return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
+
+    def _rollout_candidates(
+        self, status_in: Sequence[str] | None, rollout_id_in: Sequence[str] | None, filter_logic: str
+    ) -> Iterable[_RolloutRecord]:
+        """A superset of the matches, as small as the indexes allow (AND narrows; OR must scan)."""
+        if filter_logic == "and":
+            if rollout_id_in is not None:
+                seen: set[str] = set()
+                out = []
+                for rid in rollout_id_in:
+                    record = self._records.get(rid) if isinstance(rid, str) else None
+                    if record is not None and rid not in seen:
+                        seen.add(rid)
+                        out.append(record)
+                return out
+            if status_in is not None:
+                return [self._records[rid] for s in dict.fromkeys(status_in) for rid in self._by_status[s]]
+        return self._records.values()
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        """The rollout (with its latest attempt when it has one), or None if unknown."""
+        with self._lock:
+            self._maybe_scan(self._clock())
+            record = self._records.get(rollout_id)
+            return None if record is None else self._snapshot(record)
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput = UNSET,
+        mode: RolloutMode | None = UNSET,
+        resources_id: str | None = UNSET,
+        status: RolloutStatus = UNSET,
+        config: RolloutConfig = UNSET,
+        metadata: dict[str, Any] | None = UNSET,
+    ) -> Rollout:
+        """Replace the given fields of a rollout; a terminal status stamps `end_time` and wakes waiters."""
+        changes: dict[str, Any] = {}
+        if input is not UNSET:
+            changes["input"] = input
+        if mode is not UNSET:
+            changes["mode"] = _check_mode(mode)
+        if resources_id is not UNSET:
+            if resources_id is not None and not isinstance(resources_id, str):
+                raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
+            changes["resources_id"] = resources_id
+        if status is not UNSET:
+            state.check_rollout_status(status)
+        if config is not UNSET:
+            if config is None:
+                raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
+            changes["config"] = _as_config(config)
+        if metadata is not UNSET:
+            if metadata is not None and not isinstance(metadata, dict):
+                raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+            changes["metadata"] = metadata
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            record = self._record(rollout_id)
+            for key, value in changes.items():
+                setattr(record.rollout, key, value)
+            if status is not UNSET:
+                self._set_rollout_status(record, status, now)
+            elif "config" in changes:
+                self._refresh_watch(record)
+            return self._plain(record)
+
+    # -- attempts ---------------------------------------------------------------------------------------------
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        """The attempts of a rollout (empty for an unknown rollout)."""
+        check_page(limit, offset)
+        with self._lock:
+            self._maybe_scan(self._clock())
+            record = self._records.get(rollout_id)
+            attempts = [a.model_copy() for a in record.attempts] if record is not None else []
+        return paginate(sort_items(attempts, Attempt, sort_by, sort_order), limit, offset)
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        """The attempt with the highest sequence id, or None."""
+        with self._lock:
+            self._maybe_scan(self._clock())
+            record = self._records.get(rollout_id)
+            latest = record.latest() if record is not None else None
+            return latest.model_copy() if latest is not None else None
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus = UNSET,
+        worker_id: str = UNSET,
+        last_heartbeat_time: float = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Attempt:
+        """Set fields of an attempt (`attempt_id` may be "latest"); the latest attempt's status drives the rollout."""
+        if status is not UNSET:
+            state.check_attempt_status(status)
+        if worker_id is not UNSET and worker_id is not None and not isinstance(worker_id, str):
+            raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
+        if last_heartbeat_time is not UNSET and last_heartbeat_time is not None:
+            if not isinstance(last_heartbeat_time, (int, float)) or isinstance(last_heartbeat_time, bool):
+                raise ValueError(f"last_heartbeat_time must be epoch seconds, got {last_heartbeat_time!r}")
+        if metadata is not UNSET and metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            record = self._record(rollout_id)
+            if not record.attempts:
+                raise ValueError(f"No attempts found for rollout {rollout_id}")
+            if attempt_id == "latest":
+                attempt = record.attempts[-1]
+            else:
+                found = record.attempts_by_id.get(attempt_id)
+                if found is None:
+                    raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                attempt = found
+            if worker_id is not UNSET:
+                attempt.worker_id = worker_id
+            if last_heartbeat_time is not UNSET:
+                attempt.last_heartbeat_time = float(last_heartbeat_time) if last_heartbeat_time is not None else None
+            if metadata is not UNSET:
+                attempt.metadata = metadata
+            if status is not UNSET:
+                self._write_attempt_status(record, attempt, status, now)
+            elif worker_id is not UNSET and worker_id:
+                self._sync_worker(attempt, now)
+            return attempt.model_copy()
+
+    # -- spans ------------------------------------------------------------------------------------------------
+    def _store_spans(self, record: _RolloutRecord, attempt: Attempt, spans: Iterable[Span], now: float) -> list[Span]:
+        stored: list[Span] = []
+        for span in spans:
+            key = (span.attempt_id, span.span_id)
+            if key in record.spans:
+                logger.error(
+                    "Duplicate span %s of rollout %s attempt %s ignored", span.span_id, span.rollout_id, span.attempt_id
+                )
+                continue
+            if not record.spans:
+                heapq.heappush(self._eviction_heap, (record.rollout.start_time, record.rollout.rollout_id))
+            record.spans[key] = span
+            size = max(0, int(self._span_size(span)))
+            record.span_bytes += size
+            self._total_span_bytes += size
+            self._total_spans += 1
+            stored.append(span)
+        # The arrival of spans is a heartbeat of the attempt.
+        attempt.last_heartbeat_time = now
+        attempt.status = state.attempt_status_on_heartbeat(attempt.status)
+        if attempt is record.attempts[-1]:
+            new = state.rollout_status_on_heartbeat(record.rollout.status)
+            if new != record.rollout.status:
+                self._set_rollout_status(record, new, now)
+        return stored
+
+    def _evict_if_needed(self) -> None:
+        if self._total_span_bytes <= self._budget.eviction_bytes:
+            return
+        while self._total_span_bytes > self._budget.safe_bytes and self._eviction_heap:
+            _, rollout_id = heapq.heappop(self._eviction_heap)
+            record = self._records.get(rollout_id)
+            if record is None or not record.spans:
+                continue
+            logger.info("Evicting %d spans (%d bytes) of rollout %s", len(record.spans), record.span_bytes, rollout_id)
+            self._total_span_bytes -= record.span_bytes
+            record.spans = {}
+            record.span_bytes = 0
+            self._evicted.add(rollout_id)
+
+    def _locate(self, rollout_id: str, attempt_id: str) -> tuple[_RolloutRecord, Attempt]:
+        record = self._record(rollout_id)
+        attempt = record.attempts_by_id.get(attempt_id)
+        if attempt is None:
+            raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+        return record, attempt
+
+    def _raise_seq(self, rollout_id: str, sequence_id: int) -> None:
+        record = self._records.get(rollout_id)
+        if record is not None and sequence_id > record.span_seq:
+            record.span_seq = sequence_id
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Store a span; returns None when a span with the same id already exists for that attempt."""
+        if not isinstance(span, Span):
+            span = Span.model_validate(span)
+        with self._lock:
+            now = self._clock()
+            self._raise_seq(span.rollout_id, span.sequence_id)
+            record, attempt = self._locate(span.rollout_id, span.attempt_id)
+            stored = self._store_spans(record, attempt, (span,), now)
+            self._evict_if_needed()
+            return stored[0] if stored else None
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        """Store several spans, all validated first; returns those stored (duplicates skipped), grouped by attempt."""
+        spans = [s if isinstance(s, Span) else Span.model_validate(s) for s in spans]
+        groups: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        with self._lock:
+            now = self._clock()
+            for (rollout_id, _), group in groups.items():
+                self._raise_seq(rollout_id, max(s.sequence_id for s in group))
+            located = [(self._locate(rid, aid), group) for (rid, aid), group in groups.items()]
+            stored: list[Span] = []
+            for (record, attempt), group in located:
+                stored.extend(self._store_spans(record, attempt, group, now))
+            self._evict_if_needed()
+            return stored
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """Allocate the next span sequence id of a rollout (one counter per rollout, first id 1)."""
+        with self._lock:
+            record = self._records.get(rollout_id)
+            if record is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            record.span_seq += 1
+            return record.span_seq
+
+    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
+        """Allocate one sequence id per (rollout, attempt) pair, consecutive per rollout in request order."""
+        with self._lock:
+            for rollout_id, _ in rollout_attempt_ids:
+                self._record(rollout_id)
+            out: list[int] = []
+            for rollout_id, _ in rollout_attempt_ids:
+                record = self._records[rollout_id]
+                record.span_seq += 1
+                out.append(record.span_seq)
+            return out
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+    ) -> PaginatedResult[Span]:
+        """Spans of a rollout: of one attempt, of the latest attempt ("latest"), or of all attempts (None)."""
+        if filter_logic not in ("and", "or"):
+            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "trace_id": {"exact": trace_id, "contains": trace_id_contains},
+                "span_id": {"exact": span_id, "contains": span_id_contains},
+                "parent_id": {"exact": parent_id, "contains": parent_id_contains},
+                "name": {"exact": name, "contains": name_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            self._maybe_scan(self._clock())
+            if rollout_id in self._evicted:
+                raise RuntimeError(f"Spans for rollout {rollout_id} have been evicted")
+            record = self._records.get(rollout_id)
+            if record is None:
+                spans: list[Span] = []
+            else:
+                if attempt_id == "latest":
+                    latest = record.latest()
+                    attempt_id = latest.attempt_id if latest is not None else None
+                    if attempt_id is None:
+                        return paginate([], limit, offset)
+                spans = [
+                    s
+                    for s in record.spans.values()
+                    if (attempt_id is None or s.attempt_id == attempt_id) and (predicate is None or predicate(s))
+                ]
+        return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)
+
+    # -- resources --------------------------------------------------------------------------------------------
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        """Store a new resources snapshot (version 1); it becomes the latest."""
+        validated = _named_resources_adapter.validate_python(resources)
+        with self._lock:
+            now = self._clock()
+            update = ResourcesUpdate(
+                resources_id=_new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
+            )
+            self._resources[update.resources_id] = update
+            self._latest_resources_id = update.resources_id
+            return update.model_copy()
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        """Replace a snapshot's resources (version + 1), or create it with version 1; it becomes the latest."""
+        if not isinstance(resources_id, str) or not resources_id:
+            raise ValueError(f"resources_id must be a non-empty string, got {resources_id!r}")
+        validated = _named_resources_adapter.validate_python(resources)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            old = self._resources.get(resources_id)
+            update = ResourcesUpdate(
+                resources_id=resources_id,
+                create_time=old.create_time if old is not None else now,
+                update_time=now,
+                version=old.version + 1 if old is not None else 1,
+                resources=validated,
+            )
+            # Re-insert so insertion order reflects the latest write.
+            self._resources.pop(resources_id, None)
+            self._resources[resources_id] = update
+            self._latest_resources_id = resources_id
+            return update.model_copy()
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """A resources snapshot by id, or None."""
+        with self._lock:
+            update = self._resources.get(resources_id)
+            return update.model_copy() if update is not None else None
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        """The snapshot most recently added or updated, or None."""
+        with self._lock:
+            if self._latest_resources_id is None:
+                return None
+            return self._resources[self._latest_resources_id].model_copy()
+
+    async def query_resources(
+        self,
+        *,
+        resources_id: str | None = None,
+        resources_id_contains: str | None = None,
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[ResourcesUpdate]:
+        """Resources snapshots matching the id filters, in insertion order unless sorted."""
+        check_page(limit, offset)
+        predicate = compile_filter({"resources_id": {"exact": resources_id, "contains": resources_id_contains}})
+        with self._lock:
+            items = [u.model_copy() for u in self._resources.values() if predicate is None or predicate(u)]
+        return paginate(sort_items(items, ResourcesUpdate, sort_by, sort_order), limit, offset)
+
+    # -- workers ----------------------------------------------------------------------------------------------
+    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        """Record a worker heartbeat (creating the worker as `unknown` if new); never changes its status."""
+        if not isinstance(worker_id, str) or not worker_id:
+            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        if heartbeat_stats is not UNSET and heartbeat_stats is not None and not isinstance(heartbeat_stats, dict):
+            raise ValueError(f"heartbeat_stats must be a dict, got {type(heartbeat_stats).__name__}")
+        with self._lock:
+            fields: dict[str, Any] = {"last_heartbeat_time": self._clock()}
+            if heartbeat_stats is not UNSET:
+                fields["heartbeat_stats"] = dict(heartbeat_stats) if heartbeat_stats is not None else None
+            return self._write_worker(worker_id, fields).model_copy()
+
+    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
+        """A worker by id, or None."""
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            return worker.model_copy() if worker is not None else None
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[WorkerStatus] | None = None,
+        worker_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Worker]:
+        """Workers matching the filters."""
+        if status_in is not None:
+            for s in status_in:
+                state.check_worker_status(s, "status_in item")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "status": {"within": status_in},
+                "worker_id": {"contains": worker_id_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            self._maybe_scan(self._clock())
+            items = [w.model_copy() for w in self._workers.values() if predicate is None or predicate(w)]
+        return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
+
+    # -- waiting ----------------------------------------------------------------------------------------------
+    async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
+        """The rollouts among `rollout_ids` that are finished by the deadline, in input order.
+
+        Wakes as soon as the last of them finishes; `timeout=None` waits for all, `timeout <= 0` checks once.
+        Unknown ids are ignored.
+        """
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        futures: list[tuple[str, asyncio.Future[None]]] = []
+        try:
+            with self._lock:
+                self._maybe_scan(self._clock())
+                if timeout != 0:
+                    for rollout_id in dict.fromkeys(rollout_ids):
+                        record = self._records.get(rollout_id)
+                        if record is not None and record.rollout.status not in state.FINISHED_STATUSES:
+                            future: asyncio.Future[None] = loop.create_future()
+                            self._waiters.setdefault(rollout_id, []).append((loop, future))
+                            futures.append((rollout_id, future))
+            pending = {f for _, f in futures}
+            while pending:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                # Health rules only fire when someone scans: wake now and then to scan while rules are pending.
+                wake = remaining
+                if self._watched:
+                    slice_ = max(self._scan_debounce, 0.25)
+                    wake = slice_ if wake is None else min(wake, slice_)
+                _, pending = await asyncio.wait(pending, timeout=wake)
+                if pending and self._watched:
+                    with self._lock:
+                        self._maybe_scan(self._clock())
+        finally:
+            if futures:
+                with self._lock:
+                    for rollout_id, future in futures:
+                        waiters = self._waiters.get(rollout_id)
+                        if waiters:
+                            waiters[:] = [w for w in waiters if w[1] is not future]
+                            if not waiters:
+                                del self._waiters[rollout_id]
+        with self._lock:
+            out: list[Rollout] = []
+            for rollout_id in rollout_ids:
+                record = self._records.get(rollout_id)
+                if record is not None and record.rollout.status in state.FINISHED_STATUSES:
+                    out.append(self._plain(record))
+            return out
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _deprecated(old: str, new: str) -> None:
+    import warnings
+
+    warnings.warn(f"query_rollouts({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)

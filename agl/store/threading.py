@@ -1,0 +1,100 @@
+"""`LightningStoreThreaded`: makes any store safe to call from several threads and event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+
+__all__ = ["LightningStoreThreaded"]
+
+T = TypeVar("T")
+
+_PROTOCOL_METHODS = [
+    name
+    for name, value in vars(LightningStore).items()
+    if not name.startswith("_") and asyncio.iscoroutinefunction(value) and name not in ("statistics", "close")
+]
+
+
+class LightningStoreThreaded(LightningStore):
+    """Wraps a store so it can be called from any thread or event loop.
+
+    A store that is already thread-safe is called directly. Any other store gets one private event-loop thread and
+    every call runs there, one loop owning the store, so no lock is ever held across an `await`.
+    """
+
+    def __init__(self, store: LightningStore) -> None:
+        self.store = store
+        self._direct = bool(store.capabilities.get("thread_safe"))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        for name in _PROTOCOL_METHODS:
+            setattr(self, name, self._forwarder(name))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__init__(data["store"])  # type: ignore[misc]
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        """Thread-safe and async-safe; the rest as the wrapped store."""
+        caps = LightningStoreCapabilities(**self.store.capabilities)
+        caps["thread_safe"] = True
+        caps["async_safe"] = True
+        return caps
+
+    def otlp_traces_endpoint(self) -> str:
+        """The wrapped store's OTLP endpoint."""
+        return self.store.otlp_traces_endpoint()
+
+    def _owner_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="agl-store-owner", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    async def _call(self, factory: Callable[[], Awaitable[T]]) -> T:
+        if self._direct:
+            return await factory()
+        loop = self._owner_loop()
+
+        async def run() -> T:
+            return await factory()
+
+        coro: Coroutine[Any, Any, T] = run()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def _forwarder(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.store, name)
+
+        async def forward(*args: Any, **kwargs: Any) -> Any:
+            return await self._call(lambda: method(*args, **kwargs))
+
+        forward.__name__ = name
+        forward.__doc__ = getattr(LightningStore, name).__doc__
+        return forward
+
+    async def statistics(self) -> LightningStoreStatistics:
+        """The wrapped store's statistics."""
+        return await self._call(self.store.statistics)
+
+    async def close(self) -> None:
+        """Close the wrapped store and stop the private loop thread, if one was started."""
+        await self._call(self.store.close)
+        with self._start_lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join, 5)
+            loop.close()
