@@ -16,9 +16,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
@@ -54,6 +54,24 @@ def _new_id(prefix: str, nbytes: int) -> str:
     return prefix + os.urandom(nbytes).hex()
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _copy(model: M) -> M:
+    """A shallow copy of a stored model (what `model_copy()` does, without its generic overhead)."""
+    return _build(type(model), dict(model.__dict__), model.__pydantic_extra__)
+
+
+def _build(cls: type[M], fields: dict[str, Any], extra: dict[str, Any] | None) -> M:
+    """A model instance from already-valid field values (no validation: the store made or checked them)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", dict(extra) if extra is not None else None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
 def _span_json_size(span: Span) -> int:
     return len(span.__pydantic_serializer__.to_json(span))
 
@@ -78,6 +96,11 @@ def _as_metadata(metadata: dict[str, Any] | None, field: str = "metadata") -> di
     if not isinstance(metadata, dict):
         raise ValueError(f"{field} must be a dict or None, got {type(metadata).__name__}")
     return dict(metadata)
+
+
+def _check_worker_id(worker_id: Any) -> None:
+    if worker_id is not None and not isinstance(worker_id, str):
+        raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
 
 
 def _has_health_rules(config: RolloutConfig) -> bool:
@@ -204,15 +227,16 @@ class InMemoryLightningStore(LightningStore):
     def _snapshot(record: _RolloutRecord, attempt: Attempt | None = None) -> Rollout:
         """A copy of the rollout, with `attempt` (default: the latest) attached when there is one."""
         attempt = attempt if attempt is not None else record.latest()
+        rollout = record.rollout
         if attempt is None:
-            return record.rollout.model_copy()
-        fields = dict(record.rollout.__dict__)
-        fields["attempt"] = attempt.model_copy()
-        return AttemptedRollout.model_construct(**fields)
+            return _copy(rollout)
+        fields = dict(rollout.__dict__)
+        fields["attempt"] = _copy(attempt)
+        return _build(AttemptedRollout, fields, rollout.__pydantic_extra__)
 
     @staticmethod
     def _plain(record: _RolloutRecord) -> Rollout:
-        return record.rollout.model_copy()
+        return _copy(record.rollout)
 
     def _maybe_scan(self, now: float) -> None:
         if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
@@ -276,13 +300,20 @@ class InMemoryLightningStore(LightningStore):
         return worker
 
     def _new_attempt(self, record: _RolloutRecord, worker_id: str | None, now: float) -> Attempt:
-        attempt = Attempt(
-            rollout_id=record.rollout.rollout_id,
-            attempt_id=_new_id("at-", 4),
-            sequence_id=len(record.attempts) + 1,
-            start_time=now,
-            status="preparing",
-            worker_id=worker_id,
+        attempt = _build(
+            Attempt,
+            {
+                "rollout_id": record.rollout.rollout_id,
+                "attempt_id": _new_id("at-", 4),
+                "sequence_id": len(record.attempts) + 1,
+                "start_time": now,
+                "end_time": None,
+                "status": "preparing",
+                "worker_id": worker_id,
+                "last_heartbeat_time": None,
+                "metadata": None,
+            },
+            {},
         )
         record.attempts.append(attempt)
         record.attempts_by_id[attempt.attempt_id] = attempt
@@ -355,6 +386,7 @@ class InMemoryLightningStore(LightningStore):
         worker_id: str | None = None,
     ) -> AttemptedRollout:
         """Create a rollout and its first attempt, both `preparing`, without queueing it."""
+        _check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -401,6 +433,7 @@ class InMemoryLightningStore(LightningStore):
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
+        _check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -423,6 +456,7 @@ class InMemoryLightningStore(LightningStore):
         self, *, limit: int = 1, worker_id: str | None = None
     ) -> Sequence[AttemptedRollout]:
         """Claim up to `limit` rollouts from the head of the queue, in FIFO order."""
+        _check_worker_id(worker_id)
         if limit <= 0:
             return []
         with self._lock:
@@ -445,6 +479,7 @@ class InMemoryLightningStore(LightningStore):
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
+        _check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -587,7 +622,7 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             self._maybe_scan(self._clock())
             record = self._records.get(rollout_id)
-            attempts = [a.model_copy() for a in record.attempts] if record is not None else []
+            attempts = [_copy(a) for a in record.attempts] if record is not None else []
         return paginate(sort_items(attempts, Attempt, sort_by, sort_order), limit, offset)
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
@@ -596,7 +631,7 @@ class InMemoryLightningStore(LightningStore):
             self._maybe_scan(self._clock())
             record = self._records.get(rollout_id)
             latest = record.latest() if record is not None else None
-            return latest.model_copy() if latest is not None else None
+            return _copy(latest) if latest is not None else None
 
     async def update_attempt(
         self,
@@ -640,7 +675,7 @@ class InMemoryLightningStore(LightningStore):
                 self._write_attempt_status(record, attempt, status, now)
             elif worker_id is not UNSET and worker_id:
                 self._sync_worker(attempt, now)
-            return attempt.model_copy()
+            return _copy(attempt)
 
     # -- spans ------------------------------------------------------------------------------------------------
     def _store_spans(self, record: _RolloutRecord, attempt: Attempt, spans: Iterable[Span], now: float) -> list[Span]:
@@ -808,7 +843,7 @@ class InMemoryLightningStore(LightningStore):
             )
             self._resources[update.resources_id] = update
             self._latest_resources_id = update.resources_id
-            return update.model_copy()
+            return _copy(update)
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         """Replace a snapshot's resources (version + 1), or create it with version 1; it becomes the latest."""
@@ -830,20 +865,20 @@ class InMemoryLightningStore(LightningStore):
             self._resources.pop(resources_id, None)
             self._resources[resources_id] = update
             self._latest_resources_id = resources_id
-            return update.model_copy()
+            return _copy(update)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
         """A resources snapshot by id, or None."""
         with self._lock:
             update = self._resources.get(resources_id)
-            return update.model_copy() if update is not None else None
+            return _copy(update) if update is not None else None
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
         """The snapshot most recently added or updated, or None."""
         with self._lock:
             if self._latest_resources_id is None:
                 return None
-            return self._resources[self._latest_resources_id].model_copy()
+            return _copy(self._resources[self._latest_resources_id])
 
     async def query_resources(
         self,
@@ -859,7 +894,7 @@ class InMemoryLightningStore(LightningStore):
         check_page(limit, offset)
         predicate = compile_filter({"resources_id": {"exact": resources_id, "contains": resources_id_contains}})
         with self._lock:
-            items = [u.model_copy() for u in self._resources.values() if predicate is None or predicate(u)]
+            items = [_copy(u) for u in self._resources.values() if predicate is None or predicate(u)]
         return paginate(sort_items(items, ResourcesUpdate, sort_by, sort_order), limit, offset)
 
     # -- workers ----------------------------------------------------------------------------------------------
@@ -873,13 +908,13 @@ class InMemoryLightningStore(LightningStore):
             fields: dict[str, Any] = {"last_heartbeat_time": self._clock()}
             if heartbeat_stats is not UNSET:
                 fields["heartbeat_stats"] = dict(heartbeat_stats) if heartbeat_stats is not None else None
-            return self._write_worker(worker_id, fields).model_copy()
+            return _copy(self._write_worker(worker_id, fields))
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
         """A worker by id, or None."""
         with self._lock:
             worker = self._workers.get(worker_id)
-            return worker.model_copy() if worker is not None else None
+            return _copy(worker) if worker is not None else None
 
     async def query_workers(
         self,
@@ -906,7 +941,7 @@ class InMemoryLightningStore(LightningStore):
         )
         with self._lock:
             self._maybe_scan(self._clock())
-            items = [w.model_copy() for w in self._workers.values() if predicate is None or predicate(w)]
+            items = [_copy(w) for w in self._workers.values() if predicate is None or predicate(w)]
         return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
 
     # -- waiting ----------------------------------------------------------------------------------------------
