@@ -695,7 +695,9 @@ class InMemoryLightningStore(LightningStore):
             self._total_span_bytes += size
             self._total_spans += 1
             stored.append(span)
-        # The arrival of spans is a heartbeat of the attempt.
+        if not stored:
+            return stored
+        # The arrival of new spans is a heartbeat of the attempt.
         attempt.last_heartbeat_time = now
         attempt.status = state.attempt_status_on_heartbeat(attempt.status)
         if attempt is record.attempts[-1]:
