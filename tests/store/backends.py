@@ -39,7 +39,44 @@ async def threaded_memory_backend(clock: FakeClock) -> AsyncIterator[LightningSt
         await store.close()
 
 
+@asynccontextmanager
+async def sqlite_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+    import shutil
+    import tempfile
+
+    from agl.store.sqlite import SqliteLightningStore
+
+    directory = tempfile.mkdtemp(prefix="agl-sqlite-store-")
+    store = SqliteLightningStore(f"{directory}/store.db", clock=clock, scan_debounce_seconds=0)
+    try:
+        yield store
+    finally:
+        await store.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@asynccontextmanager
+async def http_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+    """The in-memory store behind a real HTTP server on 127.0.0.1 (free port), reached through the client."""
+    from agl.store.client import LightningStoreClient
+    from agl.store.memory import InMemoryLightningStore
+    from agl.store.server import LightningStoreServer
+
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True)
+    server = LightningStoreServer(store, host="127.0.0.1", port=0)
+    server.start()
+    client = LightningStoreClient(server.endpoint, retry_delays=(0.1, 0.2), health_retry_delays=(0.05,))
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop_async()
+        await store.close()
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "threaded": threaded_memory_backend,
+    "http": http_backend,
+    "sqlite": sqlite_backend,
 }

@@ -1,0 +1,1309 @@
+"""`SqliteLightningStore`: the whole store protocol in one SQLite file, durable across restarts.
+
+Design
+------
+* One connection owned by the store; every method does its work synchronously under one `threading.Lock` (calls
+  are short and no lock is ever held across an `await`), so the store is safe from several threads and event loops.
+* The database runs in WAL mode: readers never block the writer and the writer never blocks readers, also across
+  processes. Writes use `BEGIN IMMEDIATE` transactions; other processes wait up to `busy_timeout_seconds` for the
+  write lock. Every batch call (`enqueue_many_rollouts`, `dequeue_many_rollouts`, `add_many_spans`, ...) is one
+  transaction.
+* Every acknowledged write is committed before the method returns. `synchronous` decides what "committed" survives:
+
+  - ``"FULL"`` (the default): SQLite fsyncs the WAL on every commit, so an acknowledged write survives a crash of
+    the process *and* a power loss or kernel panic. This costs one fsync per write call (well under a millisecond
+    on an SSD with a write cache, several on a slow disk).
+  - ``"NORMAL"``: in WAL mode a commit is durable across a crash of the process (the WAL is in the OS page cache)
+    but the last transactions may be rolled back by a power loss; the database itself is never corrupted. Roughly
+    an order of magnitude faster for small writes. Pass it when the host is trusted and throughput matters more.
+
+  FULL is the default because the point of this backend is that an acknowledged rollout, span or status is never
+  lost; the in-memory store is the fast option.
+* The health scan (timeout / unresponsive) runs at the start of the same calls as in the in-memory store, debounced
+  by `scan_debounce_seconds`; the first scanning call after opening a file always scans, so attempts that were
+  running when a previous process died are judged by their rollout's rules then (timeout → retried or failed per
+  the config). Queued rollouts simply stay in the queue in their order.
+* `wait_for_rollouts` wakes without polling when the rollout finishes through this store object, and re-reads the
+  database every 0.5 s in case another process (or another store object on the same file) finished it.
+* Models are stored as pydantic JSON next to the columns the queries need (ids, status, ordering); rules come from
+  `agl.store.state` and filtering, sorting and paging from `agl.store.query`, exactly as in the in-memory store.
+  Values must therefore be JSON-serialisable (rollout input, metadata, span attributes).
+* `zero_copy` is False: several processes may open the same file and see one state, but waiters wake across
+  processes only by the 0.5 s re-read and each process debounces its own health scans; use the HTTP server to share
+  one store between processes.
+
+The schema carries a version in its `meta` table; opening a file applies the pending migrations in order and
+refuses a file written by a newer AGL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic_core import PydanticSerializationError
+
+from agl.store import state
+from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.memory import (
+    _as_config,
+    _as_metadata,
+    _build,
+    _check_mode,
+    _check_worker_id,
+    _deprecated,
+    _has_health_rules,
+    _new_id,
+    _resolve,
+)
+from agl.store.query import check_page, compile_filter, paginate, sort_items
+from agl.types.core import (
+    UNSET,
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    PaginatedResult,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Worker,
+    WorkerStatus,
+)
+from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.tracer import Span
+
+__all__ = ["SCHEMA_VERSION", "SqliteLightningStore", "SqliteStoreError", "SqliteStoreStatistics"]
+
+logger = logging.getLogger(__name__)
+
+_named_resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+_POLL_SECONDS = 0.5
+"""How often `wait_for_rollouts` re-reads the database for rollouts finished by another process."""
+
+_IN_CHUNK = 500
+"""Ids per `IN (...)` query."""
+
+Synchronous = Literal["FULL", "NORMAL", "EXTRA", "OFF"]
+
+
+class SqliteStoreError(RuntimeError):
+    """The database file cannot be used as a store: not SQLite, corrupt, foreign, or from a newer AGL."""
+
+
+class SqliteStoreStatistics(LightningStoreStatistics, total=False):
+    """The store statistics plus the size of the database files."""
+
+    db_path: str
+    db_file_bytes: int
+    wal_file_bytes: int
+
+
+# -- schema and migrations ------------------------------------------------------------------------------------------
+
+
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    """The first schema."""
+    statements = [
+        """CREATE TABLE rollouts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rollout_id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            watched INTEGER NOT NULL DEFAULT 0,
+            data BLOB NOT NULL
+        )""",
+        "CREATE INDEX rollouts_by_status ON rollouts (status, seq)",
+        "CREATE INDEX rollouts_watched ON rollouts (seq) WHERE watched = 1",
+        """CREATE TABLE attempts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rollout_id TEXT NOT NULL,
+            attempt_id TEXT NOT NULL,
+            sequence_id INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            UNIQUE (rollout_id, attempt_id),
+            UNIQUE (rollout_id, sequence_id)
+        )""",
+        """CREATE TABLE spans (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rollout_id TEXT NOT NULL,
+            attempt_id TEXT NOT NULL,
+            span_id TEXT NOT NULL,
+            sequence_id INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            UNIQUE (rollout_id, attempt_id, span_id)
+        )""",
+        "CREATE INDEX spans_by_rollout ON spans (rollout_id, seq)",
+        "CREATE TABLE span_counters (rollout_id TEXT PRIMARY KEY, counter INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE queue (position INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id TEXT NOT NULL UNIQUE)",
+        """CREATE TABLE resources (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            resources_id TEXT NOT NULL UNIQUE,
+            data BLOB NOT NULL
+        )""",
+        """CREATE TABLE workers (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            worker_id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            data BLOB NOT NULL
+        )""",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+"""`MIGRATIONS[i]` brings a database from schema version `i` to `i + 1`; append, never edit."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this code writes."""
+
+
+def _schema_version(db: sqlite3.Connection, path: str) -> int:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        foreign = {t for t in tables if not t.startswith("sqlite_")}
+        if foreign:
+            raise SqliteStoreError(
+                f"{path} is a SQLite database but not an AGL store (it has tables {sorted(foreign)} and no meta table)"
+            )
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise SqliteStoreError(f"{path} has a meta table without a schema_version; it is not an AGL store")
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise SqliteStoreError(f"{path} has an unreadable schema_version {row[0]!r}") from None
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    """Bring the file to `SCHEMA_VERSION`, one transaction per migration; refuse files from a newer AGL."""
+    while True:
+        version = _schema_version(db, path)
+        if version > SCHEMA_VERSION:
+            raise SqliteStoreError(
+                f"{path} has store schema version {version}, newer than this AGL supports ({SCHEMA_VERSION}); "
+                "upgrade AGL to open it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = _schema_version(db, path)
+            if version < SCHEMA_VERSION:
+                if version == 0:
+                    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '0')")
+                MIGRATIONS[version](db)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+                logger.info("Migrated store %s to schema version %d", path, version + 1)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise SqliteStoreError(f"cannot open store database {path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA journal_mode = WAL").fetchone()
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        _migrate(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise SqliteStoreError(f"{path} is not a usable SQLite store database ({exc})") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+# -- (de)serialisation ----------------------------------------------------------------------------------------------
+
+
+def _dump(model: BaseModel) -> bytes:
+    try:
+        return model.__pydantic_serializer__.to_json(model, warnings=False)
+    except PydanticSerializationError as exc:
+        raise ValueError(f"{type(model).__name__} cannot be stored: a value is not JSON-serialisable ({exc})") from exc
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _snapshot(rollout: Rollout, attempt: Attempt | None) -> Rollout:
+    """The rollout with `attempt` attached when there is one (both freshly read, so no copy is needed)."""
+    if attempt is None:
+        return rollout
+    fields = dict(rollout.__dict__)
+    fields["attempt"] = attempt
+    return _build(AttemptedRollout, fields, rollout.__pydantic_extra__)
+
+
+class SqliteLightningStore(LightningStore):
+    """A durable, thread-safe store in one SQLite file (WAL); reopening the file resumes where it stopped.
+
+    Args:
+        path: the database file (created if missing); `":memory:"` gives a private, non-durable database.
+        clock: source of the current time in epoch seconds (tests pass a controllable clock).
+        scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
+        synchronous: SQLite `synchronous` mode: "FULL" (default, durable across power loss) or "NORMAL" (durable
+            across a crash of the process, faster); see the module docstring.
+        busy_timeout_seconds: how long to wait for another process holding the write lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] | None = None,
+        scan_debounce_seconds: float = 10.0,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_seconds: float = 30.0,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise ValueError(f"synchronous must be one of FULL, NORMAL, EXTRA, OFF; got {synchronous!r}")
+        self._path = os.fspath(path)
+        self._clock: Callable[[], float] = clock or time.time
+        self._scan_debounce = float(scan_debounce_seconds)
+        self._synchronous: Synchronous = synchronous
+        self._busy_timeout = float(busy_timeout_seconds)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = _connect(self._path, synchronous, self._busy_timeout)
+        self._created = self._clock()
+        self._last_scan: float | None = None
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._finished_in_tx: list[str] = []
+
+    # -- pickling: a copy reopens the same file ---------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        if self._path == ":memory:" or self._path == "":
+            raise TypeError("a SqliteLightningStore on a private in-memory database cannot be pickled")
+        return {
+            "path": self._path,
+            "clock": self._clock,
+            "scan_debounce_seconds": self._scan_debounce,
+            "synchronous": self._synchronous,
+            "busy_timeout_seconds": self._busy_timeout,
+        }
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            data["path"],
+            clock=data["clock"],
+            scan_debounce_seconds=data["scan_debounce_seconds"],
+            synchronous=data["synchronous"],
+            busy_timeout_seconds=data["busy_timeout_seconds"],
+        )
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        """Thread-safe and async-safe; not a zero-copy store shared across processes (see the module docstring)."""
+        return LightningStoreCapabilities(thread_safe=True, async_safe=True, zero_copy=False, otlp_traces=False)
+
+    async def statistics(self) -> SqliteStoreStatistics:
+        """Row counts of every collection, uptime, and the size of the database and WAL files."""
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN")
+            try:
+                counts = [
+                    db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                    for table in ("rollouts", "attempts", "spans", "resources", "workers")
+                ]
+            finally:
+                db.execute("COMMIT")
+            uptime = self._clock() - self._created
+        return SqliteStoreStatistics(
+            name=type(self).__name__,
+            total_rollouts=counts[0],
+            total_attempts=counts[1],
+            total_spans=counts[2],
+            total_resources=counts[3],
+            total_workers=counts[4],
+            uptime=uptime,
+            db_path=self._path,
+            db_file_bytes=_file_size(self._path),
+            wal_file_bytes=_file_size(self._path + "-wal"),
+        )
+
+    async def close(self) -> None:
+        """Close the database (checkpointing the WAL); later calls raise RuntimeError."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    # -- transactions (call with self._lock held) -------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"SqliteLightningStore on {self._path} is closed")
+        return self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; waiters of rollouts it finished are woken only after it commits."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        self._finished_in_tx = []
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._finished_in_tx = []
+            raise
+        finished, self._finished_in_tx = self._finished_in_tx, []
+        for rollout_id in finished:
+            self._release_waiters(rollout_id)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: a consistent snapshot that never blocks writers (WAL)."""
+        db = self._conn()
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    def _release_waiters(self, rollout_id: str) -> None:
+        for loop, future in self._waiters.pop(rollout_id, ()):
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # the waiting loop is closed
+                pass
+
+    # -- row access -----------------------------------------------------------------------------------------
+    def _get_rollout(self, db: sqlite3.Connection, rollout_id: str) -> Rollout | None:
+        if not isinstance(rollout_id, str):
+            return None
+        row = db.execute("SELECT data FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        return None if row is None else Rollout.model_validate_json(row[0])
+
+    def _rollout(self, db: sqlite3.Connection, rollout_id: str) -> Rollout:
+        rollout = self._get_rollout(db, rollout_id)
+        if rollout is None:
+            raise ValueError(f"Rollout {rollout_id} not found")
+        return rollout
+
+    def _put_rollout(self, db: sqlite3.Connection, rollout: Rollout) -> None:
+        db.execute(
+            "UPDATE rollouts SET status = ?, watched = ?, data = ? WHERE rollout_id = ?",
+            (rollout.status, self._watched(rollout), _dump(rollout), rollout.rollout_id),
+        )
+
+    @staticmethod
+    def _watched(rollout: Rollout) -> int:
+        """1 if the health scan must look at this rollout (claimed, with timeout/unresponsive rules)."""
+        return int(state.is_running(rollout.status) and _has_health_rules(rollout.config))
+
+    def _latest_attempt(self, db: sqlite3.Connection, rollout_id: str) -> Attempt | None:
+        row = db.execute(
+            "SELECT data FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1", (rollout_id,)
+        ).fetchone()
+        return None if row is None else Attempt.model_validate_json(row[0])
+
+    def _latest_sequence(self, db: sqlite3.Connection, rollout_id: str) -> int:
+        row = db.execute("SELECT MAX(sequence_id) FROM attempts WHERE rollout_id = ?", (rollout_id,)).fetchone()
+        return int(row[0]) if row[0] is not None else 0
+
+    def _get_attempt(self, db: sqlite3.Connection, rollout_id: str, attempt_id: str) -> Attempt | None:
+        if not isinstance(attempt_id, str):
+            return None
+        row = db.execute(
+            "SELECT data FROM attempts WHERE rollout_id = ? AND attempt_id = ?", (rollout_id, attempt_id)
+        ).fetchone()
+        return None if row is None else Attempt.model_validate_json(row[0])
+
+    def _put_attempt(self, db: sqlite3.Connection, attempt: Attempt) -> None:
+        db.execute(
+            "UPDATE attempts SET data = ? WHERE rollout_id = ? AND attempt_id = ?",
+            (_dump(attempt), attempt.rollout_id, attempt.attempt_id),
+        )
+
+    def _get_worker(self, db: sqlite3.Connection, worker_id: str) -> Worker | None:
+        row = db.execute("SELECT data FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()
+        return None if row is None else Worker.model_validate_json(row[0])
+
+    def _write_worker(self, db: sqlite3.Connection, worker_id: str, fields: dict[str, Any]) -> Worker:
+        worker = self._get_worker(db, worker_id)
+        if worker is None:
+            worker = Worker(worker_id=worker_id)
+        for key, value in fields.items():
+            setattr(worker, key, value)
+        db.execute(
+            "INSERT INTO workers (worker_id, status, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (worker_id) DO UPDATE SET status = excluded.status, data = excluded.data",
+            (worker_id, worker.status, _dump(worker)),
+        )
+        return worker
+
+    def _latest_resources_id(self, db: sqlite3.Connection) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'latest_resources_id'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_latest_resources_id(self, db: sqlite3.Connection, resources_id: str) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('latest_resources_id', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (resources_id,),
+        )
+
+    # -- state transitions (call inside a write transaction) ------------------------------------------------
+    def _set_rollout_status(self, db: sqlite3.Connection, rollout: Rollout, status: RolloutStatus, now: float) -> None:
+        rollout.status = status
+        if status in state.FINISHED_STATUSES:
+            rollout.end_time = now
+            self._finished_in_tx.append(rollout.rollout_id)
+        elif status in state.QUEUING_STATUSES:
+            # One queue entry per rollout: a stale entry still in the queue keeps its old position.
+            db.execute("INSERT OR IGNORE INTO queue (rollout_id) VALUES (?)", (rollout.rollout_id,))
+        self._put_rollout(db, rollout)
+
+    def _sync_worker(self, db: sqlite3.Connection, attempt: Attempt, now: float, *, dequeued: bool = False) -> None:
+        if not attempt.worker_id:
+            return
+        fields = state.worker_fields_for_attempt(attempt, now)
+        if dequeued:
+            fields["last_dequeue_time"] = now
+        self._write_worker(db, attempt.worker_id, fields)
+
+    def _apply_attempt_status(
+        self,
+        db: sqlite3.Connection,
+        rollout: Rollout,
+        attempt: Attempt,
+        status: AttemptStatus,
+        now: float,
+        *,
+        latest: bool,
+    ) -> None:
+        """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout."""
+        attempt.status = status
+        if status in state.ATTEMPT_END_STATUSES:
+            attempt.end_time = now
+        if latest:
+            new = state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
+            if new != rollout.status:
+                self._set_rollout_status(db, rollout, new, now)
+        self._sync_worker(db, attempt, now)
+
+    def _maybe_scan(self, now: float) -> None:
+        """Apply the timeout / unresponsive rules to claimed rollouts, unless a scan ran within the debounce."""
+        if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
+            return
+        self._last_scan = now
+        db = self._conn()
+        if db.execute("SELECT 1 FROM rollouts WHERE watched = 1 LIMIT 1").fetchone() is None:
+            return
+        with self._write() as db:
+            rows = db.execute("SELECT data FROM rollouts WHERE watched = 1 ORDER BY seq").fetchall()
+            for (data,) in rows:
+                rollout = Rollout.model_validate_json(data)
+                attempt = self._latest_attempt(db, rollout.rollout_id)
+                if attempt is None:
+                    continue
+                bad = state.unhealthy_status(attempt, rollout.config, now)
+                if bad is not None and attempt.status != bad:
+                    self._apply_attempt_status(db, rollout, attempt, bad, now, latest=True)
+                    self._put_attempt(db, attempt)
+
+    def _new_rollout(
+        self,
+        db: sqlite3.Connection,
+        input: TaskInput,
+        mode: RolloutMode | None,
+        resources_id: str | None,
+        config: RolloutConfig | dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+        status: RolloutStatus,
+        now: float,
+        latest_resources_id: str | None,
+    ) -> Rollout:
+        rollout = Rollout(
+            rollout_id=_new_id("ro-", 6),
+            input=input,
+            start_time=now,
+            mode=_check_mode(mode),
+            resources_id=resources_id if resources_id is not None else latest_resources_id,
+            status=status,
+            config=_as_config(config),
+            metadata=_as_metadata(metadata),
+        )
+        db.execute(
+            "INSERT INTO rollouts (rollout_id, status, watched, data) VALUES (?, ?, ?, ?)",
+            (rollout.rollout_id, rollout.status, self._watched(rollout), _dump(rollout)),
+        )
+        db.execute("INSERT INTO span_counters (rollout_id, counter) VALUES (?, 0)", (rollout.rollout_id,))
+        if status in state.QUEUING_STATUSES:
+            db.execute("INSERT OR IGNORE INTO queue (rollout_id) VALUES (?)", (rollout.rollout_id,))
+        return rollout
+
+    def _new_attempt(self, db: sqlite3.Connection, rollout: Rollout, worker_id: str | None, now: float) -> Attempt:
+        attempt = _build(
+            Attempt,
+            {
+                "rollout_id": rollout.rollout_id,
+                "attempt_id": _new_id("at-", 4),
+                "sequence_id": self._latest_sequence(db, rollout.rollout_id) + 1,
+                "start_time": now,
+                "end_time": None,
+                "status": "preparing",
+                "worker_id": worker_id,
+                "last_heartbeat_time": None,
+                "metadata": None,
+            },
+            {},
+        )
+        db.execute(
+            "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, data) VALUES (?, ?, ?, ?)",
+            (attempt.rollout_id, attempt.attempt_id, attempt.sequence_id, _dump(attempt)),
+        )
+        self._set_rollout_status(db, rollout, "preparing", now)
+        return attempt
+
+    def _claim(self, db: sqlite3.Connection, worker_id: str | None, now: float) -> tuple[Rollout, Attempt] | None:
+        while True:
+            row = db.execute("SELECT position, rollout_id FROM queue ORDER BY position LIMIT 1").fetchone()
+            if row is None:
+                return None
+            position, rollout_id = row
+            db.execute("DELETE FROM queue WHERE position = ?", (position,))
+            rollout = self._get_rollout(db, rollout_id)
+            if rollout is None or rollout.status not in state.QUEUING_STATUSES:
+                logger.warning("Skipping stale queue entry %s (no longer waiting in the queue)", rollout_id)
+                continue
+            return rollout, self._new_attempt(db, rollout, worker_id, now)
+
+    def _empty_dequeue(self, db: sqlite3.Connection, worker_id: str, now: float) -> None:
+        worker = self._get_worker(db, worker_id)
+        current = None if worker is None else {"status": worker.status}
+        self._write_worker(db, worker_id, state.worker_fields_for_empty_dequeue(current, now))
+
+    # -- rollouts and the queue -----------------------------------------------------------------------------
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        """Create a rollout and its first attempt, both `preparing`, without queueing it."""
+        _check_worker_id(worker_id)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                latest = self._latest_resources_id(db) if resources_id is None else None
+                rollout = self._new_rollout(db, input, mode, resources_id, config, metadata, "preparing", now, latest)
+                attempt = self._new_attempt(db, rollout, worker_id, now)
+                self._sync_worker(db, attempt, now)
+        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Create a `queuing` rollout at the tail of the queue."""
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                latest = self._latest_resources_id(db) if resources_id is None else None
+                return self._new_rollout(db, input, mode, resources_id, config, metadata, "queuing", now, latest)
+
+    async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
+        """Enqueue several rollouts in order in one transaction (all or none); results in input order."""
+        requests = [
+            r if isinstance(r, EnqueueRolloutRequest) else EnqueueRolloutRequest.model_validate(r) for r in rollouts
+        ]
+        configs = [_as_config(r.config) for r in requests]
+        for r in requests:
+            _check_mode(r.mode)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                latest = self._latest_resources_id(db)
+                return [
+                    self._new_rollout(db, r.input, r.mode, r.resources_id, config, r.metadata, "queuing", now, latest)
+                    for r, config in zip(requests, configs, strict=True)
+                ]
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
+        _check_worker_id(worker_id)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                claimed = self._claim(db, worker_id, now)
+                if claimed is None:
+                    if worker_id:
+                        self._empty_dequeue(db, worker_id, now)
+                    return None
+                rollout, attempt = claimed
+                self._sync_worker(db, attempt, now, dequeued=True)
+        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        """Claim up to `limit` rollouts from the head of the queue, in FIFO order, in one transaction."""
+        _check_worker_id(worker_id)
+        if limit <= 0:
+            return []
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                claimed: list[tuple[Rollout, Attempt]] = []
+                while len(claimed) < limit:
+                    one = self._claim(db, worker_id, now)
+                    if one is None:
+                        break
+                    claimed.append(one)
+                if worker_id:
+                    if claimed:
+                        self._sync_worker(db, claimed[-1][1], now, dequeued=True)
+                    else:
+                        self._empty_dequeue(db, worker_id, now)
+        return [_snapshot(rollout, attempt) for rollout, attempt in claimed]  # type: ignore[misc]
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
+        _check_worker_id(worker_id)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                rollout = self._rollout(db, rollout_id)
+                attempt = self._new_attempt(db, rollout, worker_id, now)
+                self._sync_worker(db, attempt, now)
+        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout]:
+        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        if status_in is None and status is not None:
+            _deprecated("status", "status_in")
+            status_in = status
+        if rollout_id_in is None and rollout_ids is not None:
+            _deprecated("rollout_ids", "rollout_id_in")
+            rollout_id_in = rollout_ids
+        if status_in is not None:
+            for s in status_in:
+                state.check_rollout_status(s, "status_in item")
+        if filter_logic not in ("and", "or"):
+            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "status": {"within": status_in},
+                "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            self._maybe_scan(self._clock())
+            with self._read() as db:
+                rows = self._rollout_candidates(db, status_in, rollout_id_in, filter_logic)
+                matches = [
+                    r for r in (Rollout.model_validate_json(data) for data in rows) if predicate is None or predicate(r)
+                ]
+                matches = sort_items(matches, Rollout, sort_by, sort_order)
+                total = len(matches)
+                end = None if limit == -1 else offset + limit
+                page = matches[offset:end]
+                items = [_snapshot(r, self._latest_attempt(db, r.rollout_id)) for r in page]
+        return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
+
+    def _rollout_candidates(
+        self,
+        db: sqlite3.Connection,
+        status_in: Sequence[str] | None,
+        rollout_id_in: Sequence[str] | None,
+        filter_logic: str,
+    ) -> list[bytes]:
+        """Rollout rows in insertion order: a superset of the matches, as small as the indexes allow."""
+        if filter_logic == "and":
+            if rollout_id_in is not None:
+                wanted = list(dict.fromkeys(rid for rid in rollout_id_in if isinstance(rid, str)))
+                found: list[tuple[int, bytes]] = []
+                for chunk in _chunks(wanted):
+                    found.extend(
+                        db.execute(
+                            f"SELECT seq, data FROM rollouts WHERE rollout_id IN ({_marks(len(chunk))})", tuple(chunk)
+                        ).fetchall()
+                    )
+                found.sort(key=lambda row: row[0])
+                return [data for _, data in found]
+            if status_in is not None:
+                statuses = list(dict.fromkeys(status_in))
+                if not statuses:
+                    return []
+                return [
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT data FROM rollouts WHERE status IN ({_marks(len(statuses))}) ORDER BY seq",
+                        tuple(statuses),
+                    )
+                ]
+        return [row[0] for row in db.execute("SELECT data FROM rollouts ORDER BY seq")]
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        """The rollout (with its latest attempt when it has one), or None if unknown."""
+        with self._lock:
+            self._maybe_scan(self._clock())
+            with self._read() as db:
+                rollout = self._get_rollout(db, rollout_id)
+                if rollout is None:
+                    return None
+                return _snapshot(rollout, self._latest_attempt(db, rollout_id))
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput = UNSET,
+        mode: RolloutMode | None = UNSET,
+        resources_id: str | None = UNSET,
+        status: RolloutStatus = UNSET,
+        config: RolloutConfig = UNSET,
+        metadata: dict[str, Any] | None = UNSET,
+    ) -> Rollout:
+        """Replace the given fields of a rollout; a terminal status stamps `end_time` and wakes waiters."""
+        changes: dict[str, Any] = {}
+        if input is not UNSET:
+            changes["input"] = input
+        if mode is not UNSET:
+            changes["mode"] = _check_mode(mode)
+        if resources_id is not UNSET:
+            if resources_id is not None and not isinstance(resources_id, str):
+                raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
+            changes["resources_id"] = resources_id
+        if status is not UNSET:
+            state.check_rollout_status(status)
+        if config is not UNSET:
+            if config is None:
+                raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
+            changes["config"] = _as_config(config)
+        if metadata is not UNSET:
+            if metadata is not None and not isinstance(metadata, dict):
+                raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+            changes["metadata"] = metadata
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                rollout = self._rollout(db, rollout_id)
+                for key, value in changes.items():
+                    setattr(rollout, key, value)
+                if status is not UNSET:
+                    self._set_rollout_status(db, rollout, status, now)
+                else:
+                    self._put_rollout(db, rollout)
+        return rollout
+
+    # -- attempts -------------------------------------------------------------------------------------------
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        """The attempts of a rollout (empty for an unknown rollout)."""
+        check_page(limit, offset)
+        with self._lock:
+            self._maybe_scan(self._clock())
+            with self._read() as db:
+                rows = db.execute(
+                    "SELECT data FROM attempts WHERE rollout_id = ? ORDER BY sequence_id", (rollout_id,)
+                ).fetchall()
+        attempts = [Attempt.model_validate_json(data) for (data,) in rows]
+        return paginate(sort_items(attempts, Attempt, sort_by, sort_order), limit, offset)
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        """The attempt with the highest sequence id, or None."""
+        with self._lock:
+            self._maybe_scan(self._clock())
+            return self._latest_attempt(self._conn(), rollout_id)
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus = UNSET,
+        worker_id: str = UNSET,
+        last_heartbeat_time: float = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Attempt:
+        """Set fields of an attempt (`attempt_id` may be "latest"); the latest attempt's status drives the rollout."""
+        if status is not UNSET:
+            state.check_attempt_status(status)
+        if worker_id is not UNSET and worker_id is not None and not isinstance(worker_id, str):
+            raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
+        if last_heartbeat_time is not UNSET and last_heartbeat_time is not None:
+            if not isinstance(last_heartbeat_time, (int, float)) or isinstance(last_heartbeat_time, bool):
+                raise ValueError(f"last_heartbeat_time must be epoch seconds, got {last_heartbeat_time!r}")
+        if metadata is not UNSET and metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                rollout = self._rollout(db, rollout_id)
+                latest = self._latest_attempt(db, rollout_id)
+                if latest is None:
+                    raise ValueError(f"No attempts found for rollout {rollout_id}")
+                if attempt_id == "latest" or attempt_id == latest.attempt_id:
+                    attempt = latest
+                else:
+                    found = self._get_attempt(db, rollout_id, attempt_id)
+                    if found is None:
+                        raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                    attempt = found
+                if worker_id is not UNSET:
+                    attempt.worker_id = worker_id
+                if last_heartbeat_time is not UNSET:
+                    attempt.last_heartbeat_time = (
+                        float(last_heartbeat_time) if last_heartbeat_time is not None else None
+                    )
+                if metadata is not UNSET:
+                    attempt.metadata = metadata
+                if status is not UNSET:
+                    is_latest = attempt.sequence_id == latest.sequence_id
+                    self._apply_attempt_status(db, rollout, attempt, status, now, latest=is_latest)
+                elif worker_id is not UNSET and worker_id:
+                    self._sync_worker(db, attempt, now)
+                self._put_attempt(db, attempt)
+        return attempt
+
+    # -- spans ----------------------------------------------------------------------------------------------
+    def _raise_counter(self, db: sqlite3.Connection, rollout_id: str, sequence_id: int) -> None:
+        db.execute(
+            "UPDATE span_counters SET counter = ? WHERE rollout_id = ? AND counter < ?",
+            (sequence_id, rollout_id, sequence_id),
+        )
+
+    def _locate(self, db: sqlite3.Connection, rollout_id: str, attempt_id: str) -> tuple[Rollout, Attempt, bool]:
+        """The rollout, the attempt, and whether it is the rollout's latest attempt."""
+        rollout = self._rollout(db, rollout_id)
+        attempt = self._get_attempt(db, rollout_id, attempt_id)
+        if attempt is None:
+            raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+        return rollout, attempt, attempt.sequence_id == self._latest_sequence(db, rollout_id)
+
+    def _store_spans(
+        self,
+        db: sqlite3.Connection,
+        rollout: Rollout,
+        attempt: Attempt,
+        latest: bool,
+        spans: Iterable[Span],
+        now: float,
+    ) -> list[Span]:
+        stored: list[Span] = []
+        for span in spans:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO spans (rollout_id, attempt_id, span_id, sequence_id, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (span.rollout_id, span.attempt_id, span.span_id, span.sequence_id, _dump(span)),
+            )
+            if cursor.rowcount == 0:
+                logger.error(
+                    "Duplicate span %s of rollout %s attempt %s ignored", span.span_id, span.rollout_id, span.attempt_id
+                )
+                continue
+            stored.append(span)
+        if not stored:
+            return stored
+        # The arrival of new spans is a heartbeat of the attempt.
+        attempt.last_heartbeat_time = now
+        attempt.status = state.attempt_status_on_heartbeat(attempt.status)
+        self._put_attempt(db, attempt)
+        if latest:
+            new = state.rollout_status_on_heartbeat(rollout.status)
+            if new != rollout.status:
+                self._set_rollout_status(db, rollout, new, now)
+        return stored
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Store a span; returns None when a span with the same id already exists for that attempt."""
+        if not isinstance(span, Span):
+            span = Span.model_validate(span)
+        error: ValueError | None = None
+        with self._lock:
+            now = self._clock()
+            with self._write() as db:
+                # The counter is raised even when the span is then refused (as in the in-memory store).
+                self._raise_counter(db, span.rollout_id, span.sequence_id)
+                try:
+                    rollout, attempt, latest = self._locate(db, span.rollout_id, span.attempt_id)
+                except ValueError as exc:
+                    error = exc
+                else:
+                    stored = self._store_spans(db, rollout, attempt, latest, (span,), now)
+        if error is not None:
+            raise error
+        return stored[0] if stored else None
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        """Store several spans in one transaction, group by group (rollout, attempt) in first-appearance order.
+
+        Returns the stored spans (duplicates skipped). An unknown rollout or attempt aborts the call with a
+        ValueError; the groups before it stay stored.
+        """
+        spans = [s if isinstance(s, Span) else Span.model_validate(s) for s in spans]
+        groups: dict[tuple[str, str], list[Span]] = {}
+        for span in spans:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        error: ValueError | None = None
+        stored: list[Span] = []
+        with self._lock:
+            now = self._clock()
+            with self._write() as db:
+                for (rollout_id, attempt_id), group in groups.items():
+                    self._raise_counter(db, rollout_id, max(s.sequence_id for s in group))
+                    try:
+                        rollout, attempt, latest = self._locate(db, rollout_id, attempt_id)
+                    except ValueError as exc:
+                        error = exc
+                        break
+                    stored.extend(self._store_spans(db, rollout, attempt, latest, group, now))
+        if error is not None:
+            raise error
+        return stored
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """Allocate the next span sequence id of a rollout (one counter per rollout, first id 1)."""
+        with self._lock, self._write() as db:
+            row = db.execute(
+                "UPDATE span_counters SET counter = counter + 1 WHERE rollout_id = ? RETURNING counter", (rollout_id,)
+            ).fetchone()
+            if row is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            return int(row[0])
+
+    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
+        """Allocate one sequence id per (rollout, attempt) pair, consecutive per rollout in request order."""
+        counts: dict[str, int] = {}
+        for rollout_id, _ in rollout_attempt_ids:
+            counts[rollout_id] = counts.get(rollout_id, 0) + 1
+        with self._lock, self._write() as db:
+            next_id: dict[str, int] = {}
+            for rollout_id, count in counts.items():
+                row = db.execute(
+                    "UPDATE span_counters SET counter = counter + ? WHERE rollout_id = ? RETURNING counter",
+                    (count, rollout_id),
+                ).fetchone()
+                if row is None:
+                    raise ValueError(f"Rollout {rollout_id} not found")
+                next_id[rollout_id] = int(row[0]) - count + 1
+            out: list[int] = []
+            for rollout_id, _ in rollout_attempt_ids:
+                out.append(next_id[rollout_id])
+                next_id[rollout_id] += 1
+            return out
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+    ) -> PaginatedResult[Span]:
+        """Spans of a rollout: of one attempt, of the latest attempt ("latest"), or of all attempts (None)."""
+        if filter_logic not in ("and", "or"):
+            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "trace_id": {"exact": trace_id, "contains": trace_id_contains},
+                "span_id": {"exact": span_id, "contains": span_id_contains},
+                "parent_id": {"exact": parent_id, "contains": parent_id_contains},
+                "name": {"exact": name, "contains": name_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            self._maybe_scan(self._clock())
+            with self._read() as db:
+                if attempt_id == "latest":
+                    latest = self._latest_attempt(db, rollout_id)
+                    if latest is None:
+                        return paginate([], limit, offset)
+                    attempt_id = latest.attempt_id
+                if attempt_id is None:
+                    rows = db.execute("SELECT data FROM spans WHERE rollout_id = ? ORDER BY seq", (rollout_id,))
+                else:
+                    rows = db.execute(
+                        "SELECT data FROM spans WHERE rollout_id = ? AND attempt_id = ? ORDER BY seq",
+                        (rollout_id, attempt_id),
+                    )
+                raw = [data for (data,) in rows]
+        spans = [s for s in (Span.model_validate_json(data) for data in raw) if predicate is None or predicate(s)]
+        return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)
+
+    # -- resources ------------------------------------------------------------------------------------------
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        """Store a new resources snapshot (version 1); it becomes the latest."""
+        validated = _named_resources_adapter.validate_python(resources)
+        with self._lock:
+            now = self._clock()
+            update = ResourcesUpdate(
+                resources_id=_new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
+            )
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO resources (resources_id, data) VALUES (?, ?)", (update.resources_id, _dump(update))
+                )
+                self._set_latest_resources_id(db, update.resources_id)
+        return update
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        """Replace a snapshot's resources (version + 1), or create it with version 1; it becomes the latest."""
+        if not isinstance(resources_id, str) or not resources_id:
+            raise ValueError(f"resources_id must be a non-empty string, got {resources_id!r}")
+        validated = _named_resources_adapter.validate_python(resources)
+        with self._lock:
+            now = self._clock()
+            self._maybe_scan(now)
+            with self._write() as db:
+                old = self._get_resources(db, resources_id)
+                update = ResourcesUpdate(
+                    resources_id=resources_id,
+                    create_time=old.create_time if old is not None else now,
+                    update_time=now,
+                    version=old.version + 1 if old is not None else 1,
+                    resources=validated,
+                )
+                # Updated in place: it keeps its insertion position, but becomes the latest.
+                db.execute(
+                    "INSERT INTO resources (resources_id, data) VALUES (?, ?) "
+                    "ON CONFLICT (resources_id) DO UPDATE SET data = excluded.data",
+                    (resources_id, _dump(update)),
+                )
+                self._set_latest_resources_id(db, resources_id)
+        return update
+
+    def _get_resources(self, db: sqlite3.Connection, resources_id: str) -> ResourcesUpdate | None:
+        if not isinstance(resources_id, str):
+            return None
+        row = db.execute("SELECT data FROM resources WHERE resources_id = ?", (resources_id,)).fetchone()
+        return None if row is None else ResourcesUpdate.model_validate_json(row[0])
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """A resources snapshot by id, or None."""
+        with self._lock:
+            return self._get_resources(self._conn(), resources_id)
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        """The snapshot most recently added or updated, or None."""
+        with self._lock, self._read() as db:
+            latest = self._latest_resources_id(db)
+            return None if latest is None else self._get_resources(db, latest)
+
+    async def query_resources(
+        self,
+        *,
+        resources_id: str | None = None,
+        resources_id_contains: str | None = None,
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[ResourcesUpdate]:
+        """Resources snapshots matching the id filters, in insertion order unless sorted."""
+        check_page(limit, offset)
+        predicate = compile_filter({"resources_id": {"exact": resources_id, "contains": resources_id_contains}})
+        with self._lock:
+            rows = self._conn().execute("SELECT data FROM resources ORDER BY seq").fetchall()
+        items = [
+            u for u in (ResourcesUpdate.model_validate_json(d) for (d,) in rows) if predicate is None or predicate(u)
+        ]
+        return paginate(sort_items(items, ResourcesUpdate, sort_by, sort_order), limit, offset)
+
+    # -- workers --------------------------------------------------------------------------------------------
+    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        """Record a worker heartbeat (creating the worker as `unknown` if new); never changes its status."""
+        if not isinstance(worker_id, str) or not worker_id:
+            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        if heartbeat_stats is not UNSET and heartbeat_stats is not None and not isinstance(heartbeat_stats, dict):
+            raise ValueError(f"heartbeat_stats must be a dict, got {type(heartbeat_stats).__name__}")
+        with self._lock:
+            fields: dict[str, Any] = {"last_heartbeat_time": self._clock()}
+            if heartbeat_stats is not UNSET:
+                fields["heartbeat_stats"] = dict(heartbeat_stats) if heartbeat_stats is not None else None
+            with self._write() as db:
+                return self._write_worker(db, worker_id, fields)
+
+    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
+        """A worker by id, or None."""
+        with self._lock:
+            return self._get_worker(self._conn(), worker_id)
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[WorkerStatus] | None = None,
+        worker_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Worker]:
+        """Workers matching the filters."""
+        if status_in is not None:
+            for s in status_in:
+                state.check_worker_status(s, "status_in item")
+        check_page(limit, offset)
+        predicate = compile_filter(
+            {
+                "status": {"within": status_in},
+                "worker_id": {"contains": worker_id_contains},
+                "_aggregate": filter_logic,
+            }
+        )
+        with self._lock:
+            self._maybe_scan(self._clock())
+            rows = self._conn().execute("SELECT data FROM workers ORDER BY seq").fetchall()
+        items = [w for w in (Worker.model_validate_json(d) for (d,) in rows) if predicate is None or predicate(w)]
+        return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
+
+    # -- waiting --------------------------------------------------------------------------------------------
+    def _statuses(self, db: sqlite3.Connection, rollout_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        wanted = [rid for rid in dict.fromkeys(rollout_ids) if isinstance(rid, str)]
+        for chunk in _chunks(wanted):
+            for rid, status in db.execute(
+                f"SELECT rollout_id, status FROM rollouts WHERE rollout_id IN ({_marks(len(chunk))})", tuple(chunk)
+            ):
+                out[rid] = status
+        return out
+
+    async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
+        """The rollouts among `rollout_ids` that are finished by the deadline, in input order.
+
+        Wakes as soon as the last of them finishes through this store, or within 0.5 s when another process
+        finished it; `timeout=None` waits for all, `timeout <= 0` checks once. Unknown ids are ignored.
+        """
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        registered: dict[asyncio.Future[None], str] = {}
+        try:
+            with self._lock:
+                self._maybe_scan(self._clock())
+                if timeout != 0:
+                    for rollout_id, status in self._statuses(self._conn(), rollout_ids).items():
+                        if status not in state.FINISHED_STATUSES:
+                            future: asyncio.Future[None] = loop.create_future()
+                            self._waiters.setdefault(rollout_id, []).append((loop, future))
+                            registered[future] = rollout_id
+            pending = dict(registered)
+            while pending:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                wake = _POLL_SECONDS if remaining is None else min(remaining, _POLL_SECONDS)
+                done, _ = await asyncio.wait(set(pending), timeout=wake)
+                for future in done:
+                    pending.pop(future, None)
+                if pending:
+                    # Another process may have finished them, or a health rule may have fired.
+                    with self._lock:
+                        self._maybe_scan(self._clock())
+                        statuses = self._statuses(self._conn(), list(pending.values()))
+                    for future, rollout_id in list(pending.items()):
+                        if statuses.get(rollout_id) in state.FINISHED_STATUSES:
+                            pending.pop(future)
+        finally:
+            if registered:
+                with self._lock:
+                    for future, rollout_id in registered.items():
+                        waiters = self._waiters.get(rollout_id)
+                        if waiters:
+                            waiters[:] = [w for w in waiters if w[1] is not future]
+                            if not waiters:
+                                del self._waiters[rollout_id]
+        with self._lock, self._read() as db:
+            finished: dict[str, Rollout] = {}
+            wanted = [rid for rid in dict.fromkeys(rollout_ids) if isinstance(rid, str)]
+            for chunk in _chunks(wanted):
+                for (data,) in db.execute(
+                    f"SELECT data FROM rollouts WHERE rollout_id IN ({_marks(len(chunk))})", tuple(chunk)
+                ):
+                    rollout = Rollout.model_validate_json(data)
+                    if rollout.status in state.FINISHED_STATUSES:
+                        finished[rollout.rollout_id] = rollout
+        return [finished[rid] for rid in rollout_ids if isinstance(rid, str) and rid in finished]
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
