@@ -1,0 +1,420 @@
+"""`OtelTracer`: captures OpenTelemetry SDK spans and writes them to the store in batches.
+
+Spans that end inside a `trace_context` are buffered and sent with one `get_many_span_sequence_ids` plus one
+`add_many_spans` call per batch: when the buffer reaches `batch_size` spans, when its oldest span has waited
+`flush_interval` seconds, and when the context exits. Every store call runs on the event loop that opened the
+trace context (never on a private loop, never blocking the thread that ended the span), so the store is only
+used from the loop its owner uses.
+
+Stores with the `otlp_traces` capability are written through the same batched path rather than through OTLP:
+one `add_many_spans` request per batch already costs one round trip, avoids protobuf encoding, and lets
+`get_last_trace()` return the stored copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import Status
+from opentelemetry.trace import StatusCode as OtelStatusCode
+
+from agl.tracer.base import SpanRecordingContext, Tracer, _activated, check_status_code, resolve_context_ids
+from agl.types.tracer import Span, SpanCoreFields, StatusCode, TraceStatus
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Span as SdkSpan
+
+    from agl.store.base import LightningStore
+
+__all__ = ["LightningSpanProcessor", "OtelSpanRecordingContext", "OtelTracer"]
+
+logger = logging.getLogger(__name__)
+
+DUMMY_ROLLOUT_ID = "rollout-dummy"
+DUMMY_ATTEMPT_ID = "attempt-dummy"
+
+# Sequence ids of spans captured without a store; process-wide, starting at 0.
+_local_sequence = itertools.count()
+_local_sequence_lock = threading.Lock()
+
+_global_provider_lock = threading.Lock()
+
+
+def _next_local_sequence_id() -> int:
+    with _local_sequence_lock:
+        return next(_local_sequence)
+
+
+def _to_ns(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+def _from_ns(nanos: int | None) -> float | None:
+    return None if nanos is None else nanos / 1e9
+
+
+def _otel_status(status_code: StatusCode, description: str | None) -> Status:
+    code = OtelStatusCode[check_status_code(status_code)]
+    # OpenTelemetry keeps a description only for ERROR statuses.
+    return Status(code, description if code is OtelStatusCode.ERROR else None)
+
+
+def _status_of(span: ReadableSpan) -> TraceStatus:
+    status = span.status
+    return TraceStatus(status_code=status.status_code.name, description=status.description or None)
+
+
+class _TraceSession:
+    """Spans of one open trace context: the unsent buffer, the captured result and the pending flushes."""
+
+    def __init__(
+        self,
+        store: LightningStore | None,
+        rollout_id: str,
+        attempt_id: str,
+        loop: asyncio.AbstractEventLoop,
+        batch_size: int,
+        flush_interval: float,
+    ) -> None:
+        self.store = store
+        self.rollout_id = rollout_id
+        self.attempt_id = attempt_id
+        self.loop = loop
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.captured: list[Span] = []
+        self._buffer: list[ReadableSpan] = []
+        self._oldest: float | None = None
+        self._lock = threading.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._pending: set[asyncio.Future[None]] = set()
+
+    # Called from whichever thread ended the span.
+    def add(self, span: ReadableSpan) -> None:
+        if self.store is None:
+            converted = Span.from_opentelemetry(span, self.rollout_id, self.attempt_id, _next_local_sequence_id())
+            with self._lock:
+                self.captured.append(converted)
+            return
+        with self._lock:
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.append(span)
+            full = len(self._buffer) >= self.batch_size
+        if full:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            task = self.loop.create_task(self.flush())
+            self._track(task)
+            return
+        try:
+            cfuture = asyncio.run_coroutine_threadsafe(self.flush(), self.loop)
+        except RuntimeError:  # the loop is closed; the exit flush (if any) takes the spans
+            return
+        self.loop.call_soon_threadsafe(self._track_concurrent, cfuture)
+
+    def _track_concurrent(self, cfuture: concurrent.futures.Future[None]) -> None:
+        self._track(asyncio.wrap_future(cfuture, loop=self.loop))
+
+    def _track(self, future: asyncio.Future[None]) -> None:
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    async def run_timer(self) -> None:
+        """Flush whenever the oldest buffered span has waited `flush_interval` seconds."""
+        while True:
+            oldest = self._oldest
+            delay = self.flush_interval if oldest is None else oldest + self.flush_interval - time.monotonic()
+            await asyncio.sleep(max(delay, 0.001))
+            oldest = self._oldest
+            if oldest is not None and time.monotonic() - oldest >= self.flush_interval:
+                await self.flush()
+
+    async def drain(self) -> None:
+        """Wait for scheduled flushes, then send whatever is still buffered."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the buffered spans to the store (sequence ids first, then the spans) in one batch."""
+        async with self._flush_lock:
+            with self._lock:
+                batch, self._buffer, self._oldest = self._buffer, [], None
+            if not batch or self.store is None:
+                return
+            token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                converted = await self._write(self.store, batch)
+            finally:
+                otel_context.detach(token)
+            with self._lock:
+                self.captured.extend(converted)
+
+    async def _write(self, store: LightningStore, batch: list[ReadableSpan]) -> list[Span]:
+        rid, aid = self.rollout_id, self.attempt_id
+        try:
+            sequence_ids = list(await store.get_many_span_sequence_ids([(rid, aid)] * len(batch)))
+            if len(sequence_ids) != len(batch):
+                raise RuntimeError(f"store returned {len(sequence_ids)} sequence ids for {len(batch)} spans")
+        except Exception:
+            logger.exception(
+                "Could not allocate sequence ids for %d spans of %s/%s; kept locally", len(batch), rid, aid
+            )
+            return [Span.from_opentelemetry(s, rid, aid, _next_local_sequence_id()) for s in batch]
+        spans = [Span.from_opentelemetry(s, rid, aid, seq) for s, seq in zip(batch, sequence_ids, strict=True)]
+        try:
+            stored = await store.add_many_spans(spans)
+        except Exception:
+            logger.exception("Could not store %d spans of %s/%s; kept locally", len(spans), rid, aid)
+            return spans
+        return list(stored)
+
+
+class LightningSpanProcessor(SpanProcessor):
+    """Hands every sampled span that ends to the tracer's open trace context (spans outside one are ignored)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: _TraceSession | None = None
+
+    def attach(self, session: _TraceSession | None) -> None:
+        """Direct ended spans to `session` (None: ignore them)."""
+        with self._lock:
+            self._session = session
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Buffer or capture the ended span."""
+        if span.context is not None and not span.context.trace_flags.sampled:
+            return
+        with self._lock:
+            session = self._session
+        if session is None:
+            return
+        try:
+            session.add(span)
+        except Exception:  # never break the instrumented code
+            logger.exception("Could not capture span %r", span.name)
+
+    def shutdown(self) -> None:
+        """Stop capturing."""
+        self.attach(None)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing to flush synchronously: buffered spans are sent by the trace context."""
+        return True
+
+
+class OtelSpanRecordingContext(SpanRecordingContext):
+    """Records onto a live OpenTelemetry SDK span."""
+
+    def __init__(self, span: SdkSpan) -> None:
+        self._span = span
+
+    def record_exception(self, exception: BaseException) -> None:
+        """Add an `exception` event to the span."""
+        self._span.record_exception(exception, escaped=True)
+
+    def record_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Add attributes to the span."""
+        self._span.set_attributes(dict(attributes))
+
+    def record_status(self, status_code: StatusCode, description: str | None = None) -> None:
+        """Set the span's status."""
+        self._span.set_status(_otel_status(status_code, description))
+
+    def get_recorded_span(self) -> SpanCoreFields:
+        """The span's fields as recorded so far."""
+        span = self._span
+        return SpanCoreFields(
+            name=span.name,
+            attributes=dict(span.attributes or {}),
+            start_time=_from_ns(span.start_time),
+            end_time=_from_ns(span.end_time),
+            status=_status_of(span),
+        )
+
+
+class OtelTracer(Tracer):
+    """Tracer on the OpenTelemetry SDK, with a private `TracerProvider` per tracer.
+
+    The provider is also made the global OpenTelemetry provider when none has been set, so instrumented
+    libraries' spans are captured too; an existing global provider is left alone (with a log line).
+
+    Args:
+        batch_size: spans buffered before they are sent to the store.
+        flush_interval: longest time, in seconds, a span stays buffered while the context's event loop runs.
+    """
+
+    def __init__(self, *, batch_size: int = 64, flush_interval: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)) or not flush_interval > 0:
+            raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
+        self.batch_size = batch_size
+        self.flush_interval = float(flush_interval)
+        self._provider: TracerProvider | None = None
+        self._processor: LightningSpanProcessor | None = None
+        self._otel_tracer: otel_trace.Tracer | None = None
+        self._last_trace: list[Span] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def init_worker(self, worker_id: int, store: LightningStore | None = None) -> None:
+        """Create this worker's tracer provider and span processor; `store` receives the spans."""
+        super().init_worker(worker_id, store)
+        self._ensure_provider()
+
+    def teardown_worker(self, worker_id: int) -> None:
+        """Shut the tracer provider down."""
+        super().teardown_worker(worker_id)
+        provider, self._provider, self._processor, self._otel_tracer = self._provider, None, None, None
+        if provider is not None:
+            provider.shutdown()
+
+    def _ensure_provider(self) -> otel_trace.Tracer:
+        if self._otel_tracer is not None:
+            return self._otel_tracer
+        provider = TracerProvider(resource=Resource.create({"service.name": "agl"}))
+        processor = LightningSpanProcessor()
+        provider.add_span_processor(processor)
+        with _global_provider_lock:
+            if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
+                otel_trace.set_tracer_provider(provider)
+                logger.info("OtelTracer: installed its tracer provider as the global OpenTelemetry provider")
+            else:
+                logger.info(
+                    "OtelTracer: a global OpenTelemetry provider is already set; leaving it in place "
+                    "(spans sent to it are not captured, only this tracer's own spans are)"
+                )
+        self._provider, self._processor = provider, processor
+        self._otel_tracer = provider.get_tracer("agl")
+        return self._otel_tracer
+
+    @property
+    def provider(self) -> TracerProvider:
+        """This tracer's OpenTelemetry tracer provider (created on first use)."""
+        self._ensure_provider()
+        assert self._provider is not None
+        return self._provider
+
+    def get_otel_tracer(self) -> otel_trace.Tracer:
+        """An OpenTelemetry tracer whose spans this tracer captures."""
+        return self._ensure_provider()
+
+    # -- tracing ------------------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def trace_context(
+        self,
+        name: str | None = None,
+        *,
+        store: LightningStore | None = None,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> AsyncIterator[OtelTracer]:
+        """Capture the spans ending inside the block, write them to the store and make this tracer active.
+
+        With `rollout_id` and `attempt_id` the spans go to the store given to `init_worker` (or, deprecated,
+        to `store`); with neither they are only kept for `get_last_trace()`.
+
+        Raises:
+            ValueError: only one of the ids given, ids given without a store, or another tracer already active.
+        """
+        target = resolve_context_ids(self.store, store, rollout_id, attempt_id)
+        self._ensure_provider()
+        processor = self._processor
+        assert processor is not None
+        session = _TraceSession(
+            target,
+            rollout_id if rollout_id is not None else DUMMY_ROLLOUT_ID,
+            attempt_id if attempt_id is not None else DUMMY_ATTEMPT_ID,
+            asyncio.get_running_loop(),
+            self.batch_size,
+            self.flush_interval,
+        )
+        with _activated(self):
+            processor.attach(session)
+            timer = asyncio.get_running_loop().create_task(session.run_timer()) if target is not None else None
+            try:
+                yield self
+            finally:
+                processor.attach(None)
+                if timer is not None:
+                    timer.cancel()
+                    await asyncio.gather(timer, return_exceptions=True)
+                await session.drain()
+                self._last_trace = list(session.captured)
+
+    def get_last_trace(self) -> list[Span]:
+        """The spans captured by the most recent trace context (the stored copies when written to a store)."""
+        return list(self._last_trace)
+
+    def create_span(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: float | None = None,
+        status: TraceStatus | None = None,
+    ) -> SpanCoreFields:
+        """Start and immediately end an OpenTelemetry span (child of the current span) and return its fields."""
+        when = time.time() if timestamp is None else timestamp
+        when_ns = _to_ns(when)
+        span = self._ensure_provider().start_span(name, attributes=dict(attributes or {}), start_time=when_ns)
+        if status is not None:
+            span.set_status(_otel_status(status.status_code, status.description))
+        span.end(end_time=when_ns)
+        recorded: Any = span
+        return SpanCoreFields(
+            name=name,
+            attributes=dict(recorded.attributes or {}),
+            start_time=when,
+            end_time=when,
+            status=_status_of(recorded) if status is not None else TraceStatus(),
+        )
+
+    @contextmanager
+    def operation_context(
+        self,
+        name: str,
+        attributes: Mapping[str, Any] | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> Iterator[SpanRecordingContext]:
+        """Record a span that is the current span for the block; an escaping exception sets status ERROR.
+
+        A custom `end_time` is ignored (with a warning): the span ends when the block does.
+        """
+        if end_time is not None:
+            logger.warning("OtelTracer.operation_context ignores end_time; the span ends when the block exits")
+        with self._ensure_provider().start_as_current_span(
+            name,
+            attributes=dict(attributes or {}),
+            start_time=_to_ns(start_time),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            ctx = OtelSpanRecordingContext(span)  # type: ignore[arg-type]
+            try:
+                yield ctx
+            except BaseException as exc:
+                ctx.record_exception(exc)
+                ctx.record_status("ERROR", f"{type(exc).__name__}: {exc}")
+                raise
