@@ -37,6 +37,11 @@ _export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "Light
 _export("agl.store.memory", "InMemoryLightningStore")
 _export("agl.store.threading", "LightningStoreThreaded")
 _export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
+_export("agl.litagent.litagent", "LitAgent", "RolloutRawResult")
+_export("agl.litagent.decorator", "FunctionalLitAgent", "llm_rollout", "prompt_rollout", "rollout")
+_export("agl.runner.base", "Runner")
+_export("agl.runner.agent", "LitAgentRunner")
+_export("agl.runner.hooks", "Hook")
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -55,6 +60,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
+    from agl.litagent.litagent import LitAgent, RolloutRawResult
+    from agl.runner.agent import LitAgentRunner
+    from agl.runner.base import Runner
+    from agl.runner.hooks import Hook
     from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
     from agl.store.memory import InMemoryLightningStore
     from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt

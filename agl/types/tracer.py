@@ -178,3 +178,35 @@ class Span(BaseModel):
                 schema_url=(getattr(resource, "schema_url", "") or "") if resource else "",
             ),
         )
+
+    @classmethod
+    def from_core_fields(
+        cls,
+        core: SpanCoreFields,
+        *,
+        rollout_id: str,
+        attempt_id: str,
+        sequence_id: int,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        parent_id: str | None = None,
+    ) -> Span:
+        """A stored span from core fields, with fresh random trace/span ids unless given."""
+        import os
+
+        trace_id = trace_id or os.urandom(16).hex()
+        span_id = span_id or os.urandom(8).hex()
+        return cls(
+            rollout_id=rollout_id,
+            attempt_id=attempt_id,
+            sequence_id=sequence_id,
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            name=core.name,
+            status=core.status,
+            attributes=dict(core.attributes),
+            start_time=core.start_time,
+            end_time=core.end_time,
+            context=SpanContext(trace_id=trace_id, span_id=span_id),
+        )
