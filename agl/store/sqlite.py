@@ -188,21 +188,22 @@ def _schema_version(db: sqlite3.Connection, path: str) -> int:
 
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:
-    """Bring the file to `SCHEMA_VERSION`, one transaction per migration; refuse files from a newer AGL."""
+    """Bring the file to the latest schema, one transaction per migration; refuse files from a newer AGL."""
+    target = len(MIGRATIONS)
     while True:
         version = _schema_version(db, path)
-        if version > SCHEMA_VERSION:
+        if version > target:
             raise SqliteStoreError(
-                f"{path} has store schema version {version}, newer than this AGL supports ({SCHEMA_VERSION}); "
+                f"{path} has store schema version {version}, newer than this AGL supports ({target}); "
                 "upgrade AGL to open it"
             )
-        if version == SCHEMA_VERSION:
+        if version == target:
             return
         db.execute("BEGIN IMMEDIATE")
         try:
             # Re-read under the write lock: another process may have migrated meanwhile.
             version = _schema_version(db, path)
-            if version < SCHEMA_VERSION:
+            if version < target:
                 if version == 0:
                     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                     db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '0')")
