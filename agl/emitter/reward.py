@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypedDict, TypeVar, cast
 
 from agl import semconv
 from agl.types.tracer import SpanCoreFields
@@ -17,11 +20,13 @@ __all__ = [
     "get_reward_value",
     "get_rewards_from_span",
     "is_reward_span",
+    "reward",
 ]
 
 _AGENTOPS_OUTPUT_KEYS = ("agentops.task.output", "agentops.entity.output")
 
 SpanT = TypeVar("SpanT")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RewardDimension(TypedDict):
@@ -176,3 +181,32 @@ def emit_reward(
 
     attrs = reward_attributes(reward, primary_key)
     return emit_span(semconv.AGL_ANNOTATION, attrs, extra=attributes, propagate=propagate)
+
+
+def _emit_result(result: Any) -> None:
+    if result is not None:
+        emit_reward(result)
+
+
+def reward(fn: F) -> F:
+    """Deprecated: decorate a function so that its (numeric) return value is also emitted with `emit_reward`."""
+    warnings.warn("@reward is deprecated; call emit_reward(value) instead", DeprecationWarning, stacklevel=2)
+
+    if inspect.iscoroutinefunction(fn):
+        async_fn = cast(Callable[..., Awaitable[Any]], fn)
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = await async_fn(*args, **kwargs)
+            _emit_result(result)
+            return result
+
+        return cast(F, async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        _emit_result(result)
+        return result
+
+    return cast(F, wrapper)

@@ -71,6 +71,11 @@ def _otel_status(status_code: StatusCode, description: str | None) -> Status:
     return Status(code, description if code is OtelStatusCode.ERROR else None)
 
 
+def _plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """OpenTelemetry attributes with its tuples turned back into lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in (attributes or {}).items()}
+
+
 def _status_of(span: ReadableSpan) -> TraceStatus:
     status = span.status
     return TraceStatus(status_code=status.status_code.name, description=status.description or None)
@@ -246,7 +251,7 @@ class OtelSpanRecordingContext(SpanRecordingContext):
         span = self._span
         return SpanCoreFields(
             name=span.name,
-            attributes=dict(span.attributes or {}),
+            attributes=_plain_attributes(span.attributes),
             start_time=_from_ns(span.start_time),
             end_time=_from_ns(span.end_time),
             status=_status_of(span),
@@ -384,7 +389,7 @@ class OtelTracer(Tracer):
         recorded: Any = span
         return SpanCoreFields(
             name=name,
-            attributes=dict(recorded.attributes or {}),
+            attributes=_plain_attributes(recorded.attributes),
             start_time=when,
             end_time=when,
             status=_status_of(recorded) if status is not None else TraceStatus(),
