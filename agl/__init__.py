@@ -37,6 +37,12 @@ _export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "Light
 _export("agl.store.memory", "InMemoryLightningStore")
 _export("agl.store.threading", "LightningStoreThreaded")
 _export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
+_export("agl.adapter.base", "Adapter", "OtelTraceAdapter", "TraceAdapter")
+_export("agl.adapter.messages", "OpenAIMessages", "TraceToMessages")
+_export("agl.adapter.tree", "TraceTree")
+_export(
+    "agl.adapter.triplet", "LlmProxyTraceToTriplet", "RewardMatchPolicy", "TraceToTripletBase", "TracerTraceToTriplet",
+)  # fmt: skip
 _export("agl.litagent.litagent", "LitAgent", "RolloutRawResult")
 _export("agl.litagent.decorator", "FunctionalLitAgent", "llm_rollout", "prompt_rollout", "rollout")
 _export("agl.runner.base", "Runner")
@@ -60,6 +66,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from agl.adapter.base import Adapter, OtelTraceAdapter, TraceAdapter
+    from agl.adapter.messages import OpenAIMessages, TraceToMessages
+    from agl.adapter.tree import TraceTree
+    from agl.adapter.triplet import LlmProxyTraceToTriplet, RewardMatchPolicy, TracerTraceToTriplet, TraceToTripletBase
     from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
     from agl.litagent.litagent import LitAgent, RolloutRawResult
     from agl.runner.agent import LitAgentRunner
