@@ -317,7 +317,10 @@ class TracerTraceToTriplet(TraceToTripletBase):
             TypeError: `source` is not a sequence of spans.
             ValueError: `source` is empty.
         """
-        tree = TraceTree.from_spans(normalize_spans(source))
+        return self._build_tree(normalize_spans(source))
+
+    def _build_tree(self, spans: Sequence[Span]) -> TraceTree:
+        tree = TraceTree.from_spans(spans)
         if self.repair_hierarchy:
             tree.repair_hierarchy()
         return tree
@@ -330,9 +333,10 @@ class TracerTraceToTriplet(TraceToTripletBase):
         Raises:
             TypeError: `source` is not a sequence of spans.
         """
-        if not normalize_spans(source):
+        spans = normalize_spans(source)
+        if not spans:
             return []
-        tree = self.trace_tree(source)
+        tree = self._build_tree(spans)
         kept: list[tuple[TraceTree, Triplet]] = []
         for call in self._matcher.find(tree):
             triplet = self.span_to_triplet(call.node.span, call.agent_name)
