@@ -37,6 +37,24 @@ _export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "Light
 _export("agl.store.memory", "InMemoryLightningStore")
 _export("agl.store.threading", "LightningStoreThreaded")
 _export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
+_export("agl.emitter.annotation", "emit_annotation")
+_export("agl.emitter.exception", "emit_exception")
+_export("agl.emitter.message", "emit_message", "get_message_value")
+_export("agl.emitter.object", "emit_object", "get_object_value")
+_export("agl.emitter.operation", "OperationContext", "operation")
+_export(
+    "agl.emitter.reward",
+    "RewardDimension", "emit_reward", "find_final_reward", "find_reward_spans", "get_reward_value",
+    "get_rewards_from_span", "is_reward_span", "reward",
+)  # fmt: skip
+_export(
+    "agl.tracer.base",
+    "SpanRecordingContext", "Tracer", "clear_active_tracer", "get_active_tracer", "set_active_tracer",
+)  # fmt: skip
+_export("agl.tracer.dummy", "DummyTracer")
+_export("agl.tracer.otel", "LightningSpanProcessor", "OtelTracer")
+_export("agl.env_var", "LightningEnvVar", "resolve_bool_env_var", "resolve_int_env_var", "resolve_str_env_var")
+_export("agl.logging", "configure_logger", "setup_logging", "setup_module_logging")
 _export("agl.adapter.base", "Adapter", "OtelTraceAdapter", "TraceAdapter")
 _export("agl.adapter.messages", "OpenAIMessages", "TraceToMessages")
 _export("agl.adapter.tree", "TraceTree")
@@ -70,8 +88,25 @@ if TYPE_CHECKING:
     from agl.adapter.messages import OpenAIMessages, TraceToMessages
     from agl.adapter.tree import TraceTree
     from agl.adapter.triplet import LlmProxyTraceToTriplet, RewardMatchPolicy, TracerTraceToTriplet, TraceToTripletBase
+    from agl.emitter.annotation import emit_annotation
+    from agl.emitter.exception import emit_exception
+    from agl.emitter.message import emit_message, get_message_value
+    from agl.emitter.object import emit_object, get_object_value
+    from agl.emitter.operation import OperationContext, operation
+    from agl.emitter.reward import (
+        RewardDimension,
+        emit_reward,
+        find_final_reward,
+        find_reward_spans,
+        get_reward_value,
+        get_rewards_from_span,
+        is_reward_span,
+        reward,
+    )
+    from agl.env_var import LightningEnvVar, resolve_bool_env_var, resolve_int_env_var, resolve_str_env_var
     from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
     from agl.litagent.litagent import LitAgent, RolloutRawResult
+    from agl.logging import configure_logger, setup_logging, setup_module_logging
     from agl.runner.agent import LitAgentRunner
     from agl.runner.base import Runner
     from agl.runner.hooks import Hook
@@ -79,6 +114,15 @@ if TYPE_CHECKING:
     from agl.store.memory import InMemoryLightningStore
     from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt
     from agl.store.threading import LightningStoreThreaded
+    from agl.tracer.base import (
+        SpanRecordingContext,
+        Tracer,
+        clear_active_tracer,
+        get_active_tracer,
+        set_active_tracer,
+    )
+    from agl.tracer.dummy import DummyTracer
+    from agl.tracer.otel import LightningSpanProcessor, OtelTracer
     from agl.types.core import (
         UNSET,
         Attempt,

@@ -25,7 +25,9 @@ __all__ = [
     "get_role",
     "set_role",
     "setup",
+    "setup_logging",
     "setup_module",
+    "setup_module_logging",
 ]
 
 BASE_LOGGER = "agl"
@@ -266,3 +268,9 @@ def configure_logger(level: int | str = logging.INFO, name: str = BASE_LOGGER) -
         stacklevel=2,
     )
     return setup_module(level, name=name, console=True, color=True, propagate=False)
+
+
+setup_logging = setup
+"""Alias of `setup`, exported at the top level."""
+setup_module_logging = setup_module
+"""Alias of `setup_module`, exported at the top level."""
