@@ -44,6 +44,9 @@ def describe_detail(detail: Any) -> str:
             if isinstance(item, dict):
                 loc = ".".join(str(p) for p in item.get("loc", ()))
                 msg = str(item.get("msg", item))
+                if "input" in item and item.get("type") != "missing":
+                    shown = repr(item["input"])
+                    msg += f", got {shown if len(shown) <= 80 else shown[:77] + '...'}"
                 parts.append(f"{loc}: {msg}" if loc else msg)
             else:
                 parts.append(str(item))

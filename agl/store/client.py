@@ -1,0 +1,751 @@
+"""`LightningStoreClient`: the whole `LightningStore` protocol over HTTP, against an AGL or Agent Lightning 0.3 server.
+
+Requests go over pooled keep-alive connections (one pool per event loop). Failed calls are retried as the 0.3
+client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
+not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
+running the call twice. Errors come back as exceptions: 400/404/409/413/422 → `StoreRequestError` (a ValueError),
+401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
+`StoreUnavailableError` (a ConnectionError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
+
+import orjson
+import pydantic_core
+from pydantic import Field, TypeAdapter
+
+from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.http.transport import (
+    ConnectionPool,
+    HTTPResponse,
+    build_request,
+    decode_body,
+    parse_server_address,
+)
+from agl.store.http.wire import (
+    API_PREFIX,
+    IDEMPOTENCY_HEADER,
+    TOKEN_ENV,
+    StoreAuthError,
+    StoreHTTPError,
+    StoreRequestError,
+    StoreServerError,
+    StoreUnavailableError,
+)
+from agl.types.core import (
+    UNSET,
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    PaginatedResult,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Worker,
+    WorkerStatus,
+)
+from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.tracer import Span
+
+__all__ = [
+    "LightningStoreClient",
+    "StoreAuthError",
+    "StoreHTTPError",
+    "StoreRequestError",
+    "StoreServerError",
+    "StoreUnavailableError",
+]
+
+logger = logging.getLogger(__name__)
+
+_AnyRollout = Annotated[AttemptedRollout | Rollout, Field(union_mode="left_to_right")]
+_ROLLOUT = TypeAdapter(_AnyRollout)
+_ROLLOUTS = TypeAdapter(list[Rollout])
+_ATTEMPTED_ROLLOUTS = TypeAdapter(list[AttemptedRollout])
+_ROLLOUT_PAGE = TypeAdapter(PaginatedResult[_AnyRollout])
+_ATTEMPT_PAGE = TypeAdapter(PaginatedResult[Attempt])
+_SPAN_PAGE = TypeAdapter(PaginatedResult[Span])
+_RESOURCES_PAGE = TypeAdapter(PaginatedResult[ResourcesUpdate])
+_WORKER_PAGE = TypeAdapter(PaginatedResult[Worker])
+_OPTIONAL_ATTEMPT = TypeAdapter(Attempt | None)
+_OPTIONAL_SPAN = TypeAdapter(Span | None)
+_SPANS = TypeAdapter(list[Span])
+_OPTIONAL_RESOURCES = TypeAdapter(ResourcesUpdate | None)
+_OPTIONAL_WORKER = TypeAdapter(Worker | None)
+
+_RETRY_STATUSES = frozenset({408})
+_TRANSIENT_ERRORS = (ConnectionError, TimeoutError, OSError)
+
+_DEFAULT = object()
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _new_key() -> str:
+    return os.urandom(16).hex()
+
+
+def _error_detail(response: HTTPResponse) -> Any:
+    try:
+        body = decode_body(response)
+        data = orjson.loads(body) if body else None
+    except (ValueError, zlib.error):
+        return response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}"
+    if isinstance(data, dict) and "detail" in data:
+        return data["detail"]
+    return data if data is not None else f"HTTP {response.status}"
+
+
+def _upstream_app_error(response: HTTPResponse) -> str | None:
+    """The exception message of an Agent Lightning 0.3 server's 500 answer for a store error, else None.
+
+    0.3 answers every store exception (unknown id, bad update) with 500 `{"detail", "error_type", "traceback"}`;
+    such an answer is deterministic, so it is reported at once instead of being retried like a real fault.
+    """
+    if response.status != 500:
+        return None
+    try:
+        data = orjson.loads(decode_body(response))
+    except (ValueError, zlib.error):
+        return None
+    if not isinstance(data, dict) or "traceback" not in data or "error_type" not in data:
+        return None
+    error_type = str(data["error_type"])
+    if error_type == "ResponseValidationError":
+        return "not found (the server returned no item)"
+    lines = [line for line in str(data["traceback"]).strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else error_type
+    if error_type not in ("ValueError", "KeyError", "ValidationError", "TypeError") and not last.startswith(
+        ("ValueError", "pydantic")
+    ):
+        return None
+    _, _, message = last.partition(": ")
+    return message or last
+
+
+class LightningStoreClient(LightningStore):
+    """A `LightningStore` that forwards every call to a store server over HTTP.
+
+    Args:
+        server_address: the server's base URL, e.g. `http://127.0.0.1:4747`.
+        token: bearer token; defaults to the AGL_STORE_TOKEN environment variable.
+        retry_delays: seconds to sleep before the 2nd, 3rd, … try of a failed call (empty = one try).
+        health_retry_delays: delays between health probes run after a failure (empty = no probe).
+        request_timeout: seconds a single request may take (`wait_for_rollouts` adds its own timeout to it).
+        connection_timeout: seconds to establish a connection.
+        max_connections: open connections per event loop.
+        gzip_request_min_bytes: request bodies larger than this are sent gzipped (0 = never).
+    """
+
+    def __init__(
+        self,
+        server_address: str,
+        token: str | None = None,
+        *,
+        retry_delays: Sequence[float] = (1.0, 2.0, 5.0),
+        health_retry_delays: Sequence[float] = (0.1, 0.2, 0.5),
+        request_timeout: float = 30.0,
+        connection_timeout: float = 5.0,
+        max_connections: int = 64,
+        gzip_request_min_bytes: int = 64 * 1024,
+    ) -> None:
+        if request_timeout <= 0 or connection_timeout <= 0:
+            raise ValueError(
+                f"request_timeout and connection_timeout must be positive, got {request_timeout}, {connection_timeout}"
+            )
+        _, host, port, tls, prefix = parse_server_address(server_address)
+        self.server_address = server_address.rstrip("/")
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.retry_delays = tuple(float(d) for d in retry_delays)
+        self.health_retry_delays = tuple(float(d) for d in health_retry_delays)
+        self.request_timeout = float(request_timeout)
+        self.connection_timeout = float(connection_timeout)
+        self.max_connections = max_connections
+        self.gzip_request_min_bytes = gzip_request_min_bytes
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._base = prefix + API_PREFIX
+        default_port = 443 if tls else 80
+        self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port != default_port else "")
+        static = "accept-encoding: gzip\r\nuser-agent: agl-store-client\r\n"
+        if self.token:
+            static += f"authorization: Bearer {self.token}\r\n"
+        self._static_headers = static.encode("latin-1")
+        self._lock = threading.Lock()
+        self._pools: dict[int, tuple[asyncio.AbstractEventLoop, ConnectionPool]] = {}
+        self._features: frozenset[str] | None = None
+        self._dequeue_succeeded = False
+        self._dequeue_warned = False
+
+    # -- pickling ----------------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "server_address": self.server_address,
+            "token": self.token,
+            "retry_delays": self.retry_delays,
+            "health_retry_delays": self.health_retry_delays,
+            "request_timeout": self.request_timeout,
+            "connection_timeout": self.connection_timeout,
+            "max_connections": self.max_connections,
+            "gzip_request_min_bytes": self.gzip_request_min_bytes,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        address = state.pop("server_address")
+        LightningStoreClient.__init__(self, address, **state)
+
+    # -- protocol basics ---------------------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        """Everything: the server behind the client serialises access and ingests OTLP."""
+        return LightningStoreCapabilities(thread_safe=True, async_safe=True, zero_copy=True, otlp_traces=True)
+
+    def otlp_traces_endpoint(self) -> str:
+        """The server's OTLP/HTTP traces URL."""
+        return f"{self.server_address}/v1/traces"
+
+    # -- transport ---------------------------------------------------------------------------------------------
+
+    def _pool(self) -> ConnectionPool:
+        loop = asyncio.get_running_loop()
+        entry = self._pools.get(id(loop))
+        if entry is not None and entry[0] is loop and not entry[1].closed:
+            return entry[1]
+        with self._lock:
+            for key, (other, _) in list(self._pools.items()):
+                if other.is_closed():
+                    del self._pools[key]
+            pool = ConnectionPool(
+                self._host,
+                self._port,
+                tls=self._tls,
+                connect_timeout=self.connection_timeout,
+                max_connections=self.max_connections,
+            )
+            self._pools[id(loop)] = (loop, pool)
+            return pool
+
+    async def _send(
+        self, method: str, target: str, body: bytes | None, key: str | None, timeout: float | None
+    ) -> HTTPResponse:
+        headers: dict[str, str] = {}
+        if body is not None:
+            headers["content-type"] = "application/json"
+            if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
+                compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
+                body = compressor.compress(body) + compressor.flush()
+                headers["content-encoding"] = "gzip"
+        if key is not None:
+            headers[IDEMPOTENCY_HEADER] = key
+        data = build_request(method, target, self._host_header, body, headers, static_headers=self._static_headers)
+        return await self._pool().request(data, timeout)
+
+    def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
+        url = f"{self.server_address}{target}"
+        detail = _error_detail(response)
+        status = response.status
+        if status in (401, 403):
+            return StoreAuthError(status, detail, method, url)
+        if status < 500:
+            return StoreRequestError(status, detail, method, url)
+        return StoreServerError(status, detail, method, url)
+
+    async def _healthy(self) -> bool:
+        if not self.health_retry_delays:
+            return True
+        target = f"{self._base}/health"
+        for delay in (*self.health_retry_delays, 0.0):
+            try:
+                response = await self._send("GET", target, None, None, self.connection_timeout)
+                if response.status == 200:
+                    return True
+            except Exception as exc:
+                logger.debug("health probe of %s failed: %r", self.server_address, exc)
+            if delay:
+                await asyncio.sleep(delay)
+        return False
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        raw_body: bytes | None = None,
+        query: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+        timeout: Any = _DEFAULT,
+    ) -> bytes:
+        """Send a request with the retry matrix of the 0.3 client and return the (decoded) response body."""
+        target = self._base + path
+        if query:
+            target += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
+        body = raw_body if raw_body is not None else (pydantic_core.to_json(payload) if payload is not None else None)
+        if method == "POST" and body is None:
+            body = b""
+        key = None if idempotent else _new_key()
+        request_timeout: float | None = self.request_timeout if timeout is _DEFAULT else timeout
+        last: BaseException | None = None
+        for attempt, delay in enumerate((0.0, *self.retry_delays)):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                response = await self._send(method, target, body, key, request_timeout)
+            except _TRANSIENT_ERRORS as exc:
+                last = exc
+                logger.debug("%s %s failed (try %d): %r", method, target, attempt + 1, exc)
+            else:
+                status = response.status
+                if status < 300:
+                    return decode_body(response)
+                if status < 500 and status not in _RETRY_STATUSES:
+                    raise self._error(response, method, target)
+                upstream_message = _upstream_app_error(response)
+                if upstream_message is not None:
+                    code = 404 if "not found" in upstream_message or "does not exist" in upstream_message else 400
+                    raise StoreRequestError(code, upstream_message, method, f"{self.server_address}{target}")
+                last = self._error(response, method, target)
+                logger.debug("%s %s answered %d (try %d)", method, target, status, attempt + 1)
+            if not await self._healthy():
+                break
+        assert last is not None
+        if isinstance(last, StoreHTTPError):
+            raise last
+        raise StoreUnavailableError(
+            f"store server {self.server_address} did not answer {method} {path}: {last!r}"
+        ) from last
+
+    async def _features_of_server(self) -> frozenset[str]:
+        if self._features is None:
+            body = await self._request("GET", "/health")
+            data = orjson.loads(body) if body else {}
+            features = data.get("features") if isinstance(data, dict) else None
+            self._features = frozenset(features) if isinstance(features, list) else frozenset()
+        return self._features
+
+    # -- statistics --------------------------------------------------------------------------------------------
+
+    async def statistics(self) -> LightningStoreStatistics:
+        """The server store's statistics."""
+        result: LightningStoreStatistics = orjson.loads(await self._request("GET", "/statistics"))
+        return result
+
+    # -- rollouts and the queue --------------------------------------------------------------------------------
+
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        """Create a rollout and its first attempt, both `preparing`, without queueing it."""
+        payload = {
+            "input": input,
+            "mode": mode,
+            "resources_id": resources_id,
+            "config": config,
+            "metadata": metadata,
+            "worker_id": worker_id,
+        }
+        body = await self._request("POST", "/rollouts", payload, idempotent=False)
+        return AttemptedRollout.model_validate_json(body)
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Create a `queuing` rollout at the tail of the queue."""
+        item = {"input": input, "mode": mode, "resources_id": resources_id, "config": config, "metadata": metadata}
+        body = await self._request("POST", "/queues/rollouts/enqueue", {"rollouts": [item]}, idempotent=False)
+        rollouts = _ROLLOUTS.validate_json(body)
+        if not rollouts:
+            raise RuntimeError("enqueue_rollout returned no rollouts")
+        return rollouts[0]
+
+    async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
+        """Enqueue several rollouts in one request; results in input order."""
+        if not rollouts:
+            return []
+        body = await self._request("POST", "/queues/rollouts/enqueue", {"rollouts": list(rollouts)}, idempotent=False)
+        return _ROLLOUTS.validate_json(body)
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """Claim the rollout at the head of the queue, or None (also when the server cannot be reached)."""
+        claimed = await self.dequeue_many_rollouts(limit=1, worker_id=worker_id)
+        return claimed[0] if claimed else None
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        """Claim up to `limit` rollouts; never raises: a failure is logged and yields `[]`."""
+        if limit <= 0:
+            return []
+        payload: dict[str, Any] = {"limit": limit}
+        if worker_id is not None:
+            payload["worker_id"] = worker_id
+        try:
+            body = await self._request("POST", "/queues/rollouts/dequeue", payload, idempotent=False)
+            claimed = _ATTEMPTED_ROLLOUTS.validate_json(body)
+        except Exception as exc:
+            if isinstance(exc, PermissionError) or (self._dequeue_succeeded and not self._dequeue_warned):
+                self._dequeue_warned = True
+                logger.warning("dequeue from %s failed: %s", self.server_address, exc)
+            else:
+                logger.debug("dequeue from %s failed: %r", self.server_address, exc)
+            return []
+        self._dequeue_succeeded = True
+        return claimed
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        """Create a new attempt for a rollout (a manual retry)."""
+        payload = {"worker_id": worker_id} if worker_id is not None else None
+        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}/attempts", payload, idempotent=False)
+        return AttemptedRollout.model_validate_json(body)
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout]:
+        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        if status_in is None and status is not None:
+            status_in = status
+        if rollout_id_in is None and rollout_ids is not None:
+            rollout_id_in = rollout_ids
+        payload = {
+            "status_in": list(status_in) if status_in is not None else None,
+            "rollout_id_in": list(rollout_id_in) if rollout_id_in is not None else None,
+            "rollout_id_contains": rollout_id_contains,
+            "filter_logic": filter_logic,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+            "limit": limit,
+            "offset": offset,
+        }
+        page: PaginatedResult[Rollout] = _ROLLOUT_PAGE.validate_json(
+            await self._request("POST", "/rollouts/search", payload)
+        )
+        return page
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        """The rollout (with its latest attempt when it has one), or None if unknown or unreachable."""
+        try:
+            body = await self._request("GET", f"/rollouts/{_q(rollout_id)}")
+        except StoreRequestError as exc:
+            if exc.status != 404:
+                logger.error("get_rollout_by_id(%r) failed: %s", rollout_id, exc)
+            return None
+        except Exception as exc:
+            logger.error("get_rollout_by_id(%r) failed: %r", rollout_id, exc)
+            return None
+        result: Rollout | None = _ROLLOUT.validate_json(body) if body != b"null" else None
+        return result
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput = UNSET,
+        mode: RolloutMode | None = UNSET,
+        resources_id: str | None = UNSET,
+        status: RolloutStatus = UNSET,
+        config: RolloutConfig = UNSET,
+        metadata: dict[str, Any] | None = UNSET,
+    ) -> Rollout:
+        """Replace the given (non-UNSET) fields of a rollout."""
+        fields = {
+            "input": input,
+            "mode": mode,
+            "resources_id": resources_id,
+            "status": status,
+            "config": config,
+            "metadata": metadata,
+        }
+        payload = {k: v for k, v in fields.items() if v is not UNSET}
+        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}", payload, idempotent=False)
+        result: Rollout = _ROLLOUT.validate_json(body)
+        return result
+
+    # -- attempts ----------------------------------------------------------------------------------------------
+
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        """The attempts of a rollout (empty for an unknown rollout)."""
+        payload = {"sort_by": sort_by, "sort_order": sort_order, "limit": limit, "offset": offset}
+        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}/attempts/search", payload)
+        page: PaginatedResult[Attempt] = _ATTEMPT_PAGE.validate_json(body)
+        return page
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        """The attempt with the highest sequence id, or None (also when the call fails)."""
+        try:
+            body = await self._request("GET", f"/rollouts/{_q(rollout_id)}/attempts/latest")
+        except Exception as exc:
+            logger.error("get_latest_attempt(%r) failed: %s", rollout_id, exc)
+            return None
+        result: Attempt | None = _OPTIONAL_ATTEMPT.validate_json(body)
+        return result
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus = UNSET,
+        worker_id: str = UNSET,
+        last_heartbeat_time: float = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Attempt:
+        """Set the given (non-UNSET) fields of an attempt (`attempt_id` may be "latest")."""
+        fields = {
+            "status": status,
+            "worker_id": worker_id,
+            "last_heartbeat_time": last_heartbeat_time,
+            "metadata": metadata,
+        }
+        payload = {k: v for k, v in fields.items() if v is not UNSET}
+        body = await self._request(
+            "POST", f"/rollouts/{_q(rollout_id)}/attempts/{_q(attempt_id)}", payload, idempotent=False
+        )
+        return Attempt.model_validate_json(body)
+
+    # -- spans -------------------------------------------------------------------------------------------------
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Store a span; None when the attempt already has a span with that id."""
+        body = await self._request(
+            "POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), idempotent=False
+        )
+        result: Span | None = _OPTIONAL_SPAN.validate_json(body)
+        return result
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        """Store several spans in one request (one by one against a server without the batch route)."""
+        if not spans:
+            return []
+        if "spans_batch" in await self._features_of_server():
+            body = await self._request("POST", "/spans/batch", {"spans": list(spans)}, idempotent=False)
+            return _SPANS.validate_json(body)
+        stored: list[Span] = []
+        for span in spans:
+            result = await self.add_span(span)
+            if result is not None:
+                stored.append(result)
+        return stored
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """Allocate the next span sequence id of a rollout."""
+        payload = {"rollout_id": rollout_id, "attempt_id": attempt_id}
+        body = await self._request("POST", "/spans/next", payload, idempotent=False)
+        return int(orjson.loads(body)["sequence_id"])
+
+    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
+        """Allocate one sequence id per (rollout, attempt) pair, in one request when the server can."""
+        if not rollout_attempt_ids:
+            return []
+        if "span_sequence_batch" in await self._features_of_server():
+            payload = {"rollout_attempt_ids": [{"rollout_id": r, "attempt_id": a} for r, a in rollout_attempt_ids]}
+            body = await self._request("POST", "/spans/next/batch", payload, idempotent=False)
+            return [int(v) for v in orjson.loads(body)["sequence_ids"]]
+        return [await self.get_next_span_sequence_id(r, a) for r, a in rollout_attempt_ids]
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+    ) -> PaginatedResult[Span]:
+        """Spans of a rollout: of one attempt, of the latest attempt ("latest"), or of all attempts (None)."""
+        filters = {
+            "attempt_id": attempt_id,
+            "trace_id": trace_id,
+            "trace_id_contains": trace_id_contains,
+            "span_id": span_id,
+            "span_id_contains": span_id_contains,
+            "parent_id": parent_id,
+            "parent_id_contains": parent_id_contains,
+            "name": name,
+            "name_contains": name_contains,
+        }
+        payload: dict[str, Any] = {"rollout_id": rollout_id}
+        payload.update((k, v) for k, v in filters.items() if v is not None)
+        payload.update(filter_logic=filter_logic, limit=limit, offset=offset, sort_by=sort_by, sort_order=sort_order)
+        page: PaginatedResult[Span] = _SPAN_PAGE.validate_json(await self._request("POST", "/spans/search", payload))
+        return page
+
+    # -- resources ---------------------------------------------------------------------------------------------
+
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        """Store a new resources snapshot (version 1); it becomes the latest."""
+        body = await self._request("POST", "/resources", dict(resources), idempotent=False)
+        return ResourcesUpdate.model_validate_json(body)
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        """Replace a snapshot's resources (version + 1), or create it; it becomes the latest."""
+        body = await self._request("POST", f"/resources/{_q(resources_id)}", dict(resources), idempotent=False)
+        return ResourcesUpdate.model_validate_json(body)
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """A resources snapshot by id, or None (also when the call fails)."""
+        try:
+            body = await self._request("GET", f"/resources/{_q(resources_id)}")
+        except Exception as exc:
+            logger.error("get_resources_by_id(%r) failed: %s", resources_id, exc)
+            return None
+        result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
+        return result
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        """The snapshot most recently added or updated, or None (also when the call fails)."""
+        try:
+            body = await self._request("GET", "/resources/latest")
+        except Exception as exc:
+            logger.error("get_latest_resources() failed: %s", exc)
+            return None
+        result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
+        return result
+
+    async def query_resources(
+        self,
+        *,
+        resources_id: str | None = None,
+        resources_id_contains: str | None = None,
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[ResourcesUpdate]:
+        """Resources snapshots matching the id filters."""
+        query = {
+            "resources_id": resources_id,
+            "resources_id_contains": resources_id_contains,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+            "limit": limit,
+            "offset": offset,
+        }
+        page: PaginatedResult[ResourcesUpdate] = _RESOURCES_PAGE.validate_json(
+            await self._request("GET", "/resources", query=query)
+        )
+        return page
+
+    # -- workers -----------------------------------------------------------------------------------------------
+
+    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        """Record a worker heartbeat (creating the worker as `unknown` if new)."""
+        payload = None if heartbeat_stats is UNSET else {"heartbeat_stats": heartbeat_stats}
+        body = await self._request("POST", f"/workers/{_q(worker_id)}", payload, idempotent=False)
+        return Worker.model_validate_json(body)
+
+    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
+        """A worker by id, or None."""
+        result: Worker | None = _OPTIONAL_WORKER.validate_json(await self._request("GET", f"/workers/{_q(worker_id)}"))
+        return result
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[WorkerStatus] | None = None,
+        worker_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Worker]:
+        """Workers matching the filters."""
+        payload = {
+            "status_in": list(status_in) if status_in is not None else None,
+            "worker_id_contains": worker_id_contains,
+            "filter_logic": filter_logic,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+            "limit": limit,
+            "offset": offset,
+        }
+        page: PaginatedResult[Worker] = _WORKER_PAGE.validate_json(
+            await self._request("POST", "/workers/search", payload)
+        )
+        return page
+
+    # -- waiting -----------------------------------------------------------------------------------------------
+
+    async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
+        """The rollouts among `rollout_ids` that are finished by the deadline (the server waits; any timeout)."""
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
+        request_timeout = None if timeout is None else timeout + self.request_timeout
+        payload = {"rollout_ids": list(rollout_ids), "timeout": timeout}
+        body = await self._request("POST", "/waits/rollouts", payload, timeout=request_timeout)
+        return _ROLLOUTS.validate_json(body)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every pooled connection, on every event loop that used this client."""
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, pool in pools:
+            try:
+                if loop is current or loop.is_closed():
+                    pool.close()
+                else:
+                    loop.call_soon_threadsafe(pool.close)
+            except Exception as exc:  # a foreign loop may be closing concurrently
+                logger.debug("closing a connection pool failed: %r", exc)

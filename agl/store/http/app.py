@@ -1,0 +1,856 @@
+"""The ASGI application that exposes a `LightningStore` under `/v1/agl` (plus OTLP ingest at `/v1/traces`).
+
+A plain ASGI callable with its own small router: no framework sits on the hot path. Bodies are validated with the
+pydantic models of `agl.types` and encoded with pydantic-core's JSON serializer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import traceback
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote
+
+import orjson
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+
+from agl.store.base import LightningStore
+from agl.store.http.wire import API_PREFIX, FEATURES, IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from agl.store.query import check_sort_field
+from agl.types.core import (
+    UNSET,
+    Attempt,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Worker,
+    WorkerStatus,
+)
+from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.tracer import Span
+
+__all__ = ["StoreApp"]
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = b"application/json"
+
+
+class HTTPError(Exception):
+    """An error answer with a status code and a JSON `detail`."""
+
+    def __init__(self, status: int, detail: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = list(headers)
+
+
+class Response:
+    """A complete answer: status, body bytes, content type and extra headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = JSON,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+class Request:
+    """What a handler sees: method, path parameters, query string, selected headers and the (decoded) body."""
+
+    __slots__ = ("body", "headers", "method", "params", "query_string")
+
+    def __init__(
+        self, method: str, params: dict[str, str], query_string: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.query_string = query_string
+        self.headers = headers
+        self.body = body
+
+    def query(self) -> dict[str, list[str]]:
+        """Query parameters, each name mapped to all its values in order."""
+        return parse_qs(self.query_string.decode("latin-1"), keep_blank_values=True)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+# -- request bodies --------------------------------------------------------------------------------------------
+
+
+class _EnqueueBody(BaseModel):
+    rollouts: list[EnqueueRolloutRequest]
+
+
+class _DequeueBody(BaseModel):
+    limit: int = 1
+    worker_id: str | None = None
+
+
+class _StartRolloutBody(BaseModel):
+    input: TaskInput
+    mode: RolloutMode | None = None
+    resources_id: str | None = None
+    config: RolloutConfig | None = None
+    metadata: dict[str, Any] | None = None
+    worker_id: str | None = None
+
+
+class _UpdateRolloutBody(BaseModel):
+    input: TaskInput = None
+    mode: RolloutMode | None = None
+    resources_id: str | None = None
+    status: RolloutStatus | None = None
+    config: RolloutConfig | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class _StartAttemptBody(BaseModel):
+    worker_id: str | None = None
+
+
+class _UpdateAttemptBody(BaseModel):
+    status: AttemptStatus | None = None
+    worker_id: str | None = None
+    last_heartbeat_time: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class _WorkerBody(BaseModel):
+    heartbeat_stats: dict[str, Any] | None = None
+
+
+class _NextSequenceBody(BaseModel):
+    rollout_id: str
+    attempt_id: str
+
+
+class _NextSequenceBatchBody(BaseModel):
+    rollout_attempt_ids: list[_NextSequenceBody]
+
+
+class _SpanBatchBody(BaseModel):
+    spans: list[Span]
+
+
+class _WaitBody(BaseModel):
+    rollout_ids: list[str]
+    timeout: float | None = None
+
+
+class _Page(BaseModel):
+    limit: int = -1
+    offset: int = 0
+    sort_by: str | None = None
+    sort_order: Literal["asc", "desc"] = "asc"
+
+
+class _RolloutSearch(_Page):
+    status_in: list[RolloutStatus] | None = None
+    rollout_id_in: list[str] | None = None
+    rollout_id_contains: str | None = None
+    filter_logic: Literal["and", "or"] = "and"
+
+
+class _AttemptSearch(_Page):
+    sort_by: str | None = "sequence_id"
+
+
+class _ResourcesSearch(_Page):
+    resources_id: str | None = None
+    resources_id_contains: str | None = None
+
+
+class _SpanSearch(_Page):
+    rollout_id: str
+    attempt_id: str | None = None
+    trace_id: str | None = None
+    trace_id_contains: str | None = None
+    span_id: str | None = None
+    span_id_contains: str | None = None
+    parent_id: str | None = None
+    parent_id_contains: str | None = None
+    name: str | None = None
+    name_contains: str | None = None
+    filter_logic: Literal["and", "or"] = "and"
+    sort_by: str | None = "sequence_id"
+
+
+class _WorkerSearch(_Page):
+    status_in: list[WorkerStatus] | None = None
+    worker_id_contains: str | None = None
+    filter_logic: Literal["and", "or"] = "and"
+
+
+_RESOURCES_ADAPTER: Any = None
+
+
+def _resources_adapter() -> Any:
+    global _RESOURCES_ADAPTER
+    if _RESOURCES_ADAPTER is None:
+        from pydantic import TypeAdapter
+
+        _RESOURCES_ADAPTER = TypeAdapter(NamedResources)
+    return _RESOURCES_ADAPTER
+
+
+def _validation_detail(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    errors = exc.errors(include_url=False, include_context=False)
+    detail: list[dict[str, Any]] = []
+    for err in errors:
+        item = dict(err)
+        item["loc"] = [where, *err.get("loc", ())]
+        detail.append(item)
+    return detail
+
+
+def _json_default(value: Any) -> Any:
+    return repr(value)
+
+
+def _encode_detail(detail: Any, **extra: Any) -> bytes:
+    return orjson.dumps({"detail": detail, **extra}, default=_json_default)
+
+
+def _parse_body(model: type[Any], body: bytes, *, optional: bool = False) -> Any:
+    if optional and not body.strip():
+        return model()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPError(422, _validation_detail(exc, "body")) from None
+
+
+_LIST_PARAMS = frozenset({"status_in", "rollout_id_in"})
+
+
+def _parse_query(model: type[Any], request: Request) -> Any:
+    raw: dict[str, Any] = {}
+    for key, values in request.query().items():
+        raw[key] = values if key in _LIST_PARAMS else values[-1]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise HTTPError(422, _validation_detail(exc, "query")) from None
+
+
+def _check_page(page: _Page, item_model: type[BaseModel]) -> None:
+    if page.sort_by is not None:
+        try:
+            check_sort_field(item_model, page.sort_by)
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+    if page.limit < -1:
+        raise HTTPError(400, f"limit must be greater than or equal to 0, or -1 for no limit; got {page.limit}")
+    if page.offset < 0:
+        raise HTTPError(400, f"offset must be greater than or equal to 0; got {page.offset}")
+
+
+def _page_json(result: Any) -> bytes:
+    items = getattr(result, "items", None)
+    if items is None or callable(items):
+        items = list(result)
+        limit, offset, total = -1, 0, len(items)
+    else:
+        limit, offset, total = result.limit, result.offset, result.total
+    return pydantic_core.to_json({"items": items, "limit": limit, "offset": offset, "total": total})
+
+
+def _ok(value: Any, status: int = 200) -> Response:
+    return Response(status, pydantic_core.to_json(value))
+
+
+def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields_set = body.model_fields_set
+    for name in names:
+        if name not in fields_set:
+            continue
+        value = getattr(body, name)
+        if value is None and name not in nullable:
+            raise HTTPError(400, f"{name} is invalid; it cannot be a null value.")
+        out[name] = value
+    return out
+
+
+# -- routing ---------------------------------------------------------------------------------------------------
+
+
+class _Route:
+    __slots__ = ("handler", "idempotent", "method", "names", "segments")
+
+    def __init__(self, method: str, pattern: str, handler: Handler, idempotent: bool) -> None:
+        self.method = method
+        self.segments = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
+        self.names = tuple(s[1:-1] if s.startswith("{") else None for s in self.segments)
+        self.handler = handler
+        self.idempotent = idempotent
+
+    def match(self, parts: Sequence[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for part, segment, name in zip(parts, self.segments, self.names, strict=True):
+            if name is None:
+                if part != segment:
+                    return None
+            else:
+                params[name] = unquote(part)
+        return params
+
+
+class _IdempotencyCache:
+    """Recent answers by idempotency key, so a retried POST gets the first answer instead of running twice."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int, max_bytes: int) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # key -> (fingerprint, deadline, future of the response)
+        self.entries: dict[str, tuple[bytes, float, asyncio.Future[Response]]] = {}
+
+    def _evict(self, now: float) -> None:
+        entries = self.entries
+        while entries:
+            key = next(iter(entries))
+            _, deadline, fut = entries[key]
+            if deadline > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
+                return
+            if not fut.done():
+                return
+            del entries[key]
+            if not fut.cancelled() and fut.exception() is None:
+                self.bytes -= len(fut.result().body)
+
+    async def run(self, key: str, fingerprint: bytes, call: Callable[[], Awaitable[Response]]) -> Response:
+        now = time.monotonic()
+        entry = self.entries.get(key)
+        if entry is not None and entry[1] > now:
+            if entry[0] != fingerprint:
+                raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
+            first = await asyncio.shield(entry[2])
+            headers = [*(first.headers or ()), (REPLAYED_HEADER.encode(), b"true")]
+            return Response(first.status, first.body, first.content_type, headers)
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.entries.pop(key, None)
+        self.entries[key] = (fingerprint, now + self.ttl, fut)
+        try:
+            response = await call()
+        except BaseException as exc:
+            self.entries.pop(key, None)
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        if response.status >= 500:
+            self.entries.pop(key, None)
+        else:
+            self.bytes += len(response.body)
+        fut.set_result(response)
+        self._evict(now)
+        return response
+
+
+class StoreApp:
+    """ASGI application serving `store` under `/v1/agl`, `/v1/traces` (OTLP) and the AGL batch extensions.
+
+    `token` (if set) is required as `Authorization: Bearer <token>` on every route but health. Bodies larger
+    than `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than
+    `gzip_min_bytes` are gzipped for clients that accept it.
+    """
+
+    def __init__(
+        self,
+        store: LightningStore,
+        *,
+        token: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        gzip_min_bytes: int = 1024,
+        gzip_level: int = 5,
+        idempotency_ttl_seconds: float = 600.0,
+        idempotency_max_entries: int = 100_000,
+        idempotency_max_bytes: int = 256 * 1024 * 1024,
+        call_store: Callable[..., Awaitable[Any]] | None = None,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        self.store = store
+        self._auth = b"Bearer " + token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.gzip_min_bytes = gzip_min_bytes
+        self.gzip_level = gzip_level
+        self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
+        self._static: dict[tuple[str, str], _Route] = {}
+        self._dynamic: list[_Route] = []
+        self._register_routes()
+
+    # -- ASGI entry point --------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1")
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        accept_gzip = b"gzip" in headers.get(b"accept-encoding", b"")
+        try:
+            response = await self._dispatch(method, path, scope, headers, receive)
+        except HTTPError as exc:
+            response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+        await self._send(send, response, accept_gzip)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _send(self, send: Send, response: Response, accept_gzip: bool) -> None:
+        body = response.body
+        headers = [(b"content-type", response.content_type)]
+        if accept_gzip and len(body) > self.gzip_min_bytes:
+            compressor = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
+            body = compressor.compress(body) + compressor.flush()
+            headers.append((b"content-encoding", b"gzip"))
+            headers.append((b"vary", b"accept-encoding"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        if response.headers:
+            headers.extend(response.headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        """The request body, decompressed if gzipped; HTTPError 413 beyond `max_body_bytes`."""
+        limit = self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise HTTPError(400, f"Content-Length header is not an integer: {declared!r}") from None
+            if size > limit:
+                raise HTTPError(413, f"Request body is {size} bytes; the limit is {limit} bytes (max_body_bytes)")
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise HTTPError(400, "client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        encoding = headers.get(b"content-encoding")
+        if encoding:
+            body = self._decode_content(encoding, body)
+        return body
+
+    def _decode_content(self, encoding: bytes, body: bytes) -> bytes:
+        name = encoding.strip().lower()
+        if name == b"identity":
+            return body
+        if name not in (b"gzip", b"x-gzip", b"deflate"):
+            raise HTTPError(415, f"Unsupported Content-Encoding {encoding.decode('latin-1')!r}; use gzip or identity")
+        decompressor = zlib.decompressobj(47 if name != b"deflate" else 15)
+        try:
+            out = decompressor.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as exc:
+            raise HTTPError(400, f"Request body is not valid {name.decode()} data: {exc}") from None
+        if len(out) > self.max_body_bytes or decompressor.unconsumed_tail:
+            raise HTTPError(
+                413, f"Decompressed request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
+            )
+        return out
+
+    def _check_auth(self, headers: dict[bytes, bytes]) -> None:
+        if self._auth is None:
+            return
+        given = headers.get(b"authorization", b"")
+        if not hmac.compare_digest(given, self._auth):
+            reason = "Missing bearer token" if not given else "Invalid bearer token"
+            raise HTTPError(
+                401,
+                f"{reason}: send 'Authorization: Bearer <token>' (the server's token= or AGL_STORE_TOKEN)",
+                [(b"www-authenticate", b"Bearer")],
+            )
+
+    async def _dispatch(
+        self, method: str, path: str, scope: Scope, headers: dict[bytes, bytes], receive: Receive
+    ) -> Response:
+        if not path.startswith(API_PREFIX + "/"):
+            return await self._dispatch_other(method, path, headers, receive)
+        sub = path[len(API_PREFIX) :]
+        route = self._static.get((method, sub))
+        params: dict[str, str] | None = {}
+        if route is None:
+            parts = sub.strip("/").split("/")
+            for candidate in self._dynamic:
+                if candidate.method != method:
+                    continue
+                params = candidate.match(parts)
+                if params is not None:
+                    route = candidate
+                    break
+            if route is None:
+                raise self._no_route(sub)
+        if route.handler is not self._health:
+            self._check_auth(headers)
+        body = await self.read_body(headers, receive) if method == "POST" else b""
+        request = Request(method, params or {}, scope.get("query_string", b""), headers, body)
+        key = headers.get(IDEMPOTENCY_HEADER.encode())
+        if key and not route.idempotent:
+            fingerprint = hashlib.blake2b(method.encode() + path.encode() + b"\0" + body, digest_size=16).digest()
+            return await self._idempotency.run(
+                key.decode("latin-1"), fingerprint, lambda: self._run(route.handler, request)
+            )
+        return await self._run(route.handler, request)
+
+    def _no_route(self, sub: str) -> HTTPError:
+        parts = sub.strip("/").split("/")
+        for route in [*self._static.values(), *self._dynamic]:
+            if route.match(parts) is not None:
+                return HTTPError(405, "Method Not Allowed")
+        return HTTPError(404, "Not Found")
+
+    async def _run(self, handler: Handler, request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HTTPError:
+            raise
+        except Exception as exc:
+            return error_response(exc)
+
+    async def _dispatch_other(self, method: str, path: str, headers: dict[bytes, bytes], receive: Receive) -> Response:
+        if path in ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development/profiles"):
+            if method != "POST":
+                raise HTTPError(405, "Method Not Allowed")
+            self._check_auth(headers)
+            if path != "/v1/traces":
+                return Response(501, b"", b"text/plain")
+            from agl.store.http.otlp import handle_otlp_traces
+
+            return await handle_otlp_traces(self, headers, receive)
+        raise HTTPError(404, "Not Found")
+
+    # -- routes ------------------------------------------------------------------------------------------------
+
+    def _add(self, method: str, pattern: str, handler: Handler, *, idempotent: bool = True) -> None:
+        route = _Route(method, pattern, handler, idempotent)
+        if all(name is None for name in route.names):
+            self._static[(method, "/" + "/".join(route.segments))] = route
+        else:
+            self._dynamic.append(route)
+
+    def _register_routes(self) -> None:
+        add = self._add
+        add("GET", "/health", self._health)
+        add("POST", "/queues/rollouts/enqueue", self._enqueue, idempotent=False)
+        add("POST", "/queues/rollouts/dequeue", self._dequeue, idempotent=False)
+        add("POST", "/rollouts", self._start_rollout, idempotent=False)
+        add("GET", "/rollouts", self._get_rollouts)
+        add("POST", "/rollouts/search", self._search_rollouts)
+        add("GET", "/rollouts/{rollout_id}", self._get_rollout)
+        add("POST", "/rollouts/{rollout_id}", self._update_rollout, idempotent=False)
+        add("POST", "/rollouts/{rollout_id}/attempts", self._start_attempt, idempotent=False)
+        add("POST", "/rollouts/{rollout_id}/attempts/search", self._search_attempts)
+        add("GET", "/rollouts/{rollout_id}/attempts", self._get_attempts)
+        add("GET", "/rollouts/{rollout_id}/attempts/latest", self._latest_attempt)
+        add("POST", "/rollouts/{rollout_id}/attempts/{attempt_id}", self._update_attempt, idempotent=False)
+        add("GET", "/resources", self._get_resources)
+        add("POST", "/resources", self._add_resources, idempotent=False)
+        add("GET", "/resources/latest", self._latest_resources)
+        add("POST", "/resources/{resources_id}", self._update_resources, idempotent=False)
+        add("GET", "/resources/{resources_id}", self._resources_by_id)
+        add("POST", "/spans", self._add_span, idempotent=False)
+        add("POST", "/spans/batch", self._add_spans, idempotent=False)
+        add("GET", "/spans", self._get_spans)
+        add("POST", "/spans/search", self._search_spans)
+        add("POST", "/spans/next", self._next_sequence, idempotent=False)
+        add("POST", "/spans/next/batch", self._next_sequences, idempotent=False)
+        add("POST", "/waits/rollouts", self._wait)
+        add("GET", "/workers", self._get_workers)
+        add("POST", "/workers/search", self._search_workers)
+        add("GET", "/workers/{worker_id}", self._worker_by_id)
+        add("POST", "/workers/{worker_id}", self._update_worker, idempotent=False)
+        add("GET", "/statistics", self._statistics)
+
+    async def _health(self, request: Request) -> Response:
+        return _ok({"status": "ok", "server": "agl", "features": FEATURES})
+
+    async def _enqueue(self, request: Request) -> Response:
+        body: _EnqueueBody = _parse_body(_EnqueueBody, request.body)
+        if not body.rollouts:
+            return Response(201, b"[]")
+        if len(body.rollouts) == 1:
+            item = body.rollouts[0]
+            rollout = await self.store.enqueue_rollout(
+                item.input, item.mode, item.resources_id, item.config, item.metadata
+            )
+            return _ok([rollout], 201)
+        return _ok(list(await self.store.enqueue_many_rollouts(body.rollouts)), 201)
+
+    async def _dequeue(self, request: Request) -> Response:
+        body: _DequeueBody = _parse_body(_DequeueBody, request.body, optional=True)
+        if body.limit <= 0:
+            return Response(200, b"[]")
+        if body.limit == 1:
+            claimed = await self.store.dequeue_rollout(worker_id=body.worker_id)
+            return Response(200, b"[]") if claimed is None else _ok([claimed])
+        return _ok(list(await self.store.dequeue_many_rollouts(limit=body.limit, worker_id=body.worker_id)))
+
+    async def _start_rollout(self, request: Request) -> Response:
+        body: _StartRolloutBody = _parse_body(_StartRolloutBody, request.body)
+        rollout = await self.store.start_rollout(
+            body.input, body.mode, body.resources_id, body.config, body.metadata, body.worker_id
+        )
+        return _ok(rollout, 201)
+
+    async def _query_rollouts(self, search: _RolloutSearch) -> Response:
+        _check_page(search, Rollout)
+        result = await self.store.query_rollouts(
+            status_in=search.status_in,
+            rollout_id_in=search.rollout_id_in,
+            rollout_id_contains=search.rollout_id_contains,
+            filter_logic=search.filter_logic,
+            sort_by=search.sort_by,
+            sort_order=search.sort_order,
+            limit=search.limit,
+            offset=search.offset,
+        )
+        return Response(200, _page_json(result))
+
+    async def _get_rollouts(self, request: Request) -> Response:
+        return await self._query_rollouts(_parse_query(_RolloutSearch, request))
+
+    async def _search_rollouts(self, request: Request) -> Response:
+        return await self._query_rollouts(_parse_body(_RolloutSearch, request.body, optional=True))
+
+    async def _get_rollout(self, request: Request) -> Response:
+        rollout_id = request.params["rollout_id"]
+        rollout = await self.store.get_rollout_by_id(rollout_id)
+        if rollout is None:
+            raise HTTPError(404, f"Rollout {rollout_id} not found")
+        return _ok(rollout)
+
+    async def _update_rollout(self, request: Request) -> Response:
+        body: _UpdateRolloutBody = _parse_body(_UpdateRolloutBody, request.body)
+        fields = _set_fields(
+            body,
+            ("input", "mode", "resources_id", "status", "config", "metadata"),
+            nullable=frozenset({"input", "mode", "resources_id", "metadata"}),
+        )
+        rollout = await self.store.update_rollout(request.params["rollout_id"], **fields)
+        return _ok(rollout)
+
+    async def _start_attempt(self, request: Request) -> Response:
+        body: _StartAttemptBody = _parse_body(_StartAttemptBody, request.body, optional=True)
+        return _ok(await self.store.start_attempt(request.params["rollout_id"], worker_id=body.worker_id), 201)
+
+    async def _query_attempts(self, rollout_id: str, search: _AttemptSearch) -> Response:
+        _check_page(search, Attempt)
+        result = await self.store.query_attempts(
+            rollout_id, sort_by=search.sort_by, sort_order=search.sort_order, limit=search.limit, offset=search.offset
+        )
+        return Response(200, _page_json(result))
+
+    async def _search_attempts(self, request: Request) -> Response:
+        search = _parse_body(_AttemptSearch, request.body, optional=True)
+        return await self._query_attempts(request.params["rollout_id"], search)
+
+    async def _get_attempts(self, request: Request) -> Response:
+        return await self._query_attempts(request.params["rollout_id"], _parse_query(_AttemptSearch, request))
+
+    async def _latest_attempt(self, request: Request) -> Response:
+        return _ok(await self.store.get_latest_attempt(request.params["rollout_id"]))
+
+    async def _update_attempt(self, request: Request) -> Response:
+        body: _UpdateAttemptBody = _parse_body(_UpdateAttemptBody, request.body)
+        fields = _set_fields(body, ("status", "worker_id", "last_heartbeat_time", "metadata"), nullable=frozenset())
+        attempt = await self.store.update_attempt(request.params["rollout_id"], request.params["attempt_id"], **fields)
+        return _ok(attempt)
+
+    async def _get_resources(self, request: Request) -> Response:
+        search: _ResourcesSearch = _parse_query(_ResourcesSearch, request)
+        _check_page(search, ResourcesUpdate)
+        result = await self.store.query_resources(
+            resources_id=search.resources_id,
+            resources_id_contains=search.resources_id_contains,
+            sort_by=search.sort_by,
+            sort_order=search.sort_order,
+            limit=search.limit,
+            offset=search.offset,
+        )
+        return Response(200, _page_json(result))
+
+    def _parse_resources(self, body: bytes) -> NamedResources:
+        try:
+            resources: NamedResources = _resources_adapter().validate_json(body)
+        except ValidationError as exc:
+            raise HTTPError(422, _validation_detail(exc, "body")) from None
+        return resources
+
+    async def _add_resources(self, request: Request) -> Response:
+        return _ok(await self.store.add_resources(self._parse_resources(request.body)), 201)
+
+    async def _update_resources(self, request: Request) -> Response:
+        resources = self._parse_resources(request.body)
+        return _ok(await self.store.update_resources(request.params["resources_id"], resources))
+
+    async def _latest_resources(self, request: Request) -> Response:
+        return _ok(await self.store.get_latest_resources())
+
+    async def _resources_by_id(self, request: Request) -> Response:
+        return _ok(await self.store.get_resources_by_id(request.params["resources_id"]))
+
+    async def _add_span(self, request: Request) -> Response:
+        span = _parse_body(Span, request.body)
+        return _ok(await self.store.add_span(span), 201)
+
+    async def _add_spans(self, request: Request) -> Response:
+        body: _SpanBatchBody = _parse_body(_SpanBatchBody, request.body)
+        if not body.spans:
+            return Response(201, b"[]")
+        return _ok(list(await self.store.add_many_spans(body.spans)), 201)
+
+    async def _query_spans(self, search: _SpanSearch) -> Response:
+        _check_page(search, Span)
+        result = await self.store.query_spans(
+            search.rollout_id,
+            search.attempt_id,
+            trace_id=search.trace_id,
+            trace_id_contains=search.trace_id_contains,
+            span_id=search.span_id,
+            span_id_contains=search.span_id_contains,
+            parent_id=search.parent_id,
+            parent_id_contains=search.parent_id_contains,
+            name=search.name,
+            name_contains=search.name_contains,
+            filter_logic=search.filter_logic,
+            limit=search.limit,
+            offset=search.offset,
+            sort_by=search.sort_by,
+            sort_order=search.sort_order,
+        )
+        return Response(200, _page_json(result))
+
+    async def _get_spans(self, request: Request) -> Response:
+        return await self._query_spans(_parse_query(_SpanSearch, request))
+
+    async def _search_spans(self, request: Request) -> Response:
+        return await self._query_spans(_parse_body(_SpanSearch, request.body))
+
+    async def _next_sequence(self, request: Request) -> Response:
+        body: _NextSequenceBody = _parse_body(_NextSequenceBody, request.body)
+        sequence_id = await self.store.get_next_span_sequence_id(body.rollout_id, body.attempt_id)
+        return _ok({"sequence_id": sequence_id})
+
+    async def _next_sequences(self, request: Request) -> Response:
+        body: _NextSequenceBatchBody = _parse_body(_NextSequenceBatchBody, request.body)
+        pairs = [(item.rollout_id, item.attempt_id) for item in body.rollout_attempt_ids]
+        ids = list(await self.store.get_many_span_sequence_ids(pairs)) if pairs else []
+        return _ok({"sequence_ids": ids})
+
+    async def _wait(self, request: Request) -> Response:
+        body: _WaitBody = _parse_body(_WaitBody, request.body)
+        finished = await self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=body.timeout)
+        # Plain rollouts: drop an embedded attempt if the store attached one.
+        return _ok(
+            [r if type(r) is Rollout else Rollout.model_validate(r.model_dump(exclude={"attempt"})) for r in finished]
+        )
+
+    async def _query_workers(self, search: _WorkerSearch) -> Response:
+        _check_page(search, Worker)
+        result = await self.store.query_workers(
+            status_in=search.status_in,
+            worker_id_contains=search.worker_id_contains,
+            filter_logic=search.filter_logic,
+            sort_by=search.sort_by,
+            sort_order=search.sort_order,
+            limit=search.limit,
+            offset=search.offset,
+        )
+        return Response(200, _page_json(result))
+
+    async def _get_workers(self, request: Request) -> Response:
+        return await self._query_workers(_parse_query(_WorkerSearch, request))
+
+    async def _search_workers(self, request: Request) -> Response:
+        return await self._query_workers(_parse_body(_WorkerSearch, request.body, optional=True))
+
+    async def _worker_by_id(self, request: Request) -> Response:
+        return _ok(await self.store.get_worker_by_id(request.params["worker_id"]))
+
+    async def _update_worker(self, request: Request) -> Response:
+        body: _WorkerBody = _parse_body(_WorkerBody, request.body, optional=True)
+        if "heartbeat_stats" in body.model_fields_set:
+            if body.heartbeat_stats is None:
+                raise HTTPError(400, "heartbeat_stats is invalid; it cannot be a null value.")
+            stats: Any = body.heartbeat_stats
+        else:
+            stats = UNSET
+        return _ok(await self.store.update_worker(request.params["worker_id"], stats))
+
+    async def _statistics(self, request: Request) -> Response:
+        return _ok(dict(await self.store.statistics()))
+
+
+_NOT_FOUND_MARKERS = ("not found", "does not exist")
+
+
+def error_response(exc: Exception) -> Response:
+    """Map an exception raised by the store to an HTTP answer (4xx for the caller's mistakes, 5xx for faults)."""
+    status = getattr(exc, "http_status", None)
+    if isinstance(status, int) and 400 <= status < 600:
+        return Response(status, _encode_detail(str(exc), error_type=type(exc).__name__))
+    if isinstance(exc, ValidationError):
+        return Response(422, _encode_detail(_validation_detail(exc, "store"), error_type="ValidationError"))
+    if isinstance(exc, ValueError):
+        message = str(exc)
+        lowered = message.lower()
+        code = 404 if any(marker in lowered for marker in _NOT_FOUND_MARKERS) else 400
+        return Response(code, _encode_detail(message, error_type=type(exc).__name__))
+    if isinstance(exc, NotImplementedError):
+        return Response(501, _encode_detail(str(exc) or "Not implemented", error_type=type(exc).__name__))
+    logger.error("store call failed: %s", "".join(traceback.format_exception(exc)))
+    return Response(
+        500, _encode_detail(f"Internal server error: {type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+    )

@@ -1,0 +1,273 @@
+"""A small HTTP/1.1 client transport: keep-alive connections pooled per event loop, parsed with httptools.
+
+Made for many small JSON requests to one server; about four times less CPU per request than aiohttp (see
+docs/http.md). Plain `http://` and `https://` are supported; no proxies, no redirects, no cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import zlib
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = [
+    "ConnectionPool",
+    "HTTPResponse",
+    "ServerDisconnected",
+    "build_request",
+    "decode_body",
+    "parse_server_address",
+]
+
+
+class ServerDisconnected(ConnectionError):
+    """The connection closed before a complete response arrived."""
+
+
+class HTTPResponse:
+    """A complete response: status code, lower-cased headers and the decoded body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def parse_server_address(address: str) -> tuple[str, str, int, bool, str]:
+    """Split `http[s]://host[:port][/prefix]` into (scheme, host, port, use_tls, path prefix)."""
+    parts = urlsplit(address if "://" in address else "http://" + address)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"server_address must be an http:// or https:// URL, got {address!r}")
+    if not parts.hostname:
+        raise ValueError(f"server_address has no host: {address!r}")
+    tls = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError:
+        raise ValueError(f"server_address has an invalid port: {address!r}") from None
+    return parts.scheme, parts.hostname, port, tls, parts.path.rstrip("/")
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; at most one request in flight."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[HTTPResponse] | None = None
+        self.closed = False
+        self.received = False
+        self.idle_since = time.monotonic()
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ServerDisconnected(f"malformed HTTP response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ServerDisconnected(f"server closed the connection{f': {exc}' if exc else ''}"))
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers = {}
+        self._body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        response = HTTPResponse(self.parser.get_status_code(), self._headers, body)
+        if not self.parser.should_keep_alive():
+            self.close()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _timeout(self) -> None:
+        self._fail(TimeoutError("no response from the server within the request timeout"))
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def send(self, data: bytes, timeout: float | None) -> HTTPResponse:
+        assert self.transport is not None
+        waiter: asyncio.Future[HTTPResponse] = self.loop.create_future()
+        self.waiter = waiter
+        self.received = False
+        self.transport.write(data)
+        handle = self.loop.call_later(timeout, self._timeout) if timeout is not None else None
+        try:
+            return await waiter
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self.waiter = None
+
+
+class ConnectionPool:
+    """Keep-alive connections to one server, for use from one event loop only."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        connect_timeout: float = 5.0,
+        max_connections: int = 64,
+        max_idle_seconds: float = 30.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.connect_timeout = connect_timeout
+        self.max_idle_seconds = max_idle_seconds
+        self._idle: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self._slots = asyncio.Semaphore(max_connections)
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    async def _connect(self) -> _Connection:
+        loop = self.loop
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(loop),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None,
+                ),
+                self.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"connecting to {self.host}:{self.port} timed out after {self.connect_timeout}s"
+            ) from None
+        self._all.add(conn)
+        return conn
+
+    def _take_idle(self) -> _Connection | None:
+        idle = self._idle
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.max_idle_seconds:
+                return conn
+            conn.close()
+            self._all.discard(conn)
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if conn.closed or self._closed:
+            conn.close()
+            self._all.discard(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    async def request(self, data: bytes, timeout: float | None) -> HTTPResponse:
+        """Send one serialized request and return its response.
+
+        A reused connection that the server had already closed is replaced once, transparently.
+        """
+        if self._closed:
+            raise ServerDisconnected("connection pool is closed")
+        async with self._slots:
+            conn = self._take_idle()
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, data, timeout)
+                except ServerDisconnected:
+                    if conn.received:
+                        raise
+                    # A stale keep-alive connection: the server never saw this request.
+            conn = await self._connect()
+            return await self._exchange(conn, data, timeout)
+
+    async def _exchange(self, conn: _Connection, data: bytes, timeout: float | None) -> HTTPResponse:
+        try:
+            response = await conn.send(data, timeout)
+        except BaseException:
+            conn.close()
+            self._all.discard(conn)
+            raise
+        self._release(conn)
+        return response
+
+    def close(self) -> None:
+        """Close every connection (call from the pool's own loop)."""
+        self._closed = True
+        for conn in list(self._all):
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+def build_request(
+    method: str,
+    target: str,
+    host_header: str,
+    body: bytes | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    static_headers: bytes = b"",
+) -> bytes:
+    """Serialize an HTTP/1.1 request (with Content-Length) to bytes."""
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host_header}\r\n"]
+    if headers:
+        for name, value in headers.items():
+            lines.append(f"{name}: {value}\r\n")
+    if body is not None:
+        lines.append(f"content-length: {len(body)}\r\n")
+    head = "".join(lines).encode("latin-1") + static_headers + b"\r\n"
+    return head + body if body else head
+
+
+def decode_body(response: HTTPResponse) -> bytes:
+    """The response body, gunzipped if the server compressed it."""
+    encoding = response.headers.get("content-encoding")
+    if not encoding or encoding == "identity":
+        return response.body
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompress(response.body, 47)
+    if encoding == "deflate":
+        return zlib.decompress(response.body)
+    raise ValueError(f"server answered with unsupported Content-Encoding {encoding!r}")

@@ -1,0 +1,840 @@
+"""`LightningStoreServer`: serve any `LightningStore` over HTTP (the 0.3 REST API under `/v1/agl`).
+
+The server is itself a `LightningStore` that delegates to the wrapped store, so the process that owns it can keep
+using it directly while runners talk to it over HTTP. It runs on uvicorn (uvloop + httptools when installed),
+either in a background thread with its own event loop (`start()` / `stop()`), as a task on the caller's event
+loop (`start_async()` / `stop_async()`), or as the main job of a process (`serve()`, `python -m agl.store.server`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.http.wire import TOKEN_ENV
+from agl.types.core import (
+    UNSET,
+    Attempt,
+    AttemptedRollout,
+    AttemptStatus,
+    EnqueueRolloutRequest,
+    PaginatedResult,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutStatus,
+    TaskInput,
+    Worker,
+    WorkerStatus,
+)
+from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.tracer import Span
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from agl.store.client import LightningStoreClient
+    from agl.store.http.app import StoreApp
+
+__all__ = ["DEFAULT_PORT", "LightningStoreServer", "PortInUseError", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4747
+"""The port the store server listens on when none is given."""
+
+T = TypeVar("T")
+
+
+class PortInUseError(OSError):
+    """The port the server was asked to bind is already taken (the message names the port and, if known, the pid)."""
+
+    def __init__(self, host: str, port: int, holder: str | None) -> None:
+        self.host = host
+        self.port = port
+        self.holder = holder
+        who = f" by {holder}" if holder else ""
+        super().__init__(
+            errno.EADDRINUSE, f"Cannot start the store server: port {port} on {host} is already in use{who}"
+        )
+
+
+class _Done:
+    """An already-completed awaitable, so `server.start()` works both plainly and as `await server.start()`."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return None
+        yield  # pragma: no cover - makes this a generator
+
+
+def _port_holder(port: int) -> str | None:
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    name = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"pid {conn.pid} ({name})"
+    except Exception:  # psutil may lack the permission to see other users' sockets
+        return None
+    return None
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(host, port, _port_holder(port)) from None
+            raise OSError(exc.errno, f"Cannot bind the store server to {host}:{port}: {exc.strerror}") from None
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _outbound_ip() -> str:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+class LightningStoreServer(LightningStore):
+    """Serve `store` over HTTP at `http://host:port/v1/agl` and act as a `LightningStore` delegating to it.
+
+    Args:
+        store: the store to serve; it must be `async_safe`.
+        host: the exact address to bind (`0.0.0.0` for all interfaces; then the machine's outbound address is
+            advertised in `endpoint`).
+        port: the port to bind; 0 picks a free one (read it from `port` after start).
+        token: a bearer token every route but health requires; defaults to the AGL_STORE_TOKEN environment
+            variable; None/empty means no authentication.
+        max_body_bytes: larger request bodies (also after gzip decoding) are refused with 413.
+        gzip_min_bytes: responses above this size are gzipped for clients that accept gzip.
+        startup_timeout: seconds to wait for the server to accept connections.
+        log_level: uvicorn's log level.
+    """
+
+    def __init__(
+        self,
+        store: LightningStore,
+        host: str = "127.0.0.1",
+        port: int | None = DEFAULT_PORT,
+        token: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        *,
+        gzip_min_bytes: int = 1024,
+        startup_timeout: float = 60.0,
+        log_level: str = "warning",
+        backlog: int = 2048,
+    ) -> None:
+        capabilities = store.capabilities
+        if not capabilities.get("async_safe", False):
+            raise ValueError(
+                f"{type(store).__name__} is not async_safe; only async-safe stores can be served over HTTP"
+            )
+        if port is None:
+            port = DEFAULT_PORT
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        self.store: LightningStore | None = store
+        self.host = host
+        self._requested_port = port
+        self._port = port
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.max_body_bytes = max_body_bytes
+        self.gzip_min_bytes = gzip_min_bytes
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.backlog = backlog
+        self._store_thread_safe = bool(capabilities.get("thread_safe", False))
+        self._owner_pid = os.getpid()
+        self._uvicorn: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread_error: BaseException | None = None
+        self._client: LightningStoreClient | None = None
+        self._app: StoreApp | None = None
+
+    # -- addresses ---------------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (the chosen one when constructed with port 0 and started)."""
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL clients use: `http://<host>:<port>`."""
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = _outbound_ip()
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the server is accepting connections."""
+        return self._uvicorn is not None and self._uvicorn.started and not self._uvicorn.should_exit
+
+    def otlp_traces_endpoint(self) -> str:
+        """The OTLP/HTTP traces URL of this server."""
+        return f"{self.endpoint}/v1/traces"
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        """Everything: the server serialises access to the wrapped store as needed and ingests OTLP."""
+        return LightningStoreCapabilities(thread_safe=True, async_safe=True, zero_copy=True, otlp_traces=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def _make_server(self, sock: socket.socket, handle_signals: bool) -> uvicorn.Server:
+        import uvicorn
+
+        from agl.store.http.app import StoreApp
+
+        assert self.store is not None
+        app = StoreApp(
+            self.store, token=self.token, max_body_bytes=self.max_body_bytes, gzip_min_bytes=self.gzip_min_bytes
+        )
+        self._app = app
+        try:
+            import httptools  # noqa: F401
+
+            http: Literal["httptools", "h11"] = "httptools"
+        except ImportError:
+            http = "h11"
+        config = uvicorn.Config(
+            app,
+            http=http,
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            log_level=self.log_level,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=5,
+            backlog=self.backlog,
+        )
+
+        server = _server_class()(config)
+        server.handle_signals = handle_signals  # type: ignore[attr-defined]
+        return server
+
+    def _check_startable(self) -> None:
+        if self.store is None or os.getpid() != self._owner_pid:
+            raise RuntimeError("this LightningStoreServer is a copy in another process; start the original instead")
+        if self._uvicorn is not None:
+            raise RuntimeError(f"the store server on port {self._port} is already running")
+
+    def _bind(self) -> socket.socket:
+        sock = _bind(self.host, self._port if self._port else self._requested_port, self.backlog)
+        self._port = int(sock.getsockname()[1])
+        return sock
+
+    def start(self) -> _Done:
+        """Start serving in a background thread; returns once the server accepts connections.
+
+        Raises `PortInUseError` if the port is taken, `RuntimeError` if start-up fails or times out. The return
+        value may be awaited (`await server.start()`), as upstream's asynchronous `start()` is.
+        """
+        self._check_startable()
+        sock = self._bind()
+        server = self._make_server(sock, handle_signals=False)
+        ready = threading.Event()
+        server.on_started = ready.set  # type: ignore[attr-defined]
+        self._thread_error = None
+
+        def run() -> None:
+            loop = _new_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                loop.run_until_complete(server.serve(sockets=[sock]))
+            except BaseException as exc:  # includes SystemExit from a failed uvicorn start-up
+                self._thread_error = exc
+                logger.error("store server on port %s stopped with an error: %r", self._port, exc)
+            finally:
+                ready.set()
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+                sock.close()
+
+        self._uvicorn = server
+        thread = threading.Thread(target=run, name=f"agl-store-server-{self._port}", daemon=True)
+        self._thread = thread
+        thread.start()
+        if not ready.wait(self.startup_timeout) or not server.started:
+            server.should_exit = True
+            thread.join(10)
+            self._reset()
+            error = self._thread_error
+            raise RuntimeError(
+                f"store server on {self.host}:{self._port} did not start within {self.startup_timeout}s"
+                + (f": {error!r}" if error else "")
+            )
+        logger.info("store server listening on %s", self.endpoint)
+        return _Done()
+
+    def stop(self, timeout: float = 10.0) -> _Done:
+        """Stop a server started by `start()` and wait for its thread; no-op if not running. Awaitable too."""
+        server, thread = self._uvicorn, self._thread
+        if server is None:
+            return _Done()
+        if thread is None:
+            raise RuntimeError("this server runs on an event loop; use `await server.stop_async()`")
+        if thread is threading.current_thread():
+            raise RuntimeError("stop() cannot be called from the server's own thread")
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._reset()
+        return _Done()
+
+    def _reset(self) -> None:
+        self._uvicorn = None
+        self._thread = None
+        self._task = None
+        self._loop = None
+        self._app = None
+        if self._requested_port == 0:
+            # Keep the chosen port, so a restart comes back on the same address.
+            self._requested_port = self._port
+
+    async def start_async(self) -> None:
+        """Start serving on the running event loop; returns once the server accepts connections."""
+        self._check_startable()
+        sock = self._bind()
+        server = self._make_server(sock, handle_signals=False)
+        self._uvicorn = server
+        self._loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+        server.on_started = started.set  # type: ignore[attr-defined]
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        self._task = task
+        try:
+            waiter = asyncio.ensure_future(started.wait())
+            await asyncio.wait({task, waiter}, timeout=self.startup_timeout, return_when="FIRST_COMPLETED")
+            waiter.cancel()
+            if not server.started:
+                error = task.exception() if task.done() and not task.cancelled() else None
+                raise RuntimeError(f"store server on {self.host}:{self._port} did not start: {error!r}")
+        except BaseException:
+            server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 10)
+            sock.close()
+            self._reset()
+            raise
+        logger.info("store server listening on %s", self.endpoint)
+
+    async def stop_async(self, timeout: float = 10.0) -> None:
+        """Stop a server started by `start_async()` (or `start()`, without blocking the loop)."""
+        server, task, thread = self._uvicorn, self._task, self._thread
+        if server is None:
+            return
+        if thread is not None:
+            await asyncio.to_thread(self.stop, timeout)
+            return
+        server.should_exit = True
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except asyncio.TimeoutError:
+                server.force_exit = True
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, timeout)
+        self._reset()
+
+    async def run_forever(self) -> None:
+        """Serve on the running loop until cancelled (or stopped), then shut down cleanly."""
+        if self._uvicorn is None:
+            await self.start_async()
+        task = self._task
+        try:
+            if task is not None:
+                await asyncio.shield(task)
+            elif self._thread is not None:
+                await asyncio.to_thread(self._thread.join)
+        finally:
+            await self.stop_async()
+
+    def serve(self) -> None:
+        """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server."""
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            await self.start_async()
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+            waiter = asyncio.ensure_future(stop.wait())
+            assert self._task is not None
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            await self.stop_async()
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    def __enter__(self) -> LightningStoreServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- pickling: a copy in another process talks to the original over HTTP -----------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self._port,
+            "token": self.token,
+            "endpoint": self.endpoint,
+            "owner_pid": self._owner_pid,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.store = None
+        self.host = state["host"]
+        self._port = self._requested_port = state["port"]
+        self.token = state["token"]
+        self._owner_pid = state["owner_pid"]
+        self._store_thread_safe = True
+        self._uvicorn = None
+        self._loop = None
+        self._thread = None
+        self._task = None
+        self._thread_error = None
+        self._client = None
+        self._app = None
+
+    # -- delegation --------------------------------------------------------------------------------------------
+
+    def _remote(self) -> LightningStoreClient:
+        if self._client is None:
+            from agl.store.client import LightningStoreClient
+
+            self._client = LightningStoreClient(self.endpoint, token=self.token)
+        return self._client
+
+    async def _call(self, method_name: str, /, *args: Any, **kwargs: Any) -> Any:
+        store = self.store
+        if store is None or os.getpid() != self._owner_pid:
+            return await getattr(self._remote(), method_name)(*args, **kwargs)
+        method: Callable[..., Coroutine[Any, Any, Any]] = getattr(store, method_name)
+        loop = self._loop
+        if self._store_thread_safe or loop is None or loop.is_closed() or method_name == "wait_for_rollouts":
+            return await method(*args, **kwargs)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return await method(*args, **kwargs)
+        # Not thread-safe: run the call on the server's loop, where every HTTP request touches the store too.
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(method(*args, **kwargs), loop)
+        return await asyncio.wrap_future(future)
+
+    async def statistics(self) -> LightningStoreStatistics:
+        """The wrapped store's statistics."""
+        result: LightningStoreStatistics = await self._call("statistics")
+        return result
+
+    async def start_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        """Delegates to the wrapped store."""
+        result: AttemptedRollout = await self._call(
+            "start_rollout", input, mode, resources_id, config, metadata, worker_id
+        )
+        return result
+
+    async def enqueue_rollout(
+        self,
+        input: TaskInput,
+        mode: RolloutMode | None = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Delegates to the wrapped store."""
+        result: Rollout = await self._call("enqueue_rollout", input, mode, resources_id, config, metadata)
+        return result
+
+    async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
+        """Delegates to the wrapped store."""
+        result: Sequence[Rollout] = await self._call("enqueue_many_rollouts", rollouts)
+        return result
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """Delegates to the wrapped store."""
+        result: AttemptedRollout | None = await self._call("dequeue_rollout", worker_id=worker_id)
+        return result
+
+    async def dequeue_many_rollouts(
+        self, *, limit: int = 1, worker_id: str | None = None
+    ) -> Sequence[AttemptedRollout]:
+        """Delegates to the wrapped store."""
+        result: Sequence[AttemptedRollout] = await self._call("dequeue_many_rollouts", limit=limit, worker_id=worker_id)
+        return result
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        """Delegates to the wrapped store."""
+        result: AttemptedRollout = await self._call("start_attempt", rollout_id, worker_id=worker_id)
+        return result
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[RolloutStatus] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        rollout_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+        status: Sequence[RolloutStatus] | None = None,
+        rollout_ids: Sequence[str] | None = None,
+    ) -> PaginatedResult[Rollout]:
+        """Delegates to the wrapped store."""
+        result: PaginatedResult[Rollout] = await self._call(
+            "query_rollouts",
+            status_in=status_in,
+            rollout_id_in=rollout_id_in,
+            rollout_id_contains=rollout_id_contains,
+            filter_logic=filter_logic,
+            sort_by=sort_by,
+            sort_order=sort_order,
+            limit=limit,
+            offset=offset,
+            status=status,
+            rollout_ids=rollout_ids,
+        )
+        return result
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        """Delegates to the wrapped store."""
+        result: Rollout | None = await self._call("get_rollout_by_id", rollout_id)
+        return result
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        input: TaskInput = UNSET,
+        mode: RolloutMode | None = UNSET,
+        resources_id: str | None = UNSET,
+        status: RolloutStatus = UNSET,
+        config: RolloutConfig = UNSET,
+        metadata: dict[str, Any] | None = UNSET,
+    ) -> Rollout:
+        """Delegates to the wrapped store."""
+        result: Rollout = await self._call(
+            "update_rollout", rollout_id, input, mode, resources_id, status, config, metadata
+        )
+        return result
+
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Attempt]:
+        """Delegates to the wrapped store."""
+        result: PaginatedResult[Attempt] = await self._call(
+            "query_attempts", rollout_id, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
+        )
+        return result
+
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        """Delegates to the wrapped store."""
+        result: Attempt | None = await self._call("get_latest_attempt", rollout_id)
+        return result
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str,
+        status: AttemptStatus = UNSET,
+        worker_id: str = UNSET,
+        last_heartbeat_time: float = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Attempt:
+        """Delegates to the wrapped store."""
+        result: Attempt = await self._call(
+            "update_attempt", rollout_id, attempt_id, status, worker_id, last_heartbeat_time, metadata
+        )
+        return result
+
+    async def add_span(self, span: Span) -> Span | None:
+        """Delegates to the wrapped store."""
+        result: Span | None = await self._call("add_span", span)
+        return result
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
+        """Delegates to the wrapped store."""
+        result: Sequence[Span] = await self._call("add_many_spans", spans)
+        return result
+
+    async def add_otel_span(
+        self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
+    ) -> Span | None:
+        """Delegates to the wrapped store."""
+        result: Span | None = await self._call("add_otel_span", rollout_id, attempt_id, readable_span, sequence_id)
+        return result
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        """Delegates to the wrapped store."""
+        result: int = await self._call("get_next_span_sequence_id", rollout_id, attempt_id)
+        return result
+
+    async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
+        """Delegates to the wrapped store."""
+        result: Sequence[int] = await self._call("get_many_span_sequence_ids", rollout_attempt_ids)
+        return result
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        trace_id_contains: str | None = None,
+        span_id: str | None = None,
+        span_id_contains: str | None = None,
+        parent_id: str | None = None,
+        parent_id_contains: str | None = None,
+        name: str | None = None,
+        name_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        limit: int = -1,
+        offset: int = 0,
+        sort_by: str | None = "sequence_id",
+        sort_order: Literal["asc", "desc"] = "asc",
+    ) -> PaginatedResult[Span]:
+        """Delegates to the wrapped store."""
+        result: PaginatedResult[Span] = await self._call(
+            "query_spans",
+            rollout_id,
+            attempt_id,
+            trace_id=trace_id,
+            trace_id_contains=trace_id_contains,
+            span_id=span_id,
+            span_id_contains=span_id_contains,
+            parent_id=parent_id,
+            parent_id_contains=parent_id_contains,
+            name=name,
+            name_contains=name_contains,
+            filter_logic=filter_logic,
+            limit=limit,
+            offset=offset,
+            sort_by=sort_by,
+            sort_order=sort_order,
+        )
+        return result
+
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        """Delegates to the wrapped store."""
+        result: ResourcesUpdate = await self._call("add_resources", resources)
+        return result
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        """Delegates to the wrapped store."""
+        result: ResourcesUpdate = await self._call("update_resources", resources_id, resources)
+        return result
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """Delegates to the wrapped store."""
+        result: ResourcesUpdate | None = await self._call("get_resources_by_id", resources_id)
+        return result
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        """Delegates to the wrapped store."""
+        result: ResourcesUpdate | None = await self._call("get_latest_resources")
+        return result
+
+    async def query_resources(
+        self,
+        *,
+        resources_id: str | None = None,
+        resources_id_contains: str | None = None,
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[ResourcesUpdate]:
+        """Delegates to the wrapped store."""
+        result: PaginatedResult[ResourcesUpdate] = await self._call(
+            "query_resources",
+            resources_id=resources_id,
+            resources_id_contains=resources_id_contains,
+            sort_by=sort_by,
+            sort_order=sort_order,
+            limit=limit,
+            offset=offset,
+        )
+        return result
+
+    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        """Delegates to the wrapped store."""
+        result: Worker = await self._call("update_worker", worker_id, heartbeat_stats)
+        return result
+
+    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
+        """Delegates to the wrapped store."""
+        result: Worker | None = await self._call("get_worker_by_id", worker_id)
+        return result
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[WorkerStatus] | None = None,
+        worker_id_contains: str | None = None,
+        filter_logic: Literal["and", "or"] = "and",
+        sort_by: str | None = None,
+        sort_order: Literal["asc", "desc"] = "asc",
+        limit: int = -1,
+        offset: int = 0,
+    ) -> PaginatedResult[Worker]:
+        """Delegates to the wrapped store."""
+        result: PaginatedResult[Worker] = await self._call(
+            "query_workers",
+            status_in=status_in,
+            worker_id_contains=worker_id_contains,
+            filter_logic=filter_logic,
+            sort_by=sort_by,
+            sort_order=sort_order,
+            limit=limit,
+            offset=offset,
+        )
+        return result
+
+    async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
+        """Delegates to the wrapped store."""
+        result: list[Rollout] = await self._call("wait_for_rollouts", rollout_ids=rollout_ids, timeout=timeout)
+        return result
+
+    async def close(self) -> None:
+        """Stop serving (if running) and close the HTTP client of a copy in another process.
+
+        The wrapped store is left open: it belongs to whoever created it.
+        """
+        if self._uvicorn is not None:
+            await self.stop_async()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+_SERVER_CLASS: type[uvicorn.Server] | None = None
+
+
+def _server_class() -> type[uvicorn.Server]:
+    """uvicorn's Server, reporting start-up through `on_started` and leaving signals alone unless told."""
+    global _SERVER_CLASS
+    if _SERVER_CLASS is None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            handle_signals = False
+            on_started: Callable[[], None] | None = None
+
+            def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+                if self.handle_signals:
+                    return super().capture_signals()
+                return contextlib.nullcontext()
+
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started and self.on_started is not None:
+                    self.on_started()
+
+        _SERVER_CLASS = _Server
+    return _SERVER_CLASS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve a fresh in-memory store: `python -m agl.store.server [--host H] [--port P] [--token T]`."""
+    parser = argparse.ArgumentParser(prog="python -m agl.store.server", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else none)")
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agl.store.memory import InMemoryLightningStore
+
+    store = InMemoryLightningStore(thread_safe=True)
+    server = LightningStoreServer(store, host=args.host, port=args.port, token=args.token, log_level=args.log_level)
+    try:
+        server.serve()
+    except (PortInUseError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
