@@ -1,4 +1,4 @@
-"""In-process throughput of InMemoryLightningStore, and how it holds up as the store fills.
+"""In-process throughput of InMemoryLightningStore (or SqliteLightningStore), and how it holds up as the store fills.
 
 For each store size (rollouts already held, each with spans and a finished attempt) the benchmark times rounds of
 enqueue, dequeue, add_span, add_many_spans (10 per call), update_attempt, enqueue+dequeue pairs and point queries,
@@ -7,6 +7,7 @@ ratio of the largest size to the smallest, and writes JSON.
 
     python bench/store_inproc.py                 # sizes 1000 and 100000
     python bench/store_inproc.py --sizes 1000 10000 --rounds 3 --ops 2000
+    python bench/store_inproc.py --backend sqlite --sizes 1000 10000   # SqliteLightningStore on a temp file
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agl.store.base import LightningStore
 from agl.store.memory import InMemoryLightningStore
 from agl.types import AttemptedRollout, Span
 
@@ -42,7 +46,7 @@ def make_span(rollout_id: str, attempt_id: str, seq: int) -> Span:
     )
 
 
-async def preload(store: InMemoryLightningStore, n: int) -> list[str]:
+async def preload(store: LightningStore, n: int) -> list[str]:
     ids = []
     for i in range(n):
         r = await store.enqueue_rollout({"task": i})
@@ -61,7 +65,7 @@ async def timed(n_ops: int, fn: Callable[[int], Awaitable[object]]) -> float:
     return n_ops / (time.perf_counter() - start)
 
 
-async def one_round(store: InMemoryLightningStore, known: list[str], n_ops: int) -> dict[str, float]:
+async def one_round(store: LightningStore, known: list[str], n_ops: int) -> dict[str, float]:
     out: dict[str, float] = {}
     claimed: list[AttemptedRollout] = []
     out["enqueue"] = await timed(n_ops, lambda i: store.enqueue_rollout({"task": i}))
@@ -100,14 +104,28 @@ async def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", type=int, default=5000, help="operations per op type per round")
-    parser.add_argument("--out", default="bench/results/store_inproc.json")
+    parser.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--out", default=None, help="default bench/results/store_inproc[_sqlite].json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = (
+            "bench/results/store_inproc.json" if args.backend == "memory" else "bench/results/store_inproc_sqlite.json"
+        )
+    tmpdir = tempfile.mkdtemp(prefix="agl-bench-")
 
-    stores: dict[int, InMemoryLightningStore] = {}
+    def new_store(size: int) -> LightningStore:
+        if args.backend == "memory":
+            return InMemoryLightningStore()
+        from agl.store.sqlite import SqliteLightningStore
+
+        return SqliteLightningStore(f"{tmpdir}/store-{size}.db", synchronous=args.sqlite_synchronous)
+
+    stores: dict[int, LightningStore] = {}
     known: dict[int, list[str]] = {}
     for size in args.sizes:
         t = time.perf_counter()
-        stores[size] = InMemoryLightningStore()
+        stores[size] = new_store(size)
         known[size] = await preload(stores[size], size)
         print(f"preloaded {size} rollouts in {time.perf_counter() - t:.1f}s")
 
@@ -120,7 +138,7 @@ async def main() -> None:
     medians = {s: {op: statistics.median(v) for op, v in samples[s].items()} for s in args.sizes}
     small, large = min(args.sizes), max(args.sizes)
     header = f"{'op':<20}" + "".join(f"{f'{s:,} held':>16}" for s in args.sizes) + f"{'ratio':>9}"
-    print(f"\nInMemoryLightningStore, median ops/s over {args.rounds} rounds of {args.ops} ops")
+    print(f"\n{type(stores[small]).__name__}, median ops/s over {args.rounds} rounds of {args.ops} ops")
     print(header)
     print("-" * len(header))
     for op in OPS:
@@ -128,6 +146,7 @@ async def main() -> None:
         print(row + f"{medians[large][op] / medians[small][op]:>9.2f}")
     result = {
         "benchmark": "store_inproc",
+        "backend": args.backend if args.backend == "memory" else f"sqlite ({args.sqlite_synchronous})",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "rounds": args.rounds,
         "ops_per_round": args.ops,
@@ -138,6 +157,9 @@ async def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
+    for store in stores.values():
+        await store.close()
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
