@@ -160,19 +160,20 @@ class _TraceSession:
         await self.flush()
 
     async def flush(self) -> None:
-        """Send the buffered spans to the store (sequence ids first, then the spans) in one batch."""
+        """Send the buffered spans to the store in batches of at most `batch_size` (sequence ids, then spans)."""
         async with self._flush_lock:
             with self._lock:
-                batch, self._buffer, self._oldest = self._buffer, [], None
-            if not batch or self.store is None:
+                pending, self._buffer, self._oldest = self._buffer, [], None
+            if not pending or self.store is None:
                 return
             token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
             try:
-                converted = await self._write(self.store, batch)
+                for start in range(0, len(pending), self.batch_size):
+                    converted = await self._write(self.store, pending[start : start + self.batch_size])
+                    with self._lock:
+                        self.captured.extend(converted)
             finally:
                 otel_context.detach(token)
-            with self._lock:
-                self.captured.extend(converted)
 
     async def _write(self, store: LightningStore, batch: list[ReadableSpan]) -> list[Span]:
         rid, aid = self.rollout_id, self.attempt_id
