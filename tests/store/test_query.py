@@ -159,6 +159,15 @@ async def test_query_rollouts_deprecated_aliases(store: LightningStore, clock: F
     assert ids(both) == created[1:]
 
 
+@pytest.mark.parametrize("alias", ["status", "rollout_ids"])
+async def test_query_rollouts_deprecated_aliases_warn(store: LightningStore, alias: str) -> None:
+    rollout = await store.enqueue_rollout(input="x")
+    value = ["queuing"] if alias == "status" else [rollout.rollout_id]
+    with pytest.warns(DeprecationWarning):
+        result = await store.query_rollouts(**{alias: value})  # type: ignore[arg-type]
+    assert ids(result) == [rollout.rollout_id]
+
+
 async def test_query_rollouts_items_carry_latest_attempt(store: LightningStore) -> None:
     queued = await store.enqueue_rollout(input="q")
     started = await store.start_rollout(input="s")

@@ -1,0 +1,466 @@
+"""Behaviour specific to `InMemoryLightningStore` and `LightningStoreThreaded` (spec §1, §5.4 debounce, §7).
+
+Not part of the shared conformance suite: memory accounting, eviction, debounce, capabilities and threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+import pytest
+
+from agl.store.base import LightningStoreCapabilities
+from agl.store.memory import InMemoryLightningStore
+from agl.store.threading import LightningStoreThreaded
+from agl.types import RolloutConfig, Span
+from tests.store.clock import FakeClock
+from tests.store.helpers import make_span, sample_resources
+
+
+def _sized(span: Span) -> int:
+    """Span size estimator for tests: the `size` attribute of the span, default 20 bytes."""
+    return int(span.attributes.get("size", 20))
+
+
+@pytest.fixture
+async def small_store(clock: FakeClock) -> AsyncIterator[InMemoryLightningStore]:
+    """The spec's reference configuration: capacity 100 B, eviction at 50 B, safe at 5 B, spans of 20 B."""
+    store = InMemoryLightningStore(
+        clock=clock,
+        scan_debounce_seconds=0,
+        memory_capacity_bytes=100,
+        eviction_memory_threshold=0.5,
+        safe_memory_threshold=0.05,
+        span_size_estimator=_sized,
+    )
+    yield store
+    await store.close()
+
+
+async def _rollout_with_span(store: InMemoryLightningStore, clock: FakeClock, size: int = 20) -> str:
+    clock.advance(1)
+    rollout = await store.start_rollout(input="x")
+    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"size": size}))
+    return rollout.rollout_id
+
+
+# -- capabilities and statistics (§1) ---------------------------------------------------------------------------
+
+
+def test_capabilities_default(clock: FakeClock) -> None:
+    caps = InMemoryLightningStore(clock=clock).capabilities
+    assert caps.get("async_safe") is True
+    assert not caps.get("zero_copy")
+    assert not caps.get("otlp_traces")
+    assert not caps.get("thread_safe")  # spec §1: thread_safe = constructor argument (default False)
+
+
+def test_capabilities_thread_safe_argument(clock: FakeClock) -> None:
+    caps = InMemoryLightningStore(clock=clock, thread_safe=True).capabilities
+    assert caps.get("thread_safe") is True and caps.get("async_safe") is True
+
+
+def test_threaded_capabilities(clock: FakeClock) -> None:
+    caps = LightningStoreThreaded(InMemoryLightningStore(clock=clock)).capabilities
+    assert caps.get("thread_safe") is True
+    assert caps.get("async_safe") is True
+    assert not caps.get("zero_copy")
+    assert not caps.get("otlp_traces")
+
+
+def test_no_otlp_endpoint(clock: FakeClock) -> None:
+    with pytest.raises(NotImplementedError):
+        InMemoryLightningStore(clock=clock).otlp_traces_endpoint()
+    with pytest.raises(NotImplementedError):
+        LightningStoreThreaded(InMemoryLightningStore(clock=clock)).otlp_traces_endpoint()
+
+
+async def test_statistics_keys_and_counts(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(
+        clock=clock, memory_capacity_bytes=1000, eviction_memory_threshold=0.5, span_size_estimator=_sized
+    )
+    started = await store.start_rollout(input="x", worker_id="Worker-0")
+    await store.enqueue_rollout(input="y")
+    await store.start_attempt(started.rollout_id)
+    await store.add_resources(sample_resources())
+    await store.add_span(make_span(started.rollout_id, started.attempt.attempt_id, attributes={"size": 33}))
+    clock.advance(5)
+    stats = await store.statistics()
+    expected_keys = {
+        "name",
+        "total_rollouts",
+        "total_attempts",
+        "total_spans",
+        "total_resources",
+        "total_workers",
+        "uptime",
+        "total_span_bytes",
+        "eviction_threshold_bytes",
+        "safe_threshold_bytes",
+        "memory_capacity_bytes",
+    }
+    assert expected_keys <= set(stats)
+    assert stats["name"] == "InMemoryLightningStore"
+    assert stats["total_rollouts"] == 2
+    assert stats["total_attempts"] == 2
+    assert stats["total_spans"] == 1
+    assert stats["total_resources"] == 1
+    assert stats["total_workers"] == 1
+    assert stats["uptime"] == pytest.approx(5.0)
+    assert stats["total_span_bytes"] == 33
+    assert stats["memory_capacity_bytes"] == 1000
+    assert stats["eviction_threshold_bytes"] == 500
+    assert stats["safe_threshold_bytes"] == 400
+    await store.close()
+
+
+async def test_threaded_statistics_come_from_wrapped_store(clock: FakeClock) -> None:
+    store = LightningStoreThreaded(InMemoryLightningStore(clock=clock, memory_capacity_bytes=1000))
+    await store.enqueue_rollout(input="x")
+    stats = await store.statistics()
+    assert stats["total_rollouts"] == 1
+    assert stats["memory_capacity_bytes"] == 1000
+    await store.close()
+
+
+# -- thresholds (§7.2) ------------------------------------------------------------------------------------------
+
+
+async def _thresholds(store: InMemoryLightningStore) -> tuple[int, int, int]:
+    stats = await store.statistics()
+    return stats["memory_capacity_bytes"], stats["eviction_threshold_bytes"], stats["safe_threshold_bytes"]
+
+
+async def test_default_thresholds(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock, memory_capacity_bytes=1000)
+    assert await _thresholds(store) == (1000, 700, 560)
+
+
+async def test_default_capacity_is_physical_memory(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock)
+    capacity, eviction, safe = await _thresholds(store)
+    assert capacity == psutil.virtual_memory().total
+    assert eviction == int(0.7 * capacity)
+    assert safe == int(0.8 * eviction)
+
+
+@pytest.mark.parametrize(
+    ("eviction", "safe", "expected"),
+    [
+        (0.25, None, (250, 200)),
+        (300, None, (300, 240)),
+        (0.5, 0.1, (500, 100)),
+        (0.5, 50, (500, 50)),
+        (1.0, 0.0, (1000, 0)),
+        (1, 0, (1, 0)),
+        (2000, 1500, (2000, 1500)),
+    ],
+)
+async def test_threshold_ratio_or_bytes(clock: FakeClock, eviction: Any, safe: Any, expected: tuple[int, int]) -> None:
+    store = InMemoryLightningStore(
+        clock=clock, memory_capacity_bytes=1000, eviction_memory_threshold=eviction, safe_memory_threshold=safe
+    )
+    assert (await _thresholds(store))[1:] == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eviction_memory_threshold": 0.0}, r"eviction_memory_threshold.*ratio must be greater than 0 and at most 1"),
+        ({"eviction_memory_threshold": 1.5}, r"eviction_memory_threshold.*ratio must be greater than 0 and at most 1"),
+        ({"eviction_memory_threshold": -0.5}, r"eviction_memory_threshold.*ratio must be greater than 0 and at most 1"),
+        ({"eviction_memory_threshold": -1}, r"eviction_memory_threshold.*must be non-negative"),
+        ({"eviction_memory_threshold": 0}, r"eviction_memory_threshold.*must be at least 1 bytes"),
+        ({"eviction_memory_threshold": 0.0001}, r"eviction_memory_threshold.*must be at least 1 bytes"),
+        ({"safe_memory_threshold": -0.1}, r"safe_memory_threshold.*ratio must be between 0 and 1 inclusive"),
+        ({"safe_memory_threshold": 1.1}, r"safe_memory_threshold.*ratio must be between 0 and 1 inclusive"),
+        ({"safe_memory_threshold": -1}, r"safe_memory_threshold.*must be non-negative"),
+        (
+            {"eviction_memory_threshold": 0.5, "safe_memory_threshold": 0.6},
+            "safe_memory_threshold must be smaller than eviction_memory_threshold",
+        ),
+        (
+            {"eviction_memory_threshold": 500, "safe_memory_threshold": 500},
+            "safe_memory_threshold must be smaller than eviction_memory_threshold",
+        ),
+        (
+            {"eviction_memory_threshold": 0.3, "safe_memory_threshold": 1.0},
+            "safe_memory_threshold must be smaller than eviction_memory_threshold",
+        ),
+    ],
+)
+def test_threshold_validation(clock: FakeClock, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        InMemoryLightningStore(clock=clock, memory_capacity_bytes=1000, **kwargs)
+
+
+@pytest.mark.parametrize("capacity", [0, -5])
+def test_capacity_must_be_positive(clock: FakeClock, capacity: int) -> None:
+    with pytest.raises(ValueError):
+        InMemoryLightningStore(clock=clock, memory_capacity_bytes=capacity)
+
+
+# -- span accounting and eviction (§7.2) ------------------------------------------------------------------------
+
+
+async def test_reference_eviction(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+    rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(4)]
+    for rid in rollout_ids[:3]:
+        with pytest.raises(RuntimeError, match=rf"Spans for rollout {rid} have been evicted"):
+            await small_store.query_spans(rid)
+    (span,) = await small_store.query_spans(rollout_ids[3])
+    assert span.rollout_id == rollout_ids[3]
+    assert (await small_store.statistics())["total_span_bytes"] == 20
+
+
+async def test_no_eviction_at_threshold(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+    first = await _rollout_with_span(small_store, clock, size=25)
+    second = await _rollout_with_span(small_store, clock, size=25)  # exactly 50 B: not above the threshold
+    assert len(await small_store.query_spans(first)) == 1
+    assert len(await small_store.query_spans(second)) == 1
+    assert (await small_store.statistics())["total_span_bytes"] == 50
+
+
+async def test_eviction_order_follows_rollout_start_time(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(
+        clock=clock,
+        scan_debounce_seconds=0,
+        memory_capacity_bytes=100,
+        eviction_memory_threshold=0.5,
+        safe_memory_threshold=0.45,
+        span_size_estimator=_sized,
+    )
+    old = await store.start_rollout(input="old")
+    clock.advance(1)
+    new = await store.start_rollout(input="new")
+    await store.add_span(make_span(new.rollout_id, new.attempt.attempt_id, attributes={"size": 30}))
+    await store.add_span(make_span(old.rollout_id, old.attempt.attempt_id, attributes={"size": 10}))
+    await store.add_span(make_span(new.rollout_id, new.attempt.attempt_id, attributes={"size": 15}))  # 55 B > 50
+    # The oldest rollout (by start time) goes first even though its span arrived later; 45 B <= 45 B stops.
+    with pytest.raises(RuntimeError, match="evicted"):
+        await store.query_spans(old.rollout_id)
+    assert len(await store.query_spans(new.rollout_id)) == 2
+    assert (await store.statistics())["total_span_bytes"] == 45
+
+
+async def test_writer_itself_may_be_evicted(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+    rollout = await small_store.start_rollout(input="x")
+    spans = [make_span(rollout.rollout_id, rollout.attempt.attempt_id) for _ in range(3)]
+    await small_store.add_many_spans(spans)
+    with pytest.raises(RuntimeError, match=rollout.rollout_id):
+        await small_store.query_spans(rollout.rollout_id)
+
+
+async def test_evicted_rollout_is_remembered_forever(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+    rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(3)]
+    first = rollout_ids[0]
+    record = await small_store.get_rollout_by_id(first)
+    assert record is not None
+    await small_store.add_span(make_span(first, record.attempt.attempt_id))  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="evicted"):
+        await small_store.query_spans(first)
+    with pytest.raises(RuntimeError, match="evicted"):
+        await small_store.query_spans(first, "latest")
+    assert (await small_store.statistics())["total_span_bytes"] == 20  # the new span is counted again
+
+
+async def test_eviction_keeps_rollouts_attempts_and_status_flow(
+    small_store: InMemoryLightningStore, clock: FakeClock
+) -> None:
+    rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(3)]
+    first = rollout_ids[0]
+    fetched = await small_store.get_rollout_by_id(first)
+    assert fetched is not None and fetched.status == "running"
+    assert len(await small_store.query_attempts(first)) == 1
+    await small_store.update_attempt(first, "latest", status="succeeded")
+    done = await small_store.wait_for_rollouts(rollout_ids=[first], timeout=0)
+    assert [r.status for r in done] == ["succeeded"]
+
+
+async def test_negative_estimate_is_clamped(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock, memory_capacity_bytes=1000, span_size_estimator=lambda span: -50)
+    rollout = await store.start_rollout(input="x")
+    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id))
+    assert (await store.statistics())["total_span_bytes"] == 0
+
+
+async def test_default_estimator_counts_bytes(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock)
+    rollout = await store.start_rollout(input="x")
+    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id))
+    small = (await store.statistics())["total_span_bytes"]
+    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"blob": "x" * 10_000}))
+    total = (await store.statistics())["total_span_bytes"]
+    assert small > 0
+    assert total - small >= 10_000
+
+
+async def test_duplicate_span_is_not_counted(small_store: InMemoryLightningStore) -> None:
+    rollout = await small_store.start_rollout(input="x")
+    span = make_span(rollout.rollout_id, rollout.attempt.attempt_id, span_id="dup")
+    await small_store.add_span(span)
+    await small_store.add_span(span)
+    assert (await small_store.statistics())["total_span_bytes"] == 20
+
+
+# -- health-scan debounce (§5.4) --------------------------------------------------------------------------------
+
+
+async def test_debounce_delays_timeout_detection(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=10)
+    start = clock()
+    rollout = await store.start_rollout(input="x", config=RolloutConfig(timeout_seconds=1.0))  # first call scans
+    for at in (2.0, 5.0, 9.9):
+        clock.advance(start + at - clock())
+        fetched = await store.get_rollout_by_id(rollout.rollout_id)
+        assert fetched is not None and fetched.status == "preparing", at
+    clock.advance(start + 10.0 - clock())
+    fetched = await store.get_rollout_by_id(rollout.rollout_id)
+    assert fetched is not None and fetched.status == "failed"
+    assert fetched.attempt.status == "timeout"  # type: ignore[attr-defined]
+
+
+async def test_default_debounce_is_ten_seconds(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock)
+    rollout = await store.start_rollout(input="x", config=RolloutConfig(timeout_seconds=1.0))
+    clock.advance(9.5)
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "preparing"
+    clock.advance(0.5)
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "timeout"
+
+
+@pytest.mark.parametrize("debounce", [0, -1.0])
+async def test_nonpositive_debounce_scans_every_call(clock: FakeClock, debounce: float) -> None:
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=debounce)
+    rollout = await store.start_rollout(input="x", config=RolloutConfig(timeout_seconds=1.0))
+    clock.advance(1.5)
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "timeout"
+
+
+async def test_debounce_window_restarts_at_each_scan(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=10)
+    await store.query_workers()  # scan at t=0
+    clock.advance(10)
+    rollout = await store.start_rollout(input="x", config=RolloutConfig(timeout_seconds=1.0))  # scan at t=10
+    clock.advance(5)  # t=15: attempt timed out, but no scan until t=20
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "preparing"
+    clock.advance(5)
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "timeout"
+
+
+# -- threads, pickling and the threaded wrapper (§7.1) ----------------------------------------------------------
+
+
+def _allocate_from_threads(store: Any, rollout_id: str, attempt_id: str, threads: int, each: int) -> list[int]:
+    results: list[int] = []
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        async def run() -> list[int]:
+            return [await store.get_next_span_sequence_id(rollout_id, attempt_id) for _ in range(each)]
+
+        try:
+            got = asyncio.run(run())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            return
+        with guard:
+            results.extend(got)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(10)
+    assert not errors, errors
+    return results
+
+
+class _NotThreadSafeStore(InMemoryLightningStore):
+    """An in-memory store that claims not to be thread-safe, so the wrapper must confine it to one loop."""
+
+    @property
+    def capabilities(self) -> LightningStoreCapabilities:
+        return LightningStoreCapabilities(thread_safe=False, async_safe=True, zero_copy=False, otlp_traces=False)
+
+
+@pytest.mark.parametrize("kind", ["memory", "threaded", "threaded-over-unsafe"])
+async def test_sequence_ids_unique_across_threads(clock: FakeClock, kind: str) -> None:
+    if kind == "memory":
+        store: Any = InMemoryLightningStore(clock=clock, thread_safe=True)
+    elif kind == "threaded":
+        store = LightningStoreThreaded(InMemoryLightningStore(clock=clock, thread_safe=True))
+    else:
+        store = LightningStoreThreaded(_NotThreadSafeStore(clock=clock))
+    rollout = await store.start_rollout(input="x")
+    results = await asyncio.to_thread(
+        _allocate_from_threads, store, rollout.rollout_id, rollout.attempt.attempt_id, 4, 25
+    )
+    assert sorted(results) == list(range(1, 101))
+    await store.close()
+
+
+async def test_threaded_wrapper_over_unsafe_store_runs_the_protocol(clock: FakeClock) -> None:
+    store = LightningStoreThreaded(_NotThreadSafeStore(clock=clock, scan_debounce_seconds=0))
+    rollout = await store.enqueue_rollout(input="x")
+    claimed = await store.dequeue_rollout(worker_id="Worker-0")
+    assert claimed is not None and claimed.rollout_id == rollout.rollout_id
+    await store.add_span(make_span(rollout.rollout_id, claimed.attempt.attempt_id))
+    assert len(await store.query_spans(rollout.rollout_id)) == 1
+
+    async def finish() -> None:
+        await asyncio.sleep(0.05)
+        await store.update_attempt(rollout.rollout_id, "latest", status="succeeded")
+
+    task = asyncio.create_task(finish())
+    started = time.perf_counter()
+    done = await asyncio.wait_for(store.wait_for_rollouts(rollout_ids=[rollout.rollout_id], timeout=3), 5)
+    await task
+    assert time.perf_counter() - started < 1.0
+    assert [r.status for r in done] == ["succeeded"]
+    worker = await store.get_worker_by_id("Worker-0")
+    assert worker is not None and worker.status == "idle"
+    await store.close()
+
+
+async def test_wait_wakes_when_finished_from_another_thread(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(clock=clock, thread_safe=True)
+    rollout = await store.start_rollout(input="x")
+
+    def finish_in_thread() -> None:
+        time.sleep(0.05)
+        asyncio.run(store.update_rollout(rollout.rollout_id, status="succeeded"))
+
+    thread = threading.Thread(target=finish_in_thread)
+    started = time.perf_counter()
+    thread.start()
+    done = await asyncio.wait_for(store.wait_for_rollouts(rollout_ids=[rollout.rollout_id], timeout=3), 5)
+    await asyncio.to_thread(thread.join, 5)
+    assert time.perf_counter() - started < 1.0
+    assert [r.rollout_id for r in done] == [rollout.rollout_id]
+
+
+async def test_store_survives_pickling() -> None:
+    store = InMemoryLightningStore()  # real clock: the FakeClock holds a lock and cannot be pickled
+    rollout = await store.start_rollout(input={"q": 1})
+    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id, span_id="s"))
+    await store.enqueue_rollout(input="queued")
+    copy = pickle.loads(pickle.dumps(store))
+    fetched = await copy.get_rollout_by_id(rollout.rollout_id)
+    assert fetched is not None and fetched.input == {"q": 1} and fetched.status == "running"
+    assert [s.span_id for s in await copy.query_spans(rollout.rollout_id)] == ["s"]
+    claimed = await copy.dequeue_rollout()
+    assert claimed is not None and claimed.input == "queued"
+    assert await copy.get_next_span_sequence_id(rollout.rollout_id, rollout.attempt.attempt_id) == 2
