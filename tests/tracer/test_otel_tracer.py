@@ -285,7 +285,9 @@ async def test_a_second_active_tracer_is_rejected(tracer: OtelTracer, rollout: A
 
 def test_create_span_returns_its_fields() -> None:
     tracer = OtelTracer()
-    fields = tracer.create_span("event", {"k": [1, 2], "s": "v"}, timestamp=1000.5, status=TraceStatus(status_code="OK"))
+    fields = tracer.create_span(
+        "event", {"k": [1, 2], "s": "v"}, timestamp=1000.5, status=TraceStatus(status_code="OK")
+    )
     assert fields.name == "event"
     assert fields.attributes == {"k": [1, 2], "s": "v"}
     assert fields.start_time == fields.end_time == 1000.5
