@@ -110,7 +110,7 @@ class ProcessRecord:
     crashed: bool = False
     """It ended with a code outside the allowed ones before any stop was asked."""
     restarted: bool = False
-    """A replacement was started for it."""
+    """A replacement was started for it, or would have been had the run not been ending."""
     stop_step: StopStep | None = None
     """The step of the four-step stop that ended it (None: it ended by itself)."""
 
@@ -225,8 +225,10 @@ class ProcessSupervisor:
             return
         record.crashed = True
         if self.event.is_set():
-            # A stop is on its way (set by a bundle or by another failure): no restart, the exit code is checked.
-            logger.error("%s (pid %s) exited with code %s while stopping", slot.name, process.pid, code)
+            # The run is ending: no restart. Within the restart budget the crash is forgiven (it is logged); beyond
+            # it, it is a failure.
+            record.restarted = slot.restarts < self.restart_failed_runners
+            logger.error("%s (pid %s) died with exit code %s while the run was stopping", slot.name, process.pid, code)
             slot.done = True
             return
         if slot.restarts < self.restart_failed_runners:
@@ -258,6 +260,10 @@ class ProcessSupervisor:
     def stop(self, graceful_timeout: float, terminate_timeout: float) -> list[ProcessRecord]:
         """Stop every worker in four steps; returns the records of all processes that ran, in start order."""
         with self._lock:
+            # Deaths the monitor has not handled yet happened before this stop: report them as such.
+            for slot in self._slots:
+                if not slot.done and not slot.process.is_alive():
+                    self._on_exit(slot)
             self._stopping = True
             slots = list(self._slots)
         steps = stop_processes(

@@ -159,3 +159,8 @@ async def algorithm_prints_then_waits(store: LightningStore, event: ExecutionEve
     print("ALGORITHM-STARTED", flush=True)
     while not event.is_set():
         await asyncio.sleep(0.02)
+
+
+async def runner_claims_one_or_return(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+    """Return at once (a runner with nothing to do)."""
+    return None
