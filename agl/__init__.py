@@ -66,6 +66,10 @@ _export("agl.litagent.decorator", "FunctionalLitAgent", "llm_rollout", "prompt_r
 _export("agl.runner.base", "Runner")
 _export("agl.runner.agent", "LitAgentRunner")
 _export("agl.runner.hooks", "Hook")
+_export("agl.execution.base", "AlgorithmBundle", "ExecutionStrategy", "RunnerBundle")
+_export("agl.execution.events", "ExecutionEvent", "MultiprocessingEvent", "ThreadingEvent")
+_export("agl.execution.shared_memory", "SharedMemoryExecutionStrategy")
+_export("agl.execution.client_server", "ClientServerExecutionStrategy")
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -104,6 +108,10 @@ if TYPE_CHECKING:
         reward,
     )
     from agl.env_var import LightningEnvVar, resolve_bool_env_var, resolve_int_env_var, resolve_str_env_var
+    from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle
+    from agl.execution.client_server import ClientServerExecutionStrategy
+    from agl.execution.events import ExecutionEvent, MultiprocessingEvent, ThreadingEvent
+    from agl.execution.shared_memory import SharedMemoryExecutionStrategy
     from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
     from agl.litagent.litagent import LitAgent, RolloutRawResult
     from agl.logging import configure_logger, setup_logging, setup_module_logging
