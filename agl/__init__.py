@@ -66,6 +66,10 @@ _export("agl.litagent.decorator", "FunctionalLitAgent", "llm_rollout", "prompt_r
 _export("agl.runner.base", "Runner")
 _export("agl.runner.agent", "LitAgentRunner")
 _export("agl.runner.hooks", "Hook")
+_export("agl.algorithm.base", "Algorithm")
+_export("agl.algorithm.decorator", "FunctionalAlgorithm", "algo")
+_export("agl.algorithm.fast", "Baseline", "FastAlgorithm")
+_export("agl.trainer.trainer", "Trainer")
 _export("agl.execution.base", "AlgorithmBundle", "ExecutionStrategy", "RunnerBundle")
 _export("agl.execution.events", "ExecutionEvent", "MultiprocessingEvent", "ThreadingEvent")
 _export("agl.execution.shared_memory", "SharedMemoryExecutionStrategy")
@@ -92,6 +96,9 @@ if TYPE_CHECKING:
     from agl.adapter.messages import OpenAIMessages, TraceToMessages
     from agl.adapter.tree import TraceTree
     from agl.adapter.triplet import LlmProxyTraceToTriplet, RewardMatchPolicy, TracerTraceToTriplet, TraceToTripletBase
+    from agl.algorithm.base import Algorithm
+    from agl.algorithm.decorator import FunctionalAlgorithm, algo
+    from agl.algorithm.fast import Baseline, FastAlgorithm
     from agl.emitter.annotation import emit_annotation
     from agl.emitter.exception import emit_exception
     from agl.emitter.message import emit_message, get_message_value
@@ -131,6 +138,7 @@ if TYPE_CHECKING:
     )
     from agl.tracer.dummy import DummyTracer
     from agl.tracer.otel import LightningSpanProcessor, OtelTracer
+    from agl.trainer.trainer import Trainer
     from agl.types.core import (
         UNSET,
         Attempt,

@@ -863,9 +863,7 @@ class InMemoryLightningStore(LightningStore):
                 version=old.version + 1 if old is not None else 1,
                 resources=validated,
             )
-            # Re-insert so insertion order reflects the latest write.
-            self._resources.pop(resources_id, None)
-            self._resources[resources_id] = update
+            self._resources[resources_id] = update  # an update keeps the snapshot's insertion position
             self._latest_resources_id = resources_id
             return _copy(update)
 

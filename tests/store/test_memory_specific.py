@@ -58,7 +58,8 @@ def test_capabilities_default(clock: FakeClock) -> None:
     assert caps.get("async_safe") is True
     assert not caps.get("zero_copy")
     assert not caps.get("otlp_traces")
-    assert not caps.get("thread_safe")  # spec §1: thread_safe = constructor argument (default False)
+    # AGL deviation (docs/compatibility.md): always thread-safe, whatever the constructor argument says.
+    assert caps.get("thread_safe") is True
 
 
 def test_capabilities_thread_safe_argument(clock: FakeClock) -> None:

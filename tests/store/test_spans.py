@@ -165,12 +165,15 @@ async def test_add_many_spans_all_duplicates_returns_empty(store: LightningStore
     assert len(await store.query_spans(rid)) == 2
 
 
-async def test_add_many_spans_error_keeps_earlier_groups(store: LightningStore) -> None:
+async def test_add_many_spans_is_all_or_nothing(store: LightningStore) -> None:
+    # AGL deviation (docs/compatibility.md): a bad group rejects the whole batch; upstream kept earlier groups.
     rid, aid = await _started(store)
-    batch = [make_span(rid, aid, 1, span_id="kept"), make_span("ro-missing", "at-missing", 1, span_id="bad")]
+    batch = [make_span(rid, aid, 1, span_id="dropped"), make_span("ro-missing", "at-missing", 1, span_id="bad")]
     with pytest.raises(ValueError, match="ro-missing"):
         await store.add_many_spans(batch)
-    assert [s.span_id for s in await store.query_spans(rid)] == ["kept"]
+    assert [s.span_id for s in await store.query_spans(rid)] == []
+    stored = await store.add_many_spans([make_span(rid, aid, 1, span_id="dropped")])
+    assert [s.span_id for s in stored] == ["dropped"]
 
 
 async def test_add_many_spans_heartbeat_per_group(store: LightningStore, clock: FakeClock) -> None:
