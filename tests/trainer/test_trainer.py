@@ -94,7 +94,7 @@ def test_bad_hooks_and_agents_are_rejected() -> None:
         shm_trainer(hooks=[object()])
     with pytest.raises(TypeError, match="must be a LitAgent"):
         shm_trainer().fit(lambda task: 1.0, [1])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="v0.1"):
+    with pytest.raises(ValueError, match=r"v0\.1"):
         shm_trainer().fit(Doubler(), "http://localhost:9999")
 
 
