@@ -100,10 +100,19 @@ def _flush_streams() -> None:
             pass
 
 
-def _exit_child(code: int) -> None:
-    """End a child process with `code`; skip the interpreter's wait for threads a stuck bundle left behind."""
+def _exit_child(code: int, linger: float | None = None) -> None:
+    """End a child process with `code`; skip the interpreter's wait for threads a stuck bundle left behind.
+
+    Non-daemon threads (an executor's workers winding down) get `linger` seconds to end by themselves first.
+    """
     _flush_streams()
+    if linger is None:
+        linger = 1.0 if code == 0 else 0.2
+    deadline = time.monotonic() + linger
     lingering = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in lingering:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in lingering if t.is_alive()]
     if lingering:
         logging.getLogger(__name__).warning(
             "%s: leaving %d thread(s) behind: %s",

@@ -164,3 +164,8 @@ async def algorithm_prints_then_waits(store: LightningStore, event: ExecutionEve
 async def runner_claims_one_or_return(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
     """Return at once (a runner with nothing to do)."""
     return None
+
+
+async def runner_blocked_in_sync_agent(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+    """A synchronous agent stuck in the default executor (a non-daemon thread): upstream's SIGINT could not end it."""
+    await asyncio.to_thread(time.sleep, 60)
