@@ -998,10 +998,10 @@ class SqliteLightningStore(LightningStore):
         return stored[0] if stored else None
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
-        """Store several spans in one transaction, group by group (rollout, attempt) in first-appearance order.
+        """Store several spans in one transaction, all validated first; returns those stored, grouped by attempt.
 
-        Returns the stored spans (duplicates skipped). An unknown rollout or attempt aborts the call with a
-        ValueError; the groups before it stay stored.
+        An unknown rollout or attempt in any group rejects the whole batch with a ValueError (nothing is stored;
+        the sequence counters are still raised, as in the in-memory store).
         """
         spans = [s if isinstance(s, Span) else Span.model_validate(s) for s in spans]
         groups: dict[tuple[str, str], list[Span]] = {}
@@ -1012,14 +1012,15 @@ class SqliteLightningStore(LightningStore):
         with self._lock:
             now = self._clock()
             with self._write() as db:
-                for (rollout_id, attempt_id), group in groups.items():
+                for (rollout_id, _), group in groups.items():
                     self._raise_counter(db, rollout_id, max(s.sequence_id for s in group))
-                    try:
-                        rollout, attempt, latest = self._locate(db, rollout_id, attempt_id)
-                    except ValueError as exc:
-                        error = exc
-                        break
-                    stored.extend(self._store_spans(db, rollout, attempt, latest, group, now))
+                try:
+                    located = [(self._locate(db, rid, aid), group) for (rid, aid), group in groups.items()]
+                except ValueError as exc:
+                    error = exc
+                else:
+                    for (rollout, attempt, latest), group in located:
+                        stored.extend(self._store_spans(db, rollout, attempt, latest, group, now))
         if error is not None:
             raise error
         return stored

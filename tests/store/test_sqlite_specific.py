@@ -423,3 +423,36 @@ async def test_pickled_store_reopens_the_same_file(db_path: Path) -> None:
         await copy.close()
     with pytest.raises(TypeError):
         pickle.dumps(SqliteLightningStore(":memory:"))
+
+
+async def test_processes_sharing_the_file_never_claim_a_rollout_twice(db_path: Path, clock: FakeClock) -> None:
+    store = open_store(db_path, clock)
+    try:
+        await store.enqueue_many_rollouts([{"input": i} for i in range(300)])  # type: ignore[misc]
+        script = textwrap.dedent(
+            f"""
+            import asyncio
+            from agl.store.sqlite import SqliteLightningStore
+
+            async def main():
+                store = SqliteLightningStore({str(db_path)!r}, synchronous="NORMAL")
+                while (got := await store.dequeue_rollout(worker_id="w")) is not None:
+                    print(got.rollout_id, flush=True)
+                await store.close()
+
+            asyncio.run(main())
+            """
+        )
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        claimed: list[str] = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0
+            claimed.extend(out.split())
+        assert len(claimed) == len(set(claimed)) == 300
+        assert len(await store.query_rollouts(status_in=["preparing"])) == 300
+    finally:
+        await store.close()
