@@ -222,7 +222,9 @@ def _connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connec
     except sqlite3.Error as exc:
         raise SqliteStoreError(f"cannot open store database {path}: {exc}") from exc
     try:
-        db.execute("PRAGMA journal_mode = WAL").fetchone()
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and path not in ("", ":memory:"):
+            logger.warning("Store %s runs in journal mode %r, not WAL: readers may block the writer", path, mode)
         db.execute(f"PRAGMA synchronous = {synchronous}")
         _migrate(db, path)
     except sqlite3.DatabaseError as exc:
