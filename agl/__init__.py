@@ -36,6 +36,8 @@ _export(
 _export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "LightningStoreStatistics")
 _export("agl.store.memory", "InMemoryLightningStore")
 _export("agl.store.threading", "LightningStoreThreaded")
+_export("agl.store.sqlite", "SqliteLightningStore")
+_export("agl.store.errors", "StoreFullError")
 _export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
 _export("agl.emitter.annotation", "emit_annotation")
 _export("agl.emitter.exception", "emit_exception")
@@ -128,6 +130,8 @@ if TYPE_CHECKING:
     from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
     from agl.store.memory import InMemoryLightningStore
     from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt
+    from agl.store.errors import StoreFullError
+    from agl.store.sqlite import SqliteLightningStore
     from agl.store.threading import LightningStoreThreaded
     from agl.tracer.base import (
         SpanRecordingContext,

@@ -48,6 +48,9 @@ class LightningStoreStatistics(TypedDict, total=False):
     total_workers: int
     uptime: float
     total_span_bytes: int
+    spilled_span_bytes: int
+    spilled_spans: int
+    spilled_rollouts: int
     eviction_threshold_bytes: int
     safe_threshold_bytes: int
     memory_capacity_bytes: int

@@ -23,7 +23,9 @@ from pydantic import BaseModel, TypeAdapter
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
+from agl.store.errors import StoreFullError
 from agl.store.query import check_page, compile_filter, paginate, sort_items
+from agl.store.spill import SpanSpill
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -110,7 +112,7 @@ def _has_health_rules(config: RolloutConfig) -> bool:
 class _RolloutRecord:
     """Everything the store holds about one rollout."""
 
-    __slots__ = ("attempts", "attempts_by_id", "order", "rollout", "span_bytes", "span_seq", "spans")
+    __slots__ = ("attempts", "attempts_by_id", "order", "rollout", "span_bytes", "span_seq", "spans", "spilled")
 
     def __init__(self, rollout: Rollout, order: int) -> None:
         self.rollout = rollout
@@ -120,13 +122,17 @@ class _RolloutRecord:
         self.spans: dict[tuple[str, str], Span] = {}
         self.span_bytes = 0
         self.span_seq = 0
+        self.spilled = 0
+        """How many of this rollout's spans live in the disk spill."""
 
     def latest(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
 
 class InMemoryLightningStore(LightningStore):
-    """A fast, thread-safe store held in memory; span memory is capped by a budget (oldest rollouts' spans go first).
+    """A fast, thread-safe store held in memory. Span memory is capped by a budget: past it, the oldest rollouts'
+    spans move to a disk spill and stay queryable; when the spill's budget is spent too, new spans are refused with
+    a retryable `StoreFullError` and nothing stored is lost.
 
     Args:
         thread_safe: kept for compatibility; this store is always safe across threads and event loops.
@@ -137,6 +143,8 @@ class InMemoryLightningStore(LightningStore):
         scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
         clock: source of the current time in epoch seconds (tests pass a controllable clock).
         memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
+        spill_dir: where to create the private directory that spilled spans go to (default: the temp dir).
+        spill_max_bytes: disk budget of the spill (default: whatever keeps 1 GiB of the disk free).
     """
 
     def __init__(
@@ -149,6 +157,8 @@ class InMemoryLightningStore(LightningStore):
         scan_debounce_seconds: float = 10.0,
         clock: Callable[[], float] | None = None,
         memory_capacity_bytes: int | None = None,
+        spill_dir: str | None = None,
+        spill_max_bytes: int | None = None,
     ) -> None:
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
@@ -170,7 +180,14 @@ class InMemoryLightningStore(LightningStore):
         self._total_spans = 0
         self._total_span_bytes = 0
         self._eviction_heap: list[tuple[float, str]] = []
-        self._evicted: set[str] = set()
+        if spill_dir is not None and not os.path.isdir(spill_dir):
+            raise ValueError(f"spill_dir {spill_dir!r} does not exist or is not a directory")
+        if spill_max_bytes is not None and spill_max_bytes < 0:
+            raise ValueError(f"spill_max_bytes must be non-negative or None, got {spill_max_bytes}")
+        self._spill_dir = spill_dir
+        self._spill_max_bytes = spill_max_bytes
+        self._spill: SpanSpill | None = None
+        self._spilled_rollouts = 0
 
         self._resources: dict[str, ResourcesUpdate] = {}
         self._latest_resources_id: str | None = None
@@ -180,6 +197,8 @@ class InMemoryLightningStore(LightningStore):
     # -- pickling: locks and waiters belong to this process ---------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         with self._lock:
+            if self._spill is not None:
+                raise TypeError("An InMemoryLightningStore whose spans spilled to disk cannot be pickled")
             data = self.__dict__.copy()
         data["_lock"] = None
         data["_waiters"] = {}
@@ -188,6 +207,13 @@ class InMemoryLightningStore(LightningStore):
     def __setstate__(self, data: dict[str, Any]) -> None:
         self.__dict__.update(data)
         self._lock = threading.Lock()
+
+    async def close(self) -> None:
+        """Delete the disk spill, if one was made."""
+        with self._lock:
+            spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
 
     @property
     def capabilities(self) -> LightningStoreCapabilities:
@@ -211,6 +237,9 @@ class InMemoryLightningStore(LightningStore):
                 total_workers=len(self._workers),
                 uptime=self._clock() - self._created,
                 total_span_bytes=self._total_span_bytes,
+                spilled_span_bytes=self._spill.bytes if self._spill is not None else 0,
+                spilled_spans=self._spill.spans if self._spill is not None else 0,
+                spilled_rollouts=self._spilled_rollouts,
                 eviction_threshold_bytes=self._budget.eviction_bytes,
                 safe_threshold_bytes=self._budget.safe_bytes,
                 memory_capacity_bytes=self._budget.capacity_bytes,
@@ -678,11 +707,18 @@ class InMemoryLightningStore(LightningStore):
             return _copy(attempt)
 
     # -- spans ------------------------------------------------------------------------------------------------
-    def _store_spans(self, record: _RolloutRecord, attempt: Attempt, spans: Iterable[Span], now: float) -> list[Span]:
+    def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, int]]:
+        return [(span, max(0, int(self._span_size(span)))) for span in spans]
+
+    def _store_spans(
+        self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, int]], now: float
+    ) -> list[Span]:
         stored: list[Span] = []
-        for span in spans:
+        for span, size in sized:
             key = (span.attempt_id, span.span_id)
-            if key in record.spans:
+            if key in record.spans or (
+                record.spilled and self._spill is not None and self._spill.contains(span.rollout_id, *key)
+            ):
                 logger.error(
                     "Duplicate span %s of rollout %s attempt %s ignored", span.span_id, span.rollout_id, span.attempt_id
                 )
@@ -690,7 +726,6 @@ class InMemoryLightningStore(LightningStore):
             if not record.spans:
                 heapq.heappush(self._eviction_heap, (record.rollout.start_time, record.rollout.rollout_id))
             record.spans[key] = span
-            size = max(0, int(self._span_size(span)))
             record.span_bytes += size
             self._total_span_bytes += size
             self._total_spans += 1
@@ -706,19 +741,49 @@ class InMemoryLightningStore(LightningStore):
                 self._set_rollout_status(record, new, now)
         return stored
 
-    def _evict_if_needed(self) -> None:
-        if self._total_span_bytes <= self._budget.eviction_bytes:
+    def _make_room(self, incoming: int) -> None:
+        """Spill the oldest rollouts' spans to disk until `incoming` bytes fit the memory budget.
+
+        Spills down to the safe threshold once the eviction threshold would be crossed. Raises StoreFullError
+        (storing nothing) when the spill's disk budget is spent too.
+        """
+        budget = self._budget
+        if self._total_span_bytes + incoming <= budget.eviction_bytes:
             return
-        while self._total_span_bytes > self._budget.safe_bytes and self._eviction_heap:
-            _, rollout_id = heapq.heappop(self._eviction_heap)
+        if incoming > budget.eviction_bytes:
+            raise ValueError(
+                f"these spans take {incoming} bytes, more than the whole span memory budget "
+                f"(eviction_memory_threshold = {budget.eviction_bytes} bytes); send them in smaller batches"
+            )
+        while self._total_span_bytes + incoming > budget.safe_bytes and self._eviction_heap:
+            _, rollout_id = self._eviction_heap[0]
             record = self._records.get(rollout_id)
-            if record is None or not record.spans:
-                continue
-            logger.info("Evicting %d spans (%d bytes) of rollout %s", len(record.spans), record.span_bytes, rollout_id)
-            self._total_span_bytes -= record.span_bytes
-            record.spans = {}
-            record.span_bytes = 0
-            self._evicted.add(rollout_id)
+            if record is not None and record.spans:
+                try:
+                    self._spill_record(record)
+                except StoreFullError:
+                    break
+            heapq.heappop(self._eviction_heap)
+        if self._total_span_bytes + incoming > budget.eviction_bytes:
+            raise StoreFullError(
+                f"no room for {incoming} more span bytes: memory budget {budget.eviction_bytes} bytes is spent and "
+                "the disk spill is full; retry later"
+            )
+
+    def _spill_record(self, record: _RolloutRecord) -> None:
+        if self._spill is None:
+            self._spill = SpanSpill(self._spill_dir, self._spill_max_bytes)
+        spans = list(record.spans.values())
+        self._spill.write(spans, record.span_bytes)
+        logger.debug(
+            "Spilled %d spans (%d bytes) of rollout %s", len(spans), record.span_bytes, record.rollout.rollout_id
+        )
+        if not record.spilled:
+            self._spilled_rollouts += 1
+        record.spilled += len(spans)
+        self._total_span_bytes -= record.span_bytes
+        record.spans = {}
+        record.span_bytes = 0
 
     def _locate(self, rollout_id: str, attempt_id: str) -> tuple[_RolloutRecord, Attempt]:
         record = self._record(rollout_id)
@@ -736,29 +801,30 @@ class InMemoryLightningStore(LightningStore):
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         if not isinstance(span, Span):
             span = Span.model_validate(span)
+        sized = self._sized((span,))
         with self._lock:
             now = self._clock()
             self._raise_seq(span.rollout_id, span.sequence_id)
             record, attempt = self._locate(span.rollout_id, span.attempt_id)
-            stored = self._store_spans(record, attempt, (span,), now)
-            self._evict_if_needed()
+            self._make_room(sized[0][1])
+            stored = self._store_spans(record, attempt, sized, now)
             return stored[0] if stored else None
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans, all validated first; returns those stored (duplicates skipped), grouped by attempt."""
-        spans = [s if isinstance(s, Span) else Span.model_validate(s) for s in spans]
-        groups: dict[tuple[str, str], list[Span]] = {}
-        for span in spans:
-            groups.setdefault((span.rollout_id, span.attempt_id), []).append(span)
+        sized = self._sized(s if isinstance(s, Span) else Span.model_validate(s) for s in spans)
+        groups: dict[tuple[str, str], list[tuple[Span, int]]] = {}
+        for span, size in sized:
+            groups.setdefault((span.rollout_id, span.attempt_id), []).append((span, size))
         with self._lock:
             now = self._clock()
             for (rollout_id, _), group in groups.items():
-                self._raise_seq(rollout_id, max(s.sequence_id for s in group))
+                self._raise_seq(rollout_id, max(s.sequence_id for s, _ in group))
             located = [(self._locate(rid, aid), group) for (rid, aid), group in groups.items()]
+            self._make_room(sum(size for _, size in sized))
             stored: list[Span] = []
             for (record, attempt), group in located:
                 stored.extend(self._store_spans(record, attempt, group, now))
-            self._evict_if_needed()
             return stored
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
@@ -816,8 +882,6 @@ class InMemoryLightningStore(LightningStore):
         )
         with self._lock:
             self._maybe_scan(self._clock())
-            if rollout_id in self._evicted:
-                raise RuntimeError(f"Spans for rollout {rollout_id} have been evicted")
             record = self._records.get(rollout_id)
             if record is None:
                 spans: list[Span] = []
@@ -827,9 +891,12 @@ class InMemoryLightningStore(LightningStore):
                     attempt_id = latest.attempt_id if latest is not None else None
                     if attempt_id is None:
                         return paginate([], limit, offset)
+                held: Iterable[Span] = record.spans.values()
+                if record.spilled and self._spill is not None:
+                    held = [*self._spill.read(rollout_id), *held]
                 spans = [
                     s
-                    for s in record.spans.values()
+                    for s in held
                     if (attempt_id is None or s.attempt_id == attempt_id) and (predicate is None or predicate(s))
                 ]
         return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)

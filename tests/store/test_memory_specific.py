@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from agl.store.base import LightningStoreCapabilities
+from agl.store.errors import StoreFullError
 from agl.store.memory import InMemoryLightningStore
 from agl.store.threading import LightningStoreThreaded
 from agl.types import RolloutConfig, Span
@@ -207,28 +208,32 @@ def test_capacity_must_be_positive(clock: FakeClock, capacity: int) -> None:
         InMemoryLightningStore(clock=clock, memory_capacity_bytes=capacity)
 
 
-# -- span accounting and eviction (§7.2) ------------------------------------------------------------------------
+# -- span accounting and spill (§7.2, with AGL's spill-instead-of-drop) -------------------------------------
 
 
-async def test_reference_eviction(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+async def test_reference_configuration_spills_instead_of_dropping(
+    small_store: InMemoryLightningStore, clock: FakeClock
+) -> None:
     rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(4)]
-    for rid in rollout_ids[:3]:
-        with pytest.raises(RuntimeError, match=rf"Spans for rollout {rid} have been evicted"):
-            await small_store.query_spans(rid)
-    (span,) = await small_store.query_spans(rollout_ids[3])
-    assert span.rollout_id == rollout_ids[3]
-    assert (await small_store.statistics())["total_span_bytes"] == 20
+    # The third span would cross 50 B: the two oldest rollouts' spans move to disk first.
+    stats = await small_store.statistics()
+    assert stats["total_span_bytes"] == 40
+    assert (stats["spilled_rollouts"], stats["spilled_spans"], stats["spilled_span_bytes"]) == (2, 2, 40)
+    for rid in rollout_ids:  # nothing is lost: spilled spans are read back transparently
+        (span,) = await small_store.query_spans(rid)
+        assert span.rollout_id == rid
 
 
-async def test_no_eviction_at_threshold(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+async def test_no_spill_at_threshold(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
     first = await _rollout_with_span(small_store, clock, size=25)
     second = await _rollout_with_span(small_store, clock, size=25)  # exactly 50 B: not above the threshold
     assert len(await small_store.query_spans(first)) == 1
     assert len(await small_store.query_spans(second)) == 1
-    assert (await small_store.statistics())["total_span_bytes"] == 50
+    stats = await small_store.statistics()
+    assert stats["total_span_bytes"] == 50 and stats["spilled_rollouts"] == 0
 
 
-async def test_eviction_order_follows_rollout_start_time(clock: FakeClock) -> None:
+async def test_spill_order_follows_rollout_start_time(clock: FakeClock) -> None:
     store = InMemoryLightningStore(
         clock=clock,
         scan_debounce_seconds=0,
@@ -244,34 +249,89 @@ async def test_eviction_order_follows_rollout_start_time(clock: FakeClock) -> No
     await store.add_span(make_span(old.rollout_id, old.attempt.attempt_id, attributes={"size": 10}))
     await store.add_span(make_span(new.rollout_id, new.attempt.attempt_id, attributes={"size": 15}))  # 55 B > 50
     # The oldest rollout (by start time) goes first even though its span arrived later; 45 B <= 45 B stops.
-    with pytest.raises(RuntimeError, match="evicted"):
-        await store.query_spans(old.rollout_id)
+    stats = await store.statistics()
+    assert (stats["total_span_bytes"], stats["spilled_span_bytes"], stats["spilled_rollouts"]) == (45, 10, 1)
+    assert len(await store.query_spans(old.rollout_id)) == 1
     assert len(await store.query_spans(new.rollout_id)) == 2
-    assert (await store.statistics())["total_span_bytes"] == 45
+    await store.close()
 
 
-async def test_writer_itself_may_be_evicted(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+async def test_writer_itself_may_be_spilled(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
     rollout = await small_store.start_rollout(input="x")
-    spans = [make_span(rollout.rollout_id, rollout.attempt.attempt_id) for _ in range(3)]
-    await small_store.add_many_spans(spans)
-    with pytest.raises(RuntimeError, match=rollout.rollout_id):
-        await small_store.query_spans(rollout.rollout_id)
+    aid = rollout.attempt.attempt_id
+    await small_store.add_many_spans([make_span(rollout.rollout_id, aid, i) for i in (1, 2)])
+    await small_store.add_span(make_span(rollout.rollout_id, aid, 3))  # 60 B: its own older spans go to disk
+    stats = await small_store.statistics()
+    assert (stats["total_span_bytes"], stats["spilled_spans"]) == (20, 2)
+    assert [s.sequence_id for s in await small_store.query_spans(rollout.rollout_id)] == [1, 2, 3]
 
 
-async def test_evicted_rollout_is_remembered_forever(small_store: InMemoryLightningStore, clock: FakeClock) -> None:
+async def test_spilled_rollout_takes_new_spans_and_still_rejects_duplicates(
+    small_store: InMemoryLightningStore, clock: FakeClock
+) -> None:
     rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(3)]
     first = rollout_ids[0]
-    record = await small_store.get_rollout_by_id(first)
-    assert record is not None
-    await small_store.add_span(make_span(first, record.attempt.attempt_id))  # type: ignore[attr-defined]
-    with pytest.raises(RuntimeError, match="evicted"):
-        await small_store.query_spans(first)
-    with pytest.raises(RuntimeError, match="evicted"):
-        await small_store.query_spans(first, "latest")
-    assert (await small_store.statistics())["total_span_bytes"] == 20  # the new span is counted again
+    (spilled,) = await small_store.query_spans(first)
+    assert await small_store.add_span(spilled) is None  # a duplicate of a span that is on disk
+    fresh = make_span(first, spilled.attempt_id, 2)
+    assert await small_store.add_span(fresh) is not None
+    assert [s.span_id for s in await small_store.query_spans(first)] == [spilled.span_id, fresh.span_id]
+    assert [s.span_id for s in await small_store.query_spans(first, "latest")] == [spilled.span_id, fresh.span_id]
 
 
-async def test_eviction_keeps_rollouts_attempts_and_status_flow(
+async def test_full_spill_refuses_new_spans_and_keeps_old_ones(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(
+        clock=clock,
+        memory_capacity_bytes=100,
+        eviction_memory_threshold=0.5,
+        safe_memory_threshold=0.05,
+        span_size_estimator=_sized,
+        spill_max_bytes=20,
+    )
+    rollout_ids = [await _rollout_with_span(store, clock) for _ in range(3)]  # the first spills (20 B fills it)
+    rollout = await store.start_rollout(input="late")
+    late = make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"size": 20})
+    with pytest.raises(StoreFullError, match="retry later"):
+        await store.add_span(late)
+    with pytest.raises(StoreFullError):
+        await store.add_many_spans([late])
+    assert len(await store.query_spans(rollout.rollout_id)) == 0  # the refused call stored nothing
+    for rid in rollout_ids:
+        assert len(await store.query_spans(rid)) == 1
+    stats = await store.statistics()
+    assert stats["total_span_bytes"] == 40 and stats["spilled_span_bytes"] == 20
+    await store.close()
+
+
+async def test_a_batch_bigger_than_the_budget_is_a_clear_error(
+    small_store: InMemoryLightningStore, clock: FakeClock
+) -> None:
+    rollout = await small_store.start_rollout(input="x")
+    huge = make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"size": 60})
+    with pytest.raises(ValueError, match="more than the whole span memory budget"):
+        await small_store.add_span(huge)
+
+
+async def test_spill_directory_is_private_and_removed_on_close(tmp_path: Any, clock: FakeClock) -> None:
+    store = InMemoryLightningStore(
+        clock=clock,
+        memory_capacity_bytes=100,
+        eviction_memory_threshold=0.5,
+        safe_memory_threshold=0.05,
+        span_size_estimator=_sized,
+        spill_dir=str(tmp_path),
+    )
+    for _ in range(3):
+        await _rollout_with_span(store, clock)
+    (spill_dir,) = list(tmp_path.iterdir())
+    assert spill_dir.name.startswith("agl-spill-") and any(spill_dir.iterdir())
+    await store.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="does not exist"):
+        InMemoryLightningStore(spill_dir=str(tmp_path / "missing"))
+
+
+async def test_spill_keeps_rollouts_attempts_and_status_flow(
     small_store: InMemoryLightningStore, clock: FakeClock
 ) -> None:
     rollout_ids = [await _rollout_with_span(small_store, clock) for _ in range(3)]
