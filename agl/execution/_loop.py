@@ -7,6 +7,7 @@ synchronous agent blocked in `asyncio.to_thread`), which is how a stuck runner t
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import logging
 import signal
@@ -92,11 +93,13 @@ def run_bundle(
     name: str,
     watch: StopWatch | None = None,
     cleanup_timeout: float = 5.0,
+    force_interrupt_after: float = 0.5,
 ) -> T | None:
     """Run the coroutine made by `make_coro` on a new event loop in this thread and return its result.
 
     In the main thread, the first Ctrl+C cancels the bundle and `KeyboardInterrupt` is raised once it has
-    unwound; a second Ctrl+C raises at once. The bundle's own exception propagates. Returns None if the bundle
+    unwound (if the loop is blocked by synchronous code, it is raised there after `force_interrupt_after`
+    seconds); a second Ctrl+C raises at once. The bundle's own exception propagates. Returns None if the bundle
     was cancelled or abandoned by `watch`.
     """
     loop = asyncio.new_event_loop()
@@ -111,6 +114,17 @@ def run_bundle(
             raise KeyboardInterrupt()
         interrupted = True
         loop.call_soon_threadsafe(main_task.cancel)
+        # A bundle blocked in synchronous code on the loop thread never lets the cancellation run: if the loop does
+        # not answer within `force_interrupt_after`, the interrupt is raised right where the bundle is stuck.
+        answered = threading.Event()
+        loop.call_soon_threadsafe(answered.set)
+        task = main_task
+
+        def force() -> None:
+            if not answered.wait(force_interrupt_after) and not task.done():
+                _thread.interrupt_main()
+
+        threading.Thread(target=force, name="agl-sigint-watch", daemon=True).start()
 
     if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous_handler = signal.signal(signal.SIGINT, on_sigint)

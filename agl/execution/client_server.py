@@ -107,7 +107,7 @@ def _exit_child(code: int, linger: float | None = None) -> None:
     """
     _flush_streams()
     if linger is None:
-        linger = 1.0 if code == 0 else 0.2
+        linger = 1.0 if code == 0 else 0.1
     deadline = time.monotonic() + linger
     lingering = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     for thread in lingering:
@@ -167,6 +167,8 @@ def _runner_process_main(
             lambda: _runner_coroutine(runner, store, address, worker_id, stop_evt),
             name=name,
             cleanup_timeout=cleanup_timeout,
+            # SIGINT is step 2 of the stop: a runner stuck on its loop must end well within terminate_timeout.
+            force_interrupt_after=min(0.5, cleanup_timeout / 4),
         )
     except KeyboardInterrupt:
         logger.info("%s interrupted", name)
@@ -387,7 +389,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         port: int,
     ) -> ProcessSupervisor:
         host = self.server_host
-        cleanup = self.terminate_timeout
+        cleanup = self.terminate_timeout / 2  # a child must be done cleaning up before the next step comes
 
         def make_args(worker_id: int) -> tuple[Any, ...]:
             return (runner, store, worker_id, stop_evt, gate, host, port, cleanup)

@@ -169,3 +169,16 @@ async def runner_claims_one_or_return(store: LightningStore, worker_id: int, eve
 async def runner_blocked_in_sync_agent(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
     """A synchronous agent stuck in the default executor (a non-daemon thread): upstream's SIGINT could not end it."""
     await asyncio.to_thread(time.sleep, 60)
+
+
+async def runner_blocks_its_loop(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+    """Synchronous code on the event loop thread: neither the event nor a cancellation can reach it."""
+    while True:
+        time.sleep(0.05)
+
+
+async def algorithm_prints_then_blocks_its_loop(store: LightningStore, event: ExecutionEvent) -> None:
+    """For the Ctrl+C test: a synchronous algorithm that never yields to its loop."""
+    print("ALGORITHM-STARTED", flush=True)
+    while True:
+        time.sleep(0.05)

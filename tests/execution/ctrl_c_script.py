@@ -1,6 +1,6 @@
 """Runs a strategy until the test sends it SIGINT (Ctrl+C); prints how execute() ended.
 
-Usage: python -m tests.execution.ctrl_c_script {cs|cs-runner|shm}
+Usage: python -m tests.execution.ctrl_c_script {cs|cs-sync|cs-runner|shm}
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def main() -> int:
             graceful_timeout=1.0,
             terminate_timeout=1.0,
         )
-    strategy.execute(bundles.algorithm_prints_then_waits, bundles.runner_cooperative, InMemoryLightningStore())
+    algorithm = (
+        bundles.algorithm_prints_then_blocks_its_loop if kind.endswith("-sync") else bundles.algorithm_prints_then_waits
+    )
+    strategy.execute(algorithm, bundles.runner_cooperative, InMemoryLightningStore())
     print(f"EXECUTE-RETURNED children={len(multiprocessing.active_children())}", flush=True)
     return 0
 

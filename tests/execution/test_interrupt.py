@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("kind", ["cs", "cs-runner", "shm"])
+@pytest.mark.parametrize("kind", ["cs", "cs-sync", "cs-runner", "shm"])
 def test_ctrl_c_stops_cleanly_and_execute_returns(kind: str) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.execution.ctrl_c_script", kind],

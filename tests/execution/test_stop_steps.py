@@ -35,6 +35,7 @@ def cs(**kwargs: object) -> ClientServerExecutionStrategy:
     [
         (bundles.runner_ignores_event, "SIGINT", 130, GRACE),
         (bundles.runner_blocked_in_sync_agent, "SIGINT", 130, GRACE),
+        (bundles.runner_blocks_its_loop, "SIGINT", 130, GRACE),
         (bundles.runner_ignores_sigint, "SIGTERM", -15, GRACE + TERM),
         (bundles.runner_ignores_sigterm, "SIGKILL", -9, GRACE + 2 * TERM),
     ],
