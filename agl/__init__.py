@@ -128,10 +128,10 @@ if TYPE_CHECKING:
     from agl.runner.base import Runner
     from agl.runner.hooks import Hook
     from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
-    from agl.store.memory import InMemoryLightningStore
-    from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt
     from agl.store.errors import StoreFullError
+    from agl.store.memory import InMemoryLightningStore
     from agl.store.sqlite import SqliteLightningStore
+    from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt
     from agl.store.threading import LightningStoreThreaded
     from agl.tracer.base import (
         SpanRecordingContext,
