@@ -243,9 +243,15 @@ class LightningStoreClient(LightningStore):
             return pool
 
     async def _send(
-        self, method: str, target: str, body: bytes | None, key: str | None, timeout: float | None
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        key: str | None,
+        timeout: float | None,
+        minimal: bool = False,
     ) -> HTTPResponse:
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"prefer": "return=minimal"} if minimal else {}
         if body is not None:
             headers["content-type"] = "application/json"
             if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
@@ -294,6 +300,24 @@ class LightningStoreClient(LightningStore):
         timeout: Any = _DEFAULT,
     ) -> bytes:
         """Send a request with the retry matrix of the 0.3 client and return the (decoded) response body."""
+        response = await self._call(
+            method, path, payload, raw_body=raw_body, query=query, idempotent=idempotent, timeout=timeout
+        )
+        return response.body
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        raw_body: bytes | None = None,
+        query: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+        timeout: Any = _DEFAULT,
+        minimal: bool = False,
+    ) -> HTTPResponse:
+        """Send a request with the retry matrix of the 0.3 client; the successful response, body decoded."""
         target = self._base + path
         if query:
             target += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
@@ -307,14 +331,15 @@ class LightningStoreClient(LightningStore):
             if delay:
                 await asyncio.sleep(delay)
             try:
-                response = await self._send(method, target, body, key, request_timeout)
+                response = await self._send(method, target, body, key, request_timeout, minimal)
             except _TRANSIENT_ERRORS as exc:
                 last = exc
                 logger.debug("%s %s failed (try %d): %r", method, target, attempt + 1, exc)
             else:
                 status = response.status
                 if status < 300:
-                    return decode_body(response)
+                    response.body = decode_body(response)
+                    return response
                 if status < 500 and status not in _RETRY_STATUSES:
                     raise self._error(response, method, target)
                 upstream_message = _upstream_app_error(response)
@@ -550,11 +575,16 @@ class LightningStoreClient(LightningStore):
     # -- spans -------------------------------------------------------------------------------------------------
 
     async def add_span(self, span: Span) -> Span | None:
-        """Store a span; None when the attempt already has a span with that id."""
-        body = await self._request(
-            "POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), idempotent=False
+        """Store a span; None when the attempt already has a span with that id.
+
+        The server is asked not to echo the span back (`Prefer: return=minimal`); then `span` itself is returned.
+        """
+        response = await self._call(
+            "POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), idempotent=False, minimal=True
         )
-        result: Span | None = _OPTIONAL_SPAN.validate_json(body)
+        if response.headers.get("preference-applied") == "return=minimal":
+            return span if response.body == b"true" else None
+        result: Span | None = _OPTIONAL_SPAN.validate_json(response.body)
         return result
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
@@ -562,8 +592,11 @@ class LightningStoreClient(LightningStore):
         if not spans:
             return []
         if "spans_batch" in await self._features_of_server():
-            body = await self._request("POST", "/spans/batch", {"spans": list(spans)}, idempotent=False)
-            return _SPANS.validate_json(body)
+            spans = list(spans)
+            response = await self._call("POST", "/spans/batch", {"spans": spans}, idempotent=False, minimal=True)
+            if response.headers.get("preference-applied") == "return=minimal":
+                return [spans[i] for i in orjson.loads(response.body)]
+            return _SPANS.validate_json(response.body)
         stored: list[Span] = []
         for span in spans:
             result = await self.add_span(span)

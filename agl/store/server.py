@@ -239,11 +239,12 @@ class LightningStoreServer(LightningStore):
             self.store, token=self.token, max_body_bytes=self.max_body_bytes, gzip_min_bytes=self.gzip_min_bytes
         )
         self._app = app
+        http: Any
         try:
-            import httptools  # noqa: F401
+            from agl.store.http.protocol import protocol_class
 
-            http: Literal["httptools", "h11"] = "httptools"
-        except ImportError:
+            http = protocol_class()
+        except ImportError:  # no httptools: uvicorn's pure-Python protocol
             http = "h11"
         config = uvicorn.Config(
             app,

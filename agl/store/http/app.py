@@ -7,7 +7,6 @@ pydantic models of `agl.types` and encoded with pydantic-core's JSON serializer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -22,7 +21,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from agl.store.base import LightningStore
-from agl.store.http.wire import API_PREFIX, FEATURES, IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
 from agl.store.query import check_sort_field
 from agl.types.core import (
     UNSET,
@@ -286,6 +285,14 @@ def _ok(value: Any, status: int = 200) -> Response:
     return Response(status, pydantic_core.to_json(value))
 
 
+_MINIMAL_APPLIED = (b"preference-applied", b"return=minimal")
+
+
+def _wants_minimal(request: Request) -> bool:
+    """Whether the client asked (RFC 7240 `Prefer: return=minimal`) not to get back what it just sent."""
+    return b"return=minimal" in request.headers.get(b"prefer", b"")
+
+
 def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     fields_set = body.model_fields_set
@@ -325,54 +332,86 @@ class _Route:
         return params
 
 
+class _Entry:
+    __slots__ = ("deadline", "fingerprint", "response", "waiters")
+
+    def __init__(self, fingerprint: int, deadline: float) -> None:
+        self.fingerprint = fingerprint
+        self.deadline = deadline
+        self.response: Response | None = None
+        self.waiters: list[asyncio.Future[Response]] | None = None
+
+
 class _IdempotencyCache:
-    """Recent answers by idempotency key, so a retried POST gets the first answer instead of running twice."""
+    """Recent answers by idempotency key, so a retried POST gets the first answer instead of running twice.
+
+    Only answers below 500 are kept; a request that is still running when its retry arrives is waited for.
+    """
 
     def __init__(self, ttl_seconds: float, max_entries: int, max_bytes: int) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        # key -> (fingerprint, deadline, future of the response)
-        self.entries: dict[str, tuple[bytes, float, asyncio.Future[Response]]] = {}
+        self.entries: dict[str, _Entry] = {}
 
     def _evict(self, now: float) -> None:
         entries = self.entries
         while entries:
             key = next(iter(entries))
-            _, deadline, fut = entries[key]
-            if deadline > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
+            entry = entries[key]
+            if entry.deadline > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
                 return
-            if not fut.done():
-                return
+            if entry.response is None:
+                return  # still running; it will be evicted once it is older than its successors
             del entries[key]
-            if not fut.cancelled() and fut.exception() is None:
-                self.bytes -= len(fut.result().body)
+            self.bytes -= len(entry.response.body)
 
-    async def run(self, key: str, fingerprint: bytes, call: Callable[[], Awaitable[Response]]) -> Response:
+    def _forget(self, key: str, entry: _Entry) -> None:
+        if self.entries.get(key) is entry:
+            del self.entries[key]
+
+    async def run(self, key: str, fingerprint: int, handler: Handler, request: Request) -> Response:
+        """Answer `request` with `handler`, or with the kept answer of an earlier request carrying `key`."""
         now = time.monotonic()
         entry = self.entries.get(key)
-        if entry is not None and entry[1] > now:
-            if entry[0] != fingerprint:
+        if entry is not None and entry.deadline > now:
+            if entry.fingerprint != fingerprint:
                 raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
-            first = await asyncio.shield(entry[2])
+            first = entry.response
+            if first is None:
+                waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                if entry.waiters is None:
+                    entry.waiters = []
+                entry.waiters.append(waiter)
+                first = await waiter
             headers = [*(first.headers or ()), (REPLAYED_HEADER.encode(), b"true")]
             return Response(first.status, first.body, first.content_type, headers)
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.entries.pop(key, None)
-        self.entries[key] = (fingerprint, now + self.ttl, fut)
+        if entry is not None:
+            self._forget(key, entry)
+        entry = _Entry(fingerprint, now + self.ttl)
+        self.entries[key] = entry
         try:
-            response = await call()
-        except BaseException as exc:
-            self.entries.pop(key, None)
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            try:
+                response = await handler(request)
+            except HTTPError as exc:
+                response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+            except Exception as exc:
+                response = error_response(exc)
+        except BaseException as exc:  # cancelled: a retry must run the call again
+            self._forget(key, entry)
+            for waiter in entry.waiters or ():
+                if not waiter.done():
+                    waiter.set_exception(exc)
             raise
         if response.status >= 500:
-            self.entries.pop(key, None)
+            self._forget(key, entry)
         else:
+            entry.response = response
             self.bytes += len(response.body)
-        fut.set_result(response)
+        for waiter in entry.waiters or ():
+            if not waiter.done():
+                waiter.set_result(response)
         self._evict(now)
         return response
 
@@ -536,13 +575,16 @@ class StoreApp:
             self._check_auth(headers)
         body = await self.read_body(headers, receive) if method == "POST" else b""
         request = Request(method, params or {}, scope.get("query_string", b""), headers, body)
-        key = headers.get(IDEMPOTENCY_HEADER.encode())
+        handler = route.handler
+        key = headers.get(b"idempotency-key")
         if key and not route.idempotent:
-            fingerprint = hashlib.blake2b(method.encode() + path.encode() + b"\0" + body, digest_size=16).digest()
-            return await self._idempotency.run(
-                key.decode("latin-1"), fingerprint, lambda: self._run(route.handler, request)
-            )
-        return await self._run(route.handler, request)
+            return await self._idempotency.run(key.decode("latin-1"), hash((path, body)), handler, request)
+        try:
+            return await handler(request)
+        except HTTPError:
+            raise
+        except Exception as exc:
+            return error_response(exc)
 
     def _no_route(self, sub: str) -> HTTPError:
         parts = sub.strip("/").split("/")
@@ -550,14 +592,6 @@ class StoreApp:
             if route.match(parts) is not None:
                 return HTTPError(405, "Method Not Allowed")
         return HTTPError(404, "Not Found")
-
-    async def _run(self, handler: Handler, request: Request) -> Response:
-        try:
-            return await handler(request)
-        except HTTPError:
-            raise
-        except Exception as exc:
-            return error_response(exc)
 
     async def _dispatch_other(self, method: str, path: str, headers: dict[bytes, bytes], receive: Receive) -> Response:
         if path in ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development/profiles"):
@@ -743,13 +777,24 @@ class StoreApp:
 
     async def _add_span(self, request: Request) -> Response:
         span = _parse_body(Span, request.body)
-        return _ok(await self.store.add_span(span), 201)
+        stored = await self.store.add_span(span)
+        if _wants_minimal(request):
+            return Response(201, b"true" if stored is not None else b"null", JSON, [_MINIMAL_APPLIED])
+        return _ok(stored, 201)
 
     async def _add_spans(self, request: Request) -> Response:
         body: _SpanBatchBody = _parse_body(_SpanBatchBody, request.body)
+        minimal = _wants_minimal(request)
         if not body.spans:
-            return Response(201, b"[]")
-        return _ok(list(await self.store.add_many_spans(body.spans)), 201)
+            return Response(201, b"[]", JSON, [_MINIMAL_APPLIED] if minimal else None)
+        stored = list(await self.store.add_many_spans(body.spans))
+        if not minimal:
+            return _ok(stored, 201)
+        positions: dict[tuple[str, str, str], int] = {}
+        for index, span in enumerate(body.spans):
+            positions.setdefault((span.rollout_id, span.attempt_id, span.span_id), index)
+        indices = [positions[(s.rollout_id, s.attempt_id, s.span_id)] for s in stored]
+        return Response(201, orjson.dumps(indices), JSON, [_MINIMAL_APPLIED])
 
     async def _query_spans(self, search: _SpanSearch) -> Response:
         _check_page(search, Span)
@@ -848,6 +893,8 @@ def error_response(exc: Exception) -> Response:
         lowered = message.lower()
         code = 404 if any(marker in lowered for marker in _NOT_FOUND_MARKERS) else 400
         return Response(code, _encode_detail(message, error_type=type(exc).__name__))
+    if type(exc).__name__ == "StoreFullError":  # agl.store.errors: out of span memory and spill space; retry later
+        return Response(507, _encode_detail(str(exc), error_type="StoreFullError", retryable=True))
     if isinstance(exc, NotImplementedError):
         return Response(501, _encode_detail(str(exc) or "Not implemented", error_type=type(exc).__name__))
     logger.error("store call failed: %s", "".join(traceback.format_exception(exc)))

@@ -155,7 +155,9 @@ class ConnectionPool:
         self.max_idle_seconds = max_idle_seconds
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
-        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._busy = 0
+        self._slot_waiters: list[asyncio.Future[None]] = []
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
         self._closed = False
 
@@ -210,7 +212,12 @@ class ConnectionPool:
         """
         if self._closed:
             raise ServerDisconnected("connection pool is closed")
-        async with self._slots:
+        while self._busy >= self._max_connections:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._slot_waiters.append(waiter)
+            await waiter
+        self._busy += 1
+        try:
             conn = self._take_idle()
             if conn is not None:
                 try:
@@ -221,6 +228,13 @@ class ConnectionPool:
                     # A stale keep-alive connection: the server never saw this request.
             conn = await self._connect()
             return await self._exchange(conn, data, timeout)
+        finally:
+            self._busy -= 1
+            while self._slot_waiters:
+                waiter = self._slot_waiters.pop(0)
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
 
     async def _exchange(self, conn: _Connection, data: bytes, timeout: float | None) -> HTTPResponse:
         try:

@@ -1,0 +1,289 @@
+"""Benchmark: the store over HTTP with K concurrent client processes.
+
+The server (an in-memory store behind `LightningStoreServer`) runs in its own process. Each of K client processes
+repeats a runner's cycle as fast as it can:
+
+    single:  enqueue_rollout → dequeue_rollout → 10 × add_span → update_attempt(succeeded)   (13 calls)
+    batched: enqueue_rollout → dequeue_rollout → add_many_spans(10 spans) → update_attempt  (4 calls)
+
+Reported per run: calls/s, cycles/s, p50/p99 latency per call (all calls pooled), server RSS. A table goes to
+stdout, JSON to bench/results/.
+
+    .venv/bin/python bench/store_http.py                # K = 1, 4, 16; both cycles; 5 s each
+    .venv/bin/python bench/store_http.py --k 4 --duration 10 --mode single
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SPANS_PER_CYCLE = 10
+MODES = ("single", "batched")
+
+
+def _serve(conn: Connection) -> None:
+    from agl.store.memory import InMemoryLightningStore
+    from agl.store.server import LightningStoreServer
+
+    store = InMemoryLightningStore(thread_safe=True)
+    server = LightningStoreServer(store, host="127.0.0.1", port=0)
+
+    async def announce() -> None:
+        await server.start_async()
+        conn.send(server.port)
+        conn.close()
+
+    import signal
+
+    from agl.store.server import _new_loop
+
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(announce())
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.run_until_complete(stop.wait())
+    loop.run_until_complete(server.stop_async())
+    loop.close()
+
+
+_TEMPLATE: Any = None
+
+
+def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
+    """A realistic LLM-call span (~600 bytes of JSON); copied from a template, as a tracer's output is a given."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        from agl.types import Span
+
+        _TEMPLATE = Span(
+            rollout_id="-",
+            attempt_id="-",
+            sequence_id=0,
+            trace_id="0" * 32,
+            span_id="0" * 16,
+            parent_id=None,
+            name="openai.chat.completion",
+            attributes={
+                "gen_ai.request.model": "qwen2.5-0.5b",
+                "gen_ai.usage.prompt_tokens": 120,
+                "gen_ai.usage.completion_tokens": 32,
+                "agentlightning.reward": 0.5,
+                "prompt": "What is 2 + 2? Answer with a number only.",
+            },
+        )
+    now = time.time()
+    return _TEMPLATE.model_copy(
+        update={
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "sequence_id": index + 1,
+            "trace_id": f"{index:032x}",
+            "span_id": os.urandom(8).hex(),
+            "start_time": now,
+            "end_time": now + 0.01,
+        }
+    )
+
+
+async def _client_loop(endpoint: str, mode: str, duration: float, warmup: float, barrier: Any) -> dict[str, Any]:
+    from agl.store.client import LightningStoreClient
+
+    client = LightningStoreClient(endpoint)
+    perf = time.perf_counter
+    latencies: dict[str, list[float]] = {}
+
+    async def timed(name: str, coro: Any) -> Any:
+        t0 = perf()
+        result = await coro
+        latencies.setdefault(name, []).append(perf() - t0)
+        return result
+
+    async def cycle() -> None:
+        await timed("enqueue_rollout", client.enqueue_rollout({"question": "2+2", "answer": 4}, mode="train"))
+        claimed = await timed("dequeue_rollout", client.dequeue_rollout(worker_id=f"worker-{os.getpid()}"))
+        if claimed is None:
+            raise RuntimeError("dequeue returned nothing although this client just enqueued a rollout")
+        rid, aid = claimed.rollout_id, claimed.attempt.attempt_id
+        spans = [_span(rid, aid, i) for i in range(SPANS_PER_CYCLE)]
+        if mode == "single":
+            for span in spans:
+                await timed("add_span", client.add_span(span))
+        else:
+            await timed("add_many_spans", client.add_many_spans(spans))
+        await timed("update_attempt", client.update_attempt(rid, aid, status="succeeded"))
+
+    end_warmup = perf() + warmup
+    while perf() < end_warmup:
+        await cycle()
+    latencies.clear()
+    await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+    cycles = 0
+    cpu0 = time.process_time()
+    start = perf()
+    deadline = start + duration
+    while perf() < deadline:
+        await cycle()
+        cycles += 1
+    elapsed = perf() - start
+    cpu = time.process_time() - cpu0
+    await client.close()
+    return {"cycles": cycles, "elapsed": elapsed, "cpu": cpu, "latencies": latencies}
+
+
+def _client(endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, results: Any) -> None:
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    results.put(run(_client_loop(endpoint, mode, duration, warmup, barrier)))
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def run_one(endpoint: str, server_pid: int, k: int, mode: str, duration: float, warmup: float) -> dict[str, Any]:
+    """Run K client processes for `duration` seconds in one mode and summarise."""
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(k + 1)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(endpoint, mode, duration, warmup, barrier, results)) for _ in range(k)]
+    for proc in procs:
+        proc.start()
+    server_proc = psutil.Process(server_pid)
+    barrier.wait()
+    server_cpu0 = sum(server_proc.cpu_times()[:2])
+    wall_start = time.perf_counter()
+    outs = [results.get(timeout=duration + warmup + 120) for _ in procs]
+    wall = time.perf_counter() - wall_start
+    server_cpu = sum(server_proc.cpu_times()[:2]) - server_cpu0
+    for proc in procs:
+        proc.join(30)
+    rss = psutil.Process(server_pid).memory_info().rss
+    per_call: dict[str, list[float]] = {}
+    for out in outs:
+        for name, values in out["latencies"].items():
+            per_call.setdefault(name, []).extend(values)
+    everything = sorted(v for values in per_call.values() for v in values)
+    cycles = sum(out["cycles"] for out in outs)
+    elapsed = max(out["elapsed"] for out in outs)
+    calls = len(everything)
+    return {
+        "k": k,
+        "mode": mode,
+        "duration_s": elapsed,
+        "wall_s": wall,
+        "calls": calls,
+        "cycles": cycles,
+        "calls_per_s": calls / elapsed,
+        "cycles_per_s": cycles / elapsed,
+        "p50_ms": 1000 * _percentile(everything, 0.50),
+        "p99_ms": 1000 * _percentile(everything, 0.99),
+        "mean_ms": 1000 * statistics.fmean(everything) if everything else float("nan"),
+        "per_call": {
+            name: {
+                "count": len(values),
+                "p50_ms": 1000 * _percentile(sorted(values), 0.50),
+                "p99_ms": 1000 * _percentile(sorted(values), 0.99),
+            }
+            for name, values in sorted(per_call.items())
+        },
+        "server_rss_mib": rss / 2**20,
+        "server_cpu_us_per_call": 1e6 * server_cpu / max(calls, 1),
+        "client_cpu_us_per_call": 1e6 * sum(out["cpu"] for out in outs) / max(calls, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, action="append", help="client processes (repeatable; default 1, 4, 16)")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per client first (default 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--port", type=int, help="use a server already listening on 127.0.0.1:PORT (for profiling)")
+    args = parser.parse_args(argv)
+    ks = args.k or [1, 4, 16]
+    modes = MODES if args.mode == "both" else (args.mode,)
+
+    if args.port:
+        import psutil
+
+        holders = [c.pid for c in psutil.net_connections("tcp") if c.laddr.port == args.port and c.status == "LISTEN"]
+        endpoint = f"http://127.0.0.1:{args.port}"
+        rows = [run_one(endpoint, holders[0], k, mode, args.duration, args.warmup) for mode in modes for k in ks]
+        _report(rows, args)
+        return 0
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(child,), name="agl-bench-store-server")
+    server.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the benchmark server did not start within 60 s")
+        port = parent.recv()
+        endpoint = f"http://127.0.0.1:{port}"
+        assert server.pid is not None
+        rows = [run_one(endpoint, server.pid, k, mode, args.duration, args.warmup) for mode in modes for k in ks]
+    finally:
+        server.terminate()
+        server.join(15)
+        if server.is_alive():
+            server.kill()
+            server.join()
+    _report(rows, args)
+    return 0
+
+
+def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    header = (
+        f"{'cycle':<8} {'K':>3} {'calls/s':>9} {'cycles/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'server RSS MiB':>15} {'srv CPU us/call':>16} {'cli CPU us/call':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['mode']:<8} {row['k']:>3} {row['calls_per_s']:>9.0f} {row['cycles_per_s']:>9.0f} "
+            f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['server_rss_mib']:>15.1f} "
+            f"{row['server_cpu_us_per_call']:>16.0f} {row['client_cpu_us_per_call']:>16.0f}"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"store_http-{stamp}.json"
+    meta = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "spans_per_cycle": SPANS_PER_CYCLE,
+    }
+    path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
