@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 from agl.execution.events import ExecutionEvent
@@ -47,11 +45,17 @@ def request_drain(store: Any) -> bool:
     return True
 
 
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_opener: Any = None
 
 
 def probe_status(url: str, timeout: float = 2.0) -> str | None:
     """GET the health route `url` once and return its `status`, or None if the server cannot be reached."""
+    global _opener
+    import urllib.error
+    import urllib.request
+
+    if _opener is None:
+        _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the store server
     try:
         try:
             with _opener.open(url, timeout=timeout) as response:
