@@ -16,16 +16,28 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
 from agl.store.errors import StoreFullError
+from agl.store.inputs import (
+    as_config,
+    as_metadata,
+    build_model,
+    check_mode,
+    check_worker_id,
+    copy_model,
+    has_health_rules,
+    new_id,
+    warn_deprecated_query_argument,
+)
 from agl.store.query import check_page, compile_filter, paginate, sort_items
 from agl.store.spill import SpanSpill
+from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -50,63 +62,6 @@ logger = logging.getLogger(__name__)
 
 _named_resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 _MODES = ("train", "val", "test")
-
-
-def _new_id(prefix: str, nbytes: int) -> str:
-    return prefix + os.urandom(nbytes).hex()
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _copy(model: M) -> M:
-    """A shallow copy of a stored model (what `model_copy()` does, without its generic overhead)."""
-    return _build(type(model), dict(model.__dict__), model.__pydantic_extra__)
-
-
-def _build(cls: type[M], fields: dict[str, Any], extra: dict[str, Any] | None) -> M:
-    """A model instance from already-valid field values (no validation: the store made or checked them)."""
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", dict(extra) if extra is not None else None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    return obj
-
-
-def _span_json_size(span: Span) -> int:
-    return len(span.__pydantic_serializer__.to_json(span))
-
-
-def _check_mode(mode: Any) -> RolloutMode | None:
-    if mode is not None and mode not in _MODES:
-        raise ValueError(f"mode {mode!r} is not a rollout mode; expected one of train, val, test or None")
-    return mode  # type: ignore[no-any-return]
-
-
-def _as_config(config: RolloutConfig | dict[str, Any] | None) -> RolloutConfig:
-    if config is None:
-        return RolloutConfig()
-    if isinstance(config, RolloutConfig):
-        return config.model_copy(deep=True)
-    return RolloutConfig.model_validate(config)
-
-
-def _as_metadata(metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{field} must be a dict or None, got {type(metadata).__name__}")
-    return dict(metadata)
-
-
-def _check_worker_id(worker_id: Any) -> None:
-    if worker_id is not None and not isinstance(worker_id, str):
-        raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
-
-
-def _has_health_rules(config: RolloutConfig) -> bool:
-    return config.timeout_seconds is not None or config.unresponsive_seconds is not None
 
 
 class _RolloutRecord:
@@ -192,7 +147,7 @@ class InMemoryLightningStore(LightningStore):
         self._resources: dict[str, ResourcesUpdate] = {}
         self._latest_resources_id: str | None = None
         self._workers: dict[str, Worker] = {}
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._waiters = CompletionWaiters()
 
     # -- pickling: locks and waiters belong to this process ---------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -201,7 +156,7 @@ class InMemoryLightningStore(LightningStore):
                 raise TypeError("An InMemoryLightningStore whose spans spilled to disk cannot be pickled")
             data = self.__dict__.copy()
         data["_lock"] = None
-        data["_waiters"] = {}
+        data["_waiters"] = CompletionWaiters()
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -258,14 +213,14 @@ class InMemoryLightningStore(LightningStore):
         attempt = attempt if attempt is not None else record.latest()
         rollout = record.rollout
         if attempt is None:
-            return _copy(rollout)
+            return copy_model(rollout)
         fields = dict(rollout.__dict__)
-        fields["attempt"] = _copy(attempt)
-        return _build(AttemptedRollout, fields, rollout.__pydantic_extra__)
+        fields["attempt"] = copy_model(attempt)
+        return build_model(AttemptedRollout, fields, rollout.__pydantic_extra__)
 
     @staticmethod
     def _plain(record: _RolloutRecord) -> Rollout:
-        return _copy(record.rollout)
+        return copy_model(record.rollout)
 
     def _maybe_scan(self, now: float) -> None:
         if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
@@ -290,7 +245,7 @@ class InMemoryLightningStore(LightningStore):
             rollout.status = status
         if status in state.FINISHED_STATUSES:
             rollout.end_time = now
-            self._release_waiters(rollout_id)
+            self._waiters.release(rollout_id)
         elif status in state.QUEUING_STATUSES and rollout_id not in self._queued:
             self._queue.append(rollout_id)
             self._queued.add(rollout_id)
@@ -299,17 +254,10 @@ class InMemoryLightningStore(LightningStore):
     def _refresh_watch(self, record: _RolloutRecord) -> None:
         """Keep the set of rollouts the health scan must look at in step with status and config."""
         rollout = record.rollout
-        if rollout.status in state.RUNNING_STATUSES and _has_health_rules(rollout.config):
+        if rollout.status in state.RUNNING_STATUSES and has_health_rules(rollout.config):
             self._watched[rollout.rollout_id] = None
         else:
             self._watched.pop(rollout.rollout_id, None)
-
-    def _release_waiters(self, rollout_id: str) -> None:
-        for loop, future in self._waiters.pop(rollout_id, ()):
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the waiting loop is closed
-                pass
 
     def _sync_worker(self, attempt: Attempt, now: float, *, dequeued: bool = False) -> None:
         if not attempt.worker_id:
@@ -329,11 +277,11 @@ class InMemoryLightningStore(LightningStore):
         return worker
 
     def _new_attempt(self, record: _RolloutRecord, worker_id: str | None, now: float) -> Attempt:
-        attempt = _build(
+        attempt = build_model(
             Attempt,
             {
                 "rollout_id": record.rollout.rollout_id,
-                "attempt_id": _new_id("at-", 4),
+                "attempt_id": new_id("at-", 4),
                 "sequence_id": len(record.attempts) + 1,
                 "start_time": now,
                 "end_time": None,
@@ -373,14 +321,14 @@ class InMemoryLightningStore(LightningStore):
         now: float,
     ) -> _RolloutRecord:
         rollout = Rollout(
-            rollout_id=_new_id("ro-", 6),
+            rollout_id=new_id("ro-", 6),
             input=input,
             start_time=now,
-            mode=_check_mode(mode),
+            mode=check_mode(mode),
             resources_id=resources_id if resources_id is not None else self._latest_resources_id,
             status=status,
-            config=_as_config(config),
-            metadata=_as_metadata(metadata),
+            config=as_config(config),
+            metadata=as_metadata(metadata),
         )
         self._order += 1
         record = _RolloutRecord(rollout, self._order)
@@ -415,7 +363,7 @@ class InMemoryLightningStore(LightningStore):
         worker_id: str | None = None,
     ) -> AttemptedRollout:
         """Create a rollout and its first attempt, both `preparing`, without queueing it."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -445,9 +393,9 @@ class InMemoryLightningStore(LightningStore):
         requests = [
             r if isinstance(r, EnqueueRolloutRequest) else EnqueueRolloutRequest.model_validate(r) for r in rollouts
         ]
-        configs = [_as_config(r.config) for r in requests]  # validate everything before storing anything
+        configs = [as_config(r.config) for r in requests]  # validate everything before storing anything
         for r in requests:
-            _check_mode(r.mode)
+            check_mode(r.mode)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -462,7 +410,7 @@ class InMemoryLightningStore(LightningStore):
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -485,7 +433,7 @@ class InMemoryLightningStore(LightningStore):
         self, *, limit: int = 1, worker_id: str | None = None
     ) -> Sequence[AttemptedRollout]:
         """Claim up to `limit` rollouts from the head of the queue, in FIFO order."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         if limit <= 0:
             return []
         with self._lock:
@@ -508,7 +456,7 @@ class InMemoryLightningStore(LightningStore):
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -533,10 +481,10 @@ class InMemoryLightningStore(LightningStore):
     ) -> PaginatedResult[Rollout]:
         """Rollouts matching the filters (with their latest attempt attached when they have one)."""
         if status_in is None and status is not None:
-            _deprecated("status", "status_in")
+            warn_deprecated_query_argument("status", "status_in")
             status_in = status
         if rollout_id_in is None and rollout_ids is not None:
-            _deprecated("rollout_ids", "rollout_id_in")
+            warn_deprecated_query_argument("rollout_ids", "rollout_id_in")
             rollout_id_in = rollout_ids
         if status_in is not None:
             for s in status_in:
@@ -609,7 +557,7 @@ class InMemoryLightningStore(LightningStore):
         if input is not UNSET:
             changes["input"] = input
         if mode is not UNSET:
-            changes["mode"] = _check_mode(mode)
+            changes["mode"] = check_mode(mode)
         if resources_id is not UNSET:
             if resources_id is not None and not isinstance(resources_id, str):
                 raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
@@ -619,7 +567,7 @@ class InMemoryLightningStore(LightningStore):
         if config is not UNSET:
             if config is None:
                 raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
-            changes["config"] = _as_config(config)
+            changes["config"] = as_config(config)
         if metadata is not UNSET:
             if metadata is not None and not isinstance(metadata, dict):
                 raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
@@ -651,7 +599,7 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             self._maybe_scan(self._clock())
             record = self._records.get(rollout_id)
-            attempts = [_copy(a) for a in record.attempts] if record is not None else []
+            attempts = [copy_model(a) for a in record.attempts] if record is not None else []
         return paginate(sort_items(attempts, Attempt, sort_by, sort_order), limit, offset)
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
@@ -660,7 +608,7 @@ class InMemoryLightningStore(LightningStore):
             self._maybe_scan(self._clock())
             record = self._records.get(rollout_id)
             latest = record.latest() if record is not None else None
-            return _copy(latest) if latest is not None else None
+            return copy_model(latest) if latest is not None else None
 
     async def update_attempt(
         self,
@@ -704,7 +652,7 @@ class InMemoryLightningStore(LightningStore):
                 self._write_attempt_status(record, attempt, status, now)
             elif worker_id is not UNSET and worker_id:
                 self._sync_worker(attempt, now)
-            return _copy(attempt)
+            return copy_model(attempt)
 
     # -- spans ------------------------------------------------------------------------------------------------
     def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, int]]:
@@ -908,11 +856,11 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             now = self._clock()
             update = ResourcesUpdate(
-                resources_id=_new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
+                resources_id=new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
             )
             self._resources[update.resources_id] = update
             self._latest_resources_id = update.resources_id
-            return _copy(update)
+            return copy_model(update)
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         """Replace a snapshot's resources (version + 1), or create it with version 1; it becomes the latest."""
@@ -932,20 +880,20 @@ class InMemoryLightningStore(LightningStore):
             )
             self._resources[resources_id] = update  # an update keeps the snapshot's insertion position
             self._latest_resources_id = resources_id
-            return _copy(update)
+            return copy_model(update)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
         """A resources snapshot by id, or None."""
         with self._lock:
             update = self._resources.get(resources_id)
-            return _copy(update) if update is not None else None
+            return copy_model(update) if update is not None else None
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
         """The snapshot most recently added or updated, or None."""
         with self._lock:
             if self._latest_resources_id is None:
                 return None
-            return _copy(self._resources[self._latest_resources_id])
+            return copy_model(self._resources[self._latest_resources_id])
 
     async def query_resources(
         self,
@@ -961,7 +909,7 @@ class InMemoryLightningStore(LightningStore):
         check_page(limit, offset)
         predicate = compile_filter({"resources_id": {"exact": resources_id, "contains": resources_id_contains}})
         with self._lock:
-            items = [_copy(u) for u in self._resources.values() if predicate is None or predicate(u)]
+            items = [copy_model(u) for u in self._resources.values() if predicate is None or predicate(u)]
         return paginate(sort_items(items, ResourcesUpdate, sort_by, sort_order), limit, offset)
 
     # -- workers ----------------------------------------------------------------------------------------------
@@ -975,13 +923,13 @@ class InMemoryLightningStore(LightningStore):
             fields: dict[str, Any] = {"last_heartbeat_time": self._clock()}
             if heartbeat_stats is not UNSET:
                 fields["heartbeat_stats"] = dict(heartbeat_stats) if heartbeat_stats is not None else None
-            return _copy(self._write_worker(worker_id, fields))
+            return copy_model(self._write_worker(worker_id, fields))
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
         """A worker by id, or None."""
         with self._lock:
             worker = self._workers.get(worker_id)
-            return _copy(worker) if worker is not None else None
+            return copy_model(worker) if worker is not None else None
 
     async def query_workers(
         self,
@@ -1008,7 +956,7 @@ class InMemoryLightningStore(LightningStore):
         )
         with self._lock:
             self._maybe_scan(self._clock())
-            items = [_copy(w) for w in self._workers.values() if predicate is None or predicate(w)]
+            items = [copy_model(w) for w in self._workers.values() if predicate is None or predicate(w)]
         return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
 
     # -- waiting ----------------------------------------------------------------------------------------------
@@ -1030,8 +978,7 @@ class InMemoryLightningStore(LightningStore):
                     for rollout_id in dict.fromkeys(rollout_ids):
                         record = self._records.get(rollout_id)
                         if record is not None and record.rollout.status not in state.FINISHED_STATUSES:
-                            future: asyncio.Future[None] = loop.create_future()
-                            self._waiters.setdefault(rollout_id, []).append((loop, future))
+                            future = self._waiters.add(rollout_id, loop)
                             futures.append((rollout_id, future))
             pending = {f for _, f in futures}
             while pending:
@@ -1051,11 +998,7 @@ class InMemoryLightningStore(LightningStore):
             if futures:
                 with self._lock:
                     for rollout_id, future in futures:
-                        waiters = self._waiters.get(rollout_id)
-                        if waiters:
-                            waiters[:] = [w for w in waiters if w[1] is not future]
-                            if not waiters:
-                                del self._waiters[rollout_id]
+                        self._waiters.discard(rollout_id, future)
         with self._lock:
             out: list[Rollout] = []
             for rollout_id in rollout_ids:
@@ -1065,12 +1008,5 @@ class InMemoryLightningStore(LightningStore):
             return out
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _deprecated(old: str, new: str) -> None:
-    import warnings
-
-    warnings.warn(f"query_rollouts({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+def _span_json_size(span: Span) -> int:
+    return len(span.__pydantic_serializer__.to_json(span))

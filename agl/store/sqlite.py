@@ -53,18 +53,18 @@ from pydantic_core import PydanticSerializationError
 
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
-from agl.store.memory import (
-    _as_config,
-    _as_metadata,
-    _build,
-    _check_mode,
-    _check_worker_id,
-    _deprecated,
-    _has_health_rules,
-    _new_id,
-    _resolve,
+from agl.store.inputs import (
+    as_config,
+    as_metadata,
+    build_model,
+    check_mode,
+    check_worker_id,
+    has_health_rules,
+    new_id,
+    warn_deprecated_query_argument,
 )
 from agl.store.query import check_page, compile_filter, paginate, sort_items
+from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -261,7 +261,7 @@ def _snapshot(rollout: Rollout, attempt: Attempt | None) -> Rollout:
         return rollout
     fields = dict(rollout.__dict__)
     fields["attempt"] = attempt
-    return _build(AttemptedRollout, fields, rollout.__pydantic_extra__)
+    return build_model(AttemptedRollout, fields, rollout.__pydantic_extra__)
 
 
 class SqliteLightningStore(LightningStore):
@@ -296,7 +296,7 @@ class SqliteLightningStore(LightningStore):
         self._db: sqlite3.Connection | None = _connect(self._path, synchronous, self._busy_timeout)
         self._created = self._clock()
         self._last_scan: float | None = None
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._waiters = CompletionWaiters()
         self._finished_in_tx: list[str] = []
 
     # -- pickling: a copy reopens the same file ---------------------------------------------------------------
@@ -385,7 +385,7 @@ class SqliteLightningStore(LightningStore):
             raise
         finished, self._finished_in_tx = self._finished_in_tx, []
         for rollout_id in finished:
-            self._release_waiters(rollout_id)
+            self._waiters.release(rollout_id)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -396,13 +396,6 @@ class SqliteLightningStore(LightningStore):
             yield db
         finally:
             db.execute("COMMIT")
-
-    def _release_waiters(self, rollout_id: str) -> None:
-        for loop, future in self._waiters.pop(rollout_id, ()):
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the waiting loop is closed
-                pass
 
     # -- row access -----------------------------------------------------------------------------------------
     def _get_rollout(self, db: sqlite3.Connection, rollout_id: str) -> Rollout | None:
@@ -426,7 +419,7 @@ class SqliteLightningStore(LightningStore):
     @staticmethod
     def _watched(rollout: Rollout) -> int:
         """1 if the health scan must look at this rollout (claimed, with timeout/unresponsive rules)."""
-        return int(state.is_running(rollout.status) and _has_health_rules(rollout.config))
+        return int(state.is_running(rollout.status) and has_health_rules(rollout.config))
 
     def _latest_attempt(self, db: sqlite3.Connection, rollout_id: str) -> Attempt | None:
         row = db.execute(
@@ -552,14 +545,14 @@ class SqliteLightningStore(LightningStore):
         latest_resources_id: str | None,
     ) -> Rollout:
         rollout = Rollout(
-            rollout_id=_new_id("ro-", 6),
+            rollout_id=new_id("ro-", 6),
             input=input,
             start_time=now,
-            mode=_check_mode(mode),
+            mode=check_mode(mode),
             resources_id=resources_id if resources_id is not None else latest_resources_id,
             status=status,
-            config=_as_config(config),
-            metadata=_as_metadata(metadata),
+            config=as_config(config),
+            metadata=as_metadata(metadata),
         )
         db.execute(
             "INSERT INTO rollouts (rollout_id, status, watched, data) VALUES (?, ?, ?, ?)",
@@ -571,11 +564,11 @@ class SqliteLightningStore(LightningStore):
         return rollout
 
     def _new_attempt(self, db: sqlite3.Connection, rollout: Rollout, worker_id: str | None, now: float) -> Attempt:
-        attempt = _build(
+        attempt = build_model(
             Attempt,
             {
                 "rollout_id": rollout.rollout_id,
-                "attempt_id": _new_id("at-", 4),
+                "attempt_id": new_id("at-", 4),
                 "sequence_id": self._latest_sequence(db, rollout.rollout_id) + 1,
                 "start_time": now,
                 "end_time": None,
@@ -622,7 +615,7 @@ class SqliteLightningStore(LightningStore):
         worker_id: str | None = None,
     ) -> AttemptedRollout:
         """Create a rollout and its first attempt, both `preparing`, without queueing it."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -654,9 +647,9 @@ class SqliteLightningStore(LightningStore):
         requests = [
             r if isinstance(r, EnqueueRolloutRequest) else EnqueueRolloutRequest.model_validate(r) for r in rollouts
         ]
-        configs = [_as_config(r.config) for r in requests]
+        configs = [as_config(r.config) for r in requests]
         for r in requests:
-            _check_mode(r.mode)
+            check_mode(r.mode)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -669,7 +662,7 @@ class SqliteLightningStore(LightningStore):
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -687,7 +680,7 @@ class SqliteLightningStore(LightningStore):
         self, *, limit: int = 1, worker_id: str | None = None
     ) -> Sequence[AttemptedRollout]:
         """Claim up to `limit` rollouts from the head of the queue, in FIFO order, in one transaction."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         if limit <= 0:
             return []
         with self._lock:
@@ -709,7 +702,7 @@ class SqliteLightningStore(LightningStore):
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
-        _check_worker_id(worker_id)
+        check_worker_id(worker_id)
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -735,10 +728,10 @@ class SqliteLightningStore(LightningStore):
     ) -> PaginatedResult[Rollout]:
         """Rollouts matching the filters (with their latest attempt attached when they have one)."""
         if status_in is None and status is not None:
-            _deprecated("status", "status_in")
+            warn_deprecated_query_argument("status", "status_in")
             status_in = status
         if rollout_id_in is None and rollout_ids is not None:
-            _deprecated("rollout_ids", "rollout_id_in")
+            warn_deprecated_query_argument("rollout_ids", "rollout_id_in")
             rollout_id_in = rollout_ids
         if status_in is not None:
             for s in status_in:
@@ -825,7 +818,7 @@ class SqliteLightningStore(LightningStore):
         if input is not UNSET:
             changes["input"] = input
         if mode is not UNSET:
-            changes["mode"] = _check_mode(mode)
+            changes["mode"] = check_mode(mode)
         if resources_id is not UNSET:
             if resources_id is not None and not isinstance(resources_id, str):
                 raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
@@ -835,7 +828,7 @@ class SqliteLightningStore(LightningStore):
         if config is not UNSET:
             if config is None:
                 raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
-            changes["config"] = _as_config(config)
+            changes["config"] = as_config(config)
         if metadata is not UNSET:
             if metadata is not None and not isinstance(metadata, dict):
                 raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
@@ -1116,7 +1109,7 @@ class SqliteLightningStore(LightningStore):
         with self._lock:
             now = self._clock()
             update = ResourcesUpdate(
-                resources_id=_new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
+                resources_id=new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
             )
             with self._write() as db:
                 db.execute(
@@ -1264,8 +1257,7 @@ class SqliteLightningStore(LightningStore):
                 if timeout != 0:
                     for rollout_id, status in self._statuses(self._conn(), rollout_ids).items():
                         if status not in state.FINISHED_STATUSES:
-                            future: asyncio.Future[None] = loop.create_future()
-                            self._waiters.setdefault(rollout_id, []).append((loop, future))
+                            future = self._waiters.add(rollout_id, loop)
                             registered[future] = rollout_id
             pending = dict(registered)
             while pending:
@@ -1288,11 +1280,7 @@ class SqliteLightningStore(LightningStore):
             if registered:
                 with self._lock:
                     for future, rollout_id in registered.items():
-                        waiters = self._waiters.get(rollout_id)
-                        if waiters:
-                            waiters[:] = [w for w in waiters if w[1] is not future]
-                            if not waiters:
-                                del self._waiters[rollout_id]
+                        self._waiters.discard(rollout_id, future)
         with self._lock, self._read() as db:
             finished: dict[str, Rollout] = {}
             wanted = [rid for rid in dict.fromkeys(rollout_ids) if isinstance(rid, str)]

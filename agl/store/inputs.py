@@ -1,0 +1,88 @@
+"""Argument checks, id generation and fast record building shared by the store backends."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from agl.types.core import RolloutConfig, RolloutMode
+
+__all__ = [
+    "as_config",
+    "as_metadata",
+    "build_model",
+    "check_mode",
+    "check_worker_id",
+    "copy_model",
+    "has_health_rules",
+    "new_id",
+    "warn_deprecated_query_argument",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+_MODES = ("train", "val", "test")
+
+
+def new_id(prefix: str, nbytes: int) -> str:
+    """A random id such as `ro-` + 12 hex digits."""
+    return prefix + os.urandom(nbytes).hex()
+
+
+def build_model(cls: type[M], fields: dict[str, Any], extra: dict[str, Any] | None) -> M:
+    """A model instance from already-valid field values (no validation: the store made or checked them)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", dict(extra) if extra is not None else None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+def copy_model(model: M) -> M:
+    """A shallow copy of a stored model (what `model_copy()` does, without its generic overhead)."""
+    return build_model(type(model), dict(model.__dict__), model.__pydantic_extra__)
+
+
+def check_mode(mode: Any) -> RolloutMode | None:
+    """`mode` if it is a rollout mode or None, else a ValueError naming the allowed values."""
+    if mode is not None and mode not in _MODES:
+        raise ValueError(f"mode {mode!r} is not a rollout mode; expected one of train, val, test or None")
+    return mode  # type: ignore[no-any-return]
+
+
+def as_config(config: RolloutConfig | dict[str, Any] | None) -> RolloutConfig:
+    """A private copy of a rollout config (a fresh default for None; a dict is validated)."""
+    if config is None:
+        return RolloutConfig()
+    if isinstance(config, RolloutConfig):
+        return config.model_copy(deep=True)
+    return RolloutConfig.model_validate(config)
+
+
+def as_metadata(metadata: dict[str, Any] | None, field: str = "metadata") -> dict[str, Any]:
+    """A shallow copy of rollout metadata (`{}` for None); anything but a dict is a ValueError naming `field`."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{field} must be a dict or None, got {type(metadata).__name__}")
+    return dict(metadata)
+
+
+def check_worker_id(worker_id: Any) -> None:
+    """A ValueError unless `worker_id` is a string or None."""
+    if worker_id is not None and not isinstance(worker_id, str):
+        raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
+
+
+def has_health_rules(config: RolloutConfig) -> bool:
+    """Whether the health scan must watch a running rollout with this config."""
+    return config.timeout_seconds is not None or config.unresponsive_seconds is not None
+
+
+def warn_deprecated_query_argument(old: str, new: str) -> None:
+    """Warn that `query_rollouts(old=...)` is deprecated in favour of `new=...`."""
+    warnings.warn(f"query_rollouts({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
