@@ -183,10 +183,24 @@ class ProcessSupervisor:
     def start(self) -> None:
         """Start every worker process and the monitor thread."""
         with self._lock:
-            for worker_id in self.worker_ids:
-                process = self._spawn(worker_id)
-                self._slots.append(_Slot(worker_id, process.name, process))
-                logger.debug("started %s (pid %s)", process.name, process.pid)
+            try:
+                for worker_id in self.worker_ids:
+                    process = self._spawn(worker_id)
+                    self._slots.append(_Slot(worker_id, process.name, process))
+                    logger.debug("started %s (pid %s)", process.name, process.pid)
+            except BaseException as exc:
+                # Leave nothing running behind a failed start (e.g. a bundle that cannot be pickled for spawn).
+                for slot in self._slots:
+                    slot.process.kill()
+                    slot.process.join(5)
+                    slot.done = True
+                if isinstance(exc, (TypeError, AttributeError)) or type(exc).__name__ == "PicklingError":
+                    logger.error(
+                        "could not start %s processes with the %r start method: the bundles and the store must be "
+                        "picklable (module-level functions, not lambdas or local functions)",
+                        self.name_prefix, self.ctx.get_start_method(),
+                    )  # fmt: skip
+                raise
         self._monitor = threading.Thread(target=self._watch, name="agl-runner-supervisor", daemon=True)
         self._monitor.start()
 

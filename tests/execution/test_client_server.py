@@ -235,3 +235,16 @@ def test_unmanaged_store_is_passed_to_the_runners_as_is() -> None:
     finally:
         server.stop()
     assert statuses(backing) == ["succeeded"] * 3
+
+
+def test_unpicklable_bundle_with_spawn_fails_clearly_and_leaves_no_process(caplog: pytest.LogCaptureFixture) -> None:
+    import multiprocessing
+
+    async def local_runner(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+        return None
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises((AttributeError, TypeError)), caplog.at_level(logging.ERROR):
+        cs(n_runners=2, start_method="spawn").execute(bundles.algorithm_returns, local_runner, InMemoryLightningStore())
+    assert "must be picklable" in caplog.text
+    assert set(multiprocessing.active_children()) <= before
