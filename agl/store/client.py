@@ -348,7 +348,8 @@ class LightningStoreClient(LightningStore):
                     raise StoreRequestError(code, upstream_message, method, f"{self.server_address}{target}")
                 last = self._error(response, method, target)
                 logger.debug("%s %s answered %d (try %d)", method, target, status, attempt + 1)
-            if not await self._healthy():
+            if isinstance(last, StoreHTTPError) and not await self._healthy():
+                # The server answers but is unhealthy: give up. (Unreachable: keep trying; it may be restarting.)
                 break
         assert last is not None
         if isinstance(last, StoreHTTPError):

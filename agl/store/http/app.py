@@ -310,10 +310,11 @@ def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[st
 
 
 class _Route:
-    __slots__ = ("handler", "idempotent", "method", "names", "segments")
+    __slots__ = ("handler", "idempotent", "method", "names", "public", "segments")
 
-    def __init__(self, method: str, pattern: str, handler: Handler, idempotent: bool) -> None:
+    def __init__(self, method: str, pattern: str, handler: Handler, idempotent: bool, public: bool = False) -> None:
         self.method = method
+        self.public = public
         self.segments = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
         self.names = tuple(s[1:-1] if s.startswith("{") else None for s in self.segments)
         self.handler = handler
@@ -571,7 +572,7 @@ class StoreApp:
                     break
             if route is None:
                 raise self._no_route(sub)
-        if route.handler is not self._health:
+        if not route.public:
             self._check_auth(headers)
         body = await self.read_body(headers, receive) if method == "POST" else b""
         request = Request(method, params or {}, scope.get("query_string", b""), headers, body)
@@ -607,8 +608,10 @@ class StoreApp:
 
     # -- routes ------------------------------------------------------------------------------------------------
 
-    def _add(self, method: str, pattern: str, handler: Handler, *, idempotent: bool = True) -> None:
-        route = _Route(method, pattern, handler, idempotent)
+    def _add(
+        self, method: str, pattern: str, handler: Handler, *, idempotent: bool = True, public: bool = False
+    ) -> None:
+        route = _Route(method, pattern, handler, idempotent, public)
         if all(name is None for name in route.names):
             self._static[(method, "/" + "/".join(route.segments))] = route
         else:
@@ -616,7 +619,7 @@ class StoreApp:
 
     def _register_routes(self) -> None:
         add = self._add
-        add("GET", "/health", self._health)
+        add("GET", "/health", self._health, public=True)
         add("POST", "/queues/rollouts/enqueue", self._enqueue, idempotent=False)
         add("POST", "/queues/rollouts/dequeue", self._dequeue, idempotent=False)
         add("POST", "/rollouts", self._start_rollout, idempotent=False)
