@@ -99,8 +99,15 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
                 errors.put((name, exc))
                 stop_evt.set()
 
+        async def algorithm_then_stop() -> None:
+            try:
+                await algorithm(shared, stop_evt)
+            finally:
+                # The run ends with the algorithm, whichever bundle holds the main thread.
+                stop_evt.set()
+
         def algorithm_coro() -> Coroutine[Any, Any, None]:
-            return _as_coroutine(algorithm(shared, stop_evt))
+            return algorithm_then_stop()
 
         def runner_coro(worker_id: int) -> Callable[[], Coroutine[Any, Any, None]]:
             return lambda: _as_coroutine(runner(shared, worker_id, stop_evt))

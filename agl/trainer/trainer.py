@@ -15,6 +15,7 @@ from agl.algorithm.base import Algorithm
 from agl.algorithm.fast import Baseline, FastAlgorithm
 from agl.execution.base import ExecutionStrategy
 from agl.execution.events import ExecutionEvent
+from agl.execution.registry import STRATEGY_REGISTRY, resolve_strategy_class
 from agl.litagent.litagent import LitAgent
 from agl.runner.agent import LitAgentRunner
 from agl.runner.base import Runner
@@ -23,7 +24,6 @@ from agl.store.base import LightningStore
 from agl.store.memory import InMemoryLightningStore
 from agl.tracer.base import Tracer
 from agl.trainer.init_utils import build_component
-from agl.trainer.registry import STRATEGY_REGISTRY
 from agl.types.resources import NamedResources
 
 __all__ = ["Trainer"]
@@ -111,9 +111,9 @@ class Trainer:
             strategy,
             ExecutionStrategy,
             name="strategy",
-            default=lambda: STRATEGY_REGISTRY.create("cs", **strategy_defaults),
+            default=lambda: resolve_strategy_class("cs")(**strategy_defaults),
             optional_defaults=strategy_defaults,
-            registry=STRATEGY_REGISTRY.paths,
+            registry=STRATEGY_REGISTRY,
         )
         if port is not None and hasattr(self.strategy, "server_port"):
             self.strategy.server_port = port

@@ -139,3 +139,11 @@ def test_dev_defaults_to_baseline() -> None:
     shm_trainer(store=store).dev(Doubler(), [4, 5])
     rollouts = asyncio.run(store.query_rollouts())
     assert sorted((r.input, r.status) for r in rollouts) == [(4, "succeeded"), (5, "succeeded")]
+
+
+def test_fit_on_default_shm_ends_when_the_algorithm_ends() -> None:
+    # main_thread="runner" (the shm default): the runner must stop once the algorithm is done, not poll forever.
+    baseline = Baseline(polling_interval=0.1)
+    trainer = Trainer(tracer=DummyTracer(), strategy="shm", algorithm=baseline)
+    trainer.fit(Doubler(), [1, 2])
+    assert sorted(r.status for r in baseline.results) == ["succeeded", "succeeded"]
