@@ -83,6 +83,7 @@ class LitAgentRunner(Runner[T]):
         interval_jitter: random spread (±) applied to poll and heartbeat intervals.
         heartbeat_launch_mode: "thread" (own thread and loop) or "asyncio" (a task on the runner's loop).
         heartbeat_include_gpu: add GPU figures to heartbeats (needs gpustat).
+        concurrency: rollouts this runner runs at once (for I/O-bound agents, e.g. waiting on an LLM server).
     """
 
     def __init__(
@@ -94,9 +95,12 @@ class LitAgentRunner(Runner[T]):
         interval_jitter: float = 0.5,
         heartbeat_launch_mode: Literal["thread", "asyncio"] = "thread",
         heartbeat_include_gpu: bool = False,
+        concurrency: int = 1,
     ) -> None:
         if max_rollouts is not None and max_rollouts < 0:
             raise ValueError(f"max_rollouts must be >= 0 or None, got {max_rollouts}")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         if interval_jitter < 0:
@@ -110,6 +114,7 @@ class LitAgentRunner(Runner[T]):
         self.interval_jitter = interval_jitter
         self.heartbeat_launch_mode = heartbeat_launch_mode
         self.heartbeat_include_gpu = heartbeat_include_gpu
+        self.concurrency = concurrency
         self._agent: LitAgent[T] | None = None
         self._hooks: list[Hook] = []
         self._store: LightningStore | None = None
@@ -161,35 +166,73 @@ class LitAgentRunner(Runner[T]):
         return max(0.01, interval + random.uniform(-spread, spread))
 
     async def iter(self, *, event: StopEvent | None = None) -> None:
-        """Claim and run rollouts until `event` is set or `max_rollouts` are done.
+        """Claim and run rollouts (up to `concurrency` at once) until `event` is set or `max_rollouts` are claimed.
 
-        A rollout in progress when the event is set is finished first (the event is cooperative).
+        Rollouts in progress when the event is set are finished first (the event is cooperative); if `iter` itself
+        is cancelled, they are interrupted and recorded as failed.
         """
         event = event if event is not None else _NeverSet()
-        store = self.get_store()
-        worker_id = self.get_worker_id()
         heartbeat = self._start_heartbeat()
-        processed = 0
+        claimed_count = 0
+        finished = 0
+        in_flight: set[asyncio.Task[None]] = set()
         delay = min(_FIRST_POLL_DELAY, self.poll_interval)
         try:
-            while not event.is_set() and (self.max_rollouts is None or processed < self.max_rollouts):
-                try:
-                    claimed = await store.dequeue_rollout(worker_id=worker_id)
-                except Exception as exc:
-                    logger.warning("%s: polling the store failed (%s); retrying", worker_id, exc)
-                    claimed = None
-                if claimed is None:
-                    if await sleep_until(self._jittered(delay), event, check_every=min(0.1, delay)):
-                        break
+            while not event.is_set():
+                remaining = None if self.max_rollouts is None else self.max_rollouts - claimed_count
+                if remaining == 0:
+                    break
+                room = self.concurrency - len(in_flight)
+                claimed: list[AttemptedRollout] = []
+                if room > 0:
+                    claimed = await self._claim(room if remaining is None else min(room, remaining))
+                for rollout in claimed:
+                    in_flight.add(asyncio.create_task(self._run(rollout, raise_on_error=False)))
+                claimed_count += len(claimed)
+                if claimed:
+                    delay = min(_FIRST_POLL_DELAY, self.poll_interval)
+                    if len(in_flight) < self.concurrency:
+                        continue  # there may be more waiting: claim again at once
+                    wait = None  # full: wait for a slot
+                else:
+                    wait = self._jittered(delay)
                     delay = min(delay * 2, self.poll_interval)
-                    continue
-                delay = min(_FIRST_POLL_DELAY, self.poll_interval)
-                await self._run(claimed, raise_on_error=False)
-                processed += 1
-                if processed == 1 or processed % 10 == 0:
-                    logger.info("%s finished %d rollout(s)", worker_id, processed)
+                if in_flight:
+                    done, in_flight = await asyncio.wait(in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                    finished += self._reap(done, finished)
+                elif wait is not None and await sleep_until(wait, event, check_every=min(0.1, wait)):
+                    break
+            if in_flight:  # cooperative stop: let the rollouts in progress finish
+                done, _ = await asyncio.wait(in_flight)
+                finished += self._reap(done, finished)
+                in_flight = set()
         finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
             await heartbeat.stop()
+
+    async def _claim(self, limit: int) -> list[AttemptedRollout]:
+        store = self.get_store()
+        worker_id = self.get_worker_id()
+        try:
+            if limit == 1:
+                one = await store.dequeue_rollout(worker_id=worker_id)
+                return [one] if one is not None else []
+            return list(await store.dequeue_many_rollouts(limit=limit, worker_id=worker_id))
+        except Exception as exc:
+            logger.warning("%s: polling the store failed (%s); retrying", worker_id, exc)
+            return []
+
+    def _reap(self, done: set[asyncio.Task[None]], finished_before: int) -> int:
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("%s: a rollout task crashed", self.get_worker_id(), exc_info=task.exception())
+        total = finished_before + len(done)
+        if finished_before == 0 or total // 10 > finished_before // 10:
+            logger.info("%s finished %d rollout(s)", self.get_worker_id(), total)
+        return len(done)
 
     async def step(
         self,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
@@ -60,39 +60,37 @@ class SpanRecordingContext:
 
 
 # -- active tracer registry --------------------------------------------------------------------------------------
-_active_lock = threading.Lock()
-_active_tracer: Tracer | None = None
+# The active tracer is context-local (a ContextVar): each asyncio task and each thread started with a copied context
+# has its own, so concurrent rollouts in one process (runner threads, a runner's concurrent rollouts) do not collide.
+_active_tracer: contextvars.ContextVar[Tracer | None] = contextvars.ContextVar("agl_active_tracer", default=None)
 
 
 def get_active_tracer() -> Tracer | None:
-    """The tracer whose trace context is currently open in this process, if any."""
-    return _active_tracer
+    """The tracer whose trace context is open in the current context (task or thread), if any."""
+    return _active_tracer.get()
 
 
 def set_active_tracer(tracer: Tracer) -> None:
-    """Make `tracer` the process's active tracer.
+    """Make `tracer` the active tracer of the current context.
 
     Raises:
-        ValueError: another tracer (or this one) is already active; clear it first.
+        ValueError: a tracer (this one or another) is already active here; clear it first.
         TypeError: `tracer` is not a `Tracer`.
     """
-    global _active_tracer
     if not isinstance(tracer, Tracer):
         raise TypeError(f"tracer must be a Tracer, got {type(tracer).__name__}")
-    with _active_lock:
-        if _active_tracer is not None:
-            raise ValueError(
-                f"An active tracer is already set ({type(_active_tracer).__name__}); only one trace context may be "
-                "open per process. Clear it with clear_active_tracer() first."
-            )
-        _active_tracer = tracer
+    current = _active_tracer.get()
+    if current is not None:
+        raise ValueError(
+            f"An active tracer is already set ({type(current).__name__}); only one trace context may be open at a "
+            "time in one task or thread. Clear it with clear_active_tracer() first."
+        )
+    _active_tracer.set(tracer)
 
 
 def clear_active_tracer() -> None:
-    """Forget the active tracer (no-op when none is set)."""
-    global _active_tracer
-    with _active_lock:
-        _active_tracer = None
+    """Forget the active tracer of the current context (no-op when none is set)."""
+    _active_tracer.set(None)
 
 
 @contextmanager
@@ -101,10 +99,8 @@ def _activated(tracer: Tracer) -> Iterator[None]:
     try:
         yield
     finally:
-        with _active_lock:
-            global _active_tracer
-            if _active_tracer is tracer:
-                _active_tracer = None
+        if _active_tracer.get() is tracer:
+            _active_tracer.set(None)
 
 
 # -- the interface -----------------------------------------------------------------------------------------------

@@ -316,3 +316,32 @@ def test_bad_arguments_are_named() -> None:
         LitAgentRunner(DummyTracer(), heartbeat_launch_mode="process")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="init_worker"):
         LitAgentRunner(DummyTracer()).get_store()
+
+
+async def test_concurrency_runs_rollouts_side_by_side() -> None:
+    store = InMemoryLightningStore()
+    ids = [(await store.enqueue_rollout(-0.3)).rollout_id for _ in range(6)]  # each sleeps 0.3 s
+    runner = make_runner(AsyncReturns(), store, concurrency=3, max_rollouts=6)
+    started = time.monotonic()
+    await asyncio.wait_for(runner.iter(), 5)
+    elapsed = time.monotonic() - started
+    finished = await store.wait_for_rollouts(rollout_ids=ids, timeout=0)
+    assert [r.status for r in finished] == ["succeeded"] * 6
+    assert elapsed < 1.2, f"6 rollouts of 0.3 s with concurrency 3 took {elapsed:.2f}s"
+
+
+async def test_stop_event_lets_concurrent_rollouts_finish() -> None:
+    store = InMemoryLightningStore()
+    ids = [(await store.enqueue_rollout(-0.2)).rollout_id for _ in range(2)]
+    event = threading.Event()
+    runner = make_runner(AsyncReturns(), store, concurrency=2)
+    loop_task = asyncio.create_task(runner.iter(event=event))
+    await asyncio.sleep(0.05)
+    event.set()
+    await asyncio.wait_for(loop_task, 2)
+    assert [r.status for r in await store.wait_for_rollouts(rollout_ids=ids, timeout=0)] == ["succeeded"] * 2
+
+
+def test_concurrency_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        LitAgentRunner(DummyTracer(), concurrency=0)
