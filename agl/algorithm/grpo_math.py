@@ -1,0 +1,120 @@
+"""The maths of GRPO on token sequences: group-normalised advantages, per-token log-probs and the clipped loss.
+
+Pure torch functions (torch is imported lazily by the caller's import of this module), tested on tiny tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["LossStats", "group_advantages", "grpo_loss", "pad_batch", "response_logprobs"]
+
+
+def group_advantages(rewards: Sequence[float], groups: Sequence[Any], eps: float = 1e-6) -> torch.Tensor:
+    """Each reward minus its group's mean, divided by the group's standard deviation (+eps).
+
+    A group whose rewards are all equal gets advantages of zero: it carries no learning signal.
+    """
+    if len(rewards) != len(groups):
+        raise ValueError(f"rewards ({len(rewards)}) and groups ({len(groups)}) must have the same length")
+    values = torch.tensor(list(rewards), dtype=torch.float32)
+    out = torch.zeros_like(values)
+    members: dict[Any, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    for indices in members.values():
+        group_values = values[indices]
+        std = group_values.std(unbiased=False) if len(indices) > 1 else torch.tensor(0.0)
+        out[indices] = (group_values - group_values.mean()) / (std + eps)
+    return out
+
+
+def pad_batch(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask`, and a `response_mask` marking each row's response tokens."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) must have the same length")
+    rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+        response_mask[i, len(prompt) : len(row)] = True
+    return input_ids, attention, response_mask
+
+
+def response_logprobs(model: Any, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """log π(token_t | tokens_<t) for every position t ≥ 1 (shape [batch, width]; position 0 is 0).
+
+    Logits are used as the model gives them (temperature 1), matching the log-probs the model server reports.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    taken = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.cat([torch.zeros_like(taken[:, :1]), taken], dim=1)
+
+
+@dataclass
+class LossStats:
+    """What one loss computation measured (all detached floats)."""
+
+    loss: float
+    policy_loss: float
+    kl: float
+    clip_fraction: float
+    mean_ratio: float
+
+
+def grpo_loss(
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, LossStats]:
+    """The clipped policy-gradient loss of GRPO, averaged over each sequence's tokens and then over sequences.
+
+    Per token: `-min(ratio·A, clip(ratio, 1±eps)·A)` with `ratio = exp(new − old)`, plus `kl_coef` times the k3
+    estimate of KL(π‖π_ref) when reference log-probs are given. `mask` selects response tokens.
+    """
+    if new_logp.shape != old_logp.shape or new_logp.shape != mask.shape:
+        raise ValueError(
+            f"new_logp {tuple(new_logp.shape)}, old_logp {tuple(old_logp.shape)} and mask {tuple(mask.shape)} "
+            "must have the same shape"
+        )
+    weights = mask.float()
+    tokens_per_row = weights.sum(dim=1).clamp(min=1.0)
+    ratio = torch.exp(new_logp - old_logp)
+    adv = advantages.unsqueeze(1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if ref_logp is not None and kl_coef > 0:
+        delta = ref_logp - new_logp
+        kl = torch.exp(delta) - delta - 1.0
+        per_token = per_token + kl_coef * kl
+    per_row = (per_token * weights).sum(dim=1) / tokens_per_row
+    loss = per_row.mean()
+    with torch.no_grad():
+        count = weights.sum().clamp(min=1.0)
+        clipped_tokens = ((ratio - 1.0).abs() > clip_eps).float() * weights
+        stats = LossStats(
+            loss=float(loss),
+            policy_loss=float(((-torch.minimum(unclipped, clipped)) * weights).sum() / count),
+            kl=float((kl * weights).sum() / count),
+            clip_fraction=float(clipped_tokens.sum() / count),
+            mean_ratio=float((ratio * weights).sum() / count),
+        )
+    return loss, stats

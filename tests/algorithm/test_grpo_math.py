@@ -1,0 +1,102 @@
+"""GRPO maths on tiny tensors: advantages, padding, log-probs, the clipped loss and its gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agl.algorithm.grpo_math import group_advantages, grpo_loss, pad_batch, response_logprobs  # noqa: E402
+
+
+def test_group_advantages_normalise_within_each_group() -> None:
+    adv = group_advantages([1.0, 0.0, 1.0, 0.0, 5.0, 5.0], ["a", "a", "a", "a", "b", "b"])
+    assert torch.allclose(adv[:4], torch.tensor([1.0, -1.0, 1.0, -1.0]), atol=1e-4)
+    assert torch.equal(adv[4:], torch.zeros(2))  # equal rewards carry no signal
+    assert torch.equal(group_advantages([3.0], ["solo"]), torch.zeros(1))
+    with pytest.raises(ValueError, match="same length"):
+        group_advantages([1.0], [])
+
+
+def test_pad_batch_marks_response_tokens() -> None:
+    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6, 7]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 4, 0], [3, 5, 6, 7]]
+    assert attention.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert mask.tolist() == [[False, False, True, False], [False, True, True, True]]
+
+
+class _Bigram(torch.nn.Module):
+    """A tiny model whose logits at each position depend on the current token only."""
+
+    def __init__(self, vocab: int = 5) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        class Out:
+            logits = self.table[input_ids]
+
+        return Out()
+
+
+def test_response_logprobs_match_a_manual_log_softmax() -> None:
+    torch.manual_seed(0)
+    model = _Bigram()
+    ids = torch.tensor([[1, 3, 2]])
+    logp = response_logprobs(model, ids, torch.ones_like(ids))
+    expected = [0.0] + [float(torch.log_softmax(model.table[ids[0, t - 1]], dim=-1)[ids[0, t]]) for t in (1, 2)]
+    assert torch.allclose(logp[0], torch.tensor(expected), atol=1e-6)
+
+
+def test_loss_equals_minus_advantage_when_policies_agree() -> None:
+    logp = torch.tensor([[0.0, -1.0, -2.0]])
+    mask = torch.tensor([[False, True, True]])
+    loss, stats = grpo_loss(logp, logp.clone(), torch.tensor([0.5]), mask)
+    assert math.isclose(float(loss), -0.5, abs_tol=1e-6)
+    assert stats.clip_fraction == 0.0 and math.isclose(stats.mean_ratio, 1.0)
+
+
+def test_clipping_stops_the_gradient_beyond_the_trust_region() -> None:
+    old = torch.tensor([[0.0, -1.0]])
+    mask = torch.tensor([[False, True]])
+    # ratio = e^0.5 ≈ 1.65 > 1.2 with a positive advantage: the clipped term wins, gradient is zero.
+    new = torch.tensor([[0.0, -0.5]], requires_grad=True)
+    loss, stats = grpo_loss(new, old, torch.tensor([1.0]), mask, clip_eps=0.2)
+    loss.backward()
+    assert new.grad is not None and float(new.grad.abs().sum()) == 0.0
+    assert stats.clip_fraction == 1.0
+    # With a negative advantage the unclipped (more pessimistic) term is kept and the gradient flows.
+    new2 = torch.tensor([[0.0, -0.5]], requires_grad=True)
+    loss2, _ = grpo_loss(new2, old, torch.tensor([-1.0]), mask, clip_eps=0.2)
+    loss2.backward()
+    assert new2.grad is not None and float(new2.grad[0, 1]) > 0
+
+
+def test_positive_advantage_pushes_the_token_probability_up() -> None:
+    torch.manual_seed(0)
+    model = _Bigram()
+    ids, attention, mask = pad_batch([[1]], [[3]], pad_id=0)
+    before = float(response_logprobs(model, ids, attention)[0, 1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        new = response_logprobs(model, ids, attention)
+        loss, _ = grpo_loss(new, new.detach(), torch.tensor([1.0]), mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(response_logprobs(model, ids, attention)[0, 1]) > before
+
+
+def test_kl_term_is_zero_at_the_reference_and_positive_away_from_it() -> None:
+    mask = torch.tensor([[True, True]])
+    ref = torch.tensor([[-1.0, -1.0]])
+    _, same = grpo_loss(ref, ref, torch.tensor([0.0]), mask, ref_logp=ref, kl_coef=0.1)
+    _, away = grpo_loss(ref + 0.5, ref + 0.5, torch.tensor([0.0]), mask, ref_logp=ref, kl_coef=0.1)
+    assert same.kl == 0.0 and away.kl > 0.0
+
+
+def test_loss_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        grpo_loss(torch.zeros(1, 2), torch.zeros(1, 3), torch.zeros(1), torch.ones(1, 2, dtype=torch.bool))
