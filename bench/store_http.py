@@ -48,11 +48,12 @@ def _serve(conn: Connection) -> None:
 
     import signal
 
-    from agl.store.server import _new_loop
+    from agl.store.server import _new_loop, tune_gc_for_serving
 
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(announce())
+    tune_gc_for_serving()  # as LightningStoreServer.serve() does in a dedicated server process
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
     from agl.store.http.app import StoreApp
 
-__all__ = ["DEFAULT_PORT", "LightningStoreServer", "PortInUseError", "main"]
+__all__ = ["DEFAULT_PORT", "LightningStoreServer", "PortInUseError", "main", "tune_gc_for_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -407,8 +408,13 @@ class LightningStoreServer(LightningStore):
         finally:
             await self.stop_async()
 
-    def serve(self) -> None:
-        """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server."""
+    def serve(self, *, tune_gc: bool = True) -> None:
+        """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server.
+
+        `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be the server's alone).
+        """
+        if tune_gc:
+            tune_gc_for_serving()
         loop = _new_loop()
         asyncio.set_event_loop(loop)
 
@@ -814,6 +820,17 @@ def _server_class() -> type[uvicorn.Server]:
 
         _SERVER_CLASS = _Server
     return _SERVER_CLASS
+
+
+def tune_gc_for_serving() -> None:
+    """Make the cyclic garbage collector run less often in a process dedicated to serving the store.
+
+    A store holds many long-lived objects that every full collection walks; freezing what exists at start-up
+    and collecting the young generation after 50 000 instead of 700 allocations cut the server's CPU per
+    request by about a fifth in bench/store_http.py. Process-wide: call it only in a process that just serves.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
