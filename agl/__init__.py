@@ -76,6 +76,7 @@ _export("agl.execution.base", "AlgorithmBundle", "ExecutionStrategy", "RunnerBun
 _export("agl.execution.events", "ExecutionEvent", "MultiprocessingEvent", "ThreadingEvent")
 _export("agl.execution.shared_memory", "SharedMemoryExecutionStrategy")
 _export("agl.execution.client_server", "ClientServerExecutionStrategy")
+_export("agl.llm.proxy", "LLMProxy")
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -123,6 +124,7 @@ if TYPE_CHECKING:
     from agl.execution.shared_memory import SharedMemoryExecutionStrategy
     from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
     from agl.litagent.litagent import LitAgent, RolloutRawResult
+    from agl.llm.proxy import LLMProxy
     from agl.logging import configure_logger, setup_logging, setup_module_logging
     from agl.runner.agent import LitAgentRunner
     from agl.runner.base import Runner
