@@ -1,0 +1,37 @@
+"""The `agl` command: `agl store` serves a store over HTTP, `agl demo` trains a small model end to end."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Subcommand -> (module with a `main(argv) -> int`, one-line help). Modules are imported only when chosen.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "store": ("agl.cli.store", "serve a LightningStore over HTTP (memory or SQLite backend)"),
+    "demo": ("agl.cli.demo", "train a small language model with GRPO through the whole AGL loop, on CPU"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `agl <subcommand> [args...]`; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="agl", description="AGL: train any AI agent.")
+    parser.add_argument(
+        "subcommand", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items())
+    )
+    if not args or args[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if args else 2
+    if args[0] not in SUBCOMMANDS:
+        parser.parse_args(args[:1])  # prints the usage error and exits with status 2
+    module = importlib.import_module(SUBCOMMANDS[args[0]][0])
+    result = module.main(args[1:])
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

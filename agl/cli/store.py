@@ -1,0 +1,72 @@
+"""`agl store`: serve a LightningStore over HTTP until Ctrl+C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+logger = logging.getLogger("agl.cli.store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `agl store` argument parser."""
+    parser = argparse.ArgumentParser(prog="agl store", description="Serve a LightningStore over HTTP under /v1/agl.")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
+    parser.add_argument("--port", type=int, default=4747, help="port to bind (default: 4747; 0 picks a free one)")
+    parser.add_argument("--token", default=None, help="bearer token required on every route but health "
+                        "(default: $AGL_STORE_TOKEN, or none)")  # fmt: skip
+    parser.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--path", default=None, help="database file (required with --backend sqlite)")
+    parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL",
+                        help="FULL survives power loss, NORMAL survives a process crash (default: FULL)")  # fmt: skip
+    parser.add_argument("--memory-budget", type=int, default=None,
+                        help="span bytes held in memory before spilling to disk (memory backend)")  # fmt: skip
+    parser.add_argument("--spill-dir", default=None, help="where spilled spans go (memory backend)")
+    parser.add_argument("--spill-max-bytes", type=int, default=None, help="disk budget of the spill")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server; returns 1 on a start-up failure (bad arguments, port in use, unreadable database)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from agl.logging import set_role, setup
+
+    set_role("store")
+    setup(args.log_level)
+    if args.backend == "sqlite" and not args.path:
+        parser.error("--backend sqlite needs --path FILE (the database file to create or resume)")
+    if args.backend == "memory" and args.path:
+        parser.error("--path is only for --backend sqlite")
+
+    from agl.store.base import LightningStore
+    from agl.store.server import LightningStoreServer
+
+    try:
+        store: LightningStore
+        if args.backend == "sqlite":
+            from agl.store.sqlite import SqliteLightningStore
+
+            store = SqliteLightningStore(os.path.abspath(args.path), synchronous=args.sqlite_synchronous)
+        else:
+            from agl.store.memory import InMemoryLightningStore
+
+            budget = args.memory_budget
+            store = InMemoryLightningStore(
+                eviction_memory_threshold=budget,
+                safe_memory_threshold=int(budget * 0.8) if budget is not None else None,
+                spill_dir=args.spill_dir,
+                spill_max_bytes=args.spill_max_bytes,
+            )
+        server = LightningStoreServer(store, host=args.host, port=args.port, token=args.token)
+        logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
+        server.serve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        logger.error("agl store could not start: %s", exc)
+        return 1
+    return 0
