@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import threading
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -468,8 +469,12 @@ class LightningStoreClient(LightningStore):
     ) -> PaginatedResult[Rollout]:
         """Rollouts matching the filters (with their latest attempt attached when they have one)."""
         if status_in is None and status is not None:
+            warnings.warn("query_rollouts(status=...) is deprecated; use status_in", DeprecationWarning, stacklevel=2)
             status_in = status
         if rollout_id_in is None and rollout_ids is not None:
+            warnings.warn(
+                "query_rollouts(rollout_ids=...) is deprecated; use rollout_id_in", DeprecationWarning, stacklevel=2
+            )
             rollout_id_in = rollout_ids
         payload = {
             "status_in": list(status_in) if status_in is not None else None,
