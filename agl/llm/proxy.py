@@ -246,10 +246,6 @@ class _Call:
     start_time: float
     stream: bool
 
-    @property
-    def recorded(self) -> bool:
-        return self.sequence_id is not None
-
 
 class _ProxyHandler:
     """The proxy's request handling, bound to one running server (one event loop, one HTTP client pool)."""

@@ -45,6 +45,7 @@ __all__ = [
     "SPAN_NAMES",
     "STREAM",
     "TEXT_COMPLETION",
+    "WEIGHTS_VERSION",
     "CallFailure",
     "CallKind",
     "ChoiceRecord",
@@ -73,6 +74,8 @@ BACKEND = f"{_PREFIX}.backend"
 BACKEND_MODEL = f"{_PREFIX}.backend_model"
 ENDPOINT = f"{_PREFIX}.endpoint"
 ERROR_BODY = f"{_PREFIX}.error_body"
+WEIGHTS_VERSION = f"{_PREFIX}.weights_version"
+"""The version of the weights that generated the choice, when the backend reports one (AGL's model server)."""
 
 _OPERATION_NAME = "gen_ai.operation.name"
 _HTTP_STATUS = "http.response.status_code"
@@ -206,6 +209,7 @@ class ChoiceRecord:
     token_ids: list[int] | None = None
     logprobs: list[float | None] | None = None
     prompt_token_ids: list[int] | None = None
+    weights_version: Any = None
 
     def _extend_tokens(self, ids: list[int] | None) -> None:
         if ids is not None:
@@ -250,6 +254,7 @@ class ResponseRecord:
     model: str | None = None
     prompt_token_ids: list[int] | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    weights_version: Any = None
     choices: dict[int, ChoiceRecord] = field(default_factory=dict)
     chunks: int = 0
 
@@ -272,6 +277,8 @@ class ResponseRecord:
             self.prompt_token_ids = prompt_ids
         if isinstance(data.get("usage"), dict):
             self.usage = dict(data["usage"])
+        if _scalar(data.get("weights_version")) and data.get("weights_version") is not None:
+            self.weights_version = data["weights_version"]
 
     @classmethod
     def from_json(cls, kind: CallKind, data: dict[str, Any]) -> ResponseRecord:
@@ -296,6 +303,8 @@ class ResponseRecord:
             choice.token_ids = _int_list(raw.get("token_ids"))
             choice.logprobs = _chosen_logprobs(raw.get("logprobs"))
             choice.prompt_token_ids = _int_list(raw.get("prompt_token_ids"))
+            if _scalar(raw.get("weights_version")):
+                choice.weights_version = raw.get("weights_version")
         return record
 
     def add_chunk(self, data: dict[str, Any]) -> None:
@@ -323,6 +332,8 @@ class ResponseRecord:
             prompt_ids = _int_list(raw.get("prompt_token_ids"))
             if prompt_ids is not None and choice.prompt_token_ids is None:
                 choice.prompt_token_ids = prompt_ids
+            if raw.get("weights_version") is not None and _scalar(raw["weights_version"]):
+                choice.weights_version = raw["weights_version"]
 
     def to_json(self) -> dict[str, Any]:
         """The record as a complete OpenAI-shaped response body (used to replay a converted stream)."""
@@ -446,6 +457,9 @@ def _choice_attributes(record: ResponseRecord, choice: ChoiceRecord, count: int)
         attrs[RESPONSE_TOKEN_IDS] = choice.token_ids
     if choice.logprobs is not None:
         attrs[RESPONSE_LOGPROBS] = choice.logprobs
+    weights_version = choice.weights_version if choice.weights_version is not None else record.weights_version
+    if weights_version is not None:
+        attrs[WEIGHTS_VERSION] = weights_version
     attrs[CHOICE_INDEX] = choice.index
     attrs[CHOICE_COUNT] = count
     return attrs

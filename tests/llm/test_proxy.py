@@ -24,7 +24,7 @@ from agl import semconv
 from agl.adapter.messages import TraceToMessages
 from agl.adapter.triplet import LlmProxyTraceToTriplet, TracerTraceToTriplet
 from agl.llm.proxy import LLMProxy, get_active_llm_proxy, parse_model_list
-from agl.llm.proxy_trace import CHOICE_COUNT, CHOICE_INDEX, SSEParser
+from agl.llm.proxy_trace import CHOICE_COUNT, CHOICE_INDEX, WEIGHTS_VERSION, SSEParser
 from agl.store.base import LightningStore, LightningStoreCapabilities
 from agl.store.memory import InMemoryLightningStore
 from agl.types.resources import LLM, ProxyLLM
@@ -124,6 +124,7 @@ class Backend:
             "created": 1,
             "model": model,
             "choices": choices,
+            "weights_version": 3,
             "usage": {
                 "prompt_tokens": len(prompt_ids(body)),
                 "completion_tokens": sum(len(reply_text(body, i)) for i in range(n)),
@@ -182,8 +183,11 @@ class Backend:
                     )
                 extra = head if (not chat and k == 0) else {}
                 yield event([piece], **extra)
-                await asyncio.sleep(0)
-        finals = [{"index": i, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})} for i in range(n)]
+                await asyncio.sleep(0.05 if body["model"] == "slow" else 0)
+        finals = [
+            {"index": i, "finish_reason": "stop", "weights_version": 3, **({"delta": {}} if chat else {"text": ""})}
+            for i in range(n)
+        ]
         yield event(finals)
         yield b"data: [DONE]\r\n\r\n"
 
@@ -241,6 +245,7 @@ def model_list(backend: Backend) -> list[dict[str, Any]]:
         entry("broken400", "fail-400"),
         entry("broken503", "fail-503"),
         entry("cut", "cut"),
+        entry("slow", "slow"),
         entry("down", "tiny", f"http://127.0.0.1:{_free_port()}/v1"),
     ]
 
@@ -444,6 +449,7 @@ async def test_n_choices_give_one_span_per_choice(proxy: LLMProxy, store: InMemo
         assert span.attributes["response_logprobs"] == reply_logprobs(text)
         assert span.attributes["gen_ai.completion.0.content"] == text
         assert span.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(text)
+        assert span.attributes[WEIGHTS_VERSION] == 3
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------
@@ -519,6 +525,23 @@ async def test_stream_breaking_off_is_recorded_as_error(proxy: LLMProxy, store: 
     assert "response_token_ids" not in span.attributes
 
 
+async def test_agent_leaving_mid_stream_is_recorded(proxy: LLMProxy, store: InMemoryLightningStore) -> None:
+    rid, aid = await new_attempt(store)
+    url = proxy.as_resource(model="tiny").get_base_url(rid, aid) + "/chat/completions"
+    async with httpx.AsyncClient() as http:
+        async with http.stream("POST", url, json={"model": "slow", "messages": MESSAGES, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # leave after the first event
+    for _ in range(200):
+        spans = await spans_of(store, rid)
+        if spans:
+            break
+        await asyncio.sleep(0.02)
+    (span,) = spans
+    assert span.status.status_code == "ERROR" and "closed the stream" in (span.status.description or "")
+
+
 async def test_unknown_model_is_404_listing_known_models(proxy: LLMProxy, store: InMemoryLightningStore) -> None:
     rid, aid = await new_attempt(store)
     async with client_for(proxy, rid, aid) as client:
@@ -560,7 +583,7 @@ async def test_untagged_path_is_proxied_without_spans(
         models = await client.models.list()
         embedding = await client.embeddings.create(model="tiny", input="hi")
     assert answer.choices[0].message.content == reply_text(CHAT_PROMPT, 0)
-    assert [m.id for m in models.data] == ["tiny", "broken400", "broken503", "cut", "down"]
+    assert [m.id for m in models.data] == ["tiny", "broken400", "broken503", "cut", "slow", "down"]
     assert embedding.data[0].embedding == [0.5, 0.25] and backend.requests[-1]["model"] == "tiny-backend"
     assert await spans_of(store, rid) == []
     assert (await store.statistics()).get("total_spans", 0) == 0
@@ -766,3 +789,28 @@ def test_sse_parser_splits_across_chunk_boundaries() -> None:
     events.extend(parser.close())
     assert [data for _, data in events] == ['{"a": 1}', None, "line1\nline2", "[DONE]"]
     assert b"".join(raw for raw, _ in events) == stream
+
+
+async def test_mp_mode_records_through_a_store_server(backend: Backend) -> None:
+    from agl.store.server import LightningStoreServer
+
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0)
+    await server.start_async()
+    try:
+        proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=server, launch_mode="mp")
+        await proxy.start()
+        try:
+            assert proxy.is_running()
+            rid, aid = await new_attempt(server)
+            async with client_for(proxy, rid, aid) as client:
+                await client.chat.completions.create(model="tiny", messages=MESSAGES)
+                async for _ in await client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True):
+                    pass
+        finally:
+            await proxy.stop()
+        assert not proxy.is_running()
+        spans = await spans_of(server, rid)
+        assert [s.sequence_id for s in spans] == [1, 2]
+        assert all(s.attributes["response_token_ids"] == reply_ids(reply_text(CHAT_PROMPT, 0)) for s in spans)
+    finally:
+        await server.stop_async()
