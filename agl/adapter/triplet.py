@@ -503,9 +503,11 @@ class LlmProxyTraceToTriplet(TraceToTripletBase):
             call = _proxy_call(span)
             if call is None:
                 continue
-            key: Any = call.response_id
-            if key is None:
-                key = (span.sequence_id, tuple(call.prompt_ids), tuple(call.response_ids))
+            # One response with n choices is n calls (the proxy writes one span per choice).
+            choice = span.attributes.get("agentlightning.llm_proxy.choice_index")
+            key: Any = (call.response_id, choice)
+            if call.response_id is None:
+                key = (span.sequence_id, choice, tuple(call.prompt_ids), tuple(call.response_ids))
             if key in seen:
                 continue
             seen.add(key)

@@ -643,11 +643,6 @@ async def test_llm_proxy_trace_to_triplet_over_stored_spans(proxy: LLMProxy, sto
     assert [t.response["token_ids"] for t in tracer_side] == [t.response["token_ids"] for t in triplets]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LlmProxyTraceToTriplet de-duplicates calls by gen_ai.response.id alone, so the n spans of one "
-    "n>1 response collapse to one triplet; it needs to key on (response id, agentlightning.llm_proxy.choice_index)",
-)
 async def test_llm_proxy_trace_to_triplet_n_choices(proxy: LLMProxy, store: InMemoryLightningStore) -> None:
     rid, aid = await new_attempt(store)
     async with client_for(proxy, rid, aid) as client:
