@@ -293,6 +293,14 @@ class LightningStore:
         """
         raise _abstract("wait_for_rollouts")
 
+    async def run_health_checks(self) -> None:
+        """Apply the timeout / unresponsive rules now (AGL extension; stores without health rules do nothing).
+
+        Stores also apply them lazily at the start of most calls; a server calls this on a timer so a silent or
+        stuck attempt is noticed even when nobody calls the store.
+        """
+        return None
+
     async def close(self) -> None:
         """Release what the store holds (connections, files, threads)."""
         return None

@@ -222,8 +222,13 @@ class InMemoryLightningStore(LightningStore):
     def _plain(record: _RolloutRecord) -> Rollout:
         return copy_model(record.rollout)
 
-    def _maybe_scan(self, now: float) -> None:
-        if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
+    def _maybe_scan(self, now: float, *, force: bool = False) -> None:
+        if (
+            not force
+            and self._scan_debounce > 0
+            and self._last_scan is not None
+            and now - self._last_scan < self._scan_debounce
+        ):
             return
         self._last_scan = now
         for rollout_id in list(self._watched):
@@ -351,6 +356,11 @@ class InMemoryLightningStore(LightningStore):
                 continue
             return record, self._new_attempt(record, worker_id, now)
         return None
+
+    async def run_health_checks(self) -> None:
+        """Apply the timeout / unresponsive rules to running rollouts now, whatever the debounce says."""
+        with self._lock:
+            self._maybe_scan(self._clock(), force=True)
 
     # -- rollouts and the queue -------------------------------------------------------------------------------
     async def start_rollout(

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
@@ -149,6 +149,8 @@ class LightningStoreServer(LightningStore):
         gzip_min_bytes: responses above this size are gzipped for clients that accept gzip.
         startup_timeout: seconds to wait for the server to accept connections.
         log_level: uvicorn's log level.
+        health_check_interval: seconds between the store's timeout / unresponsive checks run by the server itself
+            (so a stuck attempt is noticed even when nobody calls the store); 0 disables them.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class LightningStoreServer(LightningStore):
         startup_timeout: float = 60.0,
         log_level: str = "warning",
         backlog: int = 2048,
+        health_check_interval: float = 1.0,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -194,6 +197,8 @@ class LightningStoreServer(LightningStore):
         self._thread_error: BaseException | None = None
         self._client: LightningStoreClient | None = None
         self._app: StoreApp | None = None
+        self.health_check_interval = float(health_check_interval)
+        self._draining = False
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -265,7 +270,24 @@ class LightningStoreServer(LightningStore):
 
         server = _server_class()(config)
         server.handle_signals = handle_signals  # type: ignore[attr-defined]
+        server.health_check = self.store.run_health_checks  # type: ignore[attr-defined]
+        server.health_check_interval = self.health_check_interval  # type: ignore[attr-defined]
+        app.draining = self._draining
         return server
+
+    def begin_drain(self) -> None:
+        """Tell remote runners the run is ending: from now on the health route answers `"status": "draining"`.
+
+        Safe from any thread and idempotent; the server keeps serving every route so runners can finish.
+        """
+        self._draining = True
+        if self._app is not None:
+            self._app.draining = True
+
+    @property
+    def draining(self) -> bool:
+        """Whether `begin_drain()` was called."""
+        return self._draining
 
     def _check_startable(self) -> None:
         if self.store is None or os.getpid() != self._owner_pid:
@@ -783,6 +805,10 @@ class LightningStoreServer(LightningStore):
         result: list[Rollout] = await self._call("wait_for_rollouts", rollout_ids=rollout_ids, timeout=timeout)
         return result
 
+    async def run_health_checks(self) -> None:
+        """Apply the wrapped store's timeout / unresponsive rules now (the server also does it on a timer)."""
+        await self._call("run_health_checks")
+
     async def close(self) -> None:
         """Stop serving (if running) and close the HTTP client of a copy in another process.
 
@@ -807,6 +833,9 @@ def _server_class() -> type[uvicorn.Server]:
         class _Server(uvicorn.Server):
             handle_signals = False
             on_started: Callable[[], None] | None = None
+            health_check: Callable[[], Awaitable[None]] | None = None
+            health_check_interval: float = 1.0
+            _health_task: asyncio.Task[None] | None = None
 
             def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
                 if self.handle_signals:
@@ -815,8 +844,26 @@ def _server_class() -> type[uvicorn.Server]:
 
             async def startup(self, sockets: list[socket.socket] | None = None) -> None:
                 await super().startup(sockets=sockets)
+                if self.started and self.health_check is not None and self.health_check_interval > 0:
+                    self._health_task = asyncio.ensure_future(self._check_health_forever())
                 if self.started and self.on_started is not None:
                     self.on_started()
+
+            async def _check_health_forever(self) -> None:
+                assert self.health_check is not None
+                while True:
+                    await asyncio.sleep(self.health_check_interval)
+                    try:
+                        await self.health_check()
+                    except Exception:
+                        logger.exception("the store's periodic health check failed")
+
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                if self._health_task is not None:
+                    self._health_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._health_task
+                await super().shutdown(sockets=sockets)
 
         _SERVER_CLASS = _Server
     return _SERVER_CLASS

@@ -512,9 +512,14 @@ class SqliteLightningStore(LightningStore):
                 self._set_rollout_status(db, rollout, new, now)
         self._sync_worker(db, attempt, now)
 
-    def _maybe_scan(self, now: float) -> None:
+    def _maybe_scan(self, now: float, *, force: bool = False) -> None:
         """Apply the timeout / unresponsive rules to claimed rollouts, unless a scan ran within the debounce."""
-        if self._scan_debounce > 0 and self._last_scan is not None and now - self._last_scan < self._scan_debounce:
+        if (
+            not force
+            and self._scan_debounce > 0
+            and self._last_scan is not None
+            and now - self._last_scan < self._scan_debounce
+        ):
             return
         self._last_scan = now
         db = self._conn()
@@ -603,6 +608,11 @@ class SqliteLightningStore(LightningStore):
         worker = self._get_worker(db, worker_id)
         current = None if worker is None else {"status": worker.status}
         self._write_worker(db, worker_id, state.worker_fields_for_empty_dequeue(current, now))
+
+    async def run_health_checks(self) -> None:
+        """Apply the timeout / unresponsive rules to running rollouts now, whatever the debounce says."""
+        with self._lock:
+            self._maybe_scan(self._clock(), force=True)
 
     # -- rollouts and the queue -----------------------------------------------------------------------------
     async def start_rollout(

@@ -445,6 +445,8 @@ class StoreApp:
         self.max_body_bytes = max_body_bytes
         self.gzip_min_bytes = gzip_min_bytes
         self.gzip_level = gzip_level
+        self.draining = False
+        """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: list[_Route] = []
@@ -651,7 +653,7 @@ class StoreApp:
         add("GET", "/statistics", self._statistics)
 
     async def _health(self, request: Request) -> Response:
-        return _ok({"status": "ok", "server": "agl", "features": FEATURES})
+        return _ok({"status": "draining" if self.draining else "ok", "server": "agl", "features": FEATURES})
 
     async def _enqueue(self, request: Request) -> Response:
         body: _EnqueueBody = _parse_body(_EnqueueBody, request.body)

@@ -30,7 +30,7 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "idempotent-replayed"
 """Response header set to `true` when the answer is a replay of an earlier request with the same key."""
 
-FEATURES = ("spans_batch", "span_sequence_batch", "idempotency", "gzip", "otlp_json")
+FEATURES = ("spans_batch", "span_sequence_batch", "idempotency", "gzip", "otlp_json", "drain")
 """AGL extensions this server offers, listed by `GET /v1/agl/health` (an upstream server lists none)."""
 
 
