@@ -176,7 +176,8 @@ class GenerationEngine:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the engine thread after its current batch; requests still queued fail with an error event."""
+        """Stop the engine thread: the running batch ends at its next step; its unfinished sequences and the queued
+        requests end with an error event (`finish_reason="error"`)."""
         thread = self._thread
         if thread is None:
             return
@@ -345,6 +346,9 @@ class GenerationEngine:
                 keep = [row for row, done in enumerate(finished) if not done]
                 if not keep:
                     break
+                if self._stopping:
+                    self._abort([live[row] for row in keep], "the model server is shutting down")
+                    break
                 if len(keep) < len(live):
                     index = torch.tensor(keep, dtype=torch.long)
                     cache.batch_select_indices(index)
@@ -357,6 +361,14 @@ class GenerationEngine:
                 tokens = torch.tensor(next_ids, dtype=torch.long).unsqueeze(-1)
                 logits = self._forward(tokens, attention, positions, cache)
         self.stats.generate_seconds += time.perf_counter() - started
+
+    def _abort(self, sequences: Sequence[_Sequence], message: str) -> None:
+        by_request: dict[int, tuple[GenerationRequest, list[SequenceEvent]]] = {}
+        for seq in sequences:
+            entry = by_request.setdefault(id(seq.request), (seq.request, []))
+            entry[1].append(SequenceEvent(index=seq.index, finish_reason="error", error=message))
+        for request, events in by_request.values():
+            _deliver(request, events)
 
     def _forward(
         self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, cache: Any

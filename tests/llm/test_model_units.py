@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,29 @@ def test_queued_requests_fail_clearly_when_the_engine_stops(model: Any, tokenize
         engine.submit(GenerationRequest(prompt_ids=[1], params=SamplingParams(max_tokens=1), sink=lambda e: None))
     with pytest.raises(ValueError, match="max_batch_size"):
         GenerationEngine(model, tokenizer, max_batch_size=0)
+
+
+def test_stopping_ends_a_running_batch_with_an_error(model: Any, tokenizer: Any) -> None:
+    engine = GenerationEngine(model, tokenizer)
+    engine.start()
+    finished = threading.Event()
+    seen: list[SequenceEvent] = []
+
+    def slow_sink(events: list[SequenceEvent]) -> None:
+        seen.extend(events)
+        if any(e.finish_reason for e in events):
+            finished.set()
+        time.sleep(0.01)
+
+    params = SamplingParams(max_tokens=200, ignore_eos=True)
+    engine.submit(GenerationRequest(prompt_ids=[5, 6, 7], params=params, sink=slow_sink))
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.stop()
+    assert finished.wait(5) and not engine.running
+    assert seen[-1].finish_reason == "error" and "shutting down" in (seen[-1].error or "")
+    assert len(seen) < 200
 
 
 def test_update_weights_rejects_mismatched_weights(model: Any, tokenizer: Any) -> None:
