@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="span bytes held in memory before spilling to disk (memory backend)")  # fmt: skip
     parser.add_argument("--spill-dir", default=None, help="where spilled spans go (memory backend)")
     parser.add_argument("--spill-max-bytes", type=int, default=None, help="disk budget of the spill")
+    parser.add_argument("--health-check-interval", type=float, default=1.0,
+                        help="seconds between the server's timeout/unresponsive checks (0: off; default 1)")  # fmt: skip
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
     return parser
 
@@ -63,7 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spill_dir=args.spill_dir,
                 spill_max_bytes=args.spill_max_bytes,
             )
-        server = LightningStoreServer(store, host=args.host, port=args.port, token=args.token)
+        server = LightningStoreServer(
+            store,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            health_check_interval=args.health_check_interval,
+        )
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
         server.serve()
     except (OSError, RuntimeError, ValueError) as exc:
