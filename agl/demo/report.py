@@ -1,0 +1,114 @@
+"""What the demo shows: a progress line per step, a before/after table, a reward-curve PNG and a JSON log."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from agl.algorithm.grpo import StepLog
+
+__all__ = ["Progress", "before_after_table", "write_json", "write_png"]
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A progress bar over training steps: step, reward, held-out success, elapsed and ETA.
+
+    On a terminal the bar redraws in place; otherwise (CI logs) each step prints one line.
+    """
+
+    def __init__(self, total_steps: int, stream: TextIO | None = None, width: int = 24) -> None:
+        self.total = total_steps
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.started = time.monotonic()
+        self.last_eval: float | None = None
+        self.tty = self.stream.isatty()
+
+    def __call__(self, log: StepLog) -> None:
+        if log.kind == "eval":
+            self.last_eval = log.reward_mean
+            if log.step == 0:
+                self._print(f"held-out success before training: {log.reward_mean:.0%} ({log.samples} problems)")
+            return
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / log.step * (self.total - log.step)
+        done = int(self.width * log.step / self.total)
+        bar = "█" * done + "·" * (self.width - done)
+        held = f" | held-out {self.last_eval:.0%}" if self.last_eval is not None else ""
+        line = (
+            f"step {log.step:>3}/{self.total} |{bar}| reward {log.reward_mean:.2f}{held} "
+            f"| {_clock(elapsed)} elapsed, ETA {_clock(eta)}"
+        )
+        if self.tty:
+            end = "\n" if log.step == self.total else ""
+            self.stream.write("\r" + line + end)
+            self.stream.flush()
+        else:
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        if self.tty:
+            self.stream.write("\r")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def before_after_table(history: Sequence[StepLog]) -> str:
+    """A table of held-out success before and after training."""
+    evals = [h for h in history if h.kind == "eval"]
+    if not evals:
+        return "(no evaluation was run)"
+    before, after = evals[0], evals[-1]
+    rows = [
+        ("", "before", "after", "change"),
+        (
+            "held-out success",
+            f"{before.reward_mean:.1%}",
+            f"{after.reward_mean:.1%}",
+            f"{(after.reward_mean - before.reward_mean) * 100:+.1f} pts",
+        ),
+        ("weights", before.weights_version, after.weights_version, ""),
+        ("problems", str(before.samples), str(after.samples), ""),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(path: Path, history: Sequence[StepLog], settings: dict[str, Any]) -> None:
+    """Every step and evaluation, with the settings of the run."""
+    path.write_text(json.dumps({"settings": settings, "history": [asdict(h) for h in history]}, indent=2))
+
+
+def write_png(path: Path, history: Sequence[StepLog], title: str) -> None:
+    """The reward curve (training reward per step, held-out success at each evaluation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if h.kind == "train"]
+    evals = [h for h in history if h.kind == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot([h.step for h in train], [h.reward_mean for h in train], marker=".", label="training reward (sampled)")
+    ax.plot([h.step for h in evals], [h.reward_mean for h in evals], marker="o", label="held-out success (greedy)")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""Wire the demo: tasks, the GRPO algorithm, the `cs` strategy with runner processes, and the reports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main", "run_demo"]
+
+logger = logging.getLogger("agl.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `agl demo` options."""
+    parser = argparse.ArgumentParser(
+        prog="agl demo",
+        description="Train SmolLM2-135M-Instruct with GRPO to add numbers, through the whole AGL loop, on CPU.",
+    )
+    parser.add_argument("--model", default=None, help="model path (.gguf file or HF directory); default: SmolLM2")
+    parser.add_argument("--steps", type=int, default=20, help="GRPO steps (default 20)")
+    parser.add_argument("--runners", type=int, default=2, help="runner processes (default 2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="rollouts each runner runs at once (default 16)")
+    parser.add_argument("--tasks-per-step", type=int, default=4, help="problems per step (default 4)")
+    parser.add_argument("--group-size", type=int, default=8, help="samples per problem (default 8)")
+    parser.add_argument("--eval-size", type=int, default=64, help="held-out problems (default 64)")
+    parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N steps (default 5)")
+    parser.add_argument("--max-value", type=int, default=30, help="largest operand (default 30)")
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="agl-demo-output", help="directory for the PNG and JSON log")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def split_tasks(max_value: int, eval_size: int, seed: int) -> tuple[list[dict[str, int]], list[dict[str, int]]]:
+    """Every addition problem with operands 1..max_value, shuffled, split into disjoint train and held-out sets."""
+    pairs = [{"a": a, "b": b} for a in range(1, max_value + 1) for b in range(1, max_value + 1)]
+    random.Random(seed).shuffle(pairs)
+    if eval_size >= len(pairs):
+        raise ValueError(f"--eval-size {eval_size} leaves no training problems (only {len(pairs)} exist)")
+    return pairs[eval_size:], pairs[:eval_size]
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the demo; returns a summary (before/after success, paths, seconds)."""
+    from agl.algorithm.grpo import GRPO, GRPOConfig
+    from agl.demo.arithmetic import arithmetic_agent
+    from agl.demo.report import Progress, before_after_table, write_json, write_png
+    from agl.llm.model import default_gguf_path
+    from agl.logging import setup
+    from agl.tracer.dummy import DummyTracer
+    from agl.trainer.trainer import Trainer
+
+    setup(args.log_level)
+    if args.model is not None and not Path(args.model).exists():
+        raise FileNotFoundError(f"--model {args.model!r} does not exist (give a .gguf file or a model directory)")
+    if args.model is None:
+        default_gguf_path()  # a clear error now, naming the pip command, if the model package is missing
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = GRPOConfig(
+        steps=args.steps,
+        tasks_per_step=args.tasks_per_step,
+        group_size=args.group_size,
+        learning_rate=args.learning_rate,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        kl_coef=args.kl_coef,
+        eval_every=args.eval_every,
+        eval_size=args.eval_size,
+        seed=args.seed,
+    )
+    train, held_out = split_tasks(args.max_value, args.eval_size, args.seed)
+    progress = Progress(args.steps)
+    algorithm = GRPO(config, model=args.model, on_log=progress)
+    trainer = Trainer(
+        algorithm=algorithm,
+        n_runners=args.runners,
+        strategy={"type": "cs", "server_port": 0, "graceful_timeout": 10.0},
+        tracer=DummyTracer(),
+        runner={"type": "agl.runner.agent.LitAgentRunner", "concurrency": args.concurrency, "poll_interval": 0.5},
+    )
+    started = time.monotonic()
+    print(
+        f"AGL demo: GRPO on {'SmolLM2-135M-Instruct' if args.model is None else args.model}, {args.steps} steps of "
+        f"{args.tasks_per_step}×{args.group_size} rollouts, {args.runners} runners (cs strategy), seed {args.seed}",
+        flush=True,
+    )
+    trainer.fit(arithmetic_agent, train, val_dataset=held_out)
+    seconds = time.monotonic() - started
+    history = algorithm.history
+    settings = {**asdict(config), "runners": args.runners, "concurrency": args.concurrency, "model": args.model,
+                "max_value": args.max_value, "seconds": seconds}  # fmt: skip
+    json_path, png_path = out / "demo_log.json", out / "reward_curve.png"
+    write_json(json_path, history, settings)
+    write_png(png_path, history, f"AGL demo: GRPO on SmolLM2-135M (seed {args.seed})")
+    print()
+    print(before_after_table(history))
+    print(f"\n{seconds:.0f} s in all. Reward curve: {png_path}  Log: {json_path}")
+    evals = [h for h in history if h.kind == "eval"]
+    return {
+        "before": evals[0].reward_mean if evals else None,
+        "after": evals[-1].reward_mean if evals else None,
+        "seconds": seconds,
+        "png": str(png_path),
+        "json": str(json_path),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`agl demo`: returns 0 on success, 1 with a clear message on a bad option or a failure."""
+    args = build_parser().parse_args(argv)
+    try:
+        run_demo(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        logger.error("agl demo failed: %s", exc)
+        print(f"agl demo failed: {exc}")
+        return 1
+    return 0
