@@ -1,8 +1,9 @@
 """The demo's task: add two small numbers, with a reward anyone can verify.
 
-Why this task: SmolLM2-135M-Instruct gets it right only some of the time before training (it often answers with
-a wrong number or with extra words), the answer is checked exactly without a judge model, and a reply needs only a
-few tokens, so a GRPO step costs seconds on a CPU.
+Why this task: SmolLM2-135M-Instruct gets it right only some of the time before training (about 30 % with greedy
+decoding for operands 1-20, measured; it mostly answers "The answer is N." with a wrong N), so there is room to
+learn and enough right answers to learn from; the answer is checked exactly without a judge model; and a reply
+needs only a few tokens, so a GRPO step costs seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ from typing import Any
 from agl.litagent.decorator import llm_rollout
 from agl.types.resources import LLM
 
-__all__ = ["arithmetic_agent", "make_tasks", "prompt_for", "score"]
+__all__ = ["SYSTEM_PROMPT", "arithmetic_agent", "make_tasks", "messages_for", "score"]
+
+SYSTEM_PROMPT = "You are a calculator. Reply with only the number."
 
 _INT = re.compile(r"-?\d+")
 
 
-def make_tasks(n: int, seed: int, low: int = 1, high: int = 30) -> list[dict[str, int]]:
+def make_tasks(n: int, seed: int, low: int = 1, high: int = 20) -> list[dict[str, int]]:
     """`n` addition problems with operands in [low, high]."""
     rng = random.Random(seed)
     return [{"a": rng.randint(low, high), "b": rng.randint(low, high)} for _ in range(n)]
 
 
-def prompt_for(task: dict[str, int]) -> str:
-    """The user message for a task."""
-    return f"{task['a']} + {task['b']} ="
+def messages_for(task: dict[str, int]) -> list[dict[str, str]]:
+    """The chat messages for a task."""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"{task['a']} + {task['b']} ="}]
 
 
 def score(reply: str, task: dict[str, int]) -> float:
@@ -56,7 +59,7 @@ async def arithmetic_agent(task: dict[str, int], llm: LLM) -> float:
     params = llm.sampling_parameters
     response = await _client(llm.get_base_url()).chat.completions.create(
         model=llm.model,
-        messages=[{"role": "user", "content": prompt_for(task)}],
+        messages=messages_for(task),
         temperature=float(params.get("temperature", 0.7)),
         max_tokens=int(params.get("max_tokens", 12)),
     )

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group-size", type=int, default=8, help="samples per problem (default 8)")
     parser.add_argument("--eval-size", type=int, default=64, help="held-out problems (default 64)")
     parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N steps (default 5)")
-    parser.add_argument("--max-value", type=int, default=30, help="largest operand (default 30)")
+    parser.add_argument("--max-value", type=int, default=20, help="largest operand (default 20)")
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-new-tokens", type=int, default=12)
