@@ -249,8 +249,8 @@ class LightningStoreServer(LightningStore):
         try:
             from agl.store.http.protocol import protocol_class
 
-            http = protocol_class()
-        except ImportError:  # no httptools: uvicorn's pure-Python protocol
+            http = protocol_class(app)
+        except ImportError:  # no httptools: uvicorn's pure-Python protocol on the ASGI app
             http = "h11"
         config = uvicorn.Config(
             app,
@@ -858,12 +858,63 @@ def _server_class() -> type[uvicorn.Server]:
                     except Exception:
                         logger.exception("the store's periodic health check failed")
 
+            # uvicorn polls `should_exit` every 0.1 s and sleeps 0.1 s more on shutdown; here setting it wakes the
+            # main loop at once and shutdown waits only as long as connections and requests are still busy.
+            _exit_flag = False
+            _wake: asyncio.Event | None = None
+            _wake_loop: asyncio.AbstractEventLoop | None = None
+
+            @property
+            def should_exit(self) -> bool:
+                return self._exit_flag
+
+            @should_exit.setter
+            def should_exit(self, value: bool) -> None:
+                self._exit_flag = value
+                loop, wake = self._wake_loop, self._wake
+                if value and loop is not None and wake is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                        loop.call_soon_threadsafe(wake.set)
+
+            async def main_loop(self) -> None:
+                self._wake = asyncio.Event()
+                self._wake_loop = asyncio.get_running_loop()
+                counter = 0
+                while not await self.on_tick(counter):
+                    counter = (counter + 10) % 864000  # uvicorn counts 0.1 s ticks; each turn here is ~1 s
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+
             async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
                 if self._health_task is not None:
                     self._health_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._health_task
-                await super().shutdown(sockets=sockets)
+                loop = asyncio.get_running_loop()
+                for listener in self.servers:
+                    listener.close()
+                for sock in sockets or []:
+                    sock.close()
+                state = self.server_state
+                for connection in list(state.connections):
+                    connection.shutdown()
+                deadline = loop.time() + (self.config.timeout_graceful_shutdown or 0.0)
+                while (state.connections or state.tasks) and not self.force_exit:
+                    if loop.time() >= deadline:
+                        logger.error("cancelling %d request(s) still running at shutdown", len(state.tasks))
+                        for task in list(state.tasks):
+                            task.cancel()
+                        for connection in list(state.connections):
+                            transport = getattr(connection, "transport", None)
+                            if transport is not None:
+                                transport.close()
+                        break
+                    await asyncio.sleep(0.005)
+                for listener in self.servers:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(listener.wait_closed(), max(0.1, deadline - loop.time()))
+                if not self.force_exit:
+                    await self.lifespan.shutdown()
 
         _SERVER_CLASS = _Server
     return _SERVER_CLASS

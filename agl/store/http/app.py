@@ -48,6 +48,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
+_API_SLASH = API_PREFIX + "/"
+_API_LEN = len(API_PREFIX)
 
 
 class HTTPError(Exception):
@@ -449,7 +451,7 @@ class StoreApp:
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
-        self._dynamic: list[_Route] = []
+        self._dynamic: dict[tuple[str, int], list[_Route]] = {}
         self._register_routes()
 
     # -- ASGI entry point --------------------------------------------------------------------------------------
@@ -463,14 +465,57 @@ class StoreApp:
             return
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1")
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        accept_gzip = b"gzip" in headers.get(b"accept-encoding", b"")
+        query: bytes = scope.get("query_string", b"")
         try:
-            response = await self._dispatch(method, path, scope, headers, receive)
+            response = await self._dispatch(method, raw_path.decode("latin-1"), query, headers, None, receive)
         except HTTPError as exc:
             response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
-        await self._send(send, response, accept_gzip)
+        body, extra = self.encode(response, headers)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(
+        self, method: str, path: str, query_string: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Response:
+        """Answer one request whose (still encoded) body was read whole; the server's own protocol calls this.
+
+        `headers` maps lower-case names to values; `path` is the raw (still percent-encoded) path.
+        """
+        try:
+            return await self._dispatch(method, path, query_string, headers, body, None)
+        except HTTPError as exc:
+            return Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+
+    def too_large_response(self) -> Response:
+        """The 413 answer to a request whose declared or received body exceeds `max_body_bytes`."""
+        detail = f"Request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
+        return Response(413, _encode_detail(detail))
+
+    def encode(
+        self, response: Response, request_headers: dict[bytes, bytes]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The body to send (gzipped when large and accepted) and the headers beyond content type and length."""
+        body = response.body
+        extra: list[tuple[bytes, bytes]] = []
+        if len(body) > self.gzip_min_bytes and b"gzip" in request_headers.get(b"accept-encoding", b""):
+            compressor = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
+            body = compressor.compress(body) + compressor.flush()
+            extra.append((b"content-encoding", b"gzip"))
+            extra.append((b"vary", b"accept-encoding"))
+        if response.headers:
+            extra.extend(response.headers)
+        return body, extra
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -480,20 +525,6 @@ class StoreApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    async def _send(self, send: Send, response: Response, accept_gzip: bool) -> None:
-        body = response.body
-        headers = [(b"content-type", response.content_type)]
-        if accept_gzip and len(body) > self.gzip_min_bytes:
-            compressor = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
-            body = compressor.compress(body) + compressor.flush()
-            headers.append((b"content-encoding", b"gzip"))
-            headers.append((b"vary", b"accept-encoding"))
-        headers.append((b"content-length", str(len(body)).encode()))
-        if response.headers:
-            headers.extend(response.headers)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         """The request body, decompressed if gzipped; HTTPError 413 beyond `max_body_bytes`."""
@@ -556,32 +587,46 @@ class StoreApp:
             )
 
     async def _dispatch(
-        self, method: str, path: str, scope: Scope, headers: dict[bytes, bytes], receive: Receive
+        self,
+        method: str,
+        path: str,
+        query_string: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes | None,
+        receive: Receive | None,
     ) -> Response:
-        if not path.startswith(API_PREFIX + "/"):
-            return await self._dispatch_other(method, path, headers, receive)
-        sub = path[len(API_PREFIX) :]
+        """Route and answer a request; `body` is the whole raw body, or None to read it with `receive` (ASGI)."""
+        if not path.startswith(_API_SLASH):
+            return await self._dispatch_other(method, path, headers, body, receive)
+        sub = path[_API_LEN:]
         route = self._static.get((method, sub))
-        params: dict[str, str] | None = {}
+        params: dict[str, str] | None = None
         if route is None:
             parts = sub.strip("/").split("/")
-            for candidate in self._dynamic:
-                if candidate.method != method:
-                    continue
+            for candidate in self._dynamic.get((method, len(parts)), ()):
                 params = candidate.match(parts)
                 if params is not None:
                     route = candidate
                     break
             if route is None:
                 raise self._no_route(sub)
-        if not route.public:
+        if not route.public and self._auth is not None:
             self._check_auth(headers)
-        body = await self.read_body(headers, receive) if method == "POST" else b""
-        request = Request(method, params or {}, scope.get("query_string", b""), headers, body)
+        if method != "POST":
+            body = b""
+        elif body is None:
+            assert receive is not None
+            body = await self.read_body(headers, receive)
+        else:
+            encoding = headers.get(b"content-encoding")
+            if encoding:
+                body = self._decode_content(encoding, body)
+        request = Request(method, params or {}, query_string, headers, body)
         handler = route.handler
-        key = headers.get(b"idempotency-key")
-        if key and not route.idempotent:
-            return await self._idempotency.run(key.decode("latin-1"), hash((path, body)), handler, request)
+        if not route.idempotent:
+            key = headers.get(b"idempotency-key")
+            if key:
+                return await self._idempotency.run(key.decode("latin-1"), hash((path, body)), handler, request)
         try:
             return await handler(request)
         except HTTPError:
@@ -591,12 +636,14 @@ class StoreApp:
 
     def _no_route(self, sub: str) -> HTTPError:
         parts = sub.strip("/").split("/")
-        for route in [*self._static.values(), *self._dynamic]:
+        for route in [*self._static.values(), *(r for routes in self._dynamic.values() for r in routes)]:
             if route.match(parts) is not None:
                 return HTTPError(405, "Method Not Allowed")
         return HTTPError(404, "Not Found")
 
-    async def _dispatch_other(self, method: str, path: str, headers: dict[bytes, bytes], receive: Receive) -> Response:
+    async def _dispatch_other(
+        self, method: str, path: str, headers: dict[bytes, bytes], body: bytes | None, receive: Receive | None
+    ) -> Response:
         if path in ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development/profiles"):
             if method != "POST":
                 raise HTTPError(405, "Method Not Allowed")
@@ -604,6 +651,12 @@ class StoreApp:
             if path != "/v1/traces":
                 return Response(501, b"", b"text/plain")
             from agl.store.http.otlp import handle_otlp_traces
+
+            if receive is None:
+                whole = body if body is not None else b""
+
+                async def receive() -> dict[str, Any]:
+                    return {"type": "http.request", "body": whole, "more_body": False}
 
             return await handle_otlp_traces(self, headers, receive)
         raise HTTPError(404, "Not Found")
@@ -617,7 +670,7 @@ class StoreApp:
         if all(name is None for name in route.names):
             self._static[(method, "/" + "/".join(route.segments))] = route
         else:
-            self._dynamic.append(route)
+            self._dynamic.setdefault((method, len(route.segments)), []).append(route)
 
     def _register_routes(self) -> None:
         add = self._add
