@@ -11,6 +11,7 @@ running the call twice. Errors come back as exceptions: 400/404/409/413/422 → 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
@@ -28,13 +29,11 @@ from agl.store.base import LightningStore, LightningStoreCapabilities, Lightning
 from agl.store.http.transport import (
     ConnectionPool,
     HTTPResponse,
-    build_request,
     decode_body,
     parse_server_address,
 )
 from agl.store.http.wire import (
     API_PREFIX,
-    IDEMPOTENCY_HEADER,
     TOKEN_ENV,
     StoreAuthError,
     StoreHTTPError,
@@ -96,8 +95,22 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
+_key_prefix = os.urandom(12).hex()
+_key_counter = itertools.count()
+
+
+def _reseed_keys() -> None:
+    global _key_prefix, _key_counter
+    _key_prefix = os.urandom(12).hex()
+    _key_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed_keys)  # a forked child must never reuse its parent's keys
+
+
 def _new_key() -> str:
-    return os.urandom(16).hex()
+    """A fresh idempotency key: a random per-process prefix and a counter (no system call per request)."""
+    return f"{_key_prefix}-{next(_key_counter):x}"
 
 
 def _error_detail(response: HTTPResponse) -> Any:
@@ -183,7 +196,7 @@ class LightningStoreClient(LightningStore):
         self._base = prefix + API_PREFIX
         default_port = 443 if tls else 80
         self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port != default_port else "")
-        static = "accept-encoding: gzip\r\nuser-agent: agl-store-client\r\n"
+        static = f"host: {self._host_header}\r\naccept-encoding: gzip\r\nuser-agent: agl-store-client\r\n"
         if self.token:
             static += f"authorization: Bearer {self.token}\r\n"
         self._static_headers = static.encode("latin-1")
@@ -252,16 +265,21 @@ class LightningStoreClient(LightningStore):
         timeout: float | None,
         minimal: bool = False,
     ) -> HTTPResponse:
-        headers: dict[str, str] = {"prefer": "return=minimal"} if minimal else {}
+        parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._static_headers]
+        if minimal:
+            parts.append(b"prefer: return=minimal\r\n")
+        if key is not None:
+            parts.append(b"idempotency-key: %s\r\n" % key.encode("latin-1"))
         if body is not None:
-            headers["content-type"] = "application/json"
             if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
                 compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
                 body = compressor.compress(body) + compressor.flush()
-                headers["content-encoding"] = "gzip"
-        if key is not None:
-            headers[IDEMPOTENCY_HEADER] = key
-        data = build_request(method, target, self._host_header, body, headers, static_headers=self._static_headers)
+                parts.append(b"content-encoding: gzip\r\n")
+            parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            parts.append(body)
+        else:
+            parts.append(b"\r\n")
+        data = b"".join(parts)
         return await self._pool().request(data, timeout)
 
     def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
