@@ -32,6 +32,7 @@ class Progress:
         self.width = width
         self.started = time.monotonic()
         self.last_eval: float | None = None
+        self.step_seconds: list[float] = []
         self.tty = self.stream.isatty()
 
     def __call__(self, log: StepLog) -> None:
@@ -41,7 +42,9 @@ class Progress:
                 self._print(f"held-out success before training: {log.reward_mean:.0%} ({log.samples} problems)")
             return
         elapsed = time.monotonic() - self.started
-        eta = elapsed / log.step * (self.total - log.step)
+        self.step_seconds.append(log.seconds)
+        recent = self.step_seconds[-5:]
+        eta = sum(recent) / len(recent) * (self.total - log.step)  # evaluations excluded; a fair guess
         done = int(self.width * log.step / self.total)
         bar = "█" * done + "·" * (self.width - done)
         held = f" | held-out {self.last_eval:.0%}" if self.last_eval is not None else ""

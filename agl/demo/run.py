@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from agl.trainer.trainer import Trainer
 
     setup(args.log_level)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars over the demo's own
     if args.model is not None and not Path(args.model).exists():
         raise FileNotFoundError(f"--model {args.model!r} does not exist (give a .gguf file or a model directory)")
     if args.model is None:

@@ -1,0 +1,77 @@
+"""The demo's pieces (task split, reward, reports) and, as a slow test, `agl demo` itself on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agl.algorithm.grpo import StepLog
+from agl.demo.arithmetic import messages_for, score
+from agl.demo.report import before_after_table, write_json
+from agl.demo.run import split_tasks
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [("The answer is 19.", 1.0), ("19", 1.0), ("18 + 1 = 19", 1.0), ("The answer is 18.", 0.0),
+     ("19\nor maybe 20", 1.0), ("", 0.0), ("nineteen", 0.0), ("\n\n19", 1.0)],
+)  # fmt: skip
+def test_score_reads_the_last_integer_of_the_first_line(reply: str, expected: float) -> None:
+    assert score(reply, {"a": 12, "b": 7}) == expected
+
+
+def test_split_is_disjoint_and_deterministic() -> None:
+    train, held_out = split_tasks(20, 64, seed=1)
+    assert len(train) + len(held_out) == 400 and len(held_out) == 64
+    as_pairs = {(t["a"], t["b"]) for t in train}
+    assert not as_pairs & {(t["a"], t["b"]) for t in held_out}
+    assert split_tasks(20, 64, seed=1) == (train, held_out)
+    with pytest.raises(ValueError, match="eval-size"):
+        split_tasks(3, 9, seed=0)
+
+
+def test_messages_carry_the_calculator_instruction() -> None:
+    messages = messages_for({"a": 2, "b": 3})
+    assert messages[0]["role"] == "system" and messages[-1]["content"] == "2 + 3 ="
+
+
+def test_before_after_table_and_json(tmp_path: Path) -> None:
+    history = [
+        StepLog(step=0, kind="eval", reward_mean=0.25, samples=64, seconds=1.0, weights_version="0"),
+        StepLog(step=1, kind="train", reward_mean=0.5, samples=32, seconds=2.0, updated=True, loss=0.1),
+        StepLog(step=1, kind="eval", reward_mean=0.5, samples=64, seconds=1.0, weights_version="step-1"),
+    ]
+    table = before_after_table(history)
+    assert "25.0%" in table and "50.0%" in table and "+25.0 pts" in table
+    write_json(tmp_path / "log.json", history, {"seed": 0})
+    data = json.loads((tmp_path / "log.json").read_text())
+    assert data["settings"] == {"seed": 0} and [h["kind"] for h in data["history"]] == ["eval", "train", "eval"]
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agl.cli", "demo", "--model", str(tmp_path / "nope.gguf"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "nope.gguf" in proc.stdout and "does not exist" in proc.stdout
+
+
+@pytest.mark.slow
+def test_agl_demo_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agl.cli", "demo", "--steps", "2", "--tasks-per-step", "2", "--group-size", "4",
+         "--eval-size", "8", "--eval-every", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "held-out success" in proc.stdout and "before" in proc.stdout
+    log = json.loads((tmp_path / "demo_log.json").read_text())
+    kinds = [(h["kind"], h["step"]) for h in log["history"]]
+    assert kinds == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2)]
+    assert (tmp_path / "reward_curve.png").stat().st_size > 10_000
