@@ -74,7 +74,8 @@ class _RolloutRecord:
         self.order = order
         self.attempts: list[Attempt] = []
         self.attempts_by_id: dict[str, Attempt] = {}
-        self.spans: dict[tuple[str, str], Span] = {}
+        self.spans: dict[tuple[str, str], bytes] = {}
+        """Spans held in memory, as their JSON (a third of the memory of the parsed model), by (attempt, span) id."""
         self.span_bytes = 0
         self.span_seq = 0
         self.spilled = 0
@@ -117,7 +118,7 @@ class InMemoryLightningStore(LightningStore):
     ) -> None:
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
-        self._span_size: Callable[[Span], int] = span_size_estimator or _span_json_size
+        self._span_size: Callable[[Span], int] | None = span_size_estimator
         self._scan_debounce = float(scan_debounce_seconds)
         self._lock = threading.Lock()
         self._created = self._clock()
@@ -665,15 +666,21 @@ class InMemoryLightningStore(LightningStore):
             return copy_model(attempt)
 
     # -- spans ------------------------------------------------------------------------------------------------
-    def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, int]]:
-        return [(span, max(0, int(self._span_size(span)))) for span in spans]
+    def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, bytes, int]]:
+        """Each span with its JSON (what the store keeps) and the bytes it counts against the budget."""
+        out: list[tuple[Span, bytes, int]] = []
+        estimate = self._span_size
+        for span in spans:
+            payload = span.__pydantic_serializer__.to_json(span)
+            out.append((span, payload, len(payload) if estimate is None else max(0, int(estimate(span)))))
+        return out
 
     def _store_spans(
-        self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, int]], now: float
+        self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, bytes, int]], now: float
     ) -> list[Span]:
         stored: list[Span] = []
-        for span, size in sized:
-            key = (span.attempt_id, span.span_id)
+        for span, payload, size in sized:
+            key = (attempt.attempt_id, span.span_id)
             if key in record.spans or (
                 record.spilled and self._spill is not None and self._spill.contains(span.rollout_id, *key)
             ):
@@ -683,7 +690,7 @@ class InMemoryLightningStore(LightningStore):
                 continue
             if not record.spans:
                 heapq.heappush(self._eviction_heap, (record.rollout.start_time, record.rollout.rollout_id))
-            record.spans[key] = span
+            record.spans[key] = payload
             record.span_bytes += size
             self._total_span_bytes += size
             self._total_spans += 1
@@ -731,14 +738,13 @@ class InMemoryLightningStore(LightningStore):
     def _spill_record(self, record: _RolloutRecord) -> None:
         if self._spill is None:
             self._spill = SpanSpill(self._spill_dir, self._spill_max_bytes)
-        spans = list(record.spans.values())
-        self._spill.write(spans, record.span_bytes)
-        logger.debug(
-            "Spilled %d spans (%d bytes) of rollout %s", len(spans), record.span_bytes, record.rollout.rollout_id
-        )
+        rollout_id = record.rollout.rollout_id
+        count = len(record.spans)
+        self._spill.write(rollout_id, record.spans.items(), record.span_bytes)
+        logger.debug("Spilled %d spans (%d bytes) of rollout %s", count, record.span_bytes, rollout_id)
         if not record.spilled:
             self._spilled_rollouts += 1
-        record.spilled += len(spans)
+        record.spilled += count
         self._total_span_bytes -= record.span_bytes
         record.spans = {}
         record.span_bytes = 0
@@ -764,22 +770,22 @@ class InMemoryLightningStore(LightningStore):
             now = self._clock()
             self._raise_seq(span.rollout_id, span.sequence_id)
             record, attempt = self._locate(span.rollout_id, span.attempt_id)
-            self._make_room(sized[0][1])
+            self._make_room(sized[0][2])
             stored = self._store_spans(record, attempt, sized, now)
             return stored[0] if stored else None
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans, all validated first; returns those stored (duplicates skipped), grouped by attempt."""
         sized = self._sized(s if isinstance(s, Span) else Span.model_validate(s) for s in spans)
-        groups: dict[tuple[str, str], list[tuple[Span, int]]] = {}
-        for span, size in sized:
-            groups.setdefault((span.rollout_id, span.attempt_id), []).append((span, size))
+        groups: dict[tuple[str, str], list[tuple[Span, bytes, int]]] = {}
+        for item in sized:
+            groups.setdefault((item[0].rollout_id, item[0].attempt_id), []).append(item)
         with self._lock:
             now = self._clock()
             for (rollout_id, _), group in groups.items():
-                self._raise_seq(rollout_id, max(s.sequence_id for s, _ in group))
+                self._raise_seq(rollout_id, max(s.sequence_id for s, _, _ in group))
             located = [(self._locate(rid, aid), group) for (rid, aid), group in groups.items()]
-            self._make_room(sum(size for _, size in sized))
+            self._make_room(sum(size for _, _, size in sized))
             stored: list[Span] = []
             for (record, attempt), group in located:
                 stored.extend(self._store_spans(record, attempt, group, now))
@@ -838,25 +844,23 @@ class InMemoryLightningStore(LightningStore):
                 "_aggregate": filter_logic,
             }
         )
+        payloads: list[bytes] = []
         with self._lock:
             self._maybe_scan(self._clock())
             record = self._records.get(rollout_id)
-            if record is None:
-                spans: list[Span] = []
-            else:
+            if record is not None:
                 if attempt_id == "latest":
                     latest = record.latest()
                     attempt_id = latest.attempt_id if latest is not None else None
                     if attempt_id is None:
                         return paginate([], limit, offset)
-                held: Iterable[Span] = record.spans.values()
                 if record.spilled and self._spill is not None:
-                    held = [*self._spill.read(rollout_id), *held]
-                spans = [
-                    s
-                    for s in held
-                    if (attempt_id is None or s.attempt_id == attempt_id) and (predicate is None or predicate(s))
-                ]
+                    payloads = self._spill.read(rollout_id, attempt_id)
+                payloads.extend(p for (aid, _), p in record.spans.items() if attempt_id is None or aid == attempt_id)
+        # Parsed outside the lock: every caller gets its own copies.
+        spans = [Span.model_validate_json(p) for p in payloads]
+        if predicate is not None:
+            spans = [s for s in spans if predicate(s)]
         return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)
 
     # -- resources --------------------------------------------------------------------------------------------
@@ -1016,7 +1020,3 @@ class InMemoryLightningStore(LightningStore):
                 if record is not None and record.rollout.status in state.FINISHED_STATUSES:
                     out.append(self._plain(record))
             return out
-
-
-def _span_json_size(span: Span) -> int:
-    return len(span.__pydantic_serializer__.to_json(span))

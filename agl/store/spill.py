@@ -15,7 +15,6 @@ import weakref
 from collections.abc import Iterable
 
 from agl.store.errors import StoreFullError
-from agl.types.tracer import Span
 
 __all__ = ["SpanSpill"]
 
@@ -74,8 +73,9 @@ class SpanSpill:
         free = shutil.disk_usage(self.directory).free
         return max(0, free - _FREE_DISK_MARGIN)
 
-    def write(self, spans: Iterable[Span], nbytes: int) -> None:
-        """Move spans (counted as `nbytes` in all) to disk in one transaction; StoreFullError if over budget."""
+    def write(self, rollout_id: str, spans: Iterable[tuple[tuple[str, str], bytes]], nbytes: int) -> None:
+        """Move a rollout's spans, ((attempt id, span id), JSON) pairs counted as `nbytes` in all, to disk in one
+        transaction; StoreFullError if over budget."""
         if nbytes > self.room():
             raise StoreFullError(
                 f"the span spill is full ({self.bytes} bytes on disk, budget "
@@ -84,7 +84,7 @@ class SpanSpill:
             )
         with self._conn:
             self._conn.execute("BEGIN")
-            rows = [(s.rollout_id, s.attempt_id, s.span_id, s.__pydantic_serializer__.to_json(s)) for s in spans]
+            rows = [(rollout_id, attempt_id, span_id, payload) for (attempt_id, span_id), payload in spans]
             self._conn.executemany(
                 "INSERT OR IGNORE INTO spans (rollout_id, attempt_id, span_id, payload) VALUES (?, ?, ?, ?)", rows
             )
@@ -99,10 +99,15 @@ class SpanSpill:
         ).fetchone()
         return row is not None
 
-    def read(self, rollout_id: str) -> list[Span]:
-        """Every spilled span of a rollout."""
-        rows = self._conn.execute("SELECT payload FROM spans WHERE rollout_id = ?", (rollout_id,)).fetchall()
-        return [Span.model_validate_json(payload) for (payload,) in rows]
+    def read(self, rollout_id: str, attempt_id: str | None = None) -> list[bytes]:
+        """The JSON of every spilled span of a rollout (of one attempt, when given)."""
+        if attempt_id is None:
+            rows = self._conn.execute("SELECT payload FROM spans WHERE rollout_id = ?", (rollout_id,)).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT payload FROM spans WHERE rollout_id = ? AND attempt_id = ?", (rollout_id, attempt_id)
+            ).fetchall()
+        return [bytes(payload) for (payload,) in rows]
 
     def close(self) -> None:
         """Delete the spill directory and everything in it."""

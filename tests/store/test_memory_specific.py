@@ -6,9 +6,11 @@ Not part of the shared conformance suite: memory accounting, eviction, debounce,
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -360,6 +362,60 @@ async def test_default_estimator_counts_bytes(clock: FakeClock) -> None:
     total = (await store.statistics())["total_span_bytes"]
     assert small > 0
     assert total - small >= 10_000
+
+
+async def test_held_span_memory_is_close_to_the_counted_json_bytes(clock: FakeClock) -> None:
+    # Parsed, a span with token ids and text takes ~3× its JSON; the store keeps the JSON so the budget means memory.
+    store = InMemoryLightningStore(clock=clock)
+    rollout = await store.start_rollout(input="x")
+    attempt_id = rollout.attempt.attempt_id
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        incoming = [
+            Span.model_validate_json(
+                make_span(
+                    rollout.rollout_id,
+                    attempt_id,
+                    i + 1,
+                    attributes={"prompt_token_ids": list(range(1000 + i, 2000 + i)), "text": "word " * 1000},
+                ).model_dump_json()
+            )
+            for i in range(200)
+        ]
+        await store.add_many_spans(incoming)
+        del incoming
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = (await store.statistics())["total_span_bytes"]
+    assert counted > 200 * 10_000
+    assert held < 1.1 * counted
+
+
+async def test_stored_spans_are_copies(clock: FakeClock, tmp_path: Any) -> None:
+    store = InMemoryLightningStore(clock=clock, eviction_memory_threshold=3000, spill_dir=str(tmp_path))
+    rollout = await store.start_rollout(input="x")
+    first = (await store.start_attempt(rollout.rollout_id)).attempt.attempt_id
+    second = (await store.start_attempt(rollout.rollout_id)).attempt.attempt_id
+    span = make_span(rollout.rollout_id, first, 1, span_id="a", attributes={"k": "before"})
+    await store.add_span(span)
+    span.attributes["k"] = "after"  # the caller's object is not the stored one
+    got = (await store.query_spans(rollout.rollout_id)).items
+    assert [s.attributes["k"] for s in got] == ["before"]
+    got[0].attributes["k"] = "changed"  # nor is a query's answer
+    assert (await store.query_spans(rollout.rollout_id)).items[0].attributes["k"] == "before"
+    # Spilled spans filtered by attempt come back too, in sequence order with the held ones.
+    for i in range(2, 12):
+        await store.add_span(
+            make_span(rollout.rollout_id, first if i % 2 else second, i, attributes={"pad": "x" * 400})
+        )
+    assert (await store.statistics())["spilled_spans"] > 0
+    assert [s.sequence_id for s in (await store.query_spans(rollout.rollout_id, first)).items] == [1, 3, 5, 7, 9, 11]
+    assert [s.sequence_id for s in (await store.query_spans(rollout.rollout_id, "latest")).items] == [2, 4, 6, 8, 10]
+    await store.close()
 
 
 async def test_duplicate_span_is_not_counted(small_store: InMemoryLightningStore) -> None:
