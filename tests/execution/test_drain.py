@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psutil
 import pytest
 
 from agl.execution import ClientServerExecutionStrategy, DrainWatcher, ThreadingEvent, request_drain
@@ -184,10 +185,15 @@ def test_role_algorithm_drains_real_remote_runners() -> None:
         except BaseException as exc:
             runner_error.append(exc)
 
-    thread = threading.Thread(target=remote)
+    thread = threading.Thread(target=remote, daemon=True)
     thread.start()
-    ClientServerExecutionStrategy(
-        role="algorithm", server_host="127.0.0.1", server_port=0, graceful_timeout=2.0
-    ).execute(algorithm, bundles.runner_claims, store)
-    thread.join(10)
-    assert not thread.is_alive() and not runner_error
+    try:
+        ClientServerExecutionStrategy(
+            role="algorithm", server_host="127.0.0.1", server_port=0, graceful_timeout=2.0
+        ).execute(algorithm, bundles.runner_claims, store)
+        thread.join(30)  # generous: on a loaded 2-core machine process start-up alone can take seconds
+        assert not thread.is_alive() and not runner_error
+    finally:
+        # Never leave the remote side's runner processes behind, even when the assertion fails.
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
