@@ -156,6 +156,15 @@ class Tracer:
         """Async context manager capturing the spans of one rollout attempt; the tracer is active inside it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement trace_context")
 
+    def store_with_trace(self, span: SpanCoreFields) -> bool:
+        """Have `span` stored with the open trace context's last batch of spans; False if this tracer cannot.
+
+        Called inside `trace_context` (with a store). A tracer that can sends the span when the context exits,
+        in the same sequence-id allocation and `add_many_spans` call as the spans it traced, and includes the
+        stored copy, last, in `get_last_trace()`. One that cannot returns False and the caller stores it itself.
+        """
+        return False
+
     def get_last_trace(self) -> list[Span]:
         """The spans captured by the most recent trace context."""
         raise NotImplementedError(f"{type(self).__name__} does not implement get_last_trace")

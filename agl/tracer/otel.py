@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import itertools
 import logging
 import threading
@@ -50,6 +51,11 @@ _local_sequence = itertools.count()
 _local_sequence_lock = threading.Lock()
 
 _global_provider_lock = threading.Lock()
+
+# The trace session open in the current task (several rollouts may trace at once on one loop).
+_current_session: contextvars.ContextVar[_TraceSession | None] = contextvars.ContextVar(
+    "agl_otel_trace_session", default=None
+)
 
 
 def _next_local_sequence_id() -> int:
@@ -100,11 +106,13 @@ class _TraceSession:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.captured: list[Span] = []
-        self._buffer: list[ReadableSpan] = []
+        self._buffer: list[ReadableSpan | SpanCoreFields] = []
         self._oldest: float | None = None
         self._lock = threading.Lock()
         self._flush_lock = asyncio.Lock()
         self._pending: set[asyncio.Future[None]] = set()
+        self.deferred_error: BaseException | None = None
+        """Why a batch holding spans queued with `add_core` could not be stored (the context exit raises it)."""
 
     # Called from whichever thread ended the span.
     def add(self, span: ReadableSpan) -> None:
@@ -120,6 +128,13 @@ class _TraceSession:
             full = len(self._buffer) >= self.batch_size
         if full:
             self._schedule_flush()
+
+    def add_core(self, core: SpanCoreFields) -> None:
+        """Buffer a span given by its core fields; it is sent with the next batch (at the latest, the exit flush)."""
+        with self._lock:
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.append(core)
 
     def _schedule_flush(self) -> None:
         try:
@@ -175,24 +190,37 @@ class _TraceSession:
             finally:
                 otel_context.detach(token)
 
-    async def _write(self, store: LightningStore, batch: list[ReadableSpan]) -> list[Span]:
+    def _convert(self, item: ReadableSpan | SpanCoreFields, sequence_id: int) -> Span:
+        if isinstance(item, SpanCoreFields):
+            return Span.from_core_fields(
+                item, rollout_id=self.rollout_id, attempt_id=self.attempt_id, sequence_id=sequence_id
+            )
+        return Span.from_opentelemetry(item, self.rollout_id, self.attempt_id, sequence_id)
+
+    async def _write(self, store: LightningStore, batch: list[ReadableSpan | SpanCoreFields]) -> list[Span]:
         rid, aid = self.rollout_id, self.attempt_id
         try:
             sequence_ids = list(await store.get_many_span_sequence_ids([(rid, aid)] * len(batch)))
             if len(sequence_ids) != len(batch):
                 raise RuntimeError(f"store returned {len(sequence_ids)} sequence ids for {len(batch)} spans")
-        except Exception:
+        except Exception as exc:
+            self._note_failure(batch, exc)
             logger.exception(
                 "Could not allocate sequence ids for %d spans of %s/%s; kept locally", len(batch), rid, aid
             )
-            return [Span.from_opentelemetry(s, rid, aid, _next_local_sequence_id()) for s in batch]
-        spans = [Span.from_opentelemetry(s, rid, aid, seq) for s, seq in zip(batch, sequence_ids, strict=True)]
+            return [self._convert(s, _next_local_sequence_id()) for s in batch]
+        spans = [self._convert(s, seq) for s, seq in zip(batch, sequence_ids, strict=True)]
         try:
             stored = await store.add_many_spans(spans)
-        except Exception:
+        except Exception as exc:
+            self._note_failure(batch, exc)
             logger.exception("Could not store %d spans of %s/%s; kept locally", len(spans), rid, aid)
             return spans
         return list(stored)
+
+    def _note_failure(self, batch: list[ReadableSpan | SpanCoreFields], exc: BaseException) -> None:
+        if self.deferred_error is None and any(isinstance(item, SpanCoreFields) for item in batch):
+            self.deferred_error = exc
 
 
 class LightningSpanProcessor(SpanProcessor):
@@ -359,15 +387,32 @@ class OtelTracer(Tracer):
         with _activated(self):
             processor.attach(session)
             timer = asyncio.get_running_loop().create_task(session.run_timer()) if target is not None else None
+            token = _current_session.set(session)
             try:
                 yield self
             finally:
+                try:
+                    _current_session.reset(token)
+                except ValueError:  # exited from another context than the one that entered
+                    _current_session.set(None)
                 processor.attach(None)
                 if timer is not None:
                     timer.cancel()
                     await asyncio.gather(timer, return_exceptions=True)
                 await session.drain()
                 self._last_trace = list(session.captured)
+            if session.deferred_error is not None:
+                raise RuntimeError(
+                    f"could not store the spans queued with store_with_trace: {session.deferred_error!r}"
+                ) from session.deferred_error
+
+    def store_with_trace(self, span: SpanCoreFields) -> bool:
+        """Queue `span` for the open trace context's exit flush (one sequence-id call + one `add_many_spans`)."""
+        session = _current_session.get()
+        if session is None or session.store is None:
+            return False
+        session.add_core(span)
+        return True
 
     def get_last_trace(self) -> list[Span]:
         """The spans captured by the most recent trace context (the stored copies when written to a store)."""

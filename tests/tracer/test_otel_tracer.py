@@ -357,3 +357,72 @@ async def test_lifespan_initialises_and_tears_down(store: CountingStore) -> None
             with tracer.get_otel_tracer().start_as_current_span("a"):
                 pass
     assert len(await stored_spans(store, rollout)) == 1
+
+
+async def test_store_with_trace_joins_the_exit_batch_last(
+    tracer: OtelTracer, store: CountingStore, rollout: AttemptedRollout
+) -> None:
+    async with tracer.trace_context("r", **ids(rollout)):
+        with tracer.get_otel_tracer().start_as_current_span("step"):
+            pass
+        assert tracer.store_with_trace(emit_reward(0.5, propagate=False))
+
+    assert store.calls == {"get_many_span_sequence_ids": 1, "add_many_spans": 1}
+    spans = await stored_spans(store, rollout)
+    assert [s.name for s in spans] == ["step", "agentlightning.annotation"]
+    assert [s.sequence_id for s in spans] == [1, 2]
+    assert [s.name for s in tracer.get_last_trace()] == ["step", "agentlightning.annotation"]
+    assert find_final_reward(spans) == 0.5
+
+
+async def test_store_with_trace_outside_a_context_or_without_a_store_declines(store: CountingStore) -> None:
+    tracer = OtelTracer()
+    tracer.init()
+    tracer.init_worker(0)
+    try:
+        assert not tracer.store_with_trace(emit_reward(1.0, propagate=False))
+        async with tracer.trace_context("no store"):
+            assert not tracer.store_with_trace(emit_reward(1.0, propagate=False))
+    finally:
+        tracer.teardown_worker(0)
+        tracer.teardown()
+
+
+async def test_a_queued_span_that_cannot_be_stored_fails_the_context_exit(
+    tracer: OtelTracer, store: CountingStore, rollout: AttemptedRollout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(spans: object) -> None:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(store, "add_many_spans", broken)
+    with pytest.raises(RuntimeError, match=r"store_with_trace.*store down"):
+        async with tracer.trace_context("r", **ids(rollout)):
+            assert tracer.store_with_trace(emit_reward(0.5, propagate=False))
+
+
+async def test_runner_stores_traced_spans_and_reward_with_one_allocation_and_one_write(store: CountingStore) -> None:
+    from agl.litagent import LitAgent
+    from agl.runner import LitAgentRunner
+
+    class Traced(LitAgent[int]):
+        async def rollout_async(self, task: int, resources: object, rollout: object) -> float:
+            for i in range(task):
+                emit_message(f"step {i}")
+            return 0.25
+
+    tracer = OtelTracer()
+    runner = LitAgentRunner[int](tracer, max_rollouts=1, heartbeat_interval=0)
+    runner.init(Traced())
+    runner.init_worker(0, store)
+    try:
+        queued = await store.enqueue_rollout(3)
+        await asyncio.wait_for(runner.iter(), 10)
+    finally:
+        runner.teardown_worker(0)
+        runner.teardown()
+    done = await store.get_rollout_by_id(queued.rollout_id)
+    assert done is not None and done.status == "succeeded"
+    assert store.calls == {"get_many_span_sequence_ids": 1, "add_many_spans": 1}
+    spans = list((await store.query_spans(queued.rollout_id)).items)
+    assert [s.sequence_id for s in spans] == [1, 2, 3, 4]
+    assert find_final_reward(spans) == 0.25 and spans[-1].name == "agentlightning.annotation"
