@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from agl.execution.events import ExecutionEvent
 
-__all__ = ["StopWatch", "run_bundle"]
+__all__ = ["StopWatch", "new_event_loop", "run_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,18 @@ def _close_loop(loop: asyncio.AbstractEventLoop, timeout: float, name: str) -> b
     return True
 
 
+def new_event_loop(fast: bool = False) -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when `fast` and uvloop is installed, else asyncio's."""
+    if fast:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run_bundle(
     make_coro: Callable[[], Coroutine[Any, Any, T]],
     *,
@@ -94,15 +106,17 @@ def run_bundle(
     watch: StopWatch | None = None,
     cleanup_timeout: float = 5.0,
     force_interrupt_after: float = 0.5,
+    fast_loop: bool = False,
 ) -> T | None:
     """Run the coroutine made by `make_coro` on a new event loop in this thread and return its result.
 
     In the main thread, the first Ctrl+C cancels the bundle and `KeyboardInterrupt` is raised once it has
     unwound (if the loop is blocked by synchronous code, it is raised there after `force_interrupt_after`
     seconds); a second Ctrl+C raises at once. The bundle's own exception propagates. Returns None if the bundle
-    was cancelled or abandoned by `watch`.
+    was cancelled or abandoned by `watch`. `fast_loop` runs it on uvloop when that is installed (a runner process
+    talking to the store over HTTP spends most of its time in the event loop's I/O).
     """
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(fast_loop)
     main_task: asyncio.Task[tuple[bool, T | None]] | None = None
     interrupted = False
     previous_handler: Any = None
