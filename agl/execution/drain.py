@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -83,7 +84,8 @@ class DrainWatcher:
     def __init__(self, server_address: str, event: ExecutionEvent, interval: float = 0.5, timeout: float = 2.0) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval!r}")
-        self.url = health_url(server_address)
+        # The id lets the server tell when every watcher has heard that it drains, before it stops.
+        self.url = f"{health_url(server_address)}?watcher={os.urandom(8).hex()}"
         self.event = event
         self.interval = interval
         self.timeout = timeout

@@ -289,6 +289,15 @@ class LightningStoreServer(LightningStore):
         """Whether `begin_drain()` was called."""
         return self._draining
 
+    def untold_drain_watchers(self) -> list[str]:
+        """Runner-side drain watchers seen in the last seconds that have not yet been told the server is draining.
+
+        After `begin_drain()` the algorithm side keeps the server up until this is empty (bounded by its graceful
+        timeout), so remote runners that are idle learn of the stop before the server goes away.
+        """
+        app = self._app
+        return app.untold_drain_watchers() if app is not None else []
+
     def _check_startable(self) -> None:
         if self.store is None or os.getpid() != self._owner_pid:
             raise RuntimeError("this LightningStoreServer is a copy in another process; start the original instead")

@@ -449,6 +449,8 @@ class StoreApp:
         self.gzip_level = gzip_level
         self.draining = False
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
+        self.drain_watchers: dict[str, tuple[float, bool]] = {}
+        """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
@@ -706,7 +708,20 @@ class StoreApp:
         add("GET", "/statistics", self._statistics)
 
     async def _health(self, request: Request) -> Response:
-        return _ok({"status": "draining" if self.draining else "ok", "server": "agl", "features": FEATURES})
+        draining = self.draining
+        if b"watcher=" in request.query_string:
+            watcher = request.query().get("watcher", [""])[-1]
+            if watcher:
+                watchers = self.drain_watchers
+                if watcher not in watchers and len(watchers) >= 10_000:
+                    watchers.pop(next(iter(watchers)))
+                watchers[watcher] = (time.monotonic(), draining)
+        return _ok({"status": "draining" if draining else "ok", "server": "agl", "features": FEATURES})
+
+    def untold_drain_watchers(self, recent: float = 5.0) -> list[str]:
+        """Drain watchers that asked within `recent` seconds but have not been answered "draining" yet."""
+        now = time.monotonic()
+        return [w for w, (seen, told) in self.drain_watchers.items() if not told and now - seen < recent]
 
     async def _enqueue(self, request: Request) -> Response:
         body: _EnqueueBody = _parse_body(_EnqueueBody, request.body)

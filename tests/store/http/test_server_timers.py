@@ -43,8 +43,8 @@ async def test_without_the_timer_the_attempt_stays_unnoticed() -> None:
         server.stop()
 
 
-def _health(port: int) -> dict[str, object]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/agl/health", timeout=5) as response:
+def _health(port: int, query: str = "") -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/agl/health{query}", timeout=5) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
@@ -61,4 +61,22 @@ async def test_begin_drain_flips_the_health_status_and_keeps_serving() -> None:
         assert (await client.get_rollout_by_id(rollout.rollout_id)) is not None
     finally:
         await client.close()
+        server.stop()
+
+
+async def test_server_knows_which_drain_watchers_have_heard_it_drains() -> None:
+    server = LightningStoreServer(InMemoryLightningStore(), port=0)
+    server.start()
+    try:
+        assert server.untold_drain_watchers() == []
+        _health(server.port, "?watcher=a")
+        _health(server.port, "?watcher=b")
+        _health(server.port)  # a probe without an id is not tracked
+        assert sorted(server.untold_drain_watchers()) == ["a", "b"]
+        server.begin_drain()
+        assert _health(server.port, "?watcher=a")["status"] == "draining"
+        assert server.untold_drain_watchers() == ["b"]
+        _health(server.port, "?watcher=b")
+        assert server.untold_drain_watchers() == []
+    finally:
         server.stop()
