@@ -7,7 +7,7 @@ agent that emits S spans (through the OpenTelemetry tracer) and returns a reward
 - first claim: time from calling `fit()` to the first attempt starting (process start-up included);
 - shutdown: time from the algorithm returning to `fit()` returning (cooperative stop of every runner);
 - stuck shutdown: the same when one runner is stuck in a blocking agent (escalation SIGINT → SIGTERM);
-- peak RSS of the whole process tree (sampled every 20 ms).
+- peak RSS and PSS of the whole process tree (sampled every 0.1 s; the process list refreshed every 0.5 s).
 
     python bench/e2e.py                       # runners 1 2 4 8, spans 0 and 10, 3 repeats, 2000 rollouts
     python bench/e2e.py --runners 4 --rollouts 500 --repeats 1
@@ -66,10 +66,21 @@ class TreeRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        # The sampler shares the GIL with the store server in this process, so it stays cheap: the process list
+        # (psutil scans all of /proc for it) is refreshed every 0.5 s, the tree's memory is read every 0.1 s.
         me = psutil.Process()
+        tree: list[psutil.Process] = [me]
+        listed = 0.0
         while not self._stop.is_set():
+            now = time.monotonic()
+            if now - listed >= 0.5:
+                try:
+                    tree = [me, *me.children(recursive=True)]
+                except psutil.Error:
+                    pass
+                listed = now
             rss = pss = 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in tree:
                 try:
                     info = proc.memory_full_info()
                 except psutil.Error:
@@ -78,7 +89,7 @@ class TreeRSS:
                 pss += getattr(info, "pss", info.rss)
             self.peak = max(self.peak, rss)
             self.peak_pss = max(self.peak_pss, pss)
-            self._stop.wait(0.05)
+            self._stop.wait(0.1)
 
     def __enter__(self) -> TreeRSS:
         self._thread.start()
@@ -150,6 +161,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/e2e.json")
     args = parser.parse_args()
 
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     results: list[dict[str, Any]] = []
     for n_runners in args.runners:
         for n_spans in args.spans:
@@ -172,7 +185,11 @@ def main() -> None:
         stuck["shutdown_s"] = statistics.median(s["shutdown_s"] for s in samples)
         stuck["samples"] = samples
 
-    print(f"\nTrainer.fit on cs, {args.rollouts} rollouts, median of {args.repeats}")
+    load_end = os.getloadavg()
+    print(
+        f"\nTrainer.fit on cs, {args.rollouts} rollouts, median of {args.repeats}; load average "
+        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+    )
     header = (
         f"{'runners':>8}{'spans':>7}{'rollouts/s':>12}{'first claim s':>15}{'shutdown s':>12}"
         f"{'tree PSS MB':>13}{'sum RSS MB':>12}"
@@ -197,6 +214,8 @@ def main() -> None:
         "results": results,
         "stuck": stuck,
         "argv": sys.argv[1:],
+        "load_average_start": load_start,
+        "load_average_end": load_end,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -6,11 +6,20 @@ repeats a runner's cycle as fast as it can:
     single:  enqueue_rollout → dequeue_rollout → 10 × add_span → update_attempt(succeeded)   (13 calls)
     batched: enqueue_rollout → dequeue_rollout → add_many_spans(10 spans) → update_attempt  (4 calls)
 
-Reported per run: calls/s, cycles/s, p50/p99 latency per call (all calls pooled), server RSS. A table goes to
-stdout, JSON to bench/results/.
+Reported per run: calls/s, cycles/s, p50/p99 latency per call (all calls pooled), server RSS and CPU. Each
+configuration runs `--repeats` times (default 3) and the table shows the median of each column. A table goes to
+stdout, JSON (with every repeat) to bench/results/.
 
-    .venv/bin/python bench/store_http.py                # K = 1, 4, 16; both cycles; 5 s each
-    .venv/bin/python bench/store_http.py --k 4 --duration 10 --mode single
+    .venv/bin/python bench/store_http.py                # K = 1, 4, 16; both cycles; 5 s each; medians of 3
+    .venv/bin/python bench/store_http.py --k 4 --duration 10 --mode single --repeats 1
+
+Agent Lightning 0.3.0 side by side (its own server and its own client, run by the Python of a side virtualenv that
+has `agentlightning==0.3.0`; see bench/README.md):
+
+    .venv/bin/python bench/store_http.py --server agentlightning --al-python /tmp/al-venv/bin/python --mode single
+    .venv/bin/python bench/store_http.py --server both --al-python /tmp/al-venv/bin/python --mode single
+
+Its client's `add_many_spans` sends one request per span, so only the single cycle compares like with like.
 """
 
 from __future__ import annotations
@@ -32,6 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SPANS_PER_CYCLE = 10
 MODES = ("single", "batched")
+
+_AL_SERVER = """
+import asyncio, logging, os, sys
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+logging.disable(logging.WARNING)
+from agentlightning.store.memory import InMemoryLightningStore
+from agentlightning.store.client_server import LightningStoreServer
+server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=int(sys.argv[1]))
+asyncio.run(server.run_forever())
+"""
 
 
 def _serve(conn: Connection) -> None:
@@ -101,10 +120,62 @@ def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
     )
 
 
-async def _client_loop(endpoint: str, mode: str, duration: float, warmup: float, barrier: Any) -> dict[str, Any]:
-    from agl.store.client import LightningStoreClient
+_AL_TEMPLATE: Any = None
 
-    client = LightningStoreClient(endpoint)
+
+def _al_span(rollout_id: str, attempt_id: str, index: int) -> Any:
+    """The same span as `_span`, as Agent Lightning's own `Span` type (for its client)."""
+    global _AL_TEMPLATE
+    if _AL_TEMPLATE is None:
+        from agentlightning.types import Span as AlSpan
+
+        _AL_TEMPLATE = AlSpan(
+            rollout_id="-",
+            attempt_id="-",
+            sequence_id=0,
+            trace_id="0" * 32,
+            span_id="0" * 16,
+            parent_id=None,
+            name="openai.chat.completion",
+            status={"status_code": "OK"},
+            attributes=_span("-", "-", 0).attributes,
+            events=[],
+            links=[],
+            start_time=None,
+            end_time=None,
+            context=None,
+            parent=None,
+            resource={"attributes": {}, "schema_url": ""},
+        )
+    now = time.time()
+    return _AL_TEMPLATE.model_copy(
+        update={
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "sequence_id": index + 1,
+            "trace_id": f"{index:032x}",
+            "span_id": os.urandom(8).hex(),
+            "start_time": now,
+            "end_time": now + 0.01,
+        }
+    )
+
+
+async def _client_loop(
+    endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, impl: str = "agl"
+) -> dict[str, Any]:
+    make_span = _span
+    client: Any
+    if impl == "agentlightning":
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        from agentlightning.store.client_server import LightningStoreClient as AlClient
+
+        client = AlClient(endpoint)
+        make_span = _al_span
+    else:
+        from agl.store.client import LightningStoreClient
+
+        client = LightningStoreClient(endpoint)
     perf = time.perf_counter
     latencies: dict[str, list[float]] = {}
 
@@ -120,7 +191,7 @@ async def _client_loop(endpoint: str, mode: str, duration: float, warmup: float,
         if claimed is None:
             raise RuntimeError("dequeue returned nothing although this client just enqueued a rollout")
         rid, aid = claimed.rollout_id, claimed.attempt.attempt_id
-        spans = [_span(rid, aid, i) for i in range(SPANS_PER_CYCLE)]
+        spans = [make_span(rid, aid, i) for i in range(SPANS_PER_CYCLE)]
         if mode == "single":
             for span in spans:
                 await timed("add_span", client.add_span(span))
@@ -146,14 +217,20 @@ async def _client_loop(endpoint: str, mode: str, duration: float, warmup: float,
     return {"cycles": cycles, "elapsed": elapsed, "cpu": cpu, "latencies": latencies}
 
 
-def _client(endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, results: Any) -> None:
+def _client(
+    endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, results: Any, impl: str = "agl"
+) -> None:
+    if impl == "agentlightning":
+        import logging
+
+        logging.disable(logging.WARNING)
     try:
         import uvloop
 
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    results.put(run(_client_loop(endpoint, mode, duration, warmup, barrier)))
+    results.put(run(_client_loop(endpoint, mode, duration, warmup, barrier, impl)))
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -163,14 +240,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def run_one(endpoint: str, server_pid: int, k: int, mode: str, duration: float, warmup: float) -> dict[str, Any]:
+def run_one(
+    endpoint: str, server_pid: int, k: int, mode: str, duration: float, warmup: float, impl: str = "agl"
+) -> dict[str, Any]:
     """Run K client processes for `duration` seconds in one mode and summarise."""
     import psutil
 
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(k + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(endpoint, mode, duration, warmup, barrier, results)) for _ in range(k)]
+    procs = [
+        ctx.Process(target=_client, args=(endpoint, mode, duration, warmup, barrier, results, impl)) for _ in range(k)
+    ]
     for proc in procs:
         proc.start()
     server_proc = psutil.Process(server_pid)
@@ -192,6 +273,7 @@ def run_one(endpoint: str, server_pid: int, k: int, mode: str, duration: float, 
     elapsed = max(out["elapsed"] for out in outs)
     calls = len(everything)
     return {
+        "server": impl,
         "k": k,
         "mode": mode,
         "duration_s": elapsed,
@@ -217,26 +299,82 @@ def run_one(endpoint: str, server_pid: int, k: int, mode: str, duration: float, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k", type=int, action="append", help="client processes (repeatable; default 1, 4, 16)")
-    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per client first (default 1)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--port", type=int, help="use a server already listening on 127.0.0.1:PORT (for profiling)")
-    args = parser.parse_args(argv)
-    ks = args.k or [1, 4, 16]
-    modes = MODES if args.mode == "both" else (args.mode,)
+def _median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row whose numeric columns are the medians over the repeats (all repeats kept under "samples")."""
+    row = dict(samples[0])
+    for key, value in samples[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "k":
+            row[key] = statistics.median(sample[key] for sample in samples)
+    row["samples"] = samples
+    return row
 
-    if args.port:
-        import psutil
 
-        holders = [c.pid for c in psutil.net_connections("tcp") if c.laddr.port == args.port and c.status == "LISTEN"]
-        endpoint = f"http://127.0.0.1:{args.port}"
-        rows = [run_one(endpoint, holders[0], k, mode, args.duration, args.warmup) for mode in modes for k in ks]
-        _report(rows, args)
-        return 0
+def _repeat(
+    endpoint: str, pid: int, ks: list[int], modes: tuple[str, ...], args: argparse.Namespace, impl: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for mode in modes:
+        for k in ks:
+            samples = []
+            for index in range(args.repeats):
+                sample = run_one(endpoint, pid, k, mode, args.duration, args.warmup, impl)
+                print(
+                    f"  {impl} {mode} K={k} repeat {index + 1}/{args.repeats}: {sample['calls_per_s']:.0f} calls/s, "
+                    f"p99 {sample['p99_ms']:.2f} ms",
+                    flush=True,
+                )
+                samples.append(sample)
+            rows.append(_median_row(samples))
+    return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_agentlightning(
+    al_python: str, ks: list[int], modes: tuple[str, ...], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Agent Lightning 0.3.0's server and client (both from the side virtualenv), same cycle, same measurements."""
+    import subprocess
+    import urllib.request
+    from multiprocessing import spawn
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [al_python, "-c", _AL_SERVER, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = spawn.get_executable()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/v1/agl/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Agent Lightning server did not start (exit code {server.poll()})")
+            time.sleep(0.2)
+        spawn.set_executable(al_python)  # client processes run on the side virtualenv's Python
+        return _repeat(endpoint, server.pid, ks, modes, args, "agentlightning")
+    finally:
+        spawn.set_executable(previous)
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     server = ctx.Process(target=_serve, args=(child,), name="agl-bench-store-server")
@@ -247,27 +385,68 @@ def main(argv: list[str] | None = None) -> int:
         port = parent.recv()
         endpoint = f"http://127.0.0.1:{port}"
         assert server.pid is not None
-        rows = [run_one(endpoint, server.pid, k, mode, args.duration, args.warmup) for mode in modes for k in ks]
+        return _repeat(endpoint, server.pid, ks, modes, args, "agl")
     finally:
         server.terminate()
         server.join(15)
         if server.is_alive():
             server.kill()
             server.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, action="append", help="client processes (repeatable; default 1, 4, 16)")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per client first (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians reported (default 3)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--port", type=int, help="use a server already listening on 127.0.0.1:PORT (for profiling)")
+    parser.add_argument(
+        "--server",
+        choices=("agl", "agentlightning", "both"),
+        default="agl",
+        help="whose server and client to measure (agentlightning needs --al-python)",
+    )
+    parser.add_argument("--al-python", help="Python of a virtualenv with agentlightning==0.3.0 installed")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.server != "agl" and not args.al_python:
+        parser.error("--server agentlightning/both needs --al-python")
+    ks = args.k or [1, 4, 16]
+    modes = MODES if args.mode == "both" else (args.mode,)
+
+    if args.port:
+        import psutil
+
+        holders = [c.pid for c in psutil.net_connections("tcp") if c.laddr.port == args.port and c.status == "LISTEN"]
+        endpoint = f"http://127.0.0.1:{args.port}"
+        _report(_repeat(endpoint, holders[0], ks, modes, args, "agl"), args)
+        return 0
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    rows: list[dict[str, Any]] = []
+    if args.server in ("agl", "both"):
+        rows += _run_agl(ks, modes, args)
+    if args.server in ("agentlightning", "both"):
+        rows += _run_agentlightning(args.al_python, ks, modes, args)
     _report(rows, args)
     return 0
 
 
 def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"\nmedians of {args.repeats} run(s) of {args.duration:g} s")
     header = (
-        f"{'cycle':<8} {'K':>3} {'calls/s':>9} {'cycles/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'server':<15} {'cycle':<8} {'K':>3} {'calls/s':>9} {'cycles/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'server RSS MiB':>15} {'srv CPU us/call':>16} {'cli CPU us/call':>16}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['mode']:<8} {row['k']:>3} {row['calls_per_s']:>9.0f} {row['cycles_per_s']:>9.0f} "
+            f"{row['server']:<15} {row['mode']:<8} {row['k']:>3} {row['calls_per_s']:>9.0f} {row['cycles_per_s']:>9.0f} "
             f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['server_rss_mib']:>15.1f} "
             f"{row['server_cpu_us_per_call']:>16.0f} {row['client_cpu_us_per_call']:>16.0f}"
         )
@@ -281,6 +460,9 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "spans_per_cycle": SPANS_PER_CYCLE,
+        "repeats": args.repeats,
+        "load_average_end": os.getloadavg(),
+        "argv": sys.argv[1:],
     }
     path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     print(f"\nwrote {path}")
