@@ -53,6 +53,10 @@ _local_sequence_lock = threading.Lock()
 _global_provider_lock = threading.Lock()
 
 # The trace session open in the current task (several rollouts may trace at once on one loop).
+_last_trace_here: contextvars.ContextVar[tuple[int, list[Span]] | None] = contextvars.ContextVar(
+    "agl_last_trace", default=None
+)
+"""(id of the tracer, its last trace) in this task or thread: `get_last_trace` of concurrent rollouts."""
 _current_session: contextvars.ContextVar[_TraceSession | None] = contextvars.ContextVar(
     "agl_otel_trace_session", default=None
 )
@@ -235,12 +239,22 @@ class LightningSpanProcessor(SpanProcessor):
         with self._lock:
             self._session = session
 
+    def detach(self, session: _TraceSession) -> None:
+        """Stop directing spans to `session` (if it is the one attached)."""
+        with self._lock:
+            if self._session is session:
+                self._session = None
+
     def on_end(self, span: ReadableSpan) -> None:
         """Buffer or capture the ended span."""
         if span.context is not None and not span.context.trace_flags.sampled:
             return
-        with self._lock:
-            session = self._session
+        # The session of the context the span ends in (each concurrent rollout has its own); spans ended on a
+        # thread that did not copy the context fall back to the most recently opened session.
+        session = _current_session.get()
+        if session is None:
+            with self._lock:
+                session = self._session
         if session is None:
             return
         try:
@@ -395,12 +409,13 @@ class OtelTracer(Tracer):
                     _current_session.reset(token)
                 except ValueError:  # exited from another context than the one that entered
                     _current_session.set(None)
-                processor.attach(None)
+                processor.detach(session)
                 if timer is not None:
                     timer.cancel()
                     await asyncio.gather(timer, return_exceptions=True)
                 await session.drain()
                 self._last_trace = list(session.captured)
+                _last_trace_here.set((id(self), self._last_trace))
             if session.deferred_error is not None:
                 raise RuntimeError(
                     f"could not store the spans queued with store_with_trace: {session.deferred_error!r}"
@@ -415,8 +430,12 @@ class OtelTracer(Tracer):
         return True
 
     def get_last_trace(self) -> list[Span]:
-        """The spans captured by the most recent trace context (the stored copies when written to a store)."""
-        return list(self._last_trace)
+        """The spans captured by the most recent trace context of this task or thread (else of the process).
+
+        Stored copies when written to a store. Context-local, so concurrent rollouts each get their own trace.
+        """
+        here = _last_trace_here.get()
+        return list(here[1] if here is not None and here[0] == id(self) else self._last_trace)
 
     def create_span(
         self,

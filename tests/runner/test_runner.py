@@ -345,3 +345,29 @@ async def test_stop_event_lets_concurrent_rollouts_finish() -> None:
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         LitAgentRunner(DummyTracer(), concurrency=0)
+
+
+class EmitsItsOwnSpans(LitAgent[Any]):
+    async def rollout_async(self, task: Any, resources: Any, rollout: Rollout) -> float:
+        from agl.emitter import emit_annotation
+
+        for step in range(3):
+            emit_annotation({"task": str(task), "step": step})
+            await asyncio.sleep(0.02)  # interleave with the other rollouts in flight
+        return 1.0
+
+
+async def test_concurrent_rollouts_keep_their_spans_apart_with_the_otel_tracer() -> None:
+    from agl.tracer.otel import OtelTracer
+
+    store = InMemoryLightningStore()
+    ids = {f"t{i}": (await store.enqueue_rollout(f"t{i}")).rollout_id for i in range(4)}
+    runner = LitAgentRunner[Any](OtelTracer(), concurrency=4, max_rollouts=4, heartbeat_interval=0)
+    runner.init(EmitsItsOwnSpans())
+    runner.init_worker(0, store)
+    await asyncio.wait_for(runner.iter(), 10)
+    for task, rollout_id in ids.items():
+        spans = await store.query_spans(rollout_id)
+        annotations = [s for s in spans if "task" in s.attributes]
+        assert [s.attributes["task"] for s in annotations] == [task] * 3
+        assert [s.attributes.get("agentlightning.reward.0.value") for s in spans if s not in annotations] == [1.0]
