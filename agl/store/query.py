@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -176,4 +177,93 @@ def paginate(items: Sequence[T], limit: int, offset: int, total: int | None = No
     end = None if limit == -1 else offset + limit
     return PaginatedResult[Any].model_construct(
         items=list(items[offset:end]), limit=limit, offset=offset, total=len(items) if total is None else total
+    )
+
+
+# -- the filters of each query method, built once for every backend ----------------------------------------------
+
+
+def _check_logic(filter_logic: str) -> None:
+    if filter_logic not in ("and", "or"):
+        raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
+
+
+@dataclass(frozen=True)
+class RolloutFilter:
+    """The resolved filters of `query_rollouts` (deprecated aliases applied) and their predicate."""
+
+    status_in: Sequence[str] | None
+    rollout_id_in: Sequence[str] | None
+    filter_logic: str
+    predicate: Predicate | None
+
+
+def rollout_filter(
+    *,
+    status_in: Sequence[str] | None,
+    rollout_id_in: Sequence[str] | None,
+    rollout_id_contains: str | None,
+    filter_logic: str,
+    status: Sequence[str] | None = None,
+    rollout_ids: Sequence[str] | None = None,
+) -> RolloutFilter:
+    """Check `query_rollouts` filters (statuses, logic) and compile them; warns on the deprecated aliases."""
+    from agl.store import state
+    from agl.store.inputs import warn_deprecated_query_argument
+
+    if status_in is None and status is not None:
+        warn_deprecated_query_argument("status", "status_in")
+        status_in = status
+    if rollout_id_in is None and rollout_ids is not None:
+        warn_deprecated_query_argument("rollout_ids", "rollout_id_in")
+        rollout_id_in = rollout_ids
+    for item in status_in or ():
+        state.check_rollout_status(item, "status_in item")
+    _check_logic(filter_logic)
+    predicate = compile_filter(
+        {
+            "status": {"within": status_in},
+            "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
+            "_aggregate": filter_logic,
+        }
+    )
+    return RolloutFilter(status_in, rollout_id_in, filter_logic, predicate)
+
+
+def span_filter(
+    *,
+    trace_id: str | None,
+    trace_id_contains: str | None,
+    span_id: str | None,
+    span_id_contains: str | None,
+    parent_id: str | None,
+    parent_id_contains: str | None,
+    name: str | None,
+    name_contains: str | None,
+    filter_logic: str,
+) -> Predicate | None:
+    """The predicate of `query_spans`' optional filters (rollout and attempt are applied by the store)."""
+    _check_logic(filter_logic)
+    return compile_filter(
+        {
+            "trace_id": {"exact": trace_id, "contains": trace_id_contains},
+            "span_id": {"exact": span_id, "contains": span_id_contains},
+            "parent_id": {"exact": parent_id, "contains": parent_id_contains},
+            "name": {"exact": name, "contains": name_contains},
+            "_aggregate": filter_logic,
+        }
+    )
+
+
+def worker_filter(
+    *, status_in: Sequence[str] | None, worker_id_contains: str | None, filter_logic: str
+) -> Predicate | None:
+    """The predicate of `query_workers`' filters (statuses checked)."""
+    from agl.store import state
+
+    for item in status_in or ():
+        state.check_worker_status(item, "status_in item")
+    _check_logic(filter_logic)
+    return compile_filter(
+        {"status": {"within": status_in}, "worker_id": {"contains": worker_id_contains}, "_aggregate": filter_logic}
     )

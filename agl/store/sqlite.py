@@ -61,9 +61,8 @@ from agl.store.inputs import (
     check_worker_id,
     has_health_rules,
     new_id,
-    warn_deprecated_query_argument,
 )
-from agl.store.query import check_page, compile_filter, paginate, sort_items
+from agl.store.query import check_page, compile_filter, paginate, rollout_filter, sort_items, span_filter, worker_filter
 from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
     UNSET,
@@ -737,25 +736,16 @@ class SqliteLightningStore(LightningStore):
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout]:
         """Rollouts matching the filters (with their latest attempt attached when they have one)."""
-        if status_in is None and status is not None:
-            warn_deprecated_query_argument("status", "status_in")
-            status_in = status
-        if rollout_id_in is None and rollout_ids is not None:
-            warn_deprecated_query_argument("rollout_ids", "rollout_id_in")
-            rollout_id_in = rollout_ids
-        if status_in is not None:
-            for s in status_in:
-                state.check_rollout_status(s, "status_in item")
-        if filter_logic not in ("and", "or"):
-            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
-        check_page(limit, offset)
-        predicate = compile_filter(
-            {
-                "status": {"within": status_in},
-                "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
-                "_aggregate": filter_logic,
-            }
+        query = rollout_filter(
+            status_in=status_in,
+            rollout_id_in=rollout_id_in,
+            rollout_id_contains=rollout_id_contains,
+            filter_logic=filter_logic,
+            status=status,
+            rollout_ids=rollout_ids,
         )
+        status_in, rollout_id_in, predicate = query.status_in, query.rollout_id_in, query.predicate  # type: ignore[assignment]
+        check_page(limit, offset)
         with self._lock:
             self._maybe_scan(self._clock())
             with self._read() as db:
@@ -1081,17 +1071,17 @@ class SqliteLightningStore(LightningStore):
         sort_order: Literal["asc", "desc"] = "asc",
     ) -> PaginatedResult[Span]:
         """Spans of a rollout: of one attempt, of the latest attempt ("latest"), or of all attempts (None)."""
-        if filter_logic not in ("and", "or"):
-            raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
         check_page(limit, offset)
-        predicate = compile_filter(
-            {
-                "trace_id": {"exact": trace_id, "contains": trace_id_contains},
-                "span_id": {"exact": span_id, "contains": span_id_contains},
-                "parent_id": {"exact": parent_id, "contains": parent_id_contains},
-                "name": {"exact": name, "contains": name_contains},
-                "_aggregate": filter_logic,
-            }
+        predicate = span_filter(
+            trace_id=trace_id,
+            trace_id_contains=trace_id_contains,
+            span_id=span_id,
+            span_id_contains=span_id_contains,
+            parent_id=parent_id,
+            parent_id_contains=parent_id_contains,
+            name=name,
+            name_contains=name_contains,
+            filter_logic=filter_logic,
         )
         with self._lock:
             self._maybe_scan(self._clock())
@@ -1222,17 +1212,8 @@ class SqliteLightningStore(LightningStore):
         offset: int = 0,
     ) -> PaginatedResult[Worker]:
         """Workers matching the filters."""
-        if status_in is not None:
-            for s in status_in:
-                state.check_worker_status(s, "status_in item")
         check_page(limit, offset)
-        predicate = compile_filter(
-            {
-                "status": {"within": status_in},
-                "worker_id": {"contains": worker_id_contains},
-                "_aggregate": filter_logic,
-            }
-        )
+        predicate = worker_filter(status_in=status_in, worker_id_contains=worker_id_contains, filter_logic=filter_logic)
         with self._lock:
             self._maybe_scan(self._clock())
             rows = self._conn().execute("SELECT data FROM workers ORDER BY seq").fetchall()
