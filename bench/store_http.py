@@ -82,6 +82,13 @@ def _serve(conn: Connection) -> None:
 
 
 _TEMPLATE: Any = None
+_ATTRIBUTES = {
+    "gen_ai.request.model": "qwen2.5-0.5b",
+    "gen_ai.usage.prompt_tokens": 120,
+    "gen_ai.usage.completion_tokens": 32,
+    "agentlightning.reward": 0.5,
+    "prompt": "What is 2 + 2? Answer with a number only.",
+}
 
 
 def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
@@ -98,13 +105,7 @@ def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
             span_id="0" * 16,
             parent_id=None,
             name="openai.chat.completion",
-            attributes={
-                "gen_ai.request.model": "qwen2.5-0.5b",
-                "gen_ai.usage.prompt_tokens": 120,
-                "gen_ai.usage.completion_tokens": 32,
-                "agentlightning.reward": 0.5,
-                "prompt": "What is 2 + 2? Answer with a number only.",
-            },
+            attributes=dict(_ATTRIBUTES),
         )
     now = time.time()
     return _TEMPLATE.model_copy(
@@ -121,6 +122,13 @@ def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
 
 
 _AL_TEMPLATE: Any = None
+_ATTRIBUTES = {
+    "gen_ai.request.model": "qwen2.5-0.5b",
+    "gen_ai.usage.prompt_tokens": 120,
+    "gen_ai.usage.completion_tokens": 32,
+    "agentlightning.reward": 0.5,
+    "prompt": "What is 2 + 2? Answer with a number only.",
+}
 
 
 def _al_span(rollout_id: str, attempt_id: str, index: int) -> Any:
@@ -138,7 +146,7 @@ def _al_span(rollout_id: str, attempt_id: str, index: int) -> Any:
             parent_id=None,
             name="openai.chat.completion",
             status={"status_code": "OK"},
-            attributes=_span("-", "-", 0).attributes,
+            attributes=dict(_ATTRIBUTES),
             events=[],
             links=[],
             start_time=None,
@@ -218,8 +226,18 @@ async def _client_loop(
 
 
 def _client(
-    endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, results: Any, impl: str = "agl"
+    endpoint: str,
+    mode: str,
+    duration: float,
+    warmup: float,
+    barrier: Any,
+    results: Any,
+    impl: str = "agl",
+    own_path: list[str] | None = None,
 ) -> None:
+    if own_path is not None:
+        # spawn hands the child its parent's sys.path (AGL's venv); use the side virtualenv's own instead.
+        sys.path[:] = [*own_path, str(Path(__file__).resolve().parent)]
     if impl == "agentlightning":
         import logging
 
@@ -241,7 +259,14 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run_one(
-    endpoint: str, server_pid: int, k: int, mode: str, duration: float, warmup: float, impl: str = "agl"
+    endpoint: str,
+    server_pid: int,
+    k: int,
+    mode: str,
+    duration: float,
+    warmup: float,
+    impl: str = "agl",
+    own_path: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run K client processes for `duration` seconds in one mode and summarise."""
     import psutil
@@ -250,7 +275,8 @@ def run_one(
     barrier = ctx.Barrier(k + 1)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_client, args=(endpoint, mode, duration, warmup, barrier, results, impl)) for _ in range(k)
+        ctx.Process(target=_client, args=(endpoint, mode, duration, warmup, barrier, results, impl, own_path))
+        for _ in range(k)
     ]
     for proc in procs:
         proc.start()
@@ -310,14 +336,20 @@ def _median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _repeat(
-    endpoint: str, pid: int, ks: list[int], modes: tuple[str, ...], args: argparse.Namespace, impl: str
+    endpoint: str,
+    pid: int,
+    ks: list[int],
+    modes: tuple[str, ...],
+    args: argparse.Namespace,
+    impl: str,
+    own_path: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for mode in modes:
         for k in ks:
             samples = []
             for index in range(args.repeats):
-                sample = run_one(endpoint, pid, k, mode, args.duration, args.warmup, impl)
+                sample = run_one(endpoint, pid, k, mode, args.duration, args.warmup, impl, own_path)
                 print(
                     f"  {impl} {mode} K={k} repeat {index + 1}/{args.repeats}: {sample['calls_per_s']:.0f} calls/s, "
                     f"p99 {sample['p99_ms']:.2f} ms",
@@ -362,8 +394,11 @@ def _run_agentlightning(
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Agent Lightning server did not start (exit code {server.poll()})")
             time.sleep(0.2)
+        own_path = json.loads(
+            subprocess.check_output([al_python, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"])
+        )
         spawn.set_executable(al_python)  # client processes run on the side virtualenv's Python
-        return _repeat(endpoint, server.pid, ks, modes, args, "agentlightning")
+        return _repeat(endpoint, server.pid, ks, modes, args, "agentlightning", own_path)
     finally:
         spawn.set_executable(previous)
         server.terminate()
