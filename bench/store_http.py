@@ -53,11 +53,18 @@ asyncio.run(server.run_forever())
 """
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, backend: str = "memory", db_path: str = "", synchronous: str = "FULL") -> None:
+    from agl.store.base import LightningStore
     from agl.store.memory import InMemoryLightningStore
     from agl.store.server import LightningStoreServer
 
-    store = InMemoryLightningStore(thread_safe=True)
+    store: LightningStore
+    if backend == "sqlite":
+        from agl.store.sqlite import SqliteLightningStore
+
+        store = SqliteLightningStore(db_path, synchronous=synchronous)  # type: ignore[arg-type]
+    else:
+        store = InMemoryLightningStore(thread_safe=True)
     server = LightningStoreServer(store, host="127.0.0.1", port=0)
 
     async def announce() -> None:
@@ -410,9 +417,16 @@ def _run_agentlightning(
 
 
 def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) -> list[dict[str, Any]]:
+    import tempfile
+
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(child,), name="agl-bench-store-server")
+    db_dir = tempfile.mkdtemp(prefix="agl-bench-sqlite-")
+    server = ctx.Process(
+        target=_serve,
+        args=(child, args.backend, os.path.join(db_dir, "store.db"), args.sqlite_synchronous),
+        name="agl-bench-store-server",
+    )
     server.start()
     try:
         if not parent.poll(60):
@@ -427,6 +441,9 @@ def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) ->
         if server.is_alive():
             server.kill()
             server.join()
+        import shutil
+
+        shutil.rmtree(db_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians reported (default 3)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--port", type=int, help="use a server already listening on 127.0.0.1:PORT (for profiling)")
+    parser.add_argument("--backend", choices=("memory", "sqlite"), default="memory", help="AGL server's store")
+    parser.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument(
         "--server",
         choices=("agl", "agentlightning", "both"),
