@@ -7,6 +7,7 @@ disagree and GRPO has a signal to follow.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -30,18 +31,26 @@ async def parity_agent(task: dict[str, Any], llm: LLM) -> float:
     import httpx
 
     params = llm.sampling_parameters
+    body = {
+        "model": llm.model,
+        "messages": [{"role": "user", "content": task["prompt"]}],
+        "temperature": params["temperature"],
+        "max_tokens": params["max_tokens"],
+        "stream": task["stream"],
+    }
     async with httpx.AsyncClient(base_url=llm.get_base_url(), timeout=60) as client:
-        response = await client.post(
-            "/chat/completions",
-            json={
-                "model": llm.model,
-                "messages": [{"role": "user", "content": task["prompt"]}],
-                "temperature": params["temperature"],
-                "max_tokens": params["max_tokens"],
-            },
-        )
-        response.raise_for_status()
-        reply = response.json()["choices"][0]["message"]["content"] or ""
+        if task["stream"]:  # half the tasks stream: the proxy must record token ids for those too
+            reply = ""
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        for choice in json.loads(line[len("data: ") :]).get("choices", []):
+                            reply += (choice.get("delta") or {}).get("content") or ""
+        else:
+            response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            reply = response.json()["choices"][0]["message"]["content"] or ""
     return 1.0 if len(reply) % 2 == 0 else 0.0
 
 
@@ -64,7 +73,7 @@ def test_grpo_trains_through_runner_processes_and_the_proxy() -> None:
         tracer=DummyTracer(),
         runner={"type": "agl.runner.agent.LitAgentRunner", "concurrency": 4, "poll_interval": 0.2},
     )
-    tasks = [{"prompt": f"What is {i} + {i}?"} for i in range(12)]
+    tasks = [{"prompt": f"What is {i} + {i}?", "stream": i % 2 == 1} for i in range(12)]
     try:
         trainer.fit(parity_agent, tasks[:8], val_dataset=tasks[8:])
     finally:
@@ -95,6 +104,8 @@ def test_grpo_trains_through_runner_processes_and_the_proxy() -> None:
     assert len(spans) == 3 * 8 + 4 * 4
     assert all(s.attributes.get("prompt_token_ids") and s.attributes.get("response_token_ids") for s in spans)
     assert all(len(s.attributes["response_logprobs"]) == len(s.attributes["response_token_ids"]) for s in spans)
+    streamed = [s for s in spans if s.attributes.get("agentlightning.llm_proxy.stream")]
+    assert streamed and len(streamed) < len(spans)  # both kinds of call were made, and all carry token ids
 
 
 def test_grpo_config_rejects_bad_values() -> None:
