@@ -51,6 +51,7 @@ from agl.llm.proxy_trace import (
 from agl.llm.proxy_trace import (
     STREAM as _STREAM_ATTR,
 )
+from agl.sockets import bind_listening_socket
 from agl.store.base import LightningStore
 from agl.types.resources import LLM, ProxyLLM
 
@@ -199,22 +200,8 @@ def _outbound_ipv4() -> str:
         return "127.0.0.1"
 
 
-def _bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"LLM proxy cannot bind {host}:{port}: {exc.strerror}") from None
-    return sock
-
-
 def _free_port(host: str) -> int:
-    with contextlib.closing(_bind_socket(host, 0)) as sock:
+    with contextlib.closing(bind_listening_socket(host, 0, what="LLM proxy")) as sock:
         return int(sock.getsockname()[1])
 
 
@@ -933,7 +920,7 @@ class LLMProxy:
         if self.launch_mode == "mp":
             await self._start_process()
         else:
-            sock = _bind_socket(self._bind_host(), port)
+            sock = bind_listening_socket(self._bind_host(), port, what="LLM proxy", backlog=1024)
             if self.launch_mode == "thread":
                 await self._start_thread(sock)
             else:

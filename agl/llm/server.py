@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -51,6 +50,7 @@ from agl.llm.protocol import (
     parse_request,
     usage,
 )
+from agl.sockets import PortInUseError, bind_listening_socket
 
 if TYPE_CHECKING:
     import torch
@@ -65,18 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["ModelServer", "PortInUseError", "load_state_dict_file", "main"]
 
 logger = logging.getLogger(__name__)
-
-
-class PortInUseError(OSError):
-    """The model server's port is taken (the message names the port and, when known, the process holding it)."""
-
-    def __init__(self, host: str, port: int, holder: str | None) -> None:
-        self.host = host
-        self.port = port
-        who = f" by {holder}" if holder else ""
-        super().__init__(
-            errno.EADDRINUSE, f"Cannot start the model server: port {port} on {host} is already in use{who}"
-        )
 
 
 class ModelServer:
@@ -203,7 +191,7 @@ class ModelServer:
         """
         if self._uvicorn is not None:
             raise RuntimeError(f"the model server on port {self._port} is already running")
-        sock = _bind(self.host, self._requested_port)
+        sock = bind_listening_socket(self.host, self._requested_port, what="model server", backlog=512)
         self._port = int(sock.getsockname()[1])
         server = _make_uvicorn(self.app(), self.log_level)
         ready = threading.Event()
@@ -529,42 +517,6 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> Response:
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _port_holder(port: int) -> str | None:
-    try:
-        import psutil
-
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-                except psutil.Error:
-                    return f"pid {conn.pid}"
-    except Exception:  # no permission to see other users' sockets
-        return None
-    return None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-        0
-    ]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(host, port, _port_holder(port)) from None
-            raise OSError(exc.errno, f"Cannot bind the model server to {host}:{port}: {exc.strerror}") from None
-        sock.listen(512)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _make_uvicorn(app: Any, log_level: str) -> uvicorn.Server:

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import gc
 import logging
 import os
@@ -22,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.http.wire import TOKEN_ENV
 from agl.types.core import (
@@ -58,63 +58,12 @@ DEFAULT_PORT = 4747
 T = TypeVar("T")
 
 
-class PortInUseError(OSError):
-    """The port the server was asked to bind is already taken (the message names the port and, if known, the pid)."""
-
-    def __init__(self, host: str, port: int, holder: str | None) -> None:
-        self.host = host
-        self.port = port
-        self.holder = holder
-        who = f" by {holder}" if holder else ""
-        super().__init__(
-            errno.EADDRINUSE, f"Cannot start the store server: port {port} on {host} is already in use{who}"
-        )
-
-
 class _Done:
     """An already-completed awaitable, so `server.start()` works both plainly and as `await server.start()`."""
 
     def __await__(self) -> Generator[Any, None, None]:
         return None
         yield  # pragma: no cover - makes this a generator
-
-
-def _port_holder(port: int) -> str | None:
-    try:
-        import psutil
-
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    name = psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    name = "?"
-                return f"pid {conn.pid} ({name})"
-    except Exception:  # psutil may lack the permission to see other users' sockets
-        return None
-    return None
-
-
-def _bind(host: str, port: int, backlog: int) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(host, port, _port_holder(port)) from None
-            raise OSError(exc.errno, f"Cannot bind the store server to {host}:{port}: {exc.strerror}") from None
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _outbound_ip() -> str:
@@ -305,7 +254,9 @@ class LightningStoreServer(LightningStore):
             raise RuntimeError(f"the store server on port {self._port} is already running")
 
     def _bind(self) -> socket.socket:
-        sock = _bind(self.host, self._port if self._port else self._requested_port, self.backlog)
+        sock = bind_listening_socket(
+            self.host, self._port if self._port else self._requested_port, what="store server", backlog=self.backlog
+        )
         self._port = int(sock.getsockname()[1])
         return sock
 
