@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="FULL survives power loss, NORMAL survives a process crash (default: FULL)")  # fmt: skip
     parser.add_argument("--memory-budget", type=int, default=None,
-                        help="span bytes held in memory before spilling to disk (memory backend)")  # fmt: skip
+                        help="memory the server process may use; spans beyond it spill to disk (memory backend)")  # fmt: skip
     parser.add_argument("--spill-dir", default=None, help="where spilled spans go (memory backend)")
     parser.add_argument("--spill-max-bytes", type=int, default=None, help="disk budget of the spill")
     parser.add_argument("--health-check-interval", type=float, default=1.0,
@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store = InMemoryLightningStore(
                 eviction_memory_threshold=budget,
                 safe_memory_threshold=int(budget * 0.8) if budget is not None else None,
+                process_memory_limit=budget,  # the budget bounds the server process, not only its span bytes
                 spill_dir=args.spill_dir,
                 spill_max_bytes=args.spill_max_bytes,
             )

@@ -100,6 +100,8 @@ class InMemoryLightningStore(LightningStore):
         memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
         spill_dir: where to create the private directory that spilled spans go to (default: the temp dir).
         spill_max_bytes: disk budget of the spill (default: whatever keeps 1 GiB of the disk free).
+        process_memory_limit: resident bytes the whole process should stay near; past it, spans spill earlier than
+            the span thresholds say (default: none, only span bytes count).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class InMemoryLightningStore(LightningStore):
         memory_capacity_bytes: int | None = None,
         spill_dir: str | None = None,
         spill_max_bytes: int | None = None,
+        process_memory_limit: int | None = None,
     ) -> None:
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
@@ -139,6 +142,13 @@ class InMemoryLightningStore(LightningStore):
             raise ValueError(f"spill_dir {spill_dir!r} does not exist or is not a directory")
         if spill_max_bytes is not None and spill_max_bytes < 0:
             raise ValueError(f"spill_max_bytes must be non-negative or None, got {spill_max_bytes}")
+        if process_memory_limit is not None and process_memory_limit <= 0:
+            raise ValueError(f"process_memory_limit must be positive bytes or None, got {process_memory_limit}")
+        self._rss_limit = process_memory_limit
+        self._read_rss: Callable[[], int] = _process_rss
+        self._span_limit = self._budget.eviction_bytes
+        self._rss_check_every = max(64 * 1024, (process_memory_limit or 0) // 64)
+        self._bytes_since_rss_check = 0
         self._spill_dir = spill_dir
         self._spill_max_bytes = spill_max_bytes
         self._spill: SpanSpill | None = None
@@ -703,14 +713,17 @@ class InMemoryLightningStore(LightningStore):
         (storing nothing) when the spill's disk budget is spent too.
         """
         budget = self._budget
-        if self._total_span_bytes + incoming <= budget.eviction_bytes:
-            return
         if incoming > budget.eviction_bytes:
             raise ValueError(
                 f"these spans take {incoming} bytes, more than the whole span memory budget "
                 f"(eviction_memory_threshold = {budget.eviction_bytes} bytes); send them in smaller batches"
             )
-        while self._total_span_bytes + incoming > budget.safe_bytes and self._eviction_heap:
+        self._watch_process_memory(incoming)
+        limit = min(budget.eviction_bytes, self._span_limit)
+        if self._total_span_bytes + incoming <= limit:
+            return
+        safe = min(budget.safe_bytes, int(limit * budget.safe_bytes / budget.eviction_bytes))
+        while self._total_span_bytes + incoming > safe and self._eviction_heap:
             _, rollout_id = self._eviction_heap[0]
             record = self._records.get(rollout_id)
             if record is not None and record.spans:
@@ -719,11 +732,33 @@ class InMemoryLightningStore(LightningStore):
                 except StoreFullError:
                     break
             heapq.heappop(self._eviction_heap)
-        if self._total_span_bytes + incoming > budget.eviction_bytes:
+        if self._total_span_bytes + incoming > limit:
             raise StoreFullError(
                 f"no room for {incoming} more span bytes: memory budget {budget.eviction_bytes} bytes is spent and "
                 "the disk spill is full; retry later"
             )
+
+    def _watch_process_memory(self, incoming: int) -> None:
+        """Lower the span limit when the process itself is above `process_memory_limit` (and let it recover).
+
+        Span bytes are counted exactly, but a process also holds its interpreter, allocator slack, request buffers
+        and records: this keeps the process's resident memory, not just the counted bytes, near the limit. RSS is
+        read after every 1/64 of the limit of new span bytes, so the check costs nothing per call.
+        """
+        if self._rss_limit is None:
+            return
+        self._bytes_since_rss_check += incoming
+        if self._bytes_since_rss_check < self._rss_check_every:
+            return
+        self._bytes_since_rss_check = 0
+        rss = self._read_rss()
+        ceiling = self._budget.eviction_bytes
+        if rss > self._rss_limit:
+            current = min(self._span_limit, self._total_span_bytes)
+            self._span_limit = max(self._rss_check_every, current - (rss - self._rss_limit))
+            logger.debug("process RSS %d > limit %d: span limit now %d bytes", rss, self._rss_limit, self._span_limit)
+        elif rss < 0.9 * self._rss_limit and self._span_limit < ceiling:
+            self._span_limit = min(ceiling, self._span_limit + (self._rss_limit - rss) // 2)
 
     def _spill_record(self, record: _RolloutRecord) -> None:
         if self._spill is None:
@@ -1001,3 +1036,9 @@ class InMemoryLightningStore(LightningStore):
                 if record is not None and record.rollout.status in state.FINISHED_STATUSES:
                     out.append(self._plain(record))
             return out
+
+
+def _process_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

@@ -581,3 +581,34 @@ async def test_store_survives_pickling() -> None:
     claimed = await copy.dequeue_rollout()
     assert claimed is not None and claimed.input == "queued"
     assert await copy.get_next_span_sequence_id(rollout.rollout_id, rollout.attempt.attempt_id) == 2
+
+
+async def test_process_memory_limit_spills_earlier_and_recovers(clock: FakeClock) -> None:
+    store = InMemoryLightningStore(
+        clock=clock,
+        memory_capacity_bytes=10_000_000,
+        eviction_memory_threshold=1_000_000,
+        span_size_estimator=lambda span: 100_000,
+        process_memory_limit=6_400_000,  # RSS is read after every 100 000 new span bytes
+    )
+    rss = [0]
+    store._read_rss = lambda: rss[0]  # the process's resident memory, as the test decides
+    rollout = await store.start_rollout(input="x")
+    aid = rollout.attempt.attempt_id
+    rss[0] = 5_000_000  # under the limit: span bytes alone decide
+    for i in range(6):
+        await store.add_span(make_span(rollout.rollout_id, aid, i + 1))
+    assert (await store.statistics())["spilled_spans"] == 0
+    rss[0] = 6_800_000  # 400 000 bytes over the process limit: spans spill although under the span budget
+    await store.add_span(make_span(rollout.rollout_id, aid, 10))
+    stats = await store.statistics()
+    assert stats["spilled_spans"] >= 6 and stats["total_span_bytes"] <= 300_000
+    assert len(await store.query_spans(rollout.rollout_id)) == 7  # nothing lost
+    rss[0] = 1_000_000  # well under the limit again: the span limit grows back
+    other = await store.start_rollout(input="y")
+    for i in range(8):
+        await store.add_span(make_span(other.rollout_id, other.attempt.attempt_id, i + 1))
+    assert (await store.statistics())["total_span_bytes"] > 300_000
+    with pytest.raises(ValueError, match="process_memory_limit"):
+        InMemoryLightningStore(process_memory_limit=0)
+    await store.close()
