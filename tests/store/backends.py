@@ -56,13 +56,11 @@ async def sqlite_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
 
 
 @asynccontextmanager
-async def http_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
-    """The in-memory store behind a real HTTP server on 127.0.0.1 (free port), reached through the client."""
+async def _served(store: LightningStore) -> AsyncIterator[LightningStore]:
+    """`store` behind a real HTTP server on 127.0.0.1 (free port), reached through the client."""
     from agl.store.client import LightningStoreClient
-    from agl.store.memory import InMemoryLightningStore
     from agl.store.server import LightningStoreServer
 
-    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True)
     server = LightningStoreServer(store, host="127.0.0.1", port=0)
     server.start()
     client = LightningStoreClient(server.endpoint, retry_delays=(0.1, 0.2), health_retry_delays=(0.05,))
@@ -74,9 +72,26 @@ async def http_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
         await store.close()
 
 
+@asynccontextmanager
+async def http_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+    """The in-memory store over HTTP."""
+    from agl.store.memory import InMemoryLightningStore
+
+    async with _served(InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def http_sqlite_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+    """The SQLite store over HTTP."""
+    async with sqlite_backend(clock) as store, _served(store) as client:
+        yield client
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "threaded": threaded_memory_backend,
     "http": http_backend,
     "sqlite": sqlite_backend,
+    "http-sqlite": http_sqlite_backend,
 }
