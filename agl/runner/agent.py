@@ -16,6 +16,7 @@ from agl.runner.base import Runner, StopEvent, sleep_until
 from agl.runner.hooks import Hook
 from agl.runner.system_snapshot import system_snapshot
 from agl.store.base import LightningStore
+from agl.store.errors import retry_when_full
 from agl.types.core import AttemptedRollout, Rollout, RolloutMode
 from agl.types.resources import NamedResources
 from agl.types.tracer import Span, SpanCoreFields
@@ -373,14 +374,14 @@ class LitAgentRunner(Runner[T]):
             return traced
         items: list[Any] = result
         if all(isinstance(s, Span) for s in items):
-            return list(await store.add_many_spans(items))
+            return list(await retry_when_full(lambda: store.add_many_spans(items)))
         if all(isinstance(s, SpanCoreFields) for s in items):
             ids = await store.get_many_span_sequence_ids([(rollout_id, attempt_id)] * len(items))
             spans = [
                 Span.from_core_fields(core, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=seq)
                 for core, seq in zip(items, ids, strict=True)
             ]
-            return list(await store.add_many_spans(spans))
+            return list(await retry_when_full(lambda: store.add_many_spans(spans)))
         if all(_is_readable_span(s) for s in items):
             known = {s.span_id for s in traced}
             fresh = [s for s in items if format(s.get_span_context().span_id, "016x") not in known]
@@ -392,7 +393,7 @@ class LitAgentRunner(Runner[T]):
                 return traced
             ids = await store.get_many_span_sequence_ids([(rollout_id, attempt_id)] * len(fresh))
             spans = [Span.from_opentelemetry(s, rollout_id, attempt_id, seq) for s, seq in zip(fresh, ids, strict=True)]
-            return traced + list(await store.add_many_spans(spans))
+            return traced + list(await retry_when_full(lambda: store.add_many_spans(spans)))
         kinds = sorted({type(s).__name__ for s in items})
         raise ValueError(
             f"A rollout's list of spans must hold one kind (Span, SpanCoreFields or ReadableSpan); got {kinds}"

@@ -36,6 +36,7 @@ from agl.store.http.wire import (
     API_PREFIX,
     TOKEN_ENV,
     StoreAuthError,
+    StoreFullHTTPError,
     StoreHTTPError,
     StoreRequestError,
     StoreServerError,
@@ -290,6 +291,8 @@ class LightningStoreClient(LightningStore):
             return StoreAuthError(status, detail, method, url)
         if status < 500:
             return StoreRequestError(status, detail, method, url)
+        if status == 507:
+            return StoreFullHTTPError(status, detail, method, url)
         return StoreServerError(status, detail, method, url)
 
     async def _healthy(self) -> bool:

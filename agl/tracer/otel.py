@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode as OtelStatusCode
 
+from agl.store.errors import retry_when_full
 from agl.tracer.base import SpanRecordingContext, Tracer, _activated, check_status_code, resolve_context_ids
 from agl.types.tracer import Span, SpanCoreFields, StatusCode, TraceStatus
 
@@ -204,7 +205,10 @@ class _TraceSession:
     async def _write(self, store: LightningStore, batch: list[ReadableSpan | SpanCoreFields]) -> list[Span]:
         rid, aid = self.rollout_id, self.attempt_id
         try:
-            sequence_ids = list(await store.get_many_span_sequence_ids([(rid, aid)] * len(batch)))
+            # A full store (StoreFullError, HTTP 507) is retried with back-off rather than dropping the spans.
+            sequence_ids = list(
+                await retry_when_full(lambda: store.get_many_span_sequence_ids([(rid, aid)] * len(batch)))
+            )
             if len(sequence_ids) != len(batch):
                 raise RuntimeError(f"store returned {len(sequence_ids)} sequence ids for {len(batch)} spans")
         except Exception as exc:
@@ -215,7 +219,7 @@ class _TraceSession:
             return [self._convert(s, _next_local_sequence_id()) for s in batch]
         spans = [self._convert(s, seq) for s, seq in zip(batch, sequence_ids, strict=True)]
         try:
-            stored = await store.add_many_spans(spans)
+            stored = await retry_when_full(lambda: store.add_many_spans(spans))
         except Exception as exc:
             self._note_failure(batch, exc)
             logger.exception("Could not store %d spans of %s/%s; kept locally", len(spans), rid, aid)

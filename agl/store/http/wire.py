@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agl.store.errors import StoreFullError
+
 __all__ = [
     "API_PREFIX",
     "FEATURES",
@@ -75,6 +77,10 @@ class StoreAuthError(StoreHTTPError, PermissionError):
 
 class StoreServerError(StoreHTTPError, RuntimeError):
     """The server failed (5xx) on every try."""
+
+
+class StoreFullHTTPError(StoreServerError, StoreFullError):
+    """The server answered 507: no room for more spans right now; retry later (see `retry_when_full`)."""
 
 
 class StoreUnavailableError(ConnectionError):
