@@ -86,3 +86,48 @@ def has_health_rules(config: RolloutConfig) -> bool:
 def warn_deprecated_query_argument(old: str, new: str) -> None:
     """Warn that `query_rollouts(old=...)` is deprecated in favour of `new=...`."""
     warnings.warn(f"query_rollouts({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+
+
+def rollout_changes(
+    *, input: Any, mode: Any, resources_id: Any, status: Any, config: Any, metadata: Any
+) -> dict[str, Any]:
+    """The checked fields an `update_rollout` call sets (UNSET ones left out); `status` is checked, not included."""
+    from agl.store import state
+    from agl.types.core import UNSET
+
+    changes: dict[str, Any] = {}
+    if input is not UNSET:
+        changes["input"] = input
+    if mode is not UNSET:
+        changes["mode"] = check_mode(mode)
+    if resources_id is not UNSET:
+        if resources_id is not None and not isinstance(resources_id, str):
+            raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
+        changes["resources_id"] = resources_id
+    if status is not UNSET:
+        state.check_rollout_status(status)
+    if config is not UNSET:
+        if config is None:
+            raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
+        changes["config"] = as_config(config)
+    if metadata is not UNSET:
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        changes["metadata"] = metadata
+    return changes
+
+
+def check_attempt_update(*, status: Any, worker_id: Any, last_heartbeat_time: Any, metadata: Any) -> None:
+    """ValueErrors naming the field for bad `update_attempt` arguments (UNSET ones are skipped)."""
+    from agl.store import state
+    from agl.types.core import UNSET
+
+    if status is not UNSET:
+        state.check_attempt_status(status)
+    if worker_id is not UNSET and worker_id is not None and not isinstance(worker_id, str):
+        raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
+    if last_heartbeat_time is not UNSET and last_heartbeat_time is not None:
+        if not isinstance(last_heartbeat_time, (int, float)) or isinstance(last_heartbeat_time, bool):
+            raise ValueError(f"last_heartbeat_time must be epoch seconds, got {last_heartbeat_time!r}")
+    if metadata is not UNSET and metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")

@@ -57,10 +57,12 @@ from agl.store.inputs import (
     as_config,
     as_metadata,
     build_model,
+    check_attempt_update,
     check_mode,
     check_worker_id,
     has_health_rules,
     new_id,
+    rollout_changes,
 )
 from agl.store.query import check_page, compile_filter, paginate, rollout_filter, sort_items, span_filter, worker_filter
 from agl.store.waiters import CompletionWaiters
@@ -814,25 +816,9 @@ class SqliteLightningStore(LightningStore):
         metadata: dict[str, Any] | None = UNSET,
     ) -> Rollout:
         """Replace the given fields of a rollout; a terminal status stamps `end_time` and wakes waiters."""
-        changes: dict[str, Any] = {}
-        if input is not UNSET:
-            changes["input"] = input
-        if mode is not UNSET:
-            changes["mode"] = check_mode(mode)
-        if resources_id is not UNSET:
-            if resources_id is not None and not isinstance(resources_id, str):
-                raise ValueError(f"resources_id must be a string or None, got {type(resources_id).__name__}")
-            changes["resources_id"] = resources_id
-        if status is not UNSET:
-            state.check_rollout_status(status)
-        if config is not UNSET:
-            if config is None:
-                raise ValueError("config cannot be None; pass a RolloutConfig (or leave it UNSET)")
-            changes["config"] = as_config(config)
-        if metadata is not UNSET:
-            if metadata is not None and not isinstance(metadata, dict):
-                raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-            changes["metadata"] = metadata
+        changes = rollout_changes(
+            input=input, mode=mode, resources_id=resources_id, status=status, config=config, metadata=metadata
+        )
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
@@ -883,15 +869,9 @@ class SqliteLightningStore(LightningStore):
         metadata: dict[str, Any] = UNSET,
     ) -> Attempt:
         """Set fields of an attempt (`attempt_id` may be "latest"); the latest attempt's status drives the rollout."""
-        if status is not UNSET:
-            state.check_attempt_status(status)
-        if worker_id is not UNSET and worker_id is not None and not isinstance(worker_id, str):
-            raise ValueError(f"worker_id must be a string or None, got {type(worker_id).__name__}")
-        if last_heartbeat_time is not UNSET and last_heartbeat_time is not None:
-            if not isinstance(last_heartbeat_time, (int, float)) or isinstance(last_heartbeat_time, bool):
-                raise ValueError(f"last_heartbeat_time must be epoch seconds, got {last_heartbeat_time!r}")
-        if metadata is not UNSET and metadata is not None and not isinstance(metadata, dict):
-            raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        check_attempt_update(
+            status=status, worker_id=worker_id, last_heartbeat_time=last_heartbeat_time, metadata=metadata
+        )
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
