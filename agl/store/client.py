@@ -257,6 +257,20 @@ class LightningStoreClient(LightningStore):
             self._pools[id(loop)] = (loop, pool)
             return pool
 
+    def _serialize(self, method: str, target: str, body: bytes | None, key: str | None, minimal: bool) -> bytes:
+        head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target.encode("latin-1"), self._static_headers)
+        if minimal:
+            head += b"prefer: return=minimal\r\n"
+        if key is not None:
+            head += b"idempotency-key: %s\r\n" % key.encode("latin-1")
+        if body is None:
+            return head + b"\r\n"
+        if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
+            compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
+            body = compressor.compress(body) + compressor.flush()
+            head += b"content-encoding: gzip\r\n"
+        return b"%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+
     async def _send(
         self,
         method: str,
@@ -266,22 +280,7 @@ class LightningStoreClient(LightningStore):
         timeout: float | None,
         minimal: bool = False,
     ) -> HTTPResponse:
-        parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), self._static_headers]
-        if minimal:
-            parts.append(b"prefer: return=minimal\r\n")
-        if key is not None:
-            parts.append(b"idempotency-key: %s\r\n" % key.encode("latin-1"))
-        if body is not None:
-            if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
-                compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
-                body = compressor.compress(body) + compressor.flush()
-                parts.append(b"content-encoding: gzip\r\n")
-            parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
-            parts.append(body)
-        else:
-            parts.append(b"\r\n")
-        data = b"".join(parts)
-        return await self._pool().request(data, timeout)
+        return await self._pool().request(self._serialize(method, target, body, key, minimal), timeout)
 
     def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
         url = f"{self.server_address}{target}"
@@ -348,32 +347,52 @@ class LightningStoreClient(LightningStore):
             body = b""
         key = None if idempotent else _new_key()
         request_timeout: float | None = self.request_timeout if timeout is _DEFAULT else timeout
-        last: BaseException | None = None
-        for attempt, delay in enumerate((0.0, *self.retry_delays)):
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                response = await self._send(method, target, body, key, request_timeout, minimal)
-            except _TRANSIENT_ERRORS as exc:
-                last = exc
-                logger.debug("%s %s failed (try %d): %r", method, target, attempt + 1, exc)
-            else:
-                status = response.status
-                if status < 300:
+        data = self._serialize(method, target, body, key, minimal)
+        try:  # the first try, kept short: nearly every call ends here
+            response = await self._pool().request(data, request_timeout)
+        except _TRANSIENT_ERRORS as exc:
+            logger.debug("%s %s failed (try 1): %r", method, target, exc)
+            first: BaseException = exc
+        else:
+            if response.status < 300:
+                if "content-encoding" in response.headers:
                     response.body = decode_body(response)
-                    return response
-                if status < 500 and status not in _RETRY_STATUSES:
-                    raise self._error(response, method, target)
-                upstream_message = _upstream_app_error(response)
-                if upstream_message is not None:
-                    code = 404 if "not found" in upstream_message or "does not exist" in upstream_message else 400
-                    raise StoreRequestError(code, upstream_message, method, f"{self.server_address}{target}")
-                last = self._error(response, method, target)
-                logger.debug("%s %s answered %d (try %d)", method, target, status, attempt + 1)
+                return response
+            first = self._failure(response, method, target)
+        return await self._retry(method, path, target, data, request_timeout, first)
+
+    def _failure(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
+        """The error for a non-2xx answer; raised at once unless it is worth another try (returned)."""
+        status = response.status
+        if status < 500 and status not in _RETRY_STATUSES:
+            raise self._error(response, method, target)
+        upstream_message = _upstream_app_error(response)
+        if upstream_message is not None:
+            code = 404 if "not found" in upstream_message or "does not exist" in upstream_message else 400
+            raise StoreRequestError(code, upstream_message, method, f"{self.server_address}{target}")
+        logger.debug("%s %s answered %d", method, target, status)
+        return self._error(response, method, target)
+
+    async def _retry(
+        self, method: str, path: str, target: str, data: bytes, timeout: float | None, last: BaseException
+    ) -> HTTPResponse:
+        """The retry matrix of the 0.3 client, after a first try failed with `last`."""
+        for attempt, delay in enumerate(self.retry_delays, start=2):
             if isinstance(last, StoreHTTPError) and not await self._healthy():
                 # The server answers but is unhealthy: give up. (Unreachable: keep trying; it may be restarting.)
                 break
-        assert last is not None
+            await asyncio.sleep(delay)
+            try:
+                response = await self._pool().request(data, timeout)
+            except _TRANSIENT_ERRORS as exc:
+                last = exc
+                logger.debug("%s %s failed (try %d): %r", method, target, attempt, exc)
+                continue
+            if response.status < 300:
+                if "content-encoding" in response.headers:
+                    response.body = decode_body(response)
+                return response
+            last = self._failure(response, method, target)
         if isinstance(last, StoreHTTPError):
             raise last
         raise StoreUnavailableError(

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import http
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -186,7 +187,14 @@ class StoreProtocol(asyncio.Protocol):
     # -- running requests --------------------------------------------------------------------------------------
 
     def _start(self, request: _Request) -> None:
-        task = self.loop.create_task(self._answer(request))
+        # Run the answer eagerly, here in the callback: most store calls never suspend, and those are then answered
+        # without a task, a loop turn and a done-callback turn. One that suspends continues in a task.
+        coro = self._answer(request)
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        task = self.loop.create_task(_continue(coro, awaited))
         self._running = task
         tasks = self.server_state.tasks
         tasks.add(task)
@@ -289,6 +297,29 @@ class StoreProtocol(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
+
+
+async def _continue(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Drive `coro`, started by hand and now suspended on the future `awaited`, to its end inside a task.
+
+    The coroutine reads the future's outcome itself when resumed; a cancellation of this task is thrown into it.
+    """
+    while True:
+        try:
+            if awaited is None:  # a bare yield (asyncio.sleep(0)): give the loop one turn
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait((awaited,))
+        except asyncio.CancelledError as exc:
+            try:
+                awaited = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
 
 
 def protocol_class(app: StoreApp) -> type[StoreProtocol]:

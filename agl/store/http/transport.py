@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 import zlib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -65,7 +64,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[HTTPResponse] | None = None
         self.closed = False
         self.received = False
-        self.idle_since = time.monotonic()
+        self.idle_since = loop.time()
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
 
@@ -110,7 +109,8 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
-    def _timeout(self) -> None:
+    def time_out(self) -> None:
+        """Fail the request in flight: no answer within its timeout."""
         self._fail(TimeoutError("no response from the server within the request timeout"))
         self.close()
 
@@ -118,20 +118,6 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
-
-    async def send(self, data: bytes, timeout: float | None) -> HTTPResponse:
-        assert self.transport is not None
-        waiter: asyncio.Future[HTTPResponse] = self.loop.create_future()
-        self.waiter = waiter
-        self.received = False
-        self.transport.write(data)
-        handle = self.loop.call_later(timeout, self._timeout) if timeout is not None else None
-        try:
-            return await waiter
-        finally:
-            if handle is not None:
-                handle.cancel()
-            self.waiter = None
 
 
 class ConnectionPool:
@@ -188,7 +174,7 @@ class ConnectionPool:
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
-        now = time.monotonic()
+        now = self.loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.max_idle_seconds:
@@ -197,54 +183,72 @@ class ConnectionPool:
             self._all.discard(conn)
         return None
 
-    def _release(self, conn: _Connection) -> None:
-        if conn.closed or self._closed:
-            conn.close()
-            self._all.discard(conn)
-            return
-        conn.idle_since = time.monotonic()
-        self._idle.append(conn)
-
     async def request(self, data: bytes, timeout: float | None) -> HTTPResponse:
         """Send one serialized request and return its response.
 
-        A reused connection that the server had already closed is replaced once, transparently.
+        A reused connection that the server had already closed is replaced once, transparently. (One coroutine on
+        purpose: this runs for every store call, and each extra frame costs.)
         """
         if self._closed:
             raise ServerDisconnected("connection pool is closed")
+        if self._busy >= self._max_connections:
+            await self._wait_for_slot()
+        self._busy += 1
+        try:
+            conn = self._take_idle()
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect()
+            loop = self.loop
+            while True:
+                waiter: asyncio.Future[HTTPResponse] = loop.create_future()
+                conn.waiter = waiter
+                conn.received = False
+                conn.transport.write(data)  # type: ignore[union-attr]
+                timer = loop.call_later(timeout, conn.time_out) if timeout is not None else None
+                try:
+                    response = await waiter
+                except ServerDisconnected:
+                    conn.close()
+                    self._all.discard(conn)
+                    if fresh or conn.received:
+                        raise
+                    # A stale keep-alive connection: the server never saw this request.
+                    conn = await self._connect()
+                    fresh = True
+                    continue
+                except BaseException:
+                    conn.close()
+                    self._all.discard(conn)
+                    raise
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                    conn.waiter = None
+                if conn.closed or self._closed:
+                    conn.close()
+                    self._all.discard(conn)
+                else:
+                    conn.idle_since = loop.time()
+                    self._idle.append(conn)
+                return response
+        finally:
+            self._busy -= 1
+            if self._slot_waiters:
+                self._wake_slot_waiter()
+
+    async def _wait_for_slot(self) -> None:
         while self._busy >= self._max_connections:
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._slot_waiters.append(waiter)
             await waiter
-        self._busy += 1
-        try:
-            conn = self._take_idle()
-            if conn is not None:
-                try:
-                    return await self._exchange(conn, data, timeout)
-                except ServerDisconnected:
-                    if conn.received:
-                        raise
-                    # A stale keep-alive connection: the server never saw this request.
-            conn = await self._connect()
-            return await self._exchange(conn, data, timeout)
-        finally:
-            self._busy -= 1
-            while self._slot_waiters:
-                waiter = self._slot_waiters.pop(0)
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
 
-    async def _exchange(self, conn: _Connection, data: bytes, timeout: float | None) -> HTTPResponse:
-        try:
-            response = await conn.send(data, timeout)
-        except BaseException:
-            conn.close()
-            self._all.discard(conn)
-            raise
-        self._release(conn)
-        return response
+    def _wake_slot_waiter(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def close(self) -> None:
         """Close every connection (call from the pool's own loop)."""

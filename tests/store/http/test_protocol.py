@@ -1,0 +1,98 @@
+"""The server's own HTTP/1.1 protocol over a raw socket: pipelining, answers that wait, stopping mid-wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from agl.store.client import LightningStoreClient
+from agl.store.memory import InMemoryLightningStore
+from agl.store.server import LightningStoreServer
+
+
+def _post(path: str, payload: object) -> bytes:
+    body = orjson.dumps(payload)
+    head = f"POST /v1/agl{path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def _get(path: str) -> bytes:
+    return f"GET /v1/agl{path} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
+
+
+async def _read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for _ in range(count):
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        out.append((status, await reader.readexactly(length)))
+    return out
+
+
+async def test_pipelined_requests_are_answered_in_order_around_one_that_waits(server: LightningStoreServer) -> None:
+    """A request that has to wait (wait_for_rollouts) holds back the answers pipelined behind it, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_post("/queues/rollouts/enqueue", {"rollouts": [{"input": 1}]}))
+        first = await _read_responses(reader, 1)
+        rollout_id = orjson.loads(first[0][1])[0]["rollout_id"]
+        writer.write(
+            _post("/waits/rollouts", {"rollout_ids": [rollout_id], "timeout": 0.3})
+            + _get("/statistics")
+            + _post("/queues/rollouts/enqueue", {"rollouts": [{"input": 2}]})
+        )
+        await writer.drain()
+        started = time.monotonic()
+        answers = first + await _read_responses(reader, 3)
+        elapsed = time.monotonic() - started
+    finally:
+        writer.close()
+    assert [status for status, _ in answers] == [201, 200, 200, 201]
+    assert orjson.loads(answers[0][1])[0]["input"] == 1
+    assert orjson.loads(answers[1][1]) == []
+    assert orjson.loads(answers[2][1])["total_rollouts"] == 1  # answered after the wait, before the 2nd enqueue
+    assert orjson.loads(answers[3][1])[0]["input"] == 2
+    assert elapsed >= 0.25
+
+
+async def test_a_waiting_request_is_answered_when_the_rollout_finishes(
+    server: LightningStoreServer, client: LightningStoreClient
+) -> None:
+    rollout = await client.enqueue_rollout({"q": 1})
+    claimed = await client.dequeue_rollout(worker_id="w")
+    assert claimed is not None
+    waiting = asyncio.ensure_future(client.wait_for_rollouts(rollout_ids=[rollout.rollout_id], timeout=10))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await client.update_attempt(rollout.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+    finished = await asyncio.wait_for(waiting, 5)
+    assert [r.rollout_id for r in finished] == [rollout.rollout_id]
+    assert finished[0].status == "succeeded"
+
+
+async def test_server_stops_promptly_while_a_request_waits() -> None:
+    server = LightningStoreServer(InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=0)
+    await server.start_async()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_post("/waits/rollouts", {"rollout_ids": ["ro-x"], "timeout": 30}))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await server.stop_async()
+        assert time.monotonic() - started < 5
+        # The connection ends (answered or closed) instead of hanging.
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest == b"" or rest.startswith(b"HTTP/1.1")
+    finally:
+        writer.close()
