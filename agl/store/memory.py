@@ -27,6 +27,7 @@ from agl.store.errors import StoreFullError
 from agl.store.inputs import (
     as_config,
     as_metadata,
+    assign,
     build_model,
     check_attempt_update,
     check_mode,
@@ -259,9 +260,9 @@ class InMemoryLightningStore(LightningStore):
         if old != status:
             self._by_status[old].pop(rollout_id, None)
             self._by_status[status][rollout_id] = None
-            rollout.status = status
+            assign(rollout, status=status)
         if status in state.FINISHED_STATUSES:
-            rollout.end_time = now
+            assign(rollout, end_time=now)
             self._waiters.release(rollout_id)
         elif status in state.QUEUING_STATUSES and rollout_id not in self._queued:
             self._queue.append(rollout_id)
@@ -289,8 +290,7 @@ class InMemoryLightningStore(LightningStore):
         if worker is None:
             worker = Worker(worker_id=worker_id)
             self._workers[worker_id] = worker
-        for key, value in fields.items():
-            setattr(worker, key, value)
+        assign(worker, **fields)
         return worker
 
     def _new_attempt(self, record: _RolloutRecord, worker_id: str | None, now: float) -> Attempt:
@@ -318,9 +318,10 @@ class InMemoryLightningStore(LightningStore):
     def _write_attempt_status(
         self, record: _RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float
     ) -> None:
-        attempt.status = status
         if status in state.ATTEMPT_END_STATUSES:
-            attempt.end_time = now
+            assign(attempt, status=status, end_time=now)
+        else:
+            assign(attempt, status=status)
         if attempt is record.attempts[-1]:
             new = state.rollout_status_from_attempt(status, attempt.sequence_id, record.rollout.config)
             if new != record.rollout.status:
@@ -678,8 +679,7 @@ class InMemoryLightningStore(LightningStore):
         if not stored:
             return stored
         # The arrival of new spans is a heartbeat of the attempt.
-        attempt.last_heartbeat_time = now
-        attempt.status = state.attempt_status_on_heartbeat(attempt.status)
+        assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(attempt.status))
         if attempt is record.attempts[-1]:
             new = state.rollout_status_on_heartbeat(record.rollout.status)
             if new != record.rollout.status:

@@ -883,14 +883,15 @@ def _server_class() -> type[uvicorn.Server]:
 def tune_gc_for_serving() -> None:
     """Make the cyclic garbage collector cheap and its pauses short in a process dedicated to serving the store.
 
-    A store holds many long-lived objects that every full collection walks: what exists at start-up is frozen, and
-    full collections wait for 1 000 middle ones (CPython also waits until a quarter more objects survived).
-    The young generation is collected every 5 000 allocations: a pause stalls every client, and at 50 000 each
-    pause took ~10 ms in bench/store_http.py (K=16), at 5 000 under 1 ms, for the same total time.
+    Every pause stalls every client, so collections are made small rather than rare: the young generation is
+    collected every 5 000 allocations and the middle one every 5 young collections (at 50 000 allocations each
+    young pause took ~10 ms in bench/store_http.py at K=16; at 5 000, under 1 ms for the same total time). What
+    exists at start-up is frozen and full collections wait for 4 000 middle ones (CPython also waits until a
+    quarter more objects survived), since a full collection walks everything the store holds.
     Process-wide: call it only in a process that just serves.
     """
     gc.freeze()
-    gc.set_threshold(5_000, 20, 1_000)
+    gc.set_threshold(5_000, 5, 4_000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -335,14 +335,21 @@ class _Route:
         return params
 
 
-class _Entry:
-    __slots__ = ("deadline", "fingerprint", "response", "waiters")
+class _Running:
+    """A request whose answer is not known yet; retries carrying its key wait for it."""
+
+    __slots__ = ("deadline", "fingerprint", "waiters")
 
     def __init__(self, fingerprint: int, deadline: float) -> None:
         self.fingerprint = fingerprint
         self.deadline = deadline
-        self.response: Response | None = None
         self.waiters: list[asyncio.Future[Response]] | None = None
+
+
+_Kept = tuple[float, int, int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+"""A kept answer: (deadline, fingerprint, status, body, content type, headers). Only atomic values, so the garbage
+collector stops tracking it: a busy server keeps ~100 000 of these, and as objects they were most of what its
+collections walked."""
 
 
 class _IdempotencyCache:
@@ -356,44 +363,49 @@ class _IdempotencyCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.entries: dict[str, _Entry] = {}
+        self.entries: dict[str, _Running | _Kept] = {}
 
     def _evict(self, now: float) -> None:
         entries = self.entries
         while entries:
             key = next(iter(entries))
             entry = entries[key]
-            if entry.deadline > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
-                return
-            if entry.response is None:
+            if not isinstance(entry, tuple):
                 return  # still running; it will be evicted once it is older than its successors
+            if entry[0] > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
+                return
             del entries[key]
-            self.bytes -= len(entry.response.body)
+            self.bytes -= len(entry[3])
 
-    def _forget(self, key: str, entry: _Entry) -> None:
+    def _forget(self, key: str, entry: _Running | _Kept) -> None:
         if self.entries.get(key) is entry:
             del self.entries[key]
+            if isinstance(entry, tuple):
+                self.bytes -= len(entry[3])
+
+    @staticmethod
+    def _replay(status: int, body: bytes, content_type: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Response:
+        return Response(status, body, content_type, [*headers, (REPLAYED_HEADER.encode(), b"true")])
 
     async def run(self, key: str, fingerprint: int, handler: Handler, request: Request) -> Response:
         """Answer `request` with `handler`, or with the kept answer of an earlier request carrying `key`."""
         now = time.monotonic()
         entry = self.entries.get(key)
-        if entry is not None and entry.deadline > now:
-            if entry.fingerprint != fingerprint:
-                raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
-            first = entry.response
-            if first is None:
+        if entry is not None:
+            if (entry[0] if isinstance(entry, tuple) else entry.deadline) > now:
+                if (entry[1] if isinstance(entry, tuple) else entry.fingerprint) != fingerprint:
+                    raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
+                if isinstance(entry, tuple):
+                    return self._replay(entry[2], entry[3], entry[4], entry[5])
                 waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
                 if entry.waiters is None:
                     entry.waiters = []
                 entry.waiters.append(waiter)
                 first = await waiter
-            headers = [*(first.headers or ()), (REPLAYED_HEADER.encode(), b"true")]
-            return Response(first.status, first.body, first.content_type, headers)
-        if entry is not None:
+                return self._replay(first.status, first.body, first.content_type, first.headers or ())
             self._forget(key, entry)
-        entry = _Entry(fingerprint, now + self.ttl)
-        self.entries[key] = entry
+        running = _Running(fingerprint, now + self.ttl)
+        self.entries[key] = running
         try:
             try:
                 response = await handler(request)
@@ -402,17 +414,24 @@ class _IdempotencyCache:
             except Exception as exc:
                 response = error_response(exc)
         except BaseException as exc:  # cancelled: a retry must run the call again
-            self._forget(key, entry)
-            for waiter in entry.waiters or ():
+            self._forget(key, running)
+            for waiter in running.waiters or ():
                 if not waiter.done():
                     waiter.set_exception(exc)
             raise
         if response.status >= 500:
-            self._forget(key, entry)
-        else:
-            entry.response = response
+            self._forget(key, running)
+        elif self.entries.get(key) is running:
+            self.entries[key] = (
+                running.deadline,
+                fingerprint,
+                response.status,
+                response.body,
+                response.content_type,
+                tuple(response.headers) if response.headers else (),
+            )
             self.bytes += len(response.body)
-        for waiter in entry.waiters or ():
+        for waiter in running.waiters or ():
             if not waiter.done():
                 waiter.set_result(response)
         self._evict(now)
