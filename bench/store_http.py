@@ -54,6 +54,10 @@ asyncio.run(server.run_forever())
 
 
 def _serve(conn: Connection, backend: str = "memory", db_path: str = "", synchronous: str = "FULL") -> None:
+    # Its own session, as a store server started on its own (`agl store` in a terminal or a service) has: Linux
+    # schedules each session as one group (autogroup), so the K clients, which share the benchmark's session, do
+    # not get K shares of the CPU against the server's one. Agent Lightning's server is started the same way.
+    os.setsid()
     from agl.store.base import LightningStore
     from agl.store.memory import InMemoryLightningStore
     from agl.store.server import LightningStoreServer
@@ -385,7 +389,10 @@ def _run_agentlightning(
 
     port = _free_port()
     server = subprocess.Popen(
-        [al_python, "-c", _AL_SERVER, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [al_python, "-c", _AL_SERVER, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # as AGL's server (see _serve)
     )
     endpoint = f"http://127.0.0.1:{port}"
     previous = spawn.get_executable()

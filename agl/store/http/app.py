@@ -7,6 +7,7 @@ pydantic models of `agl.types` and encoded with pydantic-core's JSON serializer.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import logging
 import time
@@ -363,7 +364,9 @@ class _IdempotencyCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.entries: dict[str, _Running | _Kept] = {}
+        # Ordered by arrival; eviction takes from the front. An OrderedDict, not a dict: a dict's iterator walks
+        # over the slots its deletions left at the front, so `next(iter(...))` went O(entries) once the cache was full.
+        self.entries: collections.OrderedDict[str, _Running | _Kept] = collections.OrderedDict()
 
     def _evict(self, now: float) -> None:
         entries = self.entries
@@ -468,7 +471,7 @@ class StoreApp:
         self.gzip_level = gzip_level
         self.draining = False
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
-        self.drain_watchers: dict[str, tuple[float, bool]] = {}
+        self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
@@ -733,7 +736,7 @@ class StoreApp:
             if watcher:
                 watchers = self.drain_watchers
                 if watcher not in watchers and len(watchers) >= 10_000:
-                    watchers.pop(next(iter(watchers)))
+                    watchers.popitem(last=False)
                 watchers[watcher] = (time.monotonic(), draining)
         return _ok({"status": "draining" if draining else "ok", "server": "agl", "features": FEATURES})
 

@@ -89,3 +89,45 @@ async def test_same_key_replays_the_first_answer(server: LightningStoreServer) -
         assert third.json()[0]["rollout_id"] != first.json()[0]["rollout_id"]
         stats = (await http.get(f"{server.endpoint}/v1/agl/statistics")).json()
         assert stats["total_rollouts"] == 2
+
+
+async def test_cache_keeps_at_most_max_entries_evicting_the_oldest() -> None:
+    from agl.store.http.app import Request, Response, _IdempotencyCache
+
+    cache = _IdempotencyCache(ttl_seconds=600, max_entries=3, max_bytes=1 << 20)
+    calls: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        calls.append(request.body.decode())
+        return Response(201, request.body)
+
+    def request(body: str) -> Request:
+        return Request("POST", {}, b"", {}, body.encode())
+
+    for index in range(5):
+        await cache.run(f"k{index}", index, handler, request(f"body{index}"))
+    assert list(cache.entries) == ["k2", "k3", "k4"]
+    assert cache.bytes == sum(len(f"body{i}") for i in (2, 3, 4))
+    replay = await cache.run("k4", 4, handler, request("body4"))
+    assert replay.body == b"body4" and calls.count("body4") == 1  # replayed, not run again
+    await cache.run("k0", 0, handler, request("body0"))  # evicted long ago: runs again
+    assert calls.count("body0") == 2
+    assert list(cache.entries) == ["k3", "k4", "k0"]
+
+
+async def test_cache_forgets_expired_answers_and_server_errors() -> None:
+    from agl.store.http.app import Request, Response, _IdempotencyCache
+
+    cache = _IdempotencyCache(ttl_seconds=0.05, max_entries=100, max_bytes=1 << 20)
+    statuses = iter([503, 201, 201])
+
+    async def handler(request: Request) -> Response:
+        return Response(next(statuses), b"x")
+
+    req = Request("POST", {}, b"", {}, b"")
+    assert (await cache.run("k", 1, handler, req)).status == 503
+    assert "k" not in cache.entries  # a 5xx is not kept: the retry runs the call
+    assert (await cache.run("k", 1, handler, req)).status == 201
+    await asyncio.sleep(0.1)
+    assert (await cache.run("k", 1, handler, req)).status == 201  # expired: runs again
+    assert cache.bytes == 1
