@@ -2,8 +2,9 @@
 
 uvicorn still runs the server (socket, loop, start-up, graceful shutdown: this class registers its connections and
 tasks in uvicorn's `ServerState` and answers `shutdown()`), but requests skip the ASGI layer: no scope, message
-dictionaries, per-header validation or per-request keep-alive timer. Each request is one task running
-`StoreApp.handle`, and each response is written with a single `send(2)` (head and body together). Measured on
+dictionaries, per-header validation or per-request keep-alive timer. Each request runs `StoreApp.handle` at once,
+inside the read callback, and becomes a task only if it has to wait (wait_for_rollouts); each response is written
+with a single `send(2)` (head and body together). Measured on
 bench/store_http.py this halves the server's CPU per request compared with uvicorn's own httptools protocol.
 
 Behaviour kept from uvicorn's protocol: keep-alive (HTTP/1.1 default, `Connection: close`, HTTP/1.0), pipelined
