@@ -770,7 +770,19 @@ class InMemoryLightningStore(LightningStore):
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         if not isinstance(span, Span):
             span = Span.model_validate(span)
-        sized = self._sized((span,))
+        return self._add_sized(span, self._sized((span,)))
+
+    async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
+        """`add_span` for a span just validated from the JSON `payload`, which is kept as it is.
+
+        The server uses it to skip re-encoding each span it received (reads validate the kept JSON again, so they
+        see the same span either way).
+        """
+        estimate = self._span_size
+        size = len(payload) if estimate is None else max(0, int(estimate(span)))
+        return self._add_sized(span, [(span, payload, size)])
+
+    def _add_sized(self, span: Span, sized: list[tuple[Span, bytes, int]]) -> Span | None:
         with self._lock:
             now = self._clock()
             self._raise_seq(span.rollout_id, span.sequence_id)

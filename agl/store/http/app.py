@@ -473,6 +473,10 @@ class StoreApp:
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
+        # A store that can keep a span's JSON as received (the in-memory one) is given the request body with it.
+        self._add_span_json: Callable[[Span, bytes], Awaitable[Span | None]] | None = getattr(
+            store, "add_span_json", None
+        )
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
@@ -872,7 +876,8 @@ class StoreApp:
 
     async def _add_span(self, request: Request) -> Response:
         span = _parse_body(Span, request.body)
-        stored = await self.store.add_span(span)
+        add_json = self._add_span_json
+        stored = await (add_json(span, request.body) if add_json is not None else self.store.add_span(span))
         if _wants_minimal(request):
             return Response(201, b"true" if stored is not None else b"null", JSON, [_MINIMAL_APPLIED])
         return _ok(stored, 201)

@@ -96,3 +96,35 @@ async def test_server_stops_promptly_while_a_request_waits() -> None:
         assert rest == b"" or rest.startswith(b"HTTP/1.1")
     finally:
         writer.close()
+
+
+async def test_span_json_kept_as_received_reads_back_as_validated(
+    server: LightningStoreServer, client: LightningStoreClient
+) -> None:
+    """The in-memory store keeps a span's JSON as the server received it; reads see the validated span."""
+    from agl.types import Span
+
+    await client.enqueue_rollout({"q": 1})
+    claimed = await client.dequeue_rollout(worker_id="w")
+    assert claimed is not None
+    ids = f'"rollout_id": "{claimed.rollout_id}", "attempt_id": "{claimed.attempt.attempt_id}"'
+    raw = (
+        "{ " + ids + ', "sequence_id": "3",  "trace_id": "t1", "span_id": "s1", "parent_id": null,'
+        ' "name": "llm", "attributes": {"k": 1}, "custom_extra": [1, 2] }'
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(raw), raw)
+        )
+        await writer.drain()
+        [(status, body)] = await _read_responses(reader, 1)
+    finally:
+        writer.close()
+    assert status == 201
+    expected = Span.model_validate_json(raw)
+    assert Span.model_validate_json(body) == expected
+    [stored] = await client.query_spans(claimed.rollout_id)
+    assert stored == expected
+    assert stored.sequence_id == 3 and stored.model_extra == {"custom_extra": [1, 2]}
