@@ -355,7 +355,7 @@ class LightningStoreClient(LightningStore):
             first: BaseException = exc
         else:
             if response.status < 300:
-                if "content-encoding" in response.headers:
+                if b"content-encoding" in response.headers:
                     response.body = decode_body(response)
                 return response
             first = self._failure(response, method, target)
@@ -389,7 +389,7 @@ class LightningStoreClient(LightningStore):
                 logger.debug("%s %s failed (try %d): %r", method, target, attempt, exc)
                 continue
             if response.status < 300:
-                if "content-encoding" in response.headers:
+                if b"content-encoding" in response.headers:
                     response.body = decode_body(response)
                 return response
             last = self._failure(response, method, target)
@@ -628,7 +628,7 @@ class LightningStoreClient(LightningStore):
         response = await self._call(
             "POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), idempotent=False, minimal=True
         )
-        if response.headers.get("preference-applied") == "return=minimal":
+        if response.headers.get(b"preference-applied") == b"return=minimal":
             return span if response.body == b"true" else None
         result: Span | None = _OPTIONAL_SPAN.validate_json(response.body)
         return result
@@ -640,7 +640,7 @@ class LightningStoreClient(LightningStore):
         if "spans_batch" in await self._features_of_server():
             spans = list(spans)
             response = await self._call("POST", "/spans/batch", {"spans": spans}, idempotent=False, minimal=True)
-            if response.headers.get("preference-applied") == "return=minimal":
+            if response.headers.get(b"preference-applied") == b"return=minimal":
                 return [spans[i] for i in orjson.loads(response.body)]
             return _SPANS.validate_json(response.body)
         stored: list[Span] = []

@@ -29,11 +29,11 @@ class ServerDisconnected(ConnectionError):
 
 
 class HTTPResponse:
-    """A complete response: status code, lower-cased headers and the decoded body."""
+    """A complete response: status code, headers (lower-cased names, as bytes) and the body."""
 
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
@@ -65,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.received = False
         self.idle_since = loop.time()
-        self._headers: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
 
     # asyncio.Protocol
@@ -90,7 +90,7 @@ class _Connection(asyncio.Protocol):
         self._body = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -281,11 +281,11 @@ def build_request(
 
 def decode_body(response: HTTPResponse) -> bytes:
     """The response body, gunzipped if the server compressed it."""
-    encoding = response.headers.get("content-encoding")
-    if not encoding or encoding == "identity":
+    encoding = response.headers.get(b"content-encoding")
+    if not encoding or encoding == b"identity":
         return response.body
-    if encoding in ("gzip", "x-gzip"):
+    if encoding in (b"gzip", b"x-gzip"):
         return zlib.decompress(response.body, 47)
-    if encoding == "deflate":
+    if encoding == b"deflate":
         return zlib.decompress(response.body)
-    raise ValueError(f"server answered with unsupported Content-Encoding {encoding!r}")
+    raise ValueError(f"server answered with unsupported Content-Encoding {encoding.decode('latin-1')!r}")
