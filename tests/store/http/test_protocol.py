@@ -6,8 +6,10 @@ import asyncio
 import time
 
 import orjson
+import pytest
 
 from agl.store.client import LightningStoreClient
+from agl.store.http.wire import StoreUnavailableError
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 
@@ -128,3 +130,31 @@ async def test_span_json_kept_as_received_reads_back_as_validated(
     [stored] = await client.query_spans(claimed.rollout_id)
     assert stored == expected
     assert stored.sequence_id == 3 and stored.model_extra == {"custom_extra": [1, 2]}
+
+
+async def test_client_request_timeout_fails_a_call_the_server_never_answers() -> None:
+    """A server that accepts and reads but never answers: each try fails after about `request_timeout`."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = LightningStoreClient(
+        f"http://127.0.0.1:{port}", retry_delays=(), health_retry_delays=(), request_timeout=0.4
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"did not answer.*TimeoutError"):
+            await asyncio.wait_for(client.statistics(), 5)
+        elapsed = time.monotonic() - started
+        assert 0.35 <= elapsed < 1.5
+        assert accepted  # the request did reach the (silent) server
+    finally:
+        await client.close()
+        for writer in accepted:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
