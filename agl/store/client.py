@@ -96,22 +96,22 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
-_key_prefix = os.urandom(12).hex()
+_key_prefix = os.urandom(12).hex().encode()
 _key_counter = itertools.count()
 
 
 def _reseed_keys() -> None:
     global _key_prefix, _key_counter
-    _key_prefix = os.urandom(12).hex()
+    _key_prefix = os.urandom(12).hex().encode()
     _key_counter = itertools.count()
 
 
 os.register_at_fork(after_in_child=_reseed_keys)  # a forked child must never reuse its parent's keys
 
 
-def _new_key() -> str:
+def _new_key() -> bytes:
     """A fresh idempotency key: a random per-process prefix and a counter (no system call per request)."""
-    return f"{_key_prefix}-{next(_key_counter):x}"
+    return b"%s-%x" % (_key_prefix, next(_key_counter))
 
 
 def _error_detail(response: HTTPResponse) -> Any:
@@ -201,6 +201,7 @@ class LightningStoreClient(LightningStore):
         if self.token:
             static += f"authorization: Bearer {self.token}\r\n"
         self._static_headers = static.encode("latin-1")
+        self._heads: dict[tuple[str, str, bool], bytes] = {}
         self._lock = threading.Lock()
         self._pools: dict[int, tuple[asyncio.AbstractEventLoop, ConnectionPool]] = {}
         self._features: frozenset[str] | None = None
@@ -257,12 +258,18 @@ class LightningStoreClient(LightningStore):
             self._pools[id(loop)] = (loop, pool)
             return pool
 
-    def _serialize(self, method: str, target: str, body: bytes | None, key: str | None, minimal: bool) -> bytes:
-        head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target.encode("latin-1"), self._static_headers)
-        if minimal:
-            head += b"prefer: return=minimal\r\n"
+    def _serialize(self, method: str, target: str, body: bytes | None, key: bytes | None, minimal: bool) -> bytes:
+        heads = self._heads
+        head = heads.get((method, target, minimal))
+        if head is None:
+            head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target.encode("latin-1"), self._static_headers)
+            if minimal:
+                head += b"prefer: return=minimal\r\n"
+            if len(heads) >= 256:  # paths with ids come and go; the hot static ones are re-added at once
+                heads.clear()
+            heads[(method, target, minimal)] = head
         if key is not None:
-            head += b"idempotency-key: %s\r\n" % key.encode("latin-1")
+            head += b"idempotency-key: %s\r\n" % key
         if body is None:
             return head + b"\r\n"
         if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
@@ -276,7 +283,7 @@ class LightningStoreClient(LightningStore):
         method: str,
         target: str,
         body: bytes | None,
-        key: str | None,
+        key: bytes | None,
         timeout: float | None,
         minimal: bool = False,
     ) -> HTTPResponse:
