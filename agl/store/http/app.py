@@ -367,8 +367,10 @@ class _IdempotencyCache:
         # Ordered by arrival; eviction takes from the front. An OrderedDict, not a dict: a dict's iterator walks
         # over the slots its deletions left at the front, so `next(iter(...))` went O(entries) once the cache was full.
         self.entries: collections.OrderedDict[str, _Running | _Kept] = collections.OrderedDict()
+        self._next_expiry_check = 0.0
 
     def _evict(self, now: float) -> None:
+        self._next_expiry_check = now + 1.0
         entries = self.entries
         while entries:
             key = next(iter(entries))
@@ -437,7 +439,8 @@ class _IdempotencyCache:
         for waiter in running.waiters or ():
             if not waiter.done():
                 waiter.set_result(response)
-        self._evict(now)
+        if len(self.entries) > self.max_entries or self.bytes > self.max_bytes or now >= self._next_expiry_check:
+            self._evict(now)  # expired answers are dropped within a second (a lookup never replays them)
         return response
 
 
