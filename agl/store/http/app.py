@@ -244,7 +244,7 @@ def _parse_body(model: type[Any], body: bytes, *, optional: bool = False) -> Any
     if optional and not body.strip():
         return model()
     try:
-        return model.model_validate_json(body)
+        return model.__pydantic_validator__.validate_json(body)  # model_validate_json minus its Python wrapper
     except ValidationError as exc:
         raise HTTPError(422, _validation_detail(exc, "body")) from None
 
@@ -657,7 +657,9 @@ class StoreApp:
         if not route.idempotent:
             key = headers.get(b"idempotency-key")
             if key:
-                return await self._idempotency.run(key.decode("latin-1"), hash((path, body)), handler, request)
+                return await self._idempotency.run(
+                    key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
+                )
         try:
             return await handler(request)
         except HTTPError:
