@@ -189,6 +189,14 @@ class LightningStore:
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         raise _abstract("add_span")
 
+    async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
+        """`add_span` for a span just validated from the JSON `payload` (AGL extension, used by the server).
+
+        A store that keeps spans as JSON may keep `payload` as it is instead of encoding `span` again; reads see
+        the same span either way. By default this is `add_span(span)`.
+        """
+        return await self.add_span(span)
+
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans; returns those stored (duplicates skipped)."""
         raise _abstract("add_many_spans")

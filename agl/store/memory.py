@@ -649,12 +649,11 @@ class InMemoryLightningStore(LightningStore):
     # -- spans ------------------------------------------------------------------------------------------------
     def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, bytes, int]]:
         """Each span with its JSON (what the store keeps) and the bytes it counts against the budget."""
-        out: list[tuple[Span, bytes, int]] = []
+        return [self._sized_one(span, span.__pydantic_serializer__.to_json(span)) for span in spans]
+
+    def _sized_one(self, span: Span, payload: bytes) -> tuple[Span, bytes, int]:
         estimate = self._span_size
-        for span in spans:
-            payload = span.__pydantic_serializer__.to_json(span)
-            out.append((span, payload, len(payload) if estimate is None else max(0, int(estimate(span)))))
-        return out
+        return span, payload, len(payload) if estimate is None else max(0, int(estimate(span)))
 
     def _store_spans(
         self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, bytes, int]], now: float
@@ -773,14 +772,8 @@ class InMemoryLightningStore(LightningStore):
         return self._add_sized(span, self._sized((span,)))
 
     async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
-        """`add_span` for a span just validated from the JSON `payload`, which is kept as it is.
-
-        The server uses it to skip re-encoding each span it received (reads validate the kept JSON again, so they
-        see the same span either way).
-        """
-        estimate = self._span_size
-        size = len(payload) if estimate is None else max(0, int(estimate(span)))
-        return self._add_sized(span, [(span, payload, size)])
+        """`add_span` keeping `payload` (the JSON `span` was just validated from) as it is, instead of re-encoding."""
+        return self._add_sized(span, [self._sized_one(span, payload)])
 
     def _add_sized(self, span: Span, sized: list[tuple[Span, bytes, int]]) -> Span | None:
         with self._lock:

@@ -30,6 +30,22 @@ async def test_add_span_stores_and_returns_it(store: LightningStore) -> None:
     assert queried.model_dump() == span.model_dump()
 
 
+async def test_add_span_json_stores_the_span_its_payload_validates_to(store: LightningStore) -> None:
+    """The server's path: a span validated from a (non-canonical) JSON body is stored with that body."""
+    rid, aid = await _started(store)
+    payload = (
+        '{ "rollout_id": "' + rid + '", "attempt_id": "' + aid + '", "sequence_id": "3", "trace_id": "t",'
+        ' "span_id": "s-json", "name": "llm",  "attributes": {"k": 1}, "custom_extra": [1, 2] }'
+    ).encode()
+    span = Span.model_validate_json(payload)
+    stored = await store.add_span_json(span, payload)
+    assert stored is not None and stored.model_dump() == span.model_dump()
+    (queried,) = await store.query_spans(rid)
+    assert queried.model_dump() == span.model_dump()
+    assert queried.sequence_id == 3 and queried.model_extra == {"custom_extra": [1, 2]}
+    assert await store.add_span_json(span, payload) is None  # a duplicate, as with add_span
+
+
 async def test_add_span_keeps_extra_fields(store: LightningStore) -> None:
     rid, aid = await _started(store)
     await store.add_span(make_span(rid, aid, custom_field={"nested": [1, 2]}))

@@ -397,8 +397,9 @@ class _IdempotencyCache:
         now = time.monotonic()
         entry = self.entries.get(key)
         if entry is not None:
-            if (entry[0] if isinstance(entry, tuple) else entry.deadline) > now:
-                if (entry[1] if isinstance(entry, tuple) else entry.fingerprint) != fingerprint:
+            deadline, first_fingerprint = entry[:2] if isinstance(entry, tuple) else (entry.deadline, entry.fingerprint)
+            if deadline > now:
+                if first_fingerprint != fingerprint:
                     raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
                 if isinstance(entry, tuple):
                     return self._replay(entry[2], entry[3], entry[4], entry[5])
@@ -476,10 +477,6 @@ class StoreApp:
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
-        # A store that can keep a span's JSON as received (the in-memory one) is given the request body with it.
-        self._add_span_json: Callable[[Span, bytes], Awaitable[Span | None]] | None = getattr(
-            store, "add_span_json", None
-        )
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
@@ -881,8 +878,7 @@ class StoreApp:
 
     async def _add_span(self, request: Request) -> Response:
         span = _parse_body(Span, request.body)
-        add_json = self._add_span_json
-        stored = await (add_json(span, request.body) if add_json is not None else self.store.add_span(span))
+        stored = await self.store.add_span_json(span, request.body)
         if _wants_minimal(request):
             return Response(201, b"true" if stored is not None else b"null", JSON, [_MINIMAL_APPLIED])
         return _ok(stored, 201)
