@@ -114,6 +114,13 @@ def _new_key() -> bytes:
     return b"%s-%x" % (_key_prefix, next(_key_counter))
 
 
+def _decoded(response: HTTPResponse) -> HTTPResponse:
+    """`response` with its body gunzipped if the server compressed it."""
+    if b"content-encoding" in response.headers:
+        response.body = decode_body(response)
+    return response
+
+
 def _error_detail(response: HTTPResponse) -> Any:
     try:
         body = decode_body(response)
@@ -362,9 +369,7 @@ class LightningStoreClient(LightningStore):
             first: BaseException = exc
         else:
             if response.status < 300:
-                if b"content-encoding" in response.headers:
-                    response.body = decode_body(response)
-                return response
+                return _decoded(response)
             first = self._failure(response, method, target)
         return await self._retry(method, path, target, data, request_timeout, first)
 
@@ -396,9 +401,7 @@ class LightningStoreClient(LightningStore):
                 logger.debug("%s %s failed (try %d): %r", method, target, attempt, exc)
                 continue
             if response.status < 300:
-                if b"content-encoding" in response.headers:
-                    response.body = decode_body(response)
-                return response
+                return _decoded(response)
             last = self._failure(response, method, target)
         if isinstance(last, StoreHTTPError):
             raise last
