@@ -92,7 +92,6 @@ def _serve(conn: Connection, backend: str = "memory", db_path: str = "", synchro
     loop.close()
 
 
-_TEMPLATE: Any = None
 _ATTRIBUTES = {
     "gen_ai.request.model": "qwen2.5-0.5b",
     "gen_ai.usage.prompt_tokens": 120,
@@ -100,37 +99,52 @@ _ATTRIBUTES = {
     "agentlightning.reward": 0.5,
     "prompt": "What is 2 + 2? Answer with a number only.",
 }
-
-
-def _span(rollout_id: str, attempt_id: str, index: int) -> Any:
-    """A realistic LLM-call span (~600 bytes of JSON); copied from a template, as a tracer's output is a given."""
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        from agl.types import Span
-
-        _TEMPLATE = Span(
-            rollout_id="-",
-            attempt_id="-",
-            sequence_id=0,
-            trace_id="0" * 32,
-            span_id="0" * 16,
-            parent_id=None,
-            name="openai.chat.completion",
-            attributes=dict(_ATTRIBUTES),
-        )
-    return _copy_span(_TEMPLATE, rollout_id, attempt_id, index)
-
-
 _UPDATED = frozenset({"rollout_id", "attempt_id", "sequence_id", "trace_id", "span_id", "start_time", "end_time"})
-_FIELDS_SET: dict[int, set[str]] = {}
+_TEMPLATES: dict[str, tuple[Any, set[str]]] = {}
 
 
-def _copy_span(template: Any, rollout_id: str, attempt_id: str, index: int) -> Any:
-    """`template` (a pydantic Span) with this span's ids and times.
+def _template(impl: str) -> tuple[Any, set[str]]:
+    """A realistic LLM-call span (~600 bytes of JSON) as `impl`'s own `Span` type, and its fields set once copied."""
+    entry = _TEMPLATES.get(impl)
+    if entry is None:
+        fields: dict[str, Any] = {
+            "rollout_id": "-",
+            "attempt_id": "-",
+            "sequence_id": 0,
+            "trace_id": "0" * 32,
+            "span_id": "0" * 16,
+            "parent_id": None,
+            "name": "openai.chat.completion",
+            "attributes": dict(_ATTRIBUTES),
+        }
+        span_type: Any
+        if impl == "agentlightning":
+            from agentlightning.types import Span as span_type
+
+            fields.update(  # Agent Lightning's Span requires these
+                status={"status_code": "OK"},
+                events=[],
+                links=[],
+                start_time=None,
+                end_time=None,
+                context=None,
+                parent=None,
+                resource={"attributes": {}, "schema_url": ""},
+            )
+        else:
+            from agl.types import Span as span_type
+        template = span_type(**fields)
+        entry = _TEMPLATES[impl] = (template, set(template.__pydantic_fields_set__) | _UPDATED)
+    return entry
+
+
+def _span(impl: str, rollout_id: str, attempt_id: str, index: int) -> Any:
+    """The template span with this span's ids and times, as a tracer's output is a given.
 
     Built without `model_copy`, which costs 2.5x as much: the clients share the machine's 2 cores with the server,
     so the harness's own CPU per call is kept small next to the store calls it measures. Same fields, same JSON.
     """
+    template, fields_set = _template(impl)
     now = time.time()
     fields = dict(template.__dict__)
     fields.update(
@@ -142,9 +156,6 @@ def _copy_span(template: Any, rollout_id: str, attempt_id: str, index: int) -> A
         start_time=now,
         end_time=now + 0.01,
     )
-    fields_set = _FIELDS_SET.get(id(template))
-    if fields_set is None:
-        fields_set = _FIELDS_SET[id(template)] = set(template.__pydantic_fields_set__) | _UPDATED
     span = object.__new__(type(template))
     object.__setattr__(span, "__dict__", fields)
     object.__setattr__(span, "__pydantic_fields_set__", fields_set)
@@ -153,47 +164,15 @@ def _copy_span(template: Any, rollout_id: str, attempt_id: str, index: int) -> A
     return span
 
 
-_AL_TEMPLATE: Any = None
-
-
-def _al_span(rollout_id: str, attempt_id: str, index: int) -> Any:
-    """The same span as `_span`, as Agent Lightning's own `Span` type (for its client)."""
-    global _AL_TEMPLATE
-    if _AL_TEMPLATE is None:
-        from agentlightning.types import Span as AlSpan
-
-        _AL_TEMPLATE = AlSpan(
-            rollout_id="-",
-            attempt_id="-",
-            sequence_id=0,
-            trace_id="0" * 32,
-            span_id="0" * 16,
-            parent_id=None,
-            name="openai.chat.completion",
-            status={"status_code": "OK"},
-            attributes=dict(_ATTRIBUTES),
-            events=[],
-            links=[],
-            start_time=None,
-            end_time=None,
-            context=None,
-            parent=None,
-            resource={"attributes": {}, "schema_url": ""},
-        )
-    return _copy_span(_AL_TEMPLATE, rollout_id, attempt_id, index)
-
-
 async def _client_loop(
     endpoint: str, mode: str, duration: float, warmup: float, barrier: Any, impl: str = "agl"
 ) -> dict[str, Any]:
-    make_span = _span
     client: Any
     if impl == "agentlightning":
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         from agentlightning.store.client_server import LightningStoreClient as AlClient
 
         client = AlClient(endpoint)
-        make_span = _al_span
     else:
         from agl.store.client import LightningStoreClient
 
@@ -215,7 +194,7 @@ async def _client_loop(
         if claimed is None:
             raise RuntimeError("dequeue returned nothing although this client just enqueued a rollout")
         rid, aid = claimed.rollout_id, claimed.attempt.attempt_id
-        spans = [make_span(rid, aid, i) for i in range(SPANS_PER_CYCLE)]
+        spans = [_span(impl, rid, aid, i) for i in range(SPANS_PER_CYCLE)]
         if mode == "single":
             for span in spans:
                 t0 = perf()
