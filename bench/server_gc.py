@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=3000, help="measured cycles per setting and repeat")
     parser.add_argument("--warmup", type=int, default=2000, help="cycles run first, so the store holds data")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the table shows medians")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results", help="JSON directory")
     args = parser.parse_args(argv)
     if args.cycles <= 0 or args.repeats <= 0 or args.warmup < 0:
         parser.error("--cycles and --repeats must be positive and --warmup not negative")
@@ -148,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         median = {c: statistics.median(r[c] for r in samples) for c in columns}
         table.append({"setting": name, **median})
         print(f"{name:24s}" + "".join(f"{median[c]:15.2f}" for c in columns))
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"server_gc-{time.strftime('%Y%m%d-%H%M%S')}.json"
     meta = {"python": platform.python_version(), "cycles": args.cycles, "repeats": args.repeats}
     path.write_text(json.dumps({"meta": meta, "table": table, "runs": rows}, indent=2))

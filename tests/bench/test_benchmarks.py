@@ -1,0 +1,73 @@
+"""The benchmark scripts run end to end on tiny settings and write the JSON they promise (they are not timed here)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(script: str, *args: str, out: Path, timeout: float = 300) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (written,) = out.glob("*.json")
+    return json.loads(written.read_text())
+
+
+def test_server_gc_measures_every_setting(tmp_path: Path) -> None:
+    data = _run("server_gc.py", "--cycles", "30", "--warmup", "10", "--repeats", "1", out=tmp_path)
+    settings = {row["setting"] for row in data["table"]}
+    assert "tune_gc_for_serving()" in settings and "700/10/10 (CPython)" in settings
+    for run in data["runs"]:
+        assert run["calls"] == 30 * 13
+        assert run["us_per_call"] > 0
+    serving = next(run for run in data["runs"] if run["setting"] == "tune_gc_for_serving()")
+    assert serving["threshold"] == list(_serving_threshold())
+
+
+def _serving_threshold() -> tuple[int, ...]:
+    from agl.store.server import tune_gc_for_serving
+
+    before = gc.get_threshold()
+    try:
+        tune_gc_for_serving()
+        return gc.get_threshold()
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_store_http_runs_a_client_against_a_real_server(tmp_path: Path) -> None:
+    data = _run(
+        "store_http.py",
+        "--k",
+        "2",
+        "--mode",
+        "both",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--repeats",
+        "1",
+        out=tmp_path,
+    )
+    rows = {(run["mode"], run["k"]): run for run in data["runs"]}
+    assert set(rows) == {("single", 2), ("batched", 2)}
+    single = rows[("single", 2)]
+    assert single["cycles"] > 0 and single["calls"] == 13 * single["cycles"]
+    assert 0 < single["p50_ms"] <= single["p99_ms"]
+    assert set(single["per_call"]) == {"enqueue_rollout", "dequeue_rollout", "add_span", "update_attempt"}
+    assert rows[("batched", 2)]["per_call"].keys() >= {"add_many_spans"}
