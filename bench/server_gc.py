@@ -34,6 +34,7 @@ SETTINGS: dict[str, tuple[int, int, int] | None] = {
     "700/10/10 (CPython)": (700, 10, 10),
     "50000/5/10000": (50_000, 5, 10_000),
     "5000/2/10000": (5_000, 2, 10_000),
+    "1000/2/10000": (1_000, 2, 10_000),
     "tune_gc_for_serving()": None,  # what agl.store.server sets now
 }
 _HEADERS = {b"host": b"127.0.0.1", b"content-type": b"application/json", b"accept-encoding": b"gzip"}
