@@ -3,7 +3,7 @@
 Requests go over pooled keep-alive connections (one pool per event loop). Failed calls are retried as the 0.3
 client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
 not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
-running the call twice. Errors come back as exceptions: 400/404/409/413/422 → `StoreRequestError` (a ValueError),
+running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions: 400/404/409/413/422 → `StoreRequestError` (a ValueError),
 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
 `StoreUnavailableError` (a ConnectionError).
 """
@@ -401,6 +401,7 @@ class LightningStoreClient(LightningStore):
                 logger.debug("%s %s failed (try %d): %r", method, target, attempt, exc)
                 continue
             if response.status < 300:
+                response.retried = True
                 return _decoded(response)
             last = self._failure(response, method, target)
         if isinstance(last, StoreHTTPError):
@@ -634,14 +635,18 @@ class LightningStoreClient(LightningStore):
         """Store a span; None when the attempt already has a span with that id.
 
         The server is asked not to echo the span back (`Prefer: return=minimal`); then `span` itself is returned.
+        Sent without an idempotency key: the store keeps one span per (rollout, attempt, span id), so a re-sent call
+        cannot store it twice, and a re-sent call that finds the span already there returns it as stored (the try
+        whose answer was lost stored it). This keeps the server's idempotency cache for the calls that need it.
         """
-        response = await self._call(
-            "POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), idempotent=False, minimal=True
-        )
+        response = await self._call("POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), minimal=True)
         if response.headers.get(b"preference-applied") == b"return=minimal":
-            return span if response.body == b"true" else None
-        result: Span | None = _OPTIONAL_SPAN.validate_json(response.body)
-        return result
+            stored = span if response.body == b"true" else None
+        else:
+            stored = _OPTIONAL_SPAN.validate_json(response.body)
+        if stored is None and response.retried:
+            return span
+        return stored
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans in one request (one by one against a server without the batch route)."""

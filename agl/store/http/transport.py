@@ -32,14 +32,18 @@ class ServerDisconnected(ConnectionError):
 
 
 class HTTPResponse:
-    """A complete response: status code, headers (lower-cased names, as bytes) and the body."""
+    """A complete response: status code, headers (lower-cased names, as bytes) and the body.
 
-    __slots__ = ("body", "headers", "status")
+    `retried` is set by callers that re-sent the request: an earlier try may then have taken effect already.
+    """
+
+    __slots__ = ("body", "headers", "retried", "status")
 
     def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self.retried = False
 
 
 def parse_server_address(address: str) -> tuple[str, str, int, bool, str]:

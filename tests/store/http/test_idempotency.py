@@ -10,6 +10,7 @@ import httpx
 
 from agl.store.client import LightningStoreClient
 from agl.store.server import LightningStoreServer
+from agl.types import Span
 
 
 async def _read_message(reader: asyncio.StreamReader) -> bytes:
@@ -71,6 +72,28 @@ async def test_lost_answer_is_retried_without_duplicating(server: LightningStore
     try:
         page = await direct.query_rollouts()
         assert [r.rollout_id for r in page] == [rollout.rollout_id, started.rollout_id]
+    finally:
+        await direct.close()
+
+
+async def test_add_span_whose_answer_was_lost_is_stored_once_and_returned(server: LightningStoreServer) -> None:
+    direct = LightningStoreClient(server.endpoint)
+    try:
+        started = await direct.start_rollout({"task": 1})
+        rid, aid = started.rollout_id, started.attempt.attempt_id
+        async with _lossy_proxy(server.port, (b"/v1/agl/spans",)) as port:
+            client = LightningStoreClient(
+                f"http://127.0.0.1:{port}", retry_delays=(0.05, 0.1), health_retry_delays=(0.05,)
+            )
+            try:
+                span = Span(rollout_id=rid, attempt_id=aid, sequence_id=1, trace_id="t" * 32, span_id="s1", name="x")
+                stored = await client.add_span(span)  # stored by the first try, whose answer is dropped
+                again = await client.add_span(span)  # a real duplicate: no retry involved
+            finally:
+                await client.close()
+        assert stored == span
+        assert again is None
+        assert [s.span_id for s in await direct.query_spans(rid)] == ["s1"]
     finally:
         await direct.close()
 
