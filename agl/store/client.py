@@ -3,9 +3,9 @@
 Requests go over pooled keep-alive connections (one pool per event loop). Failed calls are retried as the 0.3
 client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
 not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
-running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions: 400/404/409/413/422 → `StoreRequestError` (a ValueError),
-401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
-`StoreUnavailableError` (a ConnectionError).
+running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions:
+400/404/409/413/422 → `StoreRequestError` (a ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after
+all tries → `StoreServerError`, unreachable → `StoreUnavailableError` (a ConnectionError).
 """
 
 from __future__ import annotations

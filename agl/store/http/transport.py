@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -18,7 +17,6 @@ __all__ = [
     "ConnectionPool",
     "HTTPResponse",
     "ServerDisconnected",
-    "build_request",
     "decode_body",
     "parse_server_address",
 ]
@@ -184,6 +182,10 @@ class ConnectionPool:
         self._all.add(conn)
         return conn
 
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._all.discard(conn)
+
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
         now = self.loop.time()
@@ -191,8 +193,7 @@ class ConnectionPool:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.max_idle_seconds:
                 return conn
-            conn.close()
-            self._all.discard(conn)
+            self._drop(conn)
         return None
 
     async def request(self, data: bytes, timeout: float | None) -> HTTPResponse:
@@ -227,8 +228,7 @@ class ConnectionPool:
                 try:
                     response = await waiter
                 except ServerDisconnected:
-                    conn.close()
-                    self._all.discard(conn)
+                    self._drop(conn)
                     if fresh or conn.received:
                         raise
                     # A stale keep-alive connection: the server never saw this request.
@@ -236,14 +236,12 @@ class ConnectionPool:
                     fresh = True
                     continue
                 except BaseException:
-                    conn.close()
-                    self._all.discard(conn)
+                    self._drop(conn)
                     raise
                 finally:
                     conn.waiter = None
                 if conn.closed or self._closed:
-                    conn.close()
-                    self._all.discard(conn)
+                    self._drop(conn)
                 else:
                     conn.idle_since = loop.time()
                     self._idle.append(conn)
@@ -297,26 +295,6 @@ class ConnectionPool:
             conn.close()
         self._all.clear()
         self._idle.clear()
-
-
-def build_request(
-    method: str,
-    target: str,
-    host_header: str,
-    body: bytes | None,
-    headers: Mapping[str, str] | None = None,
-    *,
-    static_headers: bytes = b"",
-) -> bytes:
-    """Serialize an HTTP/1.1 request (with Content-Length) to bytes."""
-    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host_header}\r\n"]
-    if headers:
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}\r\n")
-    if body is not None:
-        lines.append(f"content-length: {len(body)}\r\n")
-    head = "".join(lines).encode("latin-1") + static_headers + b"\r\n"
-    return head + body if body else head
 
 
 def decode_body(response: HTTPResponse) -> bytes:
