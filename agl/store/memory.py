@@ -658,32 +658,40 @@ class InMemoryLightningStore(LightningStore):
     def _store_spans(
         self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, bytes, int]], now: float
     ) -> list[Span]:
-        stored: list[Span] = []
-        for span, payload, size in sized:
-            key = (attempt.attempt_id, span.span_id)
-            if key in record.spans or (
-                record.spilled and self._spill is not None and self._spill.contains(span.rollout_id, *key)
-            ):
-                logger.error(
-                    "Duplicate span %s of rollout %s attempt %s ignored", span.span_id, span.rollout_id, span.attempt_id
-                )
-                continue
-            if not record.spans:
-                heapq.heappush(self._eviction_heap, (record.rollout.start_time, record.rollout.rollout_id))
-            record.spans[key] = payload
-            record.span_bytes += size
-            self._total_span_bytes += size
-            self._total_spans += 1
-            stored.append(span)
-        if not stored:
-            return stored
-        # The arrival of new spans is a heartbeat of the attempt.
+        stored = [span for span, payload, size in sized if self._keep_span(record, attempt, span, payload, size)]
+        if stored:
+            self._heartbeat(record, attempt, now)
+        return stored
+
+    def _keep_span(self, record: _RolloutRecord, attempt: Attempt, span: Span, payload: bytes, size: int) -> bool:
+        """Keep one span's JSON unless the attempt already has a span with its id (then log and return False)."""
+        key = (attempt.attempt_id, span.span_id)
+        if key in record.spans or (
+            record.spilled and self._spill is not None and self._spill.contains(span.rollout_id, *key)
+        ):
+            logger.error(
+                "Duplicate span %s of rollout %s attempt %s ignored", span.span_id, span.rollout_id, span.attempt_id
+            )
+            return False
+        if not record.spans:
+            heapq.heappush(self._eviction_heap, (record.rollout.start_time, record.rollout.rollout_id))
+        record.spans[key] = payload
+        record.span_bytes += size
+        self._total_span_bytes += size
+        self._total_spans += 1
+        return True
+
+    def _heartbeat(self, record: _RolloutRecord, attempt: Attempt, now: float) -> None:
+        """New spans are a heartbeat of their attempt (and may move a preparing rollout/attempt to running)."""
+        if attempt.status == "running" and record.rollout.status == "running":  # the usual case, nothing moves
+            attempt.__dict__["last_heartbeat_time"] = now
+            attempt.__pydantic_fields_set__.add("last_heartbeat_time")
+            return
         assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(attempt.status))
         if attempt is record.attempts[-1]:
             new = state.rollout_status_on_heartbeat(record.rollout.status)
             if new != record.rollout.status:
                 self._set_rollout_status(record, new, now)
-        return stored
 
     def _make_room(self, incoming: int) -> None:
         """Spill the oldest rollouts' spans to disk until `incoming` bytes fit the memory budget.
@@ -769,20 +777,31 @@ class InMemoryLightningStore(LightningStore):
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         if not isinstance(span, Span):
             span = Span.model_validate(span)
-        return self._add_sized(span, self._sized((span,)))
+        return self._add_one(span, span.__pydantic_serializer__.to_json(span))
 
     async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
         """`add_span` keeping `payload` (the JSON `span` was just validated from) as it is, instead of re-encoding."""
-        return self._add_sized(span, [self._sized_one(span, payload)])
+        return self._add_one(span, payload)
 
-    def _add_sized(self, span: Span, sized: list[tuple[Span, bytes, int]]) -> Span | None:
+    def _add_one(self, span: Span, payload: bytes) -> Span | None:
+        # add_many_spans' steps for one span, inline: this is the store's most frequent write.
+        size = len(payload) if self._span_size is None else max(0, int(self._span_size(span)))
         with self._lock:
-            now = self._clock()
-            self._raise_seq(span.rollout_id, span.sequence_id)
-            record, attempt = self._locate(span.rollout_id, span.attempt_id)
-            self._make_room(sized[0][2])
-            stored = self._store_spans(record, attempt, sized, now)
-            return stored[0] if stored else None
+            rollout_id = span.rollout_id
+            record = self._records.get(rollout_id)
+            if record is None:
+                raise ValueError(f"Rollout {rollout_id} not found")
+            if span.sequence_id > record.span_seq:
+                record.span_seq = span.sequence_id
+            attempt = record.attempts_by_id.get(span.attempt_id)
+            if attempt is None:
+                raise ValueError(f"Attempt {span.attempt_id} not found for rollout {rollout_id}")
+            if self._rss_limit is not None or self._total_span_bytes + size > self._span_limit:
+                self._make_room(size)  # (otherwise there is room: without an RSS limit the span limit is fixed)
+            if not self._keep_span(record, attempt, span, payload, size):
+                return None
+            self._heartbeat(record, attempt, self._clock())
+            return span
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans, all validated first; returns those stored (duplicates skipped), grouped by attempt."""

@@ -289,6 +289,8 @@ def _ok(value: Any, status: int = 200) -> Response:
 
 
 _MINIMAL_APPLIED = (b"preference-applied", b"return=minimal")
+_MINIMAL_HEADERS = [_MINIMAL_APPLIED]  # never mutated: shared by every minimal answer
+_validate_span_json = Span.__pydantic_validator__.validate_json
 
 
 def _wants_minimal(request: Request) -> bool:
@@ -495,10 +497,7 @@ class StoreApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         headers: dict[bytes, bytes] = dict(scope["headers"])
         query: bytes = scope.get("query_string", b"")
-        try:
-            response = await self._dispatch(method, raw_path.decode("latin-1"), query, headers, None, receive)
-        except HTTPError as exc:
-            response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+        response = await self.handle(method, raw_path.decode("latin-1"), query, headers, None, receive)
         body, extra = self.encode(response, headers)
         await send(
             {
@@ -512,18 +511,6 @@ class StoreApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-    async def handle(
-        self, method: str, path: str, query_string: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> Response:
-        """Answer one request whose (still encoded) body was read whole; the server's own protocol calls this.
-
-        `headers` maps lower-case names to values; `path` is the raw (still percent-encoded) path.
-        """
-        try:
-            return await self._dispatch(method, path, query_string, headers, body, None)
-        except HTTPError as exc:
-            return Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
 
     def too_large_response(self) -> Response:
         """The 413 answer to a request whose declared or received body exceeds `max_body_bytes`."""
@@ -614,55 +601,62 @@ class StoreApp:
                 [(b"www-authenticate", b"Bearer")],
             )
 
-    async def _dispatch(
+    async def handle(
         self,
         method: str,
         path: str,
         query_string: bytes,
         headers: dict[bytes, bytes],
         body: bytes | None,
-        receive: Receive | None,
+        receive: Receive | None = None,
     ) -> Response:
-        """Route and answer a request; `body` is the whole raw body, or None to read it with `receive` (ASGI)."""
-        if not path.startswith(_API_SLASH):
-            return await self._dispatch_other(method, path, headers, body, receive)
-        sub = path[_API_LEN:]
-        route = self._static.get((method, sub))
-        params: dict[str, str] | None = None
-        if route is None:
-            parts = sub.strip("/").split("/")
-            for candidate in self._dynamic.get((method, len(parts)), ()):
-                params = candidate.match(parts)
-                if params is not None:
-                    route = candidate
-                    break
-            if route is None:
-                raise self._no_route(sub)
-        if not route.public and self._auth is not None:
-            self._check_auth(headers)
-        if method != "POST":
-            body = b""
-        elif body is None:
-            assert receive is not None
-            body = await self.read_body(headers, receive)
-        else:
-            encoding = headers.get(b"content-encoding")
-            if encoding:
-                body = self._decode_content(encoding, body)
-        request = Request(method, params or {}, query_string, headers, body)
-        handler = route.handler
-        if not route.idempotent:
-            key = headers.get(b"idempotency-key")
-            if key:
-                return await self._idempotency.run(
-                    key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
-                )
+        """Answer one request; errors become error answers (only a bug in a handler raises).
+
+        `headers` maps lower-case names to values; `path` is the raw (still percent-encoded) path; `body` is the
+        whole raw body, or None to read it with `receive` (ASGI). The server's own protocol calls this directly.
+        """
         try:
-            return await handler(request)
-        except HTTPError:
-            raise
-        except Exception as exc:
-            return error_response(exc)
+            route = self._static.get((method, path))  # keyed by the full path: no prefix check or slicing
+            params: dict[str, str] | None = None
+            if route is None:
+                if not path.startswith(_API_SLASH):
+                    return await self._dispatch_other(method, path, headers, body, receive)
+                sub = path[_API_LEN:]
+                parts = sub.strip("/").split("/")
+                for candidate in self._dynamic.get((method, len(parts)), ()):
+                    params = candidate.match(parts)
+                    if params is not None:
+                        route = candidate
+                        break
+                if route is None:
+                    raise self._no_route(sub)
+            if not route.public and self._auth is not None:
+                self._check_auth(headers)
+            if method != "POST":
+                body = b""
+            elif body is None:
+                assert receive is not None
+                body = await self.read_body(headers, receive)
+            else:
+                encoding = headers.get(b"content-encoding")
+                if encoding:
+                    body = self._decode_content(encoding, body)
+            request = Request(method, params or {}, query_string, headers, body)
+            handler = route.handler
+            if not route.idempotent:
+                key = headers.get(b"idempotency-key")
+                if key:
+                    return await self._idempotency.run(
+                        key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
+                    )
+            try:
+                return await handler(request)
+            except HTTPError:
+                raise
+            except Exception as exc:
+                return error_response(exc)
+        except HTTPError as exc:
+            return Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
 
     def _no_route(self, sub: str) -> HTTPError:
         parts = sub.strip("/").split("/")
@@ -698,7 +692,7 @@ class StoreApp:
     ) -> None:
         route = _Route(method, pattern, handler, idempotent, public)
         if all(name is None for name in route.names):
-            self._static[(method, "/" + "/".join(route.segments))] = route
+            self._static[(method, API_PREFIX + "/" + "/".join(route.segments))] = route
         else:
             self._dynamic.setdefault((method, len(route.segments)), []).append(route)
 
@@ -877,10 +871,14 @@ class StoreApp:
         return _ok(await self.store.get_resources_by_id(request.params["resources_id"]))
 
     async def _add_span(self, request: Request) -> Response:
-        span = _parse_body(Span, request.body)
-        stored = await self.store.add_span_json(span, request.body)
-        if _wants_minimal(request):
-            return Response(201, b"true" if stored is not None else b"null", JSON, [_MINIMAL_APPLIED])
+        body = request.body
+        try:
+            span = _validate_span_json(body)  # _parse_body, inline: the most frequent request
+        except ValidationError as exc:
+            raise HTTPError(422, _validation_detail(exc, "body")) from None
+        stored = await self.store.add_span_json(span, body)
+        if b"return=minimal" in request.headers.get(b"prefer", b""):  # _wants_minimal
+            return Response(201, b"true" if stored is not None else b"null", JSON, _MINIMAL_HEADERS)
         return _ok(stored, 201)
 
     async def _add_spans(self, request: Request) -> Response:

@@ -32,30 +32,32 @@ __all__ = ["protocol_class"]
 logger = logging.getLogger(__name__)
 
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
-_STATUS_LINES: dict[int, bytes] = {}
+_HEADS: dict[tuple[int, bytes], bytes] = {}
 _MAX_PENDING = 16
 """Parsed requests waiting behind the one running before reading from the peer pauses."""
 
 
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b""))
-        _STATUS_LINES[status] = line
-    return line
+def _head(status: int, content_type: bytes) -> bytes:
+    """The status line and content-type header of an answer (made once per pair)."""
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n" % (status, _PHRASES.get(status, b""), content_type)
+    if len(_HEADS) < 256:
+        _HEADS[(status, content_type)] = head
+    return head
 
 
 class _Request:
     __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "too_large")
 
-    def __init__(self, method: str, path: str, query: bytes, headers: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, method: str, path: str, query: bytes, headers: dict[bytes, bytes], keep_alive: bool, too_large: bool
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body: list[bytes] = []
-        self.keep_alive = True
-        self.too_large = False
+        self.keep_alive = keep_alive
+        self.too_large = too_large
 
 
 class StoreProtocol(asyncio.Protocol):
@@ -69,6 +71,9 @@ class StoreProtocol(asyncio.Protocol):
         self.keep_alive_timeout = float(getattr(config, "timeout_keep_alive", 5))
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self._max_body = self.app.max_body_bytes
+        # A declared Content-Length with fewer digits than the limit cannot exceed it: no int() for those.
+        self._max_body_digits = len(str(self._max_body))
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._current: _Request | None = None
@@ -152,22 +157,33 @@ class StoreProtocol(asyncio.Protocol):
         else:
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
-        method = self.parser.get_method().decode("ascii")
-        request = _Request(method, raw_path.decode("latin-1"), query, self._headers)
-        request.keep_alive = self.parser.should_keep_alive()
-        declared = self._headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.app.max_body_bytes:
-            request.too_large = True
-        elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._current = request
+        headers = self._headers
+        parser = self.parser
+        declared = headers.get(b"content-length")
+        too_large = (
+            declared is not None
+            and len(declared) >= self._max_body_digits
+            and declared.isdigit()
+            and int(declared) > self._max_body
+        )
+        self._current = _Request(
+            parser.get_method().decode("ascii"),
+            raw_path.decode("latin-1"),
+            query,
+            headers,
+            parser.should_keep_alive(),
+            too_large,
+        )
+        if not too_large and b"expect" in headers:
+            if headers[b"expect"].lower() == b"100-continue" and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         request = self._current
         if request is None or request.too_large:
             return
-        self._body_size += len(body)
-        if self._body_size > self.app.max_body_bytes:
+        size = self._body_size = self._body_size + len(body)
+        if size > self._max_body:
             request.too_large = True
             request.body = []
             return
@@ -177,7 +193,6 @@ class StoreProtocol(asyncio.Protocol):
         request, self._current = self._current, None
         if request is None:
             return
-        self.server_state.total_requests += 1
         if self._running is None:
             self._start(request)
         else:
@@ -190,62 +205,90 @@ class StoreProtocol(asyncio.Protocol):
     def _start(self, request: _Request) -> None:
         # Run the answer eagerly, here in the callback: most store calls never suspend, and those are then answered
         # without a task, a loop turn and a done-callback turn. One that suspends continues in a task.
-        coro = self._answer(request)
+        app = self.app
+        if request.too_large:
+            self._finish(request, app.too_large_response())
+            return
+        chunks = request.body
+        coro = app.handle(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            chunks[0] if len(chunks) == 1 else b"".join(chunks),
+        )
         try:
             awaited = coro.send(None)
-        except StopIteration:
+        except StopIteration as done:
+            self._finish(request, done.value)
             return
-        task = self.loop.create_task(_continue(coro, awaited))
+        except Exception:
+            self._finish(request, self._crashed(request))
+            return
+        task = self.loop.create_task(self._complete(request, coro, awaited))
         self._running = task
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _answer(self, request: _Request) -> None:
-        app = self.app
+    async def _complete(self, request: _Request, coro: Coroutine[Any, Any, Response], awaited: Any) -> None:
+        """Finish, in a task, an answer that suspended in `_start`."""
         try:
-            if request.too_large:
-                response = app.too_large_response()
-            else:
-                chunks = request.body
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                response = await app.handle(request.method, request.path, request.query, request.headers, body)
-            self._write(request, response)
-        except Exception:  # a bug in the app: answer 500 rather than leave the client hanging
-            logger.exception("store server: unhandled error answering %s %s", request.method, request.path)
-            from agl.store.http.app import Response
-
-            self._write(request, Response(500, b'{"detail":"Internal server error"}'))
-        finally:
+            response = await _continue(coro, awaited)
+        except Exception:
+            response = self._crashed(request)
+        except BaseException:
             self._running = None
             self._next()
+            raise
+        self._running = None
+        self._finish(request, response)
+
+    @staticmethod
+    def _crashed(request: _Request) -> Response:
+        """The 500 answer to a request the app failed on (a bug): the client must not be left hanging."""
+        logger.exception("store server: unhandled error answering %s %s", request.method, request.path)
+        from agl.store.http.app import Response
+
+        return Response(500, b'{"detail":"Internal server error"}')
+
+    def _finish(self, request: _Request, response: Response) -> None:
+        try:
+            self._write(request, response)
+        finally:
+            self._next()  # the requests pipelined behind this one go on even if writing failed
 
     def _write(self, request: _Request, response: Response) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        body = response.body
+        extra = response.headers
+        if len(body) > self.app.gzip_min_bytes:
+            body, extra = self.app.encode(response, request.headers)
+        more = b""
+        if extra:
+            for name, value in extra:
+                more += b"%s: %s\r\n" % (name, value)
         keep_alive = request.keep_alive and not self._closing
-        body, extra = self.app.encode(response, request.headers)
-        parts = [
-            _status_line(response.status),
-            b"content-type: ",
-            response.content_type,
-            b"\r\ncontent-length: ",
-            str(len(body)).encode(),
-            b"\r\n",
-        ]
-        for name, value in extra:
-            parts += (name, b": ", value, b"\r\n")
         if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if request.method != "HEAD":
-            parts.append(body)
-        transport.write(b"".join(parts))
+            more += b"connection: close\r\n"
+        transport.write(
+            b"%scontent-length: %d\r\n%s\r\n%s"
+            % (
+                _HEADS.get((response.status, response.content_type)) or _head(response.status, response.content_type),
+                len(body),
+                more,
+                body if request.method != "HEAD" else b"",
+            )
+        )
         if not keep_alive:
             self._close()
 
     def _next(self) -> None:
+        if not self._pending and not self._closing:  # the usual case: nothing queued behind this answer
+            self._idle_since = self.loop.time()
+            return
         if self.transport is None or self.transport.is_closing():
             return
         if self._pending:
@@ -300,8 +343,8 @@ class StoreProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-async def _continue(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Drive `coro`, started by hand and now suspended on the future `awaited`, to its end inside a task.
+async def _continue(coro: Coroutine[Any, Any, Response], awaited: Any) -> Response:
+    """Drive `coro`, started by hand and now suspended on the future `awaited`, to its end; its result.
 
     The coroutine reads the future's outcome itself when resumed; a cancellation of this task is thrown into it.
     """
@@ -314,13 +357,15 @@ async def _continue(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
         except asyncio.CancelledError as exc:
             try:
                 awaited = coro.throw(exc)
-            except StopIteration:
-                return
+            except StopIteration as done:
+                result: Response = done.value
+                return result
             continue
         try:
             awaited = coro.send(None)
-        except StopIteration:
-            return
+        except StopIteration as done:
+            result = done.value
+            return result
 
 
 def protocol_class(app: StoreApp) -> type[StoreProtocol]:
