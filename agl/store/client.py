@@ -204,13 +204,17 @@ class LightningStoreClient(LightningStore):
         self._base = prefix + API_PREFIX
         default_port = 443 if tls else 80
         self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port != default_port else "")
-        static = f"host: {self._host_header}\r\naccept-encoding: gzip\r\nuser-agent: agl-store-client\r\n"
+        static = f"host: {self._host_header}\r\naccept-encoding: gzip\r\n"
         if self.token:
             static += f"authorization: Bearer {self.token}\r\n"
         self._static_headers = static.encode("latin-1")
         self._heads: dict[tuple[str, str, bool], bytes] = {}
         self._lock = threading.Lock()
         self._pools: dict[int, tuple[asyncio.AbstractEventLoop, ConnectionPool]] = {}
+        self._last_pool: ConnectionPool | None = None  # the pool of the loop that called last: no lookup per call
+        # Every span is sent to the same route: its request line and headers are made once.
+        self._span_head = self._serialize("POST", self._base + "/spans", None, None, True)[:-2]
+        self._span_target = self._base + "/spans"
         self._features: frozenset[str] | None = None
         self._dequeue_succeeded = False
         self._dequeue_warned = False
@@ -248,8 +252,12 @@ class LightningStoreClient(LightningStore):
 
     def _pool(self) -> ConnectionPool:
         loop = asyncio.get_running_loop()
+        pool = self._last_pool
+        if pool is not None and pool.loop is loop and not pool.closed:
+            return pool
         entry = self._pools.get(id(loop))
         if entry is not None and entry[0] is loop and not entry[1].closed:
+            self._last_pool = entry[1]
             return entry[1]
         with self._lock:
             for key, (other, _) in list(self._pools.items()):
@@ -263,6 +271,7 @@ class LightningStoreClient(LightningStore):
                 max_connections=self.max_connections,
             )
             self._pools[id(loop)] = (loop, pool)
+            self._last_pool = pool
             return pool
 
     def _serialize(self, method: str, target: str, body: bytes | None, key: bytes | None, minimal: bool) -> bytes:
@@ -361,17 +370,24 @@ class LightningStoreClient(LightningStore):
             body = b""
         key = None if idempotent else _new_key()
         request_timeout: float | None = self.request_timeout if timeout is _DEFAULT else timeout
-        data = self._serialize(method, target, body, key, minimal)
+        return await self._exchange(
+            method, path, target, self._serialize(method, target, body, key, minimal), request_timeout
+        )
+
+    async def _exchange(self, method: str, path: str, target: str, data: bytes, timeout: float | None) -> HTTPResponse:
+        """Send the serialized request `data` with the retry matrix; the successful response, body decoded."""
         try:  # the first try, kept short: nearly every call ends here
-            response = await self._pool().request(data, request_timeout)
+            response = await self._pool().request(data, timeout)
         except _TRANSIENT_ERRORS as exc:
             logger.debug("%s %s failed (try 1): %r", method, target, exc)
             first: BaseException = exc
         else:
             if response.status < 300:
-                return _decoded(response)
+                if b"content-encoding" in response.headers:
+                    response.body = decode_body(response)
+                return response
             first = self._failure(response, method, target)
-        return await self._retry(method, path, target, data, request_timeout, first)
+        return await self._retry(method, path, target, data, timeout, first)
 
     def _failure(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
         """The error for a non-2xx answer; raised at once unless it is worth another try (returned)."""
@@ -639,7 +655,16 @@ class LightningStoreClient(LightningStore):
         cannot store it twice, and a re-sent call that finds the span already there returns it as stored (the try
         whose answer was lost stored it). This keeps the server's idempotency cache for the calls that need it.
         """
-        response = await self._call("POST", "/spans", raw_body=span.__pydantic_serializer__.to_json(span), minimal=True)
+        body = span.__pydantic_serializer__.to_json(span)
+        if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
+            response = await self._call("POST", "/spans", raw_body=body, minimal=True)
+        else:  # what _call would send, from the prepared head
+            data = b"%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+                self._span_head,
+                len(body),
+                body,
+            )
+            response = await self._exchange("POST", "/spans", self._span_target, data, self.request_timeout)
         if response.headers.get(b"preference-applied") == b"return=minimal":
             stored = span if response.body == b"true" else None
         else:
@@ -831,6 +856,7 @@ class LightningStoreClient(LightningStore):
         with self._lock:
             pools = list(self._pools.values())
             self._pools.clear()
+            self._last_pool = None
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

@@ -102,9 +102,12 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        response = HTTPResponse(self.parser.get_status_code(), self._headers, body)
-        if not self.parser.should_keep_alive():
+        chunks = self._body
+        parser = self.parser
+        response = HTTPResponse(
+            parser.get_status_code(), self._headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        )
+        if not parser.should_keep_alive():
             self.close()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -156,6 +159,7 @@ class ConnectionPool:
         # request was ~6 % of the client's instructions per call). It runs only while requests are in flight.
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_tick = 0.0
+        self._watchdog_timeout = 0.0
 
     @property
     def closed(self) -> bool:
@@ -208,21 +212,26 @@ class ConnectionPool:
             await self._wait_for_slot()
         self._busy += 1
         try:
-            conn = self._take_idle()
+            loop = self.loop
+            now = loop.time()
+            idle = self._idle
+            conn = idle.pop() if idle else None
+            if conn is not None and (conn.closed or now - conn.idle_since >= self.max_idle_seconds):
+                self._drop(conn)
+                conn = self._take_idle()
             fresh = conn is None
             if conn is None:
                 conn = await self._connect()
-            loop = self.loop
+                now = loop.time()
             while True:
                 waiter: asyncio.Future[HTTPResponse] = loop.create_future()
                 conn.waiter = waiter
                 conn.received = False
                 conn.transport.write(data)  # type: ignore[union-attr]
                 if timeout is not None:
-                    conn.deadline = loop.time() + timeout
-                    tick = timeout / 8 if timeout < 8.0 else 1.0
-                    if self._watchdog is None or tick < self._watchdog_tick:
-                        self._arm_watchdog(tick)
+                    conn.deadline = now + timeout
+                    if self._watchdog is None or timeout < self._watchdog_timeout:
+                        self._arm_watchdog(timeout)
                 else:
                     conn.deadline = _NO_DEADLINE
                 try:
@@ -233,6 +242,7 @@ class ConnectionPool:
                         raise
                     # A stale keep-alive connection: the server never saw this request.
                     conn = await self._connect()
+                    now = loop.time()
                     fresh = True
                     continue
                 except BaseException:
@@ -244,19 +254,20 @@ class ConnectionPool:
                     self._drop(conn)
                 else:
                     conn.idle_since = loop.time()
-                    self._idle.append(conn)
+                    idle.append(conn)
                 return response
         finally:
             self._busy -= 1
             if self._slot_waiters:
                 self._wake_slot_waiter()
 
-    def _arm_watchdog(self, tick: float) -> None:
-        """Check deadlines every `tick` seconds: a request fails within its timeout plus at most 1/8 of it (≤ 1 s)."""
+    def _arm_watchdog(self, timeout: float) -> None:
+        """Check deadlines often enough for `timeout`: a request fails within it plus at most 1/8 of it (≤ 1 s)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        self._watchdog_tick = tick
-        self._watchdog = self.loop.call_later(tick, self._check_deadlines)
+        self._watchdog_timeout = timeout
+        self._watchdog_tick = timeout / 8 if timeout < 8.0 else 1.0
+        self._watchdog = self.loop.call_later(self._watchdog_tick, self._check_deadlines)
 
     def _check_deadlines(self) -> None:
         self._watchdog = None
