@@ -32,13 +32,16 @@ def new_id(prefix: str, nbytes: int) -> str:
     return prefix + os.urandom(nbytes).hex()
 
 
+_set = object.__setattr__  # pydantic models refuse plain assignment of these slots
+
+
 def build_model(cls: type[M], fields: dict[str, Any], extra: dict[str, Any] | None) -> M:
     """A model instance from already-valid field values (no validation: the store made or checked them)."""
     obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", dict(extra) if extra is not None else None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    _set(obj, "__dict__", fields)
+    _set(obj, "__pydantic_fields_set__", set(fields))
+    _set(obj, "__pydantic_extra__", dict(extra) if extra is not None else None)
+    _set(obj, "__pydantic_private__", None)
     return obj
 
 

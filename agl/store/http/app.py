@@ -334,7 +334,7 @@ class _Route:
                 if part != segment:
                     return None
             else:
-                params[name] = unquote(part)
+                params[name] = unquote(part) if "%" in part else part
         return params
 
 
@@ -439,9 +439,10 @@ class _IdempotencyCache:
                 tuple(response.headers) if response.headers else (),
             )
             self.bytes += len(response.body)
-        for waiter in running.waiters or ():
-            if not waiter.done():
-                waiter.set_result(response)
+        if running.waiters:
+            for waiter in running.waiters:
+                if not waiter.done():
+                    waiter.set_result(response)
         if len(self.entries) > self.max_entries or self.bytes > self.max_bytes or now >= self._next_expiry_check:
             self._evict(now)  # expired answers are dropped within a second (a lookup never replays them)
         return response
