@@ -58,7 +58,7 @@ from agl.types.core import (
     WorkerStatus,
 )
 from agl.types.resources import NamedResources, ResourcesUpdate
-from agl.types.tracer import Span
+from agl.types.tracer import Span, span_json
 
 __all__ = [
     "LightningStoreClient",
@@ -655,7 +655,7 @@ class LightningStoreClient(LightningStore):
         cannot store it twice, and a re-sent call that finds the span already there returns it as stored (the try
         whose answer was lost stored it). This keeps the server's idempotency cache for the calls that need it.
         """
-        body = span.__pydantic_serializer__.to_json(span)
+        body = span_json(span)
         if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
             response = await self._call("POST", "/spans", raw_body=body, minimal=True)
         else:  # what _call would send, from the prepared head
@@ -679,7 +679,8 @@ class LightningStoreClient(LightningStore):
             return []
         if "spans_batch" in await self._features_of_server():
             spans = list(spans)
-            response = await self._call("POST", "/spans/batch", {"spans": spans}, idempotent=False, minimal=True)
+            body = b'{"spans":[%s]}' % b",".join([span_json(span) for span in spans])
+            response = await self._call("POST", "/spans/batch", raw_body=body, idempotent=False, minimal=True)
             if response.headers.get(b"preference-applied") == b"return=minimal":
                 return [spans[i] for i in orjson.loads(response.body)]
             return _SPANS.validate_json(response.body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "SpanCoreFields",
     "StatusCode",
     "TraceStatus",
+    "span_json",
 ]
 
 Attributes = dict[str, Any]
@@ -210,3 +212,32 @@ class Span(BaseModel):
             end_time=core.end_time,
             context=SpanContext(trace_id=trace_id, span_id=span_id),
         )
+
+
+_PLAIN_PARTS = frozenset({TraceStatus, SpanContext, Event, Link, OtelResource})
+# Values orjson would write differently from pydantic (datetimes, str/int subclasses, dataclasses) go to `_part`
+# instead, which refuses them: such spans take pydantic's path.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _part(value: Any) -> dict[str, Any]:
+    if type(value) in _PLAIN_PARTS and not value.__pydantic_extra__:
+        fields: dict[str, Any] = value.__dict__
+        return fields
+    raise TypeError("not a plain span part")
+
+
+def span_json(span: Span) -> bytes:
+    """The JSON of `span`, equal in content to `span.model_dump_json()`.
+
+    Spans whose parts are all plain (no extra keys, no subclasses, JSON-native attribute values, as tracers make
+    them) are written by orjson from their field dictionaries, about 2x faster than pydantic's serializer; any
+    other span is written by pydantic. For JSON that is sent, not kept: orjson's bytes may hold a buffer several
+    times their length (at least 4 KiB), so a store keeping the JSON uses pydantic's exact-size bytes instead.
+    """
+    if type(span) is Span and not span.__pydantic_extra__:
+        try:
+            return orjson.dumps(span.__dict__, default=_part, option=_OPTIONS)
+        except TypeError:
+            pass
+    return span.__pydantic_serializer__.to_json(span)
