@@ -32,7 +32,7 @@ from store_http import SPANS_PER_CYCLE, _span  # type: ignore[import-not-found]
 
 SETTINGS: dict[str, tuple[int, int, int] | None] = {
     "700/10/10 (CPython)": (700, 10, 10),
-    "50000/5/10000": (50_000, 5, 10_000),
+    "50000/50/100 (before stop 8)": (50_000, 50, 100),
     "5000/2/10000": (5_000, 2, 10_000),
     "1000/2/10000": (1_000, 2, 10_000),
     "tune_gc_for_serving()": None,  # what agl.store.server sets now
@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         "max_pause_ms",
     )
     print(f"\nmedians of {args.repeats} run(s) of {args.cycles} cycles ({args.cycles * 13} calls)")
-    print(f"{'setting':24s}" + "".join(f"{c:>15s}" for c in columns))
-    print("-" * (24 + 15 * len(columns)))
+    print(f"{'setting':30s}" + "".join(f"{c:>15s}" for c in columns))
+    print("-" * (30 + 15 * len(columns)))
     table: list[dict[str, Any]] = []
     for name in SETTINGS:
         samples = [r for r in rows if r["setting"] == name]
         median = {c: statistics.median(r[c] for r in samples) for c in columns}
         table.append({"setting": name, **median})
-        print(f"{name:24s}" + "".join(f"{median[c]:15.2f}" for c in columns))
+        print(f"{name:30s}" + "".join(f"{median[c]:15.2f}" for c in columns))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"server_gc-{time.strftime('%Y%m%d-%H%M%S')}.json"
