@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -158,3 +159,96 @@ async def test_client_request_timeout_fails_a_call_the_server_never_answers() ->
             writer.close()
         listener.close()
         await listener.wait_closed()
+
+
+async def _exchange_raw(server: LightningStoreServer, data: bytes, count: int) -> list[tuple[int, bytes]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await _read_responses(reader, count)
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_gets_an_interim_answer_then_the_real_one(server: LightningStoreServer) -> None:
+    body = orjson.dumps({"rollouts": [{"input": 1}]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            b"POST /v1/agl/queues/rollouts/enqueue HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        [(status, answer)] = await _read_responses(reader, 1)
+    finally:
+        writer.close()
+    assert status == 201 and orjson.loads(answer)[0]["input"] == 1
+
+
+async def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent() -> None:
+    """413 on the headers alone: no 100 Continue, no need to send the body."""
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0, max_body_bytes=1000)
+    await server.start_async()
+    try:
+        head = (
+            b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 1001\r\n"
+            b"connection: close\r\n\r\n"
+        )
+        [(status, answer)] = await _exchange_raw(server, head, 1)
+        assert status == 413 and b"max_body_bytes" in answer
+        # One digit shorter than the limit's is never too large: it is read and answered (422: not a span).
+        small = b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\ncontent-length: 999\r\n\r\n" + b" " * 999
+        [(status, _)] = await _exchange_raw(server, small, 1)
+        assert status == 422
+    finally:
+        await server.stop_async()
+
+
+async def test_head_answers_carry_no_body_and_keep_the_connection_in_step(server: LightningStoreServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"HEAD /v1/agl/statistics HTTP/1.1\r\nhost: t\r\n\r\n" + _get("/statistics"))
+        await writer.drain()
+        head: list[bytes] = []
+        while (line := await asyncio.wait_for(reader.readline(), 10)) != b"\r\n":
+            head.append(line)
+        [(status, body)] = await _read_responses(reader, 1)  # right after the HEAD answer's blank line
+    finally:
+        writer.close()
+    assert head[0].startswith(b"HTTP/1.1 405") and any(h.startswith(b"content-length: ") for h in head)
+    assert status == 200 and orjson.loads(body)["total_rollouts"] == 0
+
+
+@pytest.mark.parametrize("when", ["on call", "while running"])
+async def test_an_app_failure_is_answered_500_and_the_connection_goes_on(
+    server: LightningStoreServer, when: str
+) -> None:
+    """A bug in the app (not a store error, which handlers turn into answers) still gets an answer."""
+    app = server._app  # the test breaks the app on purpose
+    assert app is not None
+    real = app.handle
+    calls = 0
+
+    async def fails_while_running() -> Any:
+        raise RuntimeError("bug in the app")
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            if when == "on call":
+                raise RuntimeError("bug in the app")
+            return fails_while_running()
+        return real(*args, **kwargs)
+
+    app.handle = failing_once  # type: ignore[method-assign]
+    try:
+        answers = await _exchange_raw(server, _get("/statistics") + _get("/statistics"), 2)
+    finally:
+        app.handle = real  # type: ignore[method-assign]
+    assert [status for status, _ in answers] == [500, 200]
+    assert orjson.loads(answers[0][1]) == {"detail": "Internal server error"}
