@@ -232,8 +232,8 @@ def span_json(span: Span) -> bytes:
 
     Spans whose parts are all plain (no extra keys, no subclasses, JSON-native attribute values, as tracers make
     them) are written by orjson from their field dictionaries, about 2x faster than pydantic's serializer; any
-    other span is written by pydantic. For JSON that is sent, not kept: orjson's bytes may hold a buffer several
-    times their length (at least 4 KiB), so a store keeping the JSON uses pydantic's exact-size bytes instead.
+    other span is written by pydantic. orjson's bytes may hold a buffer several times their length (at least
+    4 KiB): copy them (`bytes(memoryview(...))`) before keeping them.
     """
     if type(span) is Span and not span.__pydantic_extra__:
         try:
