@@ -679,7 +679,8 @@ class LightningStoreClient(LightningStore):
             return []
         if "spans_batch" in await self._features_of_server():
             spans = list(spans)
-            body = b'{"spans":[%s]}' % b",".join([span_json(span) for span in spans])
+            parts = [span_json(s) if isinstance(s, Span) else pydantic_core.to_json(s) for s in spans]  # dicts too
+            body = b'{"spans":[%s]}' % b",".join(parts)
             response = await self._call("POST", "/spans/batch", raw_body=body, idempotent=False, minimal=True)
             if response.headers.get(b"preference-applied") == b"return=minimal":
                 return [spans[i] for i in orjson.loads(response.body)]

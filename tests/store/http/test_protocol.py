@@ -252,3 +252,21 @@ async def test_an_app_failure_is_answered_500_and_the_connection_goes_on(
         app.handle = real  # type: ignore[method-assign]
     assert [status for status, _ in answers] == [500, 200]
     assert orjson.loads(answers[0][1]) == {"detail": "Internal server error"}
+
+
+async def test_client_add_many_spans_accepts_span_dicts_as_the_memory_store_does(
+    server: LightningStoreServer, client: LightningStoreClient
+) -> None:
+    """Span objects go through `span_json`; plain dicts are still written (by pydantic) and stored."""
+    from agl.types import Span
+
+    await client.enqueue_rollout({"q": 1})
+    claimed = await client.dequeue_rollout(worker_id="w")
+    assert claimed is not None
+    ids = {"rollout_id": claimed.rollout_id, "attempt_id": claimed.attempt.attempt_id, "trace_id": "t"}
+    as_dict = {**ids, "sequence_id": 1, "span_id": "s1", "name": "from-dict"}
+    as_span = Span(**ids, sequence_id=2, span_id="s2", name="from-span")
+    stored = await client.add_many_spans([as_dict, as_span])  # type: ignore[list-item]
+    assert len(stored) == 2
+    names = [span.name for span in (await client.query_spans(claimed.rollout_id)).items]
+    assert names == ["from-dict", "from-span"]
