@@ -212,9 +212,9 @@ class LightningStoreClient(LightningStore):
         self._lock = threading.Lock()
         self._pools: dict[int, tuple[asyncio.AbstractEventLoop, ConnectionPool]] = {}
         self._last_pool: ConnectionPool | None = None  # the pool of the loop that called last: no lookup per call
-        # Every span is sent to the same route: its request line and headers are made once.
-        self._span_head = self._serialize("POST", self._base + "/spans", None, None, True)[:-2]
+        # Every span is sent to the same route: its request line and headers are looked up once.
         self._span_target = self._base + "/spans"
+        self._span_head = self._head("POST", self._span_target, True)
         self._features: frozenset[str] | None = None
         self._dequeue_succeeded = False
         self._dequeue_warned = False
@@ -274,7 +274,8 @@ class LightningStoreClient(LightningStore):
             self._last_pool = pool
             return pool
 
-    def _serialize(self, method: str, target: str, body: bytes | None, key: bytes | None, minimal: bool) -> bytes:
+    def _head(self, method: str, target: str, minimal: bool) -> bytes:
+        """The request line and the headers every request to `target` carries (made once per target)."""
         heads = self._heads
         head = heads.get((method, target, minimal))
         if head is None:
@@ -284,8 +285,16 @@ class LightningStoreClient(LightningStore):
             if len(heads) >= 256:  # paths with ids come and go; the hot static ones are re-added at once
                 heads.clear()
             heads[(method, target, minimal)] = head
+        return head
+
+    def _serialize(self, method: str, target: str, body: bytes | None, key: bytes | None, minimal: bool) -> bytes:
+        head = self._head(method, target, minimal)
         if key is not None:
             head += b"idempotency-key: %s\r\n" % key
+        return self._with_body(head, body)
+
+    def _with_body(self, head: bytes, body: bytes | None) -> bytes:
+        """The whole request: `head`, the body's headers and the body (gzipped when large)."""
         if body is None:
             return head + b"\r\n"
         if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
@@ -383,9 +392,7 @@ class LightningStoreClient(LightningStore):
             first: BaseException = exc
         else:
             if response.status < 300:
-                if b"content-encoding" in response.headers:
-                    response.body = decode_body(response)
-                return response
+                return _decoded(response)
             first = self._failure(response, method, target)
         return await self._retry(method, path, target, data, timeout, first)
 
@@ -655,16 +662,8 @@ class LightningStoreClient(LightningStore):
         cannot store it twice, and a re-sent call that finds the span already there returns it as stored (the try
         whose answer was lost stored it). This keeps the server's idempotency cache for the calls that need it.
         """
-        body = span_json(span)
-        if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
-            response = await self._call("POST", "/spans", raw_body=body, minimal=True)
-        else:  # what _call would send, from the prepared head
-            data = b"%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-                self._span_head,
-                len(body),
-                body,
-            )
-            response = await self._exchange("POST", "/spans", self._span_target, data, self.request_timeout)
+        data = self._with_body(self._span_head, span_json(span))  # what _call sends, minus its generic steps
+        response = await self._exchange("POST", "/spans", self._span_target, data, self.request_timeout)
         if response.headers.get(b"preference-applied") == b"return=minimal":
             stored = span if response.body == b"true" else None
         else:

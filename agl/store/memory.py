@@ -658,11 +658,16 @@ class InMemoryLightningStore(LightningStore):
     # -- spans ------------------------------------------------------------------------------------------------
     def _sized(self, spans: Iterable[Span]) -> list[tuple[Span, bytes, int]]:
         """Each span with its JSON (what the store keeps) and the bytes it counts against the budget."""
-        return [self._sized_one(span, _kept_json(span)) for span in spans]
+        sized: list[tuple[Span, bytes, int]] = []
+        for span in spans:
+            payload = _kept_json(span)
+            sized.append((span, payload, self._span_bytes(span, payload)))
+        return sized
 
-    def _sized_one(self, span: Span, payload: bytes) -> tuple[Span, bytes, int]:
+    def _span_bytes(self, span: Span, payload: bytes) -> int:
+        """What `span`, kept as `payload`, counts against the memory budget."""
         estimate = self._span_size
-        return span, payload, len(payload) if estimate is None else max(0, int(estimate(span)))
+        return len(payload) if estimate is None else max(0, int(estimate(span)))
 
     def _store_spans(
         self, record: _RolloutRecord, attempt: Attempt, sized: Iterable[tuple[Span, bytes, int]], now: float
@@ -708,6 +713,8 @@ class InMemoryLightningStore(LightningStore):
         Spills down to the safe threshold once the eviction threshold would be crossed. Raises StoreFullError
         (storing nothing) when the spill's disk budget is spent too.
         """
+        if self._rss_limit is None and self._total_span_bytes + incoming <= self._span_limit:
+            return  # the usual case: room (without an RSS limit the span limit is the eviction threshold, fixed)
         budget = self._budget
         if incoming > budget.eviction_bytes:
             raise ValueError(
@@ -793,20 +800,12 @@ class InMemoryLightningStore(LightningStore):
         return self._add_one(span, payload)
 
     def _add_one(self, span: Span, payload: bytes) -> Span | None:
-        # add_many_spans' steps for one span, inline: this is the store's most frequent write.
-        size = len(payload) if self._span_size is None else max(0, int(self._span_size(span)))
+        # add_many_spans' steps for one span, without its grouping and lists: the store's most frequent write.
+        size = self._span_bytes(span, payload)
         with self._lock:
-            rollout_id = span.rollout_id
-            record = self._records.get(rollout_id)
-            if record is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
-            if span.sequence_id > record.span_seq:
-                record.span_seq = span.sequence_id
-            attempt = record.attempts_by_id.get(span.attempt_id)
-            if attempt is None:
-                raise ValueError(f"Attempt {span.attempt_id} not found for rollout {rollout_id}")
-            if self._rss_limit is not None or self._total_span_bytes + size > self._span_limit:
-                self._make_room(size)  # (otherwise there is room: without an RSS limit the span limit is fixed)
+            self._raise_seq(span.rollout_id, span.sequence_id)
+            record, attempt = self._locate(span.rollout_id, span.attempt_id)
+            self._make_room(size)
             if not self._keep_span(record, attempt, span, payload, size):
                 return None
             self._heartbeat(record, attempt, self._clock())

@@ -190,9 +190,8 @@ class ConnectionPool:
         conn.close()
         self._all.discard(conn)
 
-    def _take_idle(self) -> _Connection | None:
+    def _take_idle(self, now: float) -> _Connection | None:
         idle = self._idle
-        now = self.loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.max_idle_seconds:
@@ -214,11 +213,7 @@ class ConnectionPool:
         try:
             loop = self.loop
             now = loop.time()
-            idle = self._idle
-            conn = idle.pop() if idle else None
-            if conn is not None and (conn.closed or now - conn.idle_since >= self.max_idle_seconds):
-                self._drop(conn)
-                conn = self._take_idle()
+            conn = self._take_idle(now)
             fresh = conn is None
             if conn is None:
                 conn = await self._connect()
@@ -254,7 +249,7 @@ class ConnectionPool:
                     self._drop(conn)
                 else:
                     conn.idle_since = loop.time()
-                    idle.append(conn)
+                    self._idle.append(conn)
                 return response
         finally:
             self._busy -= 1

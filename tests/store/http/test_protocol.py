@@ -13,6 +13,7 @@ from agl.store.client import LightningStoreClient
 from agl.store.http.wire import StoreUnavailableError
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
+from agl.types import AttemptedRollout
 
 
 def _post(path: str, payload: object) -> bytes:
@@ -40,6 +41,14 @@ async def _read_responses(reader: asyncio.StreamReader, count: int) -> list[tupl
                 length = int(value)
         out.append((status, await reader.readexactly(length)))
     return out
+
+
+async def _claimed(client: LightningStoreClient) -> AttemptedRollout:
+    """A rollout enqueued and claimed through `client`, ready for spans."""
+    await client.enqueue_rollout({"q": 1})
+    claimed = await client.dequeue_rollout(worker_id="w")
+    assert claimed is not None
+    return claimed
 
 
 async def test_pipelined_requests_are_answered_in_order_around_one_that_waits(server: LightningStoreServer) -> None:
@@ -107,9 +116,7 @@ async def test_span_json_kept_as_received_reads_back_as_validated(
     """The in-memory store keeps a span's JSON as the server received it; reads see the validated span."""
     from agl.types import Span
 
-    await client.enqueue_rollout({"q": 1})
-    claimed = await client.dequeue_rollout(worker_id="w")
-    assert claimed is not None
+    claimed = await _claimed(client)
     ids = f'"rollout_id": "{claimed.rollout_id}", "attempt_id": "{claimed.attempt.attempt_id}"'
     raw = (
         "{ " + ids + ', "sequence_id": "3",  "trace_id": "t1", "span_id": "s1", "parent_id": null,'
@@ -260,9 +267,7 @@ async def test_client_add_many_spans_accepts_span_dicts_as_the_memory_store_does
     """Span objects go through `span_json`; plain dicts are still written (by pydantic) and stored."""
     from agl.types import Span
 
-    await client.enqueue_rollout({"q": 1})
-    claimed = await client.dequeue_rollout(worker_id="w")
-    assert claimed is not None
+    claimed = await _claimed(client)
     ids = {"rollout_id": claimed.rollout_id, "attempt_id": claimed.attempt.attempt_id, "trace_id": "t"}
     as_dict = {**ids, "sequence_id": 1, "span_id": "s1", "name": "from-dict"}
     as_span = Span(**ids, sequence_id=2, span_id="s2", name="from-span")
