@@ -148,21 +148,16 @@ def _span(impl: str, rollout_id: str, attempt_id: str, index: int) -> Any:
     the store calls it measures. Same fields, same JSON.
     """
     template, fields_set = _TEMPLATES.get(impl) or _template(impl)
-    now = time.time()
     fields = template.__dict__.copy()
-    fields["rollout_id"] = rollout_id
-    fields["attempt_id"] = attempt_id
     fields["sequence_id"] = index + 1
     fields["trace_id"] = _TRACE_IDS[index] if index < SPANS_PER_CYCLE else f"{index:032x}"
-    fields["span_id"] = f"{random.getrandbits(64):016x}"
-    fields["start_time"] = now
-    fields["end_time"] = now + 0.01
     span = object.__new__(type(template))
     setattr_ = object.__setattr__
     setattr_(span, "__dict__", fields)
     setattr_(span, "__pydantic_fields_set__", fields_set)
     setattr_(span, "__pydantic_extra__", template.__pydantic_extra__)
     setattr_(span, "__pydantic_private__", template.__pydantic_private__)
+    _renew([span], rollout_id, attempt_id)  # the ids and times
     return span
 
 
