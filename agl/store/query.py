@@ -149,14 +149,29 @@ def compile_filter(filters: FilterOptions | None) -> Predicate | None:
     pool_preds = [_condition(c.field, c.op, c.expected) for c in pool]
     if not must_preds and not pool_preds:
         return None
-    combine = all if aggregate == "and" else any
+    if aggregate == "or" and pool_preds:
+        # "any of the pool" is one condition of its own, next to the musts.
+        pool_any = pool_preds
 
-    def predicate(item: Any) -> bool:
-        if not all(p(item) for p in must_preds):
+        def any_of(item: Any) -> bool:
+            for p in pool_any:
+                if p(item):
+                    return True
             return False
-        return not pool_preds or combine(p(item) for p in pool_preds)
 
-    return predicate
+        pool_preds = [any_of]
+    preds = must_preds + pool_preds
+    if len(preds) == 1:
+        return preds[0]
+
+    def all_of(item: Any) -> bool:
+        # A plain loop: this runs once per stored item on scans, where generator overhead is most of the cost.
+        for p in preds:
+            if not p(item):
+                return False
+        return True
+
+    return all_of
 
 
 def _none_substitute(model: type[BaseModel], field: str) -> Any:

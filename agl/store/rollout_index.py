@@ -1,21 +1,21 @@
 """`RolloutIndex`: the in-memory store's indexes over its rollouts, and `query_rollouts` answered from them.
 
-It keeps every rollout record in insertion order (a list), their start times (to find a start-time window by
-bisection while they are non-decreasing, which they are unless the clock went back), and buckets of positions per
-status and per mode. A query starts from the smallest of: the whole list or the window's slice of it, the status
-buckets, the mode buckets, or the listed ids; when that source alone decides the filter and the order is insertion
-order (or start time while start times are sorted), only the page is touched. Otherwise every candidate is checked
-and the matches sorted, as before.
+It keeps every rollout record in insertion order (a list, so a record's position is its insertion rank), their ids
+and start times (a start-time window is found by bisection while start times are non-decreasing, which they are
+unless the clock went back), and buckets of positions per status and per mode. A query enumerates the smallest
+source its conditions allow (a bucket, the window, the listed ids, else everything) and checks the other conditions
+on positions through the same indexes, never touching the rollout models; only the page's records are returned.
+Insertion order and start time (while sorted) need no sort beyond ordering the candidate positions.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Collection, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from agl.store.query import Predicate, RolloutFilter, check_sort_field, sort_key
+from agl.store.query import Condition, RolloutFilter, check_sort_field, sort_key
 from agl.types.core import Rollout
 
 __all__ = ["RolloutIndex"]
@@ -27,21 +27,6 @@ class _HasRollout(Protocol):
 
 R = TypeVar("R", bound=_HasRollout)
 
-_SCAN_COST = 10
-"""Checking one record while reading the list in order costs about this many times gathering and sorting one
-bucket position: reading finds a page of a bucket of k among n after about `end * n / k` records."""
-
-
-@dataclass
-class _Plan:
-    """Where the candidates come from: positions `lo:hi` of the list, or an unordered list of positions."""
-
-    lo: int
-    hi: int
-    positions: list[int] | None
-    exact: bool
-    """Whether every candidate matches (the source alone decides the filter)."""
-
 
 class RolloutIndex(Generic[R]):
     """Insertion order, start times and status/mode buckets of rollout records (call with the store's lock)."""
@@ -51,6 +36,7 @@ class RolloutIndex(Generic[R]):
         self._starts: list[float] = []
         self._starts_sorted = True
         self._position: dict[str, int] = {}
+        self._ids: list[str] = []
         self._by_status: dict[str, dict[int, None]] = {}
         self._by_mode: dict[str | None, dict[int, None]] = {}
 
@@ -67,6 +53,7 @@ class RolloutIndex(Generic[R]):
             self._starts_sorted = False
         self._starts.append(start)
         self._position[rollout.rollout_id] = position
+        self._ids.append(rollout.rollout_id)
         self._by_status.setdefault(rollout.status, {})[position] = None
         self._by_mode.setdefault(rollout.mode, {})[position] = None
 
@@ -92,105 +79,125 @@ class RolloutIndex(Generic[R]):
         end = None if limit == -1 else offset + limit
         descending = sort_by is not None and sort_order == "desc"
         in_order = sort_by is None or (sort_by == "start_time" and self._starts_sorted)
-        plan = self._plan(query)
-        predicate = None if plan.exact else query.predicate
-        if in_order and plan.positions is None:
-            return self._ordered_page(plan.lo, plan.hi, predicate, descending, offset, end)
-        if in_order and plan.positions is not None and plan.exact and end is not None:
-            size = len(plan.positions)
-            if end * len(self.records) * _SCAN_COST <= size * size:
-                # A large bucket whose members are spread evenly: reading the list in order finds the page soonest.
-                page, _ = self._ordered_page(0, len(self.records), query.predicate, descending, offset, end, size)
-                return page, size
-        if plan.positions is None:
-            matches = [p for p in range(plan.lo, plan.hi) if predicate is None or predicate(self.records[p].rollout)]
-        else:
-            matches = sorted(p for p in plan.positions if predicate is None or predicate(self.records[p].rollout))
-        records = [self.records[p] for p in matches]
-        if sort_by is not None:
-            key = sort_key(Rollout, sort_by)
-            try:
-                records.sort(key=lambda r: key(r.rollout), reverse=descending)
-            except TypeError as exc:
-                raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
+        source, tests = self._plan(query)
+        if not tests and isinstance(source, range):
+            if in_order and not descending:
+                return self.records[
+                    source.start + offset : source.stop if end is None else min(source.stop, source.start + end)
+                ], len(source)
+            if end == 0:
+                return [], len(source)
+        if not tests and end == 0 and not isinstance(source, range):
+            return [], sum(len(part) for part in source)
+        positions = self._matches(source, tests, query.filter_logic)
+        if in_order:
+            page = self._page_of_positions(positions, descending, offset, end)
+            return [self.records[p] for p in page], len(positions)
+        records = [self.records[p] for p in positions]
+        assert sort_by is not None
+        key = sort_key(Rollout, sort_by)
+        try:
+            records.sort(key=lambda r: key(r.rollout), reverse=descending)
+        except TypeError as exc:
+            raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
         return records[offset:end], len(records)
 
-    def _plan(self, query: RolloutFilter) -> _Plan:
-        lo, hi = 0, len(self.records)
-        conditions = query.conditions
-        if query.filter_logic == "or" and len(conditions) > 1:
-            return _Plan(lo, hi, None, not conditions)
-        window_exact = False
-        if (query.start_time_from is not None or query.start_time_to is not None) and self._starts_sorted:
-            if query.start_time_from is not None:
-                lo = bisect.bisect_left(self._starts, query.start_time_from)
-            if query.start_time_to is not None:
-                hi = max(lo, bisect.bisect_left(self._starts, query.start_time_to))
-            window_exact = True
-        best = _Plan(lo, hi, None, not conditions or (window_exact and len(conditions) == 1))
-        best_size = hi - lo
-        alone = len(conditions) == 1
-        if query.rollout_id_in is not None:
-            wanted = {rid for rid in query.rollout_id_in if isinstance(rid, str)}
-            positions = [self._position[rid] for rid in wanted if rid in self._position]
-            if len(positions) < best_size:
-                best, best_size = _Plan(0, 0, positions, alone), len(positions)
-        for field, values, buckets in (
-            ("status", query.status_in, self._by_status),
-            ("mode", query.mode_in, self._by_mode),
-        ):
-            if values is None:
-                continue
-            chosen = [buckets.get(v, {}) for v in dict.fromkeys(values)]
-            size = sum(len(b) for b in chosen)
-            # On a tie an exact bucket wins: its size is the total, no record needs checking.
-            if size < best_size or (size == best_size and alone and not best.exact):
-                positions = [p for bucket in chosen for p in bucket]
-                best, best_size = _Plan(0, 0, positions, alone and conditions[0].field == field), size
-        return best
+    def _plan(self, query: RolloutFilter) -> tuple[range | list[Collection[int]], list[Callable[[int], bool]]]:
+        """Where to enumerate candidates from, and the position tests (one per remaining condition) they must pass.
 
-    def _ordered(self, lo: int, hi: int, descending: bool) -> Iterator[int]:
-        """Positions `lo:hi` in insertion order, or by start time descending with ties in insertion order."""
+        The tests mirror `query.predicate` condition by condition, but read the indexes instead of the rollouts.
+        Under "and" the smallest enumerable condition is the source and the others are tests; under "or" every
+        position is a candidate and passes if any test does.
+        """
+        whole = range(len(self.records))
+        sources: list[tuple[int, range | list[Collection[int]], Condition]] = []
+        tests: list[tuple[Condition, Callable[[int], bool]]] = []
+        for condition in query.conditions:
+            field, op, expected = condition.field, condition.op, condition.expected
+            if op == "within" and field in ("status", "mode"):
+                buckets = self._by_status if field == "status" else self._by_mode
+                chosen: list[Collection[int]] = [buckets.get(v, {}) for v in dict.fromkeys(expected)]
+                sources.append((sum(len(b) for b in chosen), chosen, condition))
+                tests.append((condition, _member_of(chosen)))
+            elif op == "within":  # rollout_id
+                known = {self._position[r] for r in expected if isinstance(r, str) and r in self._position}
+                sources.append((len(known), [known], condition))
+                tests.append((condition, known.__contains__))
+            elif op == "contains":  # rollout_id
+                tests.append((condition, _substring_test(self._ids, expected)))
+            else:  # start_time between
+                low, high = expected
+                if self._starts_sorted:
+                    lo = 0 if low is None else bisect.bisect_left(self._starts, low)
+                    hi = len(self._starts) if high is None else max(lo, bisect.bisect_left(self._starts, high))
+                    sources.append((hi - lo, range(lo, hi), condition))
+                    tests.append((condition, range(lo, hi).__contains__))
+                else:
+                    tests.append((condition, _time_test(self._starts, low, high)))
+        if query.filter_logic == "or" and len(tests) > 1:
+            return whole, [test for _, test in tests]
+        if not sources:
+            sources.append((len(whole), whole, Condition("", "", None)))
+        _, source, chosen_condition = min(sources, key=lambda item: item[0])
+        rest = [(condition, test) for condition, test in tests if condition is not chosen_condition]
+        if isinstance(source, range):
+            # A substring search reads the id list directly: much cheaper than a test call per position.
+            for condition, _ in rest:
+                if condition.op == "contains" and isinstance(condition.expected, str):
+                    part, ids = condition.expected, self._ids
+                    found = [p for p, rid in enumerate(ids[source.start : source.stop], source.start) if part in rid]
+                    return [found], [test for other, test in rest if other is not condition]
+        return source, [test for _, test in rest]
+
+    def _matches(
+        self, source: range | list[Collection[int]], tests: list[Callable[[int], bool]], logic: str
+    ) -> Sequence[int]:
+        """The sorted positions from `source` that pass the tests (all of them, or any under "or")."""
+        if isinstance(source, range):
+            if not tests:
+                return source
+            positions: list[int] = list(source)
+        else:
+            # Bucket members arrive roughly in order, so this sort is close to linear.
+            positions = sorted(itertools.chain.from_iterable(source))
+        if logic == "or" and len(tests) > 1:
+            return [p for p in positions if any(test(p) for test in tests)]
+        for test in tests:
+            positions = [p for p in positions if test(p)]
+        return positions
+
+    def _page_of_positions(self, positions: Sequence[int], descending: bool, offset: int, end: int | None) -> list[int]:
+        """The page of sorted `positions` in insertion order, or by start time descending (ties in order)."""
         if not descending:
-            yield from range(lo, hi)
-            return
+            return list(positions[offset:end])
         starts = self._starts
-        group: list[int] = []
-        for position in range(hi - 1, lo - 1, -1):
-            if group and starts[position] != starts[group[-1]]:
-                yield from reversed(group)
-                group.clear()
-            group.append(position)
-        yield from reversed(group)
-
-    def _ordered_page(
-        self,
-        lo: int,
-        hi: int,
-        predicate: Predicate | None,
-        descending: bool,
-        offset: int,
-        end: int | None,
-        total: int | None = None,
-    ) -> tuple[list[R], int]:
-        """The page of positions `lo:hi` (in order) passing `predicate`; stops early when `total` is known."""
-        records = self.records
-        if predicate is None and not descending:
-            stop = hi if end is None else min(hi, lo + end)
-            return records[lo + offset : stop] if lo + offset < stop else [], hi - lo
-        check = predicate
-        page: list[R] = []
+        page: list[int] = []
         count = 0
-        known = total is not None or check is None
-        for position in self._ordered(lo, hi, descending):
-            record = records[position]
-            if check is not None and not check(record.rollout):
-                continue
-            if count >= offset and (end is None or count < end):
-                page.append(record)
-            count += 1
-            if known and end is not None and count >= end:
-                break
-        if total is not None:
-            return page, total
-        return page, (hi - lo) if check is None else count
+        i = len(positions)
+        while i > 0 and (end is None or count < end):
+            # One group of equal start times, emitted in insertion order.
+            j = i - 1
+            while j > 0 and starts[positions[j - 1]] == starts[positions[i - 1]]:
+                j -= 1
+            for position in positions[j:i]:
+                if count >= offset and (end is None or count < end):
+                    page.append(position)
+                count += 1
+            i = j
+        return page
+
+
+def _member_of(buckets: list[Collection[int]]) -> Callable[[int], bool]:
+    if len(buckets) == 1:
+        return buckets[0].__contains__
+    return lambda p: any(p in bucket for bucket in buckets)
+
+
+def _time_test(starts: list[float], low: float | None, high: float | None) -> Callable[[int], bool]:
+    return lambda p: (low is None or starts[p] >= low) and (high is None or starts[p] < high)
+
+
+def _substring_test(ids: list[str], part: object) -> Callable[[int], bool]:
+    if not isinstance(part, str):
+        return lambda p: False  # as the predicate: a non-string never occurs in an id
+    return lambda p: part in ids[p]
