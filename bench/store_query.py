@@ -100,12 +100,17 @@ async def _fill(store: LightningStore, clock: _Clock, rollouts: int, spans: int,
             await store.update_attempt(rollout_id, attempt_id, status=status)  # type: ignore[arg-type]
 
 
-def cached_sqlite_path(rollouts: int, spans: int, seed: int = 0) -> Path:
-    """Where `build_store` caches a SQLite store of these parameters (the schema version is part of the name)."""
+def cached_sqlite_path(
+    rollouts: int, spans: int, seed: int = 0, directory: str | os.PathLike[str] | None = None
+) -> Path:
+    """Where a SQLite store of these parameters is cached (the schema version is part of the name).
+
+    `directory` defaults to `agl-bench-store-query` under the temp dir.
+    """
     from agl.store.sqlite import SCHEMA_VERSION
 
-    directory = Path(tempfile.gettempdir()) / "agl-bench-store-query"
-    return directory / f"store-{rollouts}r-{spans}s-seed{seed}-schema{SCHEMA_VERSION}.db"
+    where = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "agl-bench-store-query"
+    return where / f"store-{rollouts}r-{spans}s-seed{seed}-schema{SCHEMA_VERSION}.db"
 
 
 async def build_store(
@@ -203,6 +208,7 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=["memory", "sqlite", "both"], default="both")
     parser.add_argument("--rebuild", action="store_true", help="build the SQLite file again even if cached")
+    parser.add_argument("--cache-dir", default=None, help="where the SQLite file is cached (default: temp dir)")
     parser.add_argument("--out", default="bench/results", help="directory for store_query.json")
     args = parser.parse_args()
 
@@ -214,7 +220,7 @@ async def main() -> None:
         if backend == "memory":
             store = await build_store(None, args.rollouts, args.memory_spans, seed=args.seed)
         else:
-            path = cached_sqlite_path(args.rollouts, args.spans, args.seed)
+            path = cached_sqlite_path(args.rollouts, args.spans, args.seed, args.cache_dir)
             cached = path.exists() and not args.rebuild
             store = await build_store(path, args.rollouts, args.spans, seed=args.seed, rebuild=args.rebuild)
             print(f"sqlite file {path} ({'cached' if cached else 'built'}, {path.stat().st_size / 2**20:,.0f} MiB)")

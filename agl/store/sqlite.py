@@ -196,8 +196,9 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
         db.executemany("UPDATE rollouts SET mode = ?, start_time = ?, end_time = ? WHERE seq = ?", updates)
         last = rows[-1][0]
     statements = [
-        # Insertion order without reading the wide rows (deep pages skip index entries, not JSON).
-        "CREATE INDEX rollouts_by_seq ON rollouts (seq)",
+        # Insertion order without reading the wide rows: deep pages skip index entries, not JSON, and an id
+        # substring search reads the ids from the index.
+        "CREATE INDEX rollouts_by_seq ON rollouts (seq, rollout_id)",
         "CREATE INDEX rollouts_by_start ON rollouts (start_time)",
         "CREATE INDEX rollouts_by_status_start ON rollouts (status, start_time)",
         "CREATE INDEX rollouts_by_mode_start ON rollouts (mode, start_time)",
