@@ -302,7 +302,8 @@ class RolloutFilter:
 
     `conditions` is the pool combined by `filter_logic` (see `filter_conditions`): one condition per given filter
     among status, rollout id (membership and substring), mode and the start-time window `[from, to)`, which is one
-    condition. `predicate` evaluates them on a rollout; the SQLite store renders the same conditions as SQL.
+    condition. The in-memory store evaluates them on its indexes and the SQLite store renders them as SQL, each
+    operator meaning what `Condition` says (the conformance suite holds both to the same answers).
     """
 
     status_in: Sequence[str] | None
@@ -313,7 +314,6 @@ class RolloutFilter:
     start_time_to: float | None
     filter_logic: str
     conditions: tuple[Condition, ...]
-    predicate: Predicate | None
 
 
 def rollout_filter(
@@ -328,7 +328,7 @@ def rollout_filter(
     start_time_from: float | None = None,
     start_time_to: float | None = None,
 ) -> RolloutFilter:
-    """Check `query_rollouts` filters (statuses, modes, times, logic) and compile them; warns on deprecated aliases."""
+    """Check `query_rollouts` filters (statuses, modes, times, logic) and resolve them; warns on deprecated aliases."""
     from agl.store import state
     from agl.store.inputs import warn_deprecated_query_argument
 
@@ -362,7 +362,6 @@ def rollout_filter(
         start_time_to=time_to,
         filter_logic=filter_logic,
         conditions=tuple(pool),
-        predicate=compile_filter(filters),
     )
 
 

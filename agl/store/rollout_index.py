@@ -105,7 +105,7 @@ class RolloutIndex(Generic[R]):
     def _plan(self, query: RolloutFilter) -> tuple[range | list[Collection[int]], list[Callable[[int], bool]]]:
         """Where to enumerate candidates from, and the position tests (one per remaining condition) they must pass.
 
-        The tests mirror `query.predicate` condition by condition, but read the indexes instead of the rollouts.
+        Each test means what its `Condition` says, read from the indexes instead of the rollouts.
         Under "and" the smallest enumerable condition is the source and the others are tests; under "or" every
         position is a candidate and passes if any test does.
         """

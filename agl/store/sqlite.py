@@ -67,6 +67,7 @@ from agl.store.inputs import (
     rollout_changes,
 )
 from agl.store.query import (
+    RolloutFilter,
     check_page,
     check_sort_field,
     check_sort_order,
@@ -209,6 +210,20 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     ]
     for sql in statements:
         db.execute(sql)
+    # Rollouts per status ('status:<status>'), so a status count costs one lookup, not an index range.
+    db.execute("INSERT INTO counters (name, value) SELECT 'status:' || status, COUNT(*) FROM rollouts GROUP BY status")
+    db.execute(
+        "CREATE TRIGGER count_rollout_status_new AFTER INSERT ON rollouts BEGIN "
+        "INSERT INTO counters (name, value) VALUES ('status:' || NEW.status, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1; END"
+    )
+    db.execute(
+        "CREATE TRIGGER count_rollout_status_change AFTER UPDATE OF status ON rollouts "
+        "WHEN OLD.status IS NOT NEW.status BEGIN "
+        "UPDATE counters SET value = value - 1 WHERE name = 'status:' || OLD.status; "
+        "INSERT INTO counters (name, value) VALUES ('status:' || NEW.status, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1; END"
+    )
     for table in _COUNTED_TABLES:
         db.execute(f"INSERT INTO counters (name, value) SELECT '{table}', COUNT(*) FROM {table}")
         # Rows are never deleted from these tables, so counting inserts keeps the count exact.
@@ -838,15 +853,22 @@ class SqliteLightningStore(LightningStore):
                     total = len(matches)
                     page = matches[offset : None if limit == -1 else offset + limit]
                 else:
-                    total = self._count_rollouts(db, condition, params)
+                    total = self._count_rollouts(db, query, condition, params)
                     page = self._rollout_page(db, condition, params, sort_by, sort_order, limit, offset)
                 items = [_snapshot(r, self._latest_attempt(db, r.rollout_id)) for r in page]
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
 
     @staticmethod
-    def _count_rollouts(db: sqlite3.Connection, condition: str, params: list[Any]) -> int:
-        if condition == "1":
+    def _count_rollouts(db: sqlite3.Connection, query: RolloutFilter, condition: str, params: list[Any]) -> int:
+        """How many rollouts match: from the maintained counters when the filter is none or only statuses."""
+        if not query.conditions:
             return int(db.execute("SELECT value FROM counters WHERE name = 'rollouts'").fetchone()[0])
+        if len(query.conditions) == 1 and query.conditions[0].field == "status":
+            names = [f"status:{s}" for s in dict.fromkeys(query.conditions[0].expected)]
+            if not names:
+                return 0
+            row = db.execute(f"SELECT SUM(value) FROM counters WHERE name IN ({_marks(len(names))})", names).fetchone()
+            return int(row[0] or 0)
         return int(db.execute(f"SELECT COUNT(*) FROM rollouts WHERE {condition}", params).fetchone()[0])
 
     @staticmethod

@@ -74,6 +74,9 @@ async def test_a_schema_1_file_migrates_and_answers_the_new_queries(db_path: Pat
         assert running[0].attempt.attempt_id == "at-1"  # type: ignore[attr-defined]
         stats = await store.statistics()
         assert (stats["total_rollouts"], stats["total_attempts"], stats["total_spans"]) == (4, 1, 2)
+        for status in ("queuing", "succeeded", "failed", "running", "cancelled"):
+            expected = sum(r.status == status for r in made)
+            assert (await store.query_rollouts(status_in=[status], limit=0)).total == expected  # type: ignore[list-item]
         # The migrated file keeps working: the queue, new rows and their counts.
         claimed = await store.dequeue_rollout()
         assert claimed is not None and claimed.rollout_id == "ro-a"
@@ -100,9 +103,18 @@ async def test_maintained_counts_follow_every_write_and_rollback(db_path: Path, 
         for each in (store, other):
             stats = await each.statistics()
             assert (stats["total_rollouts"], stats["total_attempts"], stats["total_spans"]) == (6, 3, 3)
+        await store.update_attempt(rid, aid, status="failed")
+        await store.update_rollout(claimed[1].rollout_id, status="cancelled")
         with sqlite3.connect(db_path) as db:
             counts = [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("rollouts", "attempts", "spans")]
+            by_status = dict(db.execute("SELECT status, COUNT(*) FROM rollouts GROUP BY status").fetchall())
+            kept = dict(db.execute("SELECT substr(name, 8), value FROM counters WHERE name LIKE 'status:%'").fetchall())
         assert counts == [6, 3, 3]
+        assert by_status == {"queuing": 3, "failed": 1, "cancelled": 1, "preparing": 1}
+        assert {s: n for s, n in kept.items() if n} == by_status
+        for status, n in by_status.items():
+            assert (await other.query_rollouts(status_in=[status], limit=0)).total == n  # type: ignore[list-item]
+        assert (await store.query_rollouts(status_in=["queuing", "failed", "queuing"], limit=0)).total == 4
     finally:
         await other.close()
         await store.close()
