@@ -1,4 +1,5 @@
-"""The `agl` command: `agl store` serves a store over HTTP, `agl demo` trains a small model end to end."""
+"""The `agl` command: `agl store` serves a store over HTTP, `agl demo` trains a small model end to end, and
+`agl rollouts` / `workers` / `stats` / `spans` inspect a running store."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ __all__ = ["main"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("agl.cli.store", "serve a LightningStore over HTTP (memory or SQLite backend)"),
     "demo": ("agl.cli.demo", "train a small language model with GRPO through the whole AGL loop, on CPU"),
+    "rollouts": ("agl.cli.rollouts", "list a store's rollouts (ls) or show one with its attempts and span tree"),
+    "workers": ("agl.cli.workers", "a store's workers: status, current rollout, heartbeat age, last error"),
+    "stats": ("agl.cli.stats", "one screen about a store: counts by status, queue, throughput, memory"),
+    "spans": ("agl.cli.spans", "export a rollout's spans as JSON lines or OTLP/JSON"),
 }
 
 

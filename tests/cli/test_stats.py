@@ -1,0 +1,49 @@
+"""`agl stats` against a real store server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agl.cli import main
+from tests.cli.conftest import Filled
+
+
+def test_stats_is_one_screen_of_counts_queue_throughput_workers_and_memory(
+    filled: Filled, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["stats", "--store", filled.url])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()}
+    assert lines["store"].startswith(f"{filled.url} (InMemoryLightningStore, up ")
+    assert lines["rollouts"] == (
+        "4: queuing 1, preparing 0, running 1, failed 1, succeeded 1, cancelled 0, requeuing 0"
+    )
+    assert lines["queue"].startswith("1 waiting, oldest ")
+    assert lines["throughput"].startswith("2 finished in the last 15m 00s (0.1/min): 1 succeeded, 1 failed")
+    assert lines["throughput"].endswith("error rate 50 %")
+    assert lines["workers"] == "2: 1 busy, 1 idle, 0 silent"
+    assert lines["spans"].startswith("6 stored, ")
+    assert lines["memory"].startswith("spans spill to disk above ")
+    assert len(out.splitlines()) <= 24  # one screen
+
+
+def test_stats_json_and_window(filled: Filled, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--store", filled.url, "--json", "--window", "60"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rollouts"]["total"] == 4
+    assert data["rollouts"]["by_status"]["succeeded"] == 1 and data["rollouts"]["by_status"]["queuing"] == 1
+    assert data["queue"]["depth"] == 1 and data["queue"]["oldest_age_seconds"] >= 0
+    t = data["throughput"]
+    assert (t["window_seconds"], t["finished"], t["succeeded"], t["failed"]) == (60, 2, 1, 1)
+    assert t["per_minute"] == 2.0 and t["error_rate"] == 0.5
+    assert data["store"]["total_spans"] == 6 and data["store"]["total_rollouts"] == 4
+
+
+@pytest.mark.parametrize("window", ["0", "-5", "86401", "soon"])
+def test_stats_rejects_a_bad_window(window: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", "--window", window])
+    assert exc.value.code == 2 and "--window" in capsys.readouterr().err
