@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.events import StoreEvents
 from agl.store.http.wire import TOKEN_ENV
 from agl.types.core import (
     UNSET,
@@ -176,6 +177,13 @@ class LightningStoreServer(LightningStore):
     def otlp_traces_endpoint(self) -> str:
         """The OTLP/HTTP traces URL of this server."""
         return f"{self.endpoint}/v1/traces"
+
+    @property
+    def events(self) -> StoreEvents:
+        """The served store's events (this process's store); a copy in another process has none to report."""
+        if self.store is None:
+            return super().events
+        return self.store.events
 
     @property
     def capabilities(self) -> LightningStoreCapabilities:
