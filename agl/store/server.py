@@ -170,6 +170,15 @@ class LightningStoreServer(LightningStore):
         return f"http://{host}:{self._port}"
 
     @property
+    def dashboard_url(self) -> str:
+        """Where a browser finds the dashboard of this server."""
+        return self.endpoint + "/"
+
+    def announce(self) -> None:
+        """Print where the dashboard and the store API are, for the person who started the run."""
+        print(f"AGL store at {self.endpoint}/v1/agl; dashboard: {self.dashboard_url}", flush=True)
+
+    @property
     def is_running(self) -> bool:
         """Whether the server is accepting connections."""
         return self._uvicorn is not None and self._uvicorn.started and not self._uvicorn.should_exit
@@ -412,6 +421,7 @@ class LightningStoreServer(LightningStore):
 
         async def main() -> None:
             await self.start_async()
+            self.announce()
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
