@@ -48,6 +48,7 @@ class _RewardSum:
 class _Finished:
     rollout_id: str
     resources_id: str | None
+    mode: str | None
     end_time: float
 
 
@@ -99,6 +100,7 @@ class StoreInsight:
         self._rewards: collections.OrderedDict[str, float | None] = collections.OrderedDict()
         self._reward_cache_size = reward_cache_size
         self._by_resources: dict[str | None, _RewardSum] = {}
+        self._by_resources_mode: dict[tuple[str | None, str | None], _RewardSum] = {}
         self._by_time: dict[int, _RewardSum] = {}  # fine buckets of bucket_seconds, merged when asked
         self._caught_up = False
         self._task: asyncio.Task[None] | None = None
@@ -127,7 +129,7 @@ class StoreInsight:
                         counts = self._finished_buckets[bucket] = [0, 0, 0]
                         self._prune(event.time)
                     counts[_FINISHED.index(event.new)] += 1
-                self._pending.append(_Finished(event.rollout_id, event.resources_id, event.time))
+                self._pending.append(_Finished(event.rollout_id, event.resources_id, event.mode, event.time))
         elif event.new in _FAILED_ATTEMPT and event.worker_id is not None:
             with self._lock:
                 errors = self._last_errors
@@ -177,7 +179,7 @@ class StoreInsight:
         while True:
             page = await self.store.query_rollouts(status_in=list(_FINISHED), limit=500, offset=offset)
             items = list(page.items)
-            batch = [_Finished(r.rollout_id, r.resources_id, r.end_time or r.start_time) for r in items]
+            batch = [_Finished(r.rollout_id, r.resources_id, r.mode, r.end_time or r.start_time) for r in items]
             await self._resolve(batch)
             offset += len(items)
             if len(items) < 500:
@@ -203,6 +205,7 @@ class StoreInsight:
         if value is None or not math.isfinite(value):
             return
         self._by_resources.setdefault(finished.resources_id, _RewardSum()).add(value)
+        self._by_resources_mode.setdefault((finished.resources_id, finished.mode), _RewardSum()).add(value)
         bucket = int(finished.end_time // self.bucket_seconds) * self.bucket_seconds
         self._by_time.setdefault(bucket, _RewardSum()).add(value)
 
@@ -267,6 +270,11 @@ class StoreInsight:
                 "version": order.get(resources_id),
                 "mean": sums.total / sums.count,
                 "count": sums.count,
+                "modes": {
+                    mode or "none": {"mean": part.total / part.count, "count": part.count}
+                    for (rid, mode), part in self._by_resources_mode.items()
+                    if rid == resources_id
+                },
             }
             for resources_id, sums in self._by_resources.items()
         ]

@@ -109,6 +109,8 @@ async def test_overview_counts_rewards_and_throughput(
     assert by_version[v1.resources_id]["count"] == 3
     assert by_version[v1.resources_id]["mean"] == pytest.approx(0.5)
     assert by_version[v2.resources_id]["mean"] == pytest.approx(1.0)
+    assert by_version[v2.resources_id]["modes"] == {"val": {"mean": 1.0, "count": 1}}
+    assert by_version[v1.resources_id]["modes"]["train"]["count"] == 3
     assert sum(p["count"] for p in overview["reward"]["over_time"]) == 4
     # The series counts what finished while the server listened: all five.
     buckets = overview["series"]["buckets"]
