@@ -17,7 +17,7 @@ from typing import Any
 from agl import semconv
 from agl.adapter.tree import VIRTUAL_ROOT_ID, TraceTree
 from agl.cli.output import Node, excerpt, fmt_duration, fmt_number
-from agl.emitter.reward import RewardDimension, get_reward_value, get_rewards_from_span
+from agl.types.reward import RewardDimension, get_reward_value, get_rewards_from_span
 from agl.types.tracer import Span
 
 __all__ = ["SpanFacts", "facts_of", "span_tree"]

@@ -80,6 +80,8 @@ def _from_overview(overview: dict[str, Any], window: float) -> dict[str, Any]:
     counts = {k: sum(int(b.get(k, 0)) for b in buckets) for k in FINISHED}
     reward = overview.get("reward") or {}
     versions = reward.get("by_version") or []
+    versioned = [v for v in versions if v.get("version") is not None]  # rollouts without resources sort last
+    latest = versioned[-1] if versioned else (versions[-1] if versions else None)
     return {
         "source": "dashboard",
         "now": overview.get("now"),
@@ -87,7 +89,7 @@ def _from_overview(overview: dict[str, Any], window: float) -> dict[str, Any]:
         "queue": overview["queue"],
         "throughput": _throughput(window, counts["succeeded"], counts["failed"], counts["cancelled"]),
         "workers": overview.get("workers"),
-        "reward": {"count": reward.get("count", 0), "latest_version": versions[-1] if versions else None},
+        "reward": {"count": reward.get("count", 0), "latest_version": latest},
         "resources": overview.get("resources"),
         "store": overview.get("store") or {},
     }
@@ -168,8 +170,9 @@ def _print(out: Output, s: dict[str, Any], url: str) -> None:
     reward = s.get("reward")
     if reward and reward.get("latest_version"):
         v = reward["latest_version"]
-        rows.append(("reward", f"mean {fmt_number(v.get('mean'))} over {v.get('count')} rollouts of "
-                     f"{v.get('resources_id')} v{v.get('version')} ({reward.get('count', 0)} rewarded in all)"))  # fmt: skip
+        of = f"resources {v['resources_id']} (v{v.get('version')})" if v.get("resources_id") else "no resources"
+        rows.append(("reward", f"mean {fmt_number(v.get('mean'))} over {v.get('count')} rollouts with {of}; "
+                     f"{reward.get('count', 0)} rollouts rewarded in all"))  # fmt: skip
     resources = s.get("resources")
     if resources and resources.get("latest_id"):
         rows.append(("resources", f"latest {resources['latest_id']} ({resources.get('count', 0)} snapshots)"))

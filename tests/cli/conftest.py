@@ -13,7 +13,7 @@ import pytest
 from agl.store.client import LightningStoreClient
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
-from agl.types import RolloutConfig, Span, SpanContext, TraceStatus
+from agl.types import PromptTemplate, RolloutConfig, Span, SpanContext, TraceStatus
 from agl.types.tracer import Event
 
 TOKEN = "s3cret-cli-token"
@@ -34,6 +34,8 @@ class Filled:
     """Rollout (test) still in the queue."""
     running: str = ""
     """Rollout (train) being run by Worker-1."""
+    resources_id: str = ""
+    """The one resources snapshot, used by the succeeded rollout."""
     spans: dict[str, list[Span]] = field(default_factory=dict)
     """The spans written, per rollout id."""
 
@@ -73,8 +75,12 @@ async def _fill(filled: Filled) -> None:
         await client.update_worker("Worker-0", {"cpu": 0.5})
         await client.update_worker("Worker-1", {"cpu": 0.1})
 
-        # 1. a successful rollout with a full agent trace
-        first = await client.enqueue_rollout({"question": "What is 6 * 7?"}, mode="train")
+        # 1. a successful rollout with a full agent trace, run with a resources snapshot
+        snapshot = await client.add_resources({"prompt": PromptTemplate(template="Solve {q}", engine="f-string")})
+        filled.resources_id = snapshot.resources_id
+        first = await client.enqueue_rollout(
+            {"question": "What is 6 * 7?"}, mode="train", resources_id=snapshot.resources_id
+        )
         claimed = await client.dequeue_rollout(worker_id="Worker-0")
         assert claimed is not None and claimed.rollout_id == first.rollout_id
         rid, aid = claimed.rollout_id, claimed.attempt.attempt_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -47,3 +48,23 @@ def test_stats_rejects_a_bad_window(window: str, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exc:
         main(["stats", "--window", window])
     assert exc.value.code == 2 and "--window" in capsys.readouterr().err
+
+
+def test_stats_shows_the_reward_once_the_store_has_read_it(filled: Filled, capsys: pytest.CaptureFixture[str]) -> None:
+    deadline = time.monotonic() + 20
+    while True:  # the dashboard reads rewards from spans in the background
+        assert main(["stats", "--store", filled.url, "--json"]) == 0
+        reward = json.loads(capsys.readouterr().out)["reward"]
+        if reward["count"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert reward["count"] == 1
+    assert reward["latest_version"]["mean"] == 0.75
+    assert reward["latest_version"]["resources_id"] == filled.resources_id
+    assert main(["stats", "--store", filled.url]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()}
+    assert lines["reward"] == (
+        f"mean 0.75 over 1 rollouts with resources {filled.resources_id} (v1); 1 rollouts rewarded in all"
+    )
+    assert lines["resources"] == f"latest {filled.resources_id} (1 snapshots)"

@@ -24,9 +24,9 @@ def test_workers_shows_status_current_rollout_heartbeat_and_last_error(
     busy = by_worker["Worker-1"].split()
     assert busy[1] == "busy" and busy[2] == filled.running
     assert re.search(r"  (\d+ ms|\d+\.\d\d s) ago  ", by_worker["Worker-1"])  # a fresh heartbeat
-    assert f"failed {filled.failed}" in by_worker["Worker-1"]  # its attempt was the failed rollout's last one
-    idle = by_worker["Worker-0"].split()
-    assert idle[1:3] == ["idle", "-"] and idle[-1] == "-"
+    # each worker ran one of the failed rollout's two failed attempts
+    assert f"failed {filled.failed}" in by_worker["Worker-1"] and f"failed {filled.failed}" in by_worker["Worker-0"]
+    assert by_worker["Worker-0"].split()[1:3] == ["idle", "-"]
     assert lines[-1] == "2 workers, 0 silent (no heartbeat for 30.00 s)"
 
 
@@ -38,4 +38,6 @@ def test_workers_json(filled: Filled, capsys: pytest.CaptureFixture[str]) -> Non
     assert items["Worker-1"]["status"] == "busy" and items["Worker-1"]["current_rollout_id"] == filled.running
     assert 0 <= items["Worker-1"]["heartbeat_age_seconds"] < 30 and items["Worker-1"]["silent"] is False
     assert items["Worker-1"]["last_error"]["rollout_id"] == filled.failed
-    assert items["Worker-0"]["last_error"] is None and items["Worker-0"]["current_rollout_id"] is None
+    assert items["Worker-0"]["last_error"]["rollout_id"] == filled.failed
+    assert items["Worker-0"]["last_error"]["attempt_id"] != items["Worker-1"]["last_error"]["attempt_id"]
+    assert items["Worker-0"]["current_rollout_id"] is None
