@@ -16,9 +16,9 @@ from urllib.parse import quote
 from agl.cli.output import Node, Output, excerpt, fmt_duration, fmt_number, fmt_time
 from agl.cli.remote import CliError, common_flags, dashboard_get, run_command, store_url
 from agl.cli.span_view import span_tree
-from agl.types.reward import find_final_reward
 from agl.store.client import LightningStoreClient, StoreRequestError
 from agl.types.core import ROLLOUT_STATUSES, Attempt, AttemptedRollout, Rollout, RolloutMode, RolloutStatus
+from agl.types.reward import find_final_reward
 from agl.types.tracer import Span
 
 __all__ = ["build_parser", "main"]
