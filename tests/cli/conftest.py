@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from agl.store.base import LightningStore
 from agl.store.client import LightningStoreClient
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
@@ -152,8 +153,10 @@ async def _fill(filled: Filled) -> None:
         await client.close()
 
 
-def _serve(token: str | None) -> Iterator[Filled]:
-    store = InMemoryLightningStore(thread_safe=True, scan_debounce_seconds=0)
+def serve_filled(token: str | None, store: LightningStore | None = None) -> Iterator[Filled]:
+    """Serve `store` (default: a fresh thread-safe memory store), fill it, and stop the server afterwards."""
+    if store is None:
+        store = InMemoryLightningStore(thread_safe=True, scan_debounce_seconds=0)
     server = LightningStoreServer(store, host="127.0.0.1", port=0, token=token, health_check_interval=0)
     server.start()
     try:
@@ -169,7 +172,7 @@ def filled(monkeypatch: pytest.MonkeyPatch) -> Iterator[Filled]:
     """A filled store without a token; AGL_STORE_URL / AGL_STORE_TOKEN are cleared for the test."""
     monkeypatch.delenv("AGL_STORE_URL", raising=False)
     monkeypatch.delenv("AGL_STORE_TOKEN", raising=False)
-    yield from _serve(None)
+    yield from serve_filled(None)
 
 
 @pytest.fixture
@@ -177,4 +180,4 @@ def filled_with_token(monkeypatch: pytest.MonkeyPatch) -> Iterator[Filled]:
     """A filled store that requires the bearer token `TOKEN`; the environment holds no token."""
     monkeypatch.delenv("AGL_STORE_URL", raising=False)
     monkeypatch.delenv("AGL_STORE_TOKEN", raising=False)
-    yield from _serve(TOKEN)
+    yield from serve_filled(TOKEN)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from agl.cli import main
-from tests.cli.conftest import Filled
+from agl.cli.output import fmt_bytes
+from agl.store.memory import InMemoryLightningStore
+from agl.store.sqlite import SqliteLightningStore
+from tests.cli.conftest import Filled, serve_filled
 
 
 def test_stats_is_one_screen_of_counts_queue_throughput_workers_and_memory(
@@ -68,3 +72,50 @@ def test_stats_shows_the_reward_once_the_store_has_read_it(filled: Filled, capsy
         f"mean 0.75 over 1 rollouts with resources {filled.resources_id} (v1); 1 rollouts rewarded in all"
     )
     assert lines["resources"] == f"latest {filled.resources_id} (1 snapshots)"
+
+
+def test_stats_shows_the_spill_of_a_memory_store_over_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGL_STORE_TOKEN", raising=False)
+    store = InMemoryLightningStore(
+        thread_safe=True,
+        scan_debounce_seconds=0,
+        memory_capacity_bytes=8000,
+        eviction_memory_threshold=0.5,
+        safe_memory_threshold=0.1,
+        spill_dir=str(tmp_path),
+    )
+    served = serve_filled(None, store)
+    filled = next(served)
+    try:
+        assert main(["stats", "--store", filled.url]) == 0
+        lines = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
+        assert main(["stats", "--store", filled.url, "--json"]) == 0
+        figures = json.loads(capsys.readouterr().out)["store"]
+    finally:
+        served.close()
+    assert figures["spilled_spans"] > 0
+    assert lines["memory"] == "spans spill to disk above 3.9 KiB, down to 800 B (capacity 7.8 KiB)"
+    assert lines["spill"] == (
+        f"{fmt_bytes(figures['spilled_span_bytes'])} on disk: {figures['spilled_spans']} spans of "
+        f"{figures['spilled_rollouts']} rollouts"
+    )
+
+
+def test_stats_shows_the_database_files_of_a_sqlite_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGL_STORE_TOKEN", raising=False)
+    path = str(tmp_path / "store.db")
+    served = serve_filled(None, SqliteLightningStore(path))
+    filled = next(served)
+    try:
+        assert main(["stats", "--store", filled.url]) == 0
+        out = capsys.readouterr().out
+    finally:
+        served.close()
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()}
+    assert lines["store"].startswith(f"{filled.url} (SqliteLightningStore, up ")
+    assert lines["database"].startswith(f"{path}: ") and ", WAL " in lines["database"]
+    assert lines["rollouts"].startswith("4: ")
