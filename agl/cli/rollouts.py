@@ -261,8 +261,8 @@ def _print_detail(out: Output, detail: dict[str, Any], rollout_id: str) -> None:
     by_attempt: dict[str, list[Span]] = {}
     for span in spans:
         by_attempt.setdefault(span.attempt_id, []).append(span)
-    order = [a.attempt_id for a in attempts] + [a for a in by_attempt if a not in {x.attempt_id for x in attempts}]
     sequence = {a.attempt_id: a.sequence_id for a in attempts}
+    order = list(sequence) + [a for a in by_attempt if a not in sequence]  # spans of unlisted attempts last
     if not spans:
         out.line()
         out.line("no spans recorded")
