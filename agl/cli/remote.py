@@ -14,8 +14,6 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
-
 from agl.store.client import LightningStoreClient
 from agl.store.http.wire import (
     TOKEN_ENV,
@@ -40,8 +38,6 @@ DEFAULT_STORE_URL = "http://127.0.0.1:4747"
 """The store URL used when neither --store nor AGL_STORE_URL is given (where `agl store` listens by default)."""
 STORE_URL_ENV = "AGL_STORE_URL"
 """Environment variable naming the store URL the inspection commands talk to."""
-
-DASHBOARD = "/dashboard"
 
 
 class CliError(Exception):
@@ -114,13 +110,11 @@ async def dashboard_get(client: LightningStoreClient, path: str, query: Mapping[
     Any other error (401, 400, an unknown rollout's 404 with its own message) is raised as the client raises it.
     """
     try:
-        # The client has no public call for arbitrary GET routes; `_request` is its retrying transport.
-        body = await client._request("GET", DASHBOARD + path, query=query)
+        return await client.dashboard(path, query)
     except StoreRequestError as exc:
         if exc.status == 404 and exc.detail == "Not Found":
             return None
         raise
-    return orjson.loads(body)
 
 
 def _message(exc: BaseException, url: str) -> str | None:
