@@ -25,9 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `agl <subcommand> [args...]`; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="agl", description="AGL: train any AI agent.")
+    parser.add_argument("-V", "--version", action="store_true", help="print AGL's version and exit")
     parser.add_argument(
         "subcommand", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items())
     )
+    if args and args[0] in ("-V", "--version"):
+        from agl import __version__
+
+        print(f"agl {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
