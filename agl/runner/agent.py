@@ -16,7 +16,7 @@ from agl.runner.base import Runner, StopEvent, sleep_until
 from agl.runner.hooks import Hook
 from agl.runner.system_snapshot import system_snapshot
 from agl.store.base import LightningStore
-from agl.store.errors import retry_when_full
+from agl.store.errors import StaleAttemptError, retry_when_full
 from agl.types.core import AttemptedRollout, Rollout, RolloutMode
 from agl.types.resources import NamedResources
 from agl.types.tracer import Span, SpanCoreFields
@@ -326,6 +326,9 @@ class LitAgentRunner(Runner[T]):
                     status="failed",
                     metadata={"error": {"type": type(error).__name__, "message": str(error)}},
                 )
+        except StaleAttemptError as exc:
+            # The rollout moved on without this attempt (timed out, requeued, cancelled): leave it and take new work.
+            logger.warning("Rollout %s moved on; abandoning attempt %s: %s", rollout_id, attempt_id, exc)
         except Exception:
             logger.exception("Could not record the end of rollout %s attempt %s", rollout_id, attempt_id)
 

@@ -35,6 +35,7 @@ from agl.store.http.transport import (
 from agl.store.http.wire import (
     API_PREFIX,
     TOKEN_ENV,
+    StaleAttemptHTTPError,
     StoreAuthError,
     StoreFullHTTPError,
     StoreHTTPError,
@@ -121,15 +122,20 @@ def _decoded(response: HTTPResponse) -> HTTPResponse:
     return response
 
 
-def _error_detail(response: HTTPResponse) -> Any:
+def _error_body(response: HTTPResponse) -> tuple[Any, dict[str, Any]]:
+    """The error answer's `detail` and its whole JSON object (empty when the body is not one)."""
     try:
         body = decode_body(response)
         data = orjson.loads(body) if body else None
     except (ValueError, zlib.error):
-        return response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}"
+        return response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}", {}
     if isinstance(data, dict) and "detail" in data:
-        return data["detail"]
-    return data if data is not None else f"HTTP {response.status}"
+        return data["detail"], data
+    return (data if data is not None else f"HTTP {response.status}"), {}
+
+
+def _error_detail(response: HTTPResponse) -> Any:
+    return _error_body(response)[0]
 
 
 def _upstream_app_error(response: HTTPResponse) -> str | None:
@@ -316,10 +322,12 @@ class LightningStoreClient(LightningStore):
 
     def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
         url = f"{self.server_address}{target}"
-        detail = _error_detail(response)
+        detail, fields = _error_body(response)
         status = response.status
         if status in (401, 403):
             return StoreAuthError(status, detail, method, url)
+        if status == 409 and fields.get("error_type") == "StaleAttemptError":
+            return StaleAttemptHTTPError(status, detail, method, url, fields)
         if status < 500:
             return StoreRequestError(status, detail, method, url)
         if status == 507:

@@ -656,6 +656,10 @@ class InMemoryLightningStore(LightningStore):
                 if found is None:
                     raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
                 attempt = found
+            if status is not UNSET or last_heartbeat_time is not UNSET:
+                state.check_attempt_holds_rollout(
+                    rollout_id, record.rollout.status, attempt.attempt_id, record.attempts[-1].attempt_id
+                )
             if worker_id is not UNSET:
                 attempt.worker_id = worker_id
             if last_heartbeat_time is not UNSET:
@@ -714,13 +718,15 @@ class InMemoryLightningStore(LightningStore):
             attempt.__dict__["last_heartbeat_time"] = now
             attempt.__pydantic_fields_set__.add("last_heartbeat_time")
             return
+        if not state.attempt_holds_rollout(record.rollout.status, attempt is record.attempts[-1]):
+            assign(attempt, last_heartbeat_time=now)  # a stale attempt's late spans are kept but move no status
+            return
         old = attempt.status
         assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(old))
         self._attempt_event(attempt, old, now)
-        if attempt is record.attempts[-1]:
-            new = state.rollout_status_on_heartbeat(record.rollout.status)
-            if new != record.rollout.status:
-                self._set_rollout_status(record, new, now)
+        new = state.rollout_status_on_heartbeat(record.rollout.status)
+        if new != record.rollout.status:
+            self._set_rollout_status(record, new, now)
 
     def _make_room(self, incoming: int) -> None:
         """Spill the oldest rollouts' spans to disk until `incoming` bytes fit the memory budget.

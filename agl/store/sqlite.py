@@ -1029,6 +1029,8 @@ class SqliteLightningStore(LightningStore):
                     if found is None:
                         raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
                     attempt = found
+                if status is not UNSET or last_heartbeat_time is not UNSET:
+                    state.check_attempt_holds_rollout(rollout_id, rollout.status, attempt.attempt_id, latest.attempt_id)
                 if worker_id is not UNSET:
                     attempt.worker_id = worker_id
                 if last_heartbeat_time is not UNSET:
@@ -1084,16 +1086,18 @@ class SqliteLightningStore(LightningStore):
             stored.append(span)
         if not stored:
             return stored
-        # The arrival of new spans is a heartbeat of the attempt.
+        # The arrival of new spans is a heartbeat of the attempt; of a stale attempt it moves no status (fencing).
         attempt.last_heartbeat_time = now
+        if not state.attempt_holds_rollout(rollout.status, latest):
+            self._put_attempt(db, attempt)
+            return stored
         old = attempt.status
         attempt.status = state.attempt_status_on_heartbeat(old)
         self._attempt_event(attempt, old, now)
         self._put_attempt(db, attempt)
-        if latest:
-            new = state.rollout_status_on_heartbeat(rollout.status)
-            if new != rollout.status:
-                self._set_rollout_status(db, rollout, new, now, old=rollout.status)
+        new = state.rollout_status_on_heartbeat(rollout.status)
+        if new != rollout.status:
+            self._set_rollout_status(db, rollout, new, now, old=rollout.status)
         return stored
 
     async def add_span(self, span: Span) -> Span | None:

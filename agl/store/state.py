@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agl.store.errors import StaleAttemptError
 from agl.types.core import (
     ATTEMPT_STATUSES,
     ROLLOUT_STATUSES,
@@ -24,7 +25,9 @@ __all__ = [
     "FINISHED_STATUSES",
     "QUEUING_STATUSES",
     "RUNNING_STATUSES",
+    "attempt_holds_rollout",
     "attempt_status_on_heartbeat",
+    "check_attempt_holds_rollout",
     "check_attempt_status",
     "check_rollout_status",
     "check_worker_status",
@@ -96,6 +99,24 @@ def rollout_status_from_attempt(status: AttemptStatus, sequence_id: int, config:
     raise ValueError(
         f"attempt status {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}"
     )
+
+
+def attempt_holds_rollout(rollout_status: str, is_latest: bool) -> bool:
+    """Whether an attempt may still change its rollout (the fencing rule).
+
+    Only the latest attempt of a claimed rollout (`preparing` or `running`) does. Writes of any other attempt — one
+    whose rollout was requeued, finished or cancelled, or that a newer attempt replaced — are stale: status and
+    heartbeat updates are refused, late spans are kept on that attempt without moving anything.
+    """
+    return is_latest and rollout_status in RUNNING_STATUSES
+
+
+def check_attempt_holds_rollout(
+    rollout_id: str, rollout_status: str, attempt_id: str, latest_attempt_id: str | None
+) -> None:
+    """Raise `StaleAttemptError` (naming the current attempt) unless the attempt may still change its rollout."""
+    if not attempt_holds_rollout(rollout_status, attempt_id == latest_attempt_id):
+        raise StaleAttemptError(rollout_id, attempt_id, rollout_status, latest_attempt_id)
 
 
 def attempt_status_on_heartbeat(status: AttemptStatus) -> AttemptStatus:

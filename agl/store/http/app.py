@@ -22,6 +22,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from agl.store.base import LightningStore
+from agl.store.errors import StaleAttemptError
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
 from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
@@ -995,6 +996,18 @@ def error_response(exc: Exception) -> Response:
     """Map an exception raised by the store to an HTTP answer (4xx for the caller's mistakes, 5xx for faults)."""
     status = getattr(exc, "http_status", None)
     if isinstance(status, int) and 400 <= status < 600:
+        if isinstance(exc, StaleAttemptError):  # the client rebuilds the error from these fields
+            return Response(
+                status,
+                _encode_detail(
+                    str(exc),
+                    error_type="StaleAttemptError",
+                    rollout_id=exc.rollout_id,
+                    attempt_id=exc.attempt_id,
+                    rollout_status=exc.rollout_status,
+                    current_attempt_id=exc.current_attempt_id,
+                ),
+            )
         return Response(status, _encode_detail(str(exc), error_type=type(exc).__name__))
     if isinstance(exc, ValidationError):
         return Response(422, _encode_detail(_validation_detail(exc, "store"), error_type="ValidationError"))
