@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from agl.tracer.base import SpanRecordingContext
 
 __all__ = [
     "AttributeValue",
