@@ -118,6 +118,8 @@ class InMemoryLightningStore(LightningStore):
             (float) or bytes (int). Default 0.7 of physical memory.
         safe_memory_threshold: eviction stops once span bytes are at or below this. Default 0.8 × eviction.
         span_size_estimator: bytes to count for a span; default is its exact serialized JSON size.
+        tracker: accepted for Agent Lightning compatibility (its metrics tracker) and kept as `self.tracker`; the
+            store does not call it (AGL reports status changes through `agl.store.events`).
         scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
         clock: source of the current time in epoch seconds (tests pass a controllable clock).
         memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
@@ -134,6 +136,7 @@ class InMemoryLightningStore(LightningStore):
         eviction_memory_threshold: float | int | None = None,
         safe_memory_threshold: float | int | None = None,
         span_size_estimator: Callable[[Span], int] | None = None,
+        tracker: Any = None,
         scan_debounce_seconds: float = 10.0,
         clock: Callable[[], float] | None = None,
         memory_capacity_bytes: int | None = None,
@@ -141,6 +144,7 @@ class InMemoryLightningStore(LightningStore):
         spill_max_bytes: int | None = None,
         process_memory_limit: int | None = None,
     ) -> None:
+        self.tracker: Any = tracker
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
         self._span_size: Callable[[Span], int] | None = span_size_estimator
@@ -1023,6 +1027,12 @@ class InMemoryLightningStore(LightningStore):
         return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
 
     # -- waiting ----------------------------------------------------------------------------------------------
+    async def wait_for_rollout(self, rollout_id: str, timeout: float | None = None) -> Rollout | None:
+        """The rollout once it is finished, or None if it is not finished within `timeout` seconds (None: wait
+        as long as it takes)."""
+        done = await self.wait_for_rollouts(rollout_ids=[rollout_id], timeout=timeout)
+        return done[0] if done else None
+
     async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
         """The rollouts among `rollout_ids` that are finished by the deadline, in input order.
 

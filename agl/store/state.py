@@ -15,6 +15,7 @@ from agl.types.core import (
     WORKER_STATUSES,
     Attempt,
     AttemptStatus,
+    Rollout,
     RolloutConfig,
     RolloutStatus,
     WorkerStatus,
@@ -48,19 +49,24 @@ ATTEMPT_END_STATUSES: frozenset[str] = frozenset({"failed", "succeeded"})
 """Attempt statuses whose write stamps `end_time` (timeout/unresponsive do not)."""
 
 
-def is_queuing(status: str) -> bool:
-    """Waiting in the queue for a worker."""
-    return status in QUEUING_STATUSES
+def _status_of(rollout: Any) -> Any:
+    """The status a rollout-like argument stands for: a status string as is, else its `status` attribute."""
+    return rollout if isinstance(rollout, str) else getattr(rollout, "status", rollout)
 
 
-def is_running(status: str) -> bool:
-    """Claimed by a worker and not finished."""
-    return status in RUNNING_STATUSES
+def is_queuing(rollout: Rollout | str) -> bool:
+    """Waiting in the queue for a worker; takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in QUEUING_STATUSES
 
 
-def is_finished(status: str) -> bool:
-    """Terminal: succeeded, failed or cancelled."""
-    return status in FINISHED_STATUSES
+def is_running(rollout: Rollout | str) -> bool:
+    """Claimed by a worker and not finished; takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in RUNNING_STATUSES
+
+
+def is_finished(rollout: Rollout | str) -> bool:
+    """Terminal (succeeded, failed or cancelled); takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in FINISHED_STATUSES
 
 
 def check_rollout_status(status: Any, field: str = "status") -> RolloutStatus:
