@@ -205,7 +205,7 @@ class InMemoryLightningStore(LightningStore):
     async def statistics(self) -> LightningStoreStatistics:
         """Sizes of every collection, uptime and span memory use against the budget."""
         with self._lock:
-            return LightningStoreStatistics(
+            stats = LightningStoreStatistics(
                 name=type(self).__name__,
                 total_rollouts=len(self._records),
                 total_attempts=self._total_attempts,
@@ -221,6 +221,12 @@ class InMemoryLightningStore(LightningStore):
                 safe_threshold_bytes=self._budget.safe_bytes,
                 memory_capacity_bytes=self._budget.capacity_bytes,
             )
+            # The spill's disk budget left, when known: a spill exists, or one will have a set budget.
+            if self._spill is not None:
+                stats["spill_room_bytes"] = self._spill.room()
+            elif self._spill_max_bytes is not None:
+                stats["spill_room_bytes"] = self._spill_max_bytes
+            return stats
 
     # -- internal helpers (call with the lock held) -----------------------------------------------------------
     def _record(self, rollout_id: str) -> _RolloutRecord:
@@ -525,6 +531,10 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
+            if limit == 0 and status_in is not None and rollout_id_in is None and rollout_id_contains is None:
+                # A count by status (metrics, dashboards): the status buckets' sizes, not a sorted copy of them.
+                total = sum(len(self._by_status[s]) for s in dict.fromkeys(status_in))
+                return PaginatedResult[Rollout].model_construct(items=[], limit=0, offset=offset, total=total)
             candidates = self._rollout_candidates(status_in, rollout_id_in, filter_logic)
             matches = [r for r in candidates if predicate is None or predicate(r.rollout)]
             if sort_by is None:

@@ -100,6 +100,9 @@ class LightningStoreServer(LightningStore):
         log_level: uvicorn's log level.
         health_check_interval: seconds between the store's timeout / unresponsive checks run by the server itself
             (so a stuck attempt is noticed even when nobody calls the store); 0 disables them.
+        metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
+        metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
+        metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
     """
 
     def __init__(
@@ -115,6 +118,9 @@ class LightningStoreServer(LightningStore):
         log_level: str = "warning",
         backlog: int = 2048,
         health_check_interval: float = 1.0,
+        metrics: bool = True,
+        metrics_public: bool = False,
+        metrics_collectors: Sequence[Any] = (),
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -148,6 +154,9 @@ class LightningStoreServer(LightningStore):
         self._app: StoreApp | None = None
         self.health_check_interval = float(health_check_interval)
         self._draining = False
+        self.metrics = metrics
+        self.metrics_public = metrics_public
+        self.metrics_collectors = list(metrics_collectors)
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -191,7 +200,13 @@ class LightningStoreServer(LightningStore):
 
         assert self.store is not None
         app = StoreApp(
-            self.store, token=self.token, max_body_bytes=self.max_body_bytes, gzip_min_bytes=self.gzip_min_bytes
+            self.store,
+            token=self.token,
+            max_body_bytes=self.max_body_bytes,
+            gzip_min_bytes=self.gzip_min_bytes,
+            metrics=self.metrics,
+            metrics_public=self.metrics_public,
+            metrics_collectors=self.metrics_collectors,
         )
         self._app = app
         http: Any
@@ -449,6 +464,7 @@ class LightningStoreServer(LightningStore):
         self._thread_error = None
         self._client = None
         self._app = None
+        self.metrics, self.metrics_public, self.metrics_collectors = True, False, []
 
     # -- delegation --------------------------------------------------------------------------------------------
 

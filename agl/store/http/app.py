@@ -14,7 +14,8 @@ import time
 import traceback
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote
 
 import orjson
@@ -40,7 +41,13 @@ from agl.types.core import (
 from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
+if TYPE_CHECKING:
+    from agl.store.http.metrics import StoreMetrics
+
 __all__ = ["StoreApp"]
+
+OTHER_ROUTE = "other"
+"""The metrics' route label of a request that matched no route (unknown paths must not grow the label set)."""
 
 logger = logging.getLogger(__name__)
 
@@ -313,11 +320,12 @@ def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[st
 
 
 class _Route:
-    __slots__ = ("handler", "idempotent", "method", "names", "public", "segments")
+    __slots__ = ("handler", "idempotent", "method", "names", "public", "segments", "template")
 
     def __init__(self, method: str, pattern: str, handler: Handler, idempotent: bool, public: bool = False) -> None:
         self.method = method
         self.public = public
+        self.template = API_PREFIX + pattern  # the metrics' route label: ids stay placeholders
         self.segments = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
         self.names = tuple(s[1:-1] if s.startswith("{") else None for s in self.segments)
         self.handler = handler
@@ -449,9 +457,11 @@ class _IdempotencyCache:
 class StoreApp:
     """ASGI application serving `store` under `/v1/agl`, `/v1/traces` (OTLP) and the AGL batch extensions.
 
-    `token` (if set) is required as `Authorization: Bearer <token>` on every route but health. Bodies larger
-    than `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than
-    `gzip_min_bytes` are gzipped for clients that accept it.
+    `token` (if set) is required as `Authorization: Bearer <token>` on every route but health, and on the
+    Prometheus metrics (`/metrics`, `/v1/prometheus/`) unless `metrics_public`. Bodies larger than
+    `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than `gzip_min_bytes` are
+    gzipped for clients that accept it. `metrics=False` turns the metrics off (no per-request cost; `/metrics`
+    answers 404); `metrics_collectors` are exposed from the app's metrics registry too.
     """
 
     def __init__(
@@ -466,6 +476,9 @@ class StoreApp:
         idempotency_max_entries: int = 100_000,
         idempotency_max_bytes: int = 256 * 1024 * 1024,
         call_store: Callable[..., Awaitable[Any]] | None = None,
+        metrics: bool = True,
+        metrics_public: bool = False,
+        metrics_collectors: Sequence[Any] = (),
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
@@ -482,6 +495,9 @@ class StoreApp:
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
         self._register_routes()
+        self.metrics_public = metrics_public
+        self.metrics: StoreMetrics | None = _store_metrics(store, metrics_collectors) if metrics else None
+        """Prometheus metrics (None when off or prometheus_client is missing)."""
 
     # -- ASGI entry point --------------------------------------------------------------------------------------
 
@@ -614,12 +630,19 @@ class StoreApp:
         `headers` maps lower-case names to values; `path` is the raw (still percent-encoded) path; `body` is the
         whole raw body, or None to read it with `receive` (ASGI). The server's own protocol calls this directly.
         """
+        metrics = self.metrics
+        start = perf_counter() if metrics is not None else 0.0
+        label = OTHER_ROUTE
         try:
             route = self._static.get((method, path))  # keyed by the full path: no prefix check or slicing
             params: dict[str, str] | None = None
             if route is None:
                 if not path.startswith(_API_SLASH):
-                    return await self._dispatch_other(method, path, headers, body, receive)
+                    label = _OTHER_PATHS.get(path, OTHER_ROUTE)
+                    response = await self._dispatch_other(method, path, headers, body, receive)
+                    if metrics is not None:
+                        metrics.observe(label, method, response.status, perf_counter() - start)
+                    return response
                 sub = path[_API_LEN:]
                 parts = sub.strip("/").split("/")
                 for candidate in self._dynamic.get((method, len(parts)), ()):
@@ -629,6 +652,7 @@ class StoreApp:
                         break
                 if route is None:
                     raise self._no_route(sub)
+            label = route.template
             if not route.public and self._auth is not None:
                 self._check_auth(headers)
             if method != "POST":
@@ -642,20 +666,23 @@ class StoreApp:
                     body = self._decode_content(encoding, body)
             request = Request(method, params or {}, query_string, headers, body)
             handler = route.handler
-            if not route.idempotent:
-                key = headers.get(b"idempotency-key")
-                if key:
-                    return await self._idempotency.run(
-                        key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
-                    )
-            try:
-                return await handler(request)
-            except HTTPError:
-                raise
-            except Exception as exc:
-                return error_response(exc)
+            key = None if route.idempotent else headers.get(b"idempotency-key")
+            if key:
+                response = await self._idempotency.run(
+                    key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
+                )
+            else:
+                try:
+                    response = await handler(request)
+                except HTTPError:
+                    raise
+                except Exception as exc:
+                    response = error_response(exc)
         except HTTPError as exc:
-            return Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+            response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+        if metrics is not None:
+            metrics.observe(label, method, response.status, perf_counter() - start)
+        return response
 
     def _no_route(self, sub: str) -> HTTPError:
         parts = sub.strip("/").split("/")
@@ -667,6 +694,8 @@ class StoreApp:
     async def _dispatch_other(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes | None, receive: Receive | None
     ) -> Response:
+        if path in _METRICS_PATHS:
+            return await self._metrics_answer(method, headers)
         if path in ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development/profiles"):
             if method != "POST":
                 raise HTTPError(405, "Method Not Allowed")
@@ -683,6 +712,21 @@ class StoreApp:
 
             return await handle_otlp_traces(self, headers, receive)
         raise HTTPError(404, "Not Found")
+
+    async def _metrics_answer(self, method: str, headers: dict[bytes, bytes]) -> Response:
+        """The Prometheus exposition of this app's registry (GET or HEAD)."""
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(
+                405, "Method Not Allowed: scrape the metrics with GET (or HEAD)", [(b"allow", b"GET, HEAD")]
+            )
+        if not self.metrics_public:
+            self._check_auth(headers)
+        if self.metrics is None:
+            raise HTTPError(
+                404, "Metrics are off on this server: start it with metrics on and prometheus_client installed"
+            )
+        body, content_type = await self.metrics.render(headers.get(b"accept", b"").decode("latin-1"))
+        return Response(200, body, content_type.encode("latin-1"))
 
     # -- routes ------------------------------------------------------------------------------------------------
 
@@ -970,6 +1014,30 @@ class StoreApp:
 
     async def _statistics(self, request: Request) -> Response:
         return _ok(dict(await self.store.statistics()))
+
+
+_METRICS_PATHS = frozenset({"/metrics", "/v1/prometheus/", "/v1/prometheus"})
+"""Where the Prometheus metrics answer: `/metrics`, and Agent Lightning 0.3's `/v1/prometheus/`."""
+
+_OTHER_PATHS = {
+    "/metrics": "/metrics",
+    "/v1/prometheus/": "/v1/prometheus/",
+    "/v1/prometheus": "/v1/prometheus/",
+    "/v1/traces": "/v1/traces",
+    "/v1/metrics": "/v1/metrics",
+    "/v1/logs": "/v1/logs",
+    "/v1/development/profiles": "/v1/development/profiles",
+}
+"""The metrics' route label of each known path outside `/v1/agl`; every other path is `OTHER_ROUTE`."""
+
+
+def _store_metrics(store: LightningStore, collectors: Sequence[Any]) -> StoreMetrics | None:
+    try:
+        from agl.store.http.metrics import StoreMetrics
+    except ImportError:
+        logger.warning("prometheus_client is not installed: /metrics is off (pip install 'agl[server]')")
+        return None
+    return StoreMetrics(store, collectors)
 
 
 _NOT_FOUND_MARKERS = ("not found", "does not exist")
