@@ -361,6 +361,8 @@ class LightningStoreServer(LightningStore):
         self._loop = None
         if self._app is not None:
             self._app.insight.close()  # stop listening to the store: a restart builds a new app
+            if self._app.metrics is not None:
+                self._app.metrics.close()
         self._app = None
         if self._requested_port == 0:
             # Keep the chosen port, so a restart comes back on the same address.

@@ -14,11 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from agl.store.base import LightningStore
+from agl.store.events import RolloutTransition, StoreEvent
 from agl.types.core import ROLLOUT_STATUSES, WORKER_STATUSES, RolloutStatus
 
 __all__ = ["HEARTBEAT_AGE_BUCKETS", "LATENCY_BUCKETS", "StoreMetrics", "StoreStateCollector"]
@@ -58,6 +59,21 @@ class StoreMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        self._rollout_transitions = Counter(
+            "agl_rollout_transitions",
+            "Rollout status changes since this server started, by previous status (none: just created) and new one.",
+            ("from", "to"),
+            registry=self.registry,
+        )
+        self._attempts = Counter(
+            "agl_attempts",
+            "Times an attempt entered each status since this server started (preparing: an attempt was started).",
+            ("status",),
+            registry=self.registry,
+        )
+        self._transition_children: dict[tuple[str | None, str], Any] = {}
+        self._attempt_children: dict[str, Any] = {}
+        self._unsubscribe = store.events.subscribe(self._on_event)
         self.state = StoreStateCollector(store)
         self.registry.register(self.state)
         if process:
@@ -76,6 +92,23 @@ class StoreMetrics:
         child = self._requests.labels(route, method if method in _METHODS else "other", str(status))
         self._children[(route, method, status)] = child
         return child
+
+    def _on_event(self, event: StoreEvent) -> None:
+        # Runs inside the store's call (its listener contract): a dict lookup and one locked increment.
+        if type(event) is RolloutTransition:
+            child = self._transition_children.get((event.old, event.new))
+            if child is None:
+                child = self._rollout_transitions.labels(event.old or "none", event.new)
+                self._transition_children[(event.old, event.new)] = child
+        else:
+            child = self._attempt_children.get(event.new)
+            if child is None:
+                child = self._attempt_children[event.new] = self._attempts.labels(event.new)
+        child.inc()
+
+    def close(self) -> None:
+        """Stop listening to the store's events (the server is stopping; a restart builds new metrics)."""
+        self._unsubscribe()
 
     async def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when `accept` asks for it) and its content type."""

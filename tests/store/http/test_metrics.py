@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -239,3 +240,53 @@ async def test_every_grafana_metric_is_exposed(started: list[LightningStoreServe
     exposed |= {s.name for family in text_string_to_metric_families(runner_text) for s in family.samples}
     missing = {name for name in grafana_metric_names() if name not in exposed}
     assert not missing, f"the Grafana dashboard queries metrics nothing exposes: {sorted(missing)}"
+
+
+async def test_transitions_and_attempts_from_store_events(started: list[LightningStoreServer]) -> None:
+    from agl.types import RolloutConfig
+
+    store = InMemoryLightningStore(thread_safe=True, scan_debounce_seconds=0)
+    server = start(started, store, health_check_interval=0.05)
+    client = LightningStoreClient(server.endpoint)
+    try:
+        retried = RolloutConfig(max_attempts=2, retry_condition=["failed"])
+        first = await client.enqueue_rollout({"i": 1}, config=retried)
+        claimed = await client.dequeue_rollout(worker_id="w")
+        assert claimed is not None and claimed.rollout_id == first.rollout_id
+        await client.update_attempt(first.rollout_id, claimed.attempt.attempt_id, status="failed")  # → requeuing
+        again = await client.dequeue_rollout(worker_id="w")
+        assert again is not None
+        await client.update_attempt(first.rollout_id, again.attempt.attempt_id, status="succeeded")
+        slow = await client.enqueue_rollout({"i": 2}, config=RolloutConfig(timeout_seconds=0.05))
+        assert (await client.dequeue_rollout(worker_id="w")) is not None
+        # The server's own health check turns the attempt into "timeout" (nobody calls the store meanwhile).
+        for _ in range(100):
+            if (await client.get_rollout_by_id(slow.rollout_id)).status == "failed":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+    samples = scrape(server)
+
+    def moved(old: str, new: str) -> float:
+        return value(samples, "agl_rollout_transitions_total", **{"from": old, "to": new})
+
+    assert moved("none", "queuing") == 2
+    assert moved("queuing", "preparing") == 2
+    assert moved("preparing", "requeuing") == 1
+    assert moved("requeuing", "preparing") == 1
+    assert moved("preparing", "succeeded") == 1
+    assert moved("preparing", "failed") == 1  # the timed-out one
+    assert value(samples, "agl_attempts_total", status="preparing") == 3  # attempts started
+    assert value(samples, "agl_attempts_total", status="failed") == 1
+    assert value(samples, "agl_attempts_total", status="succeeded") == 1
+    assert value(samples, "agl_attempts_total", status="timeout") == 1
+
+
+async def test_a_stopped_server_stops_listening(started: list[LightningStoreServer]) -> None:
+    store = InMemoryLightningStore(thread_safe=True)
+    server = start(started, store)
+    assert store.events.active
+    server.stop()
+    assert not store.events.active  # the metrics (and the dashboard's insight) unsubscribed
+    await store.enqueue_rollout({"x": 1})  # nobody counts it; nothing breaks
