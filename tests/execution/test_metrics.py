@@ -199,3 +199,28 @@ async def test_metered_store_counts_errors_by_call() -> None:
     assert get(values, "agl_runner_store_errors_total", call="get_next_span_sequence_id") == 1
     assert get(values, "agl_runner_rollouts_claimed_total") == 1
     assert get(values, "agl_runner_rollouts_total", result="failed") == 0  # the failed update did not count
+
+
+def test_metrics_off_records_and_serves_nothing() -> None:
+    strategy = cs(n_runners=1, metrics=False)
+    seen: dict[str, int] = {}
+
+    async def algorithm(store: LightningStore, event: ExecutionEvent) -> None:
+        answer = await asyncio.to_thread(httpx.get, f"{store.endpoint}/metrics")  # type: ignore[attr-defined]
+        seen["status"] = answer.status_code
+
+    strategy.execute(algorithm, bundles.runner_cooperative, InMemoryLightningStore())
+    assert seen == {"status": 404}
+    assert strategy.launcher_metrics is None
+
+
+def test_a_taken_metrics_port_leaves_the_runner_without_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    from agl.execution.client_server import _start_runner_metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        assert _start_runner_metrics(port, 0) is None
+    assert f"could not serve its metrics on 127.0.0.1:{port}" in caplog.text
+    assert _start_runner_metrics(None, 0) is None

@@ -89,6 +89,27 @@ def test_openmetrics_on_request(started: list[LightningStoreServer]) -> None:
     assert answer.text.rstrip().endswith("# EOF")
 
 
+def test_gzipped_for_scrapers_that_accept_it(started: list[LightningStoreServer]) -> None:
+    server = start(started)
+    answer = httpx.get(server.endpoint + "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert answer.headers["content-encoding"] == "gzip"
+    assert "agl_store_up 1.0" in answer.text
+
+
+def test_without_prometheus_client_the_app_serves_no_metrics(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    from agl.store.http.app import StoreApp
+
+    monkeypatch.delitem(sys.modules, "agl.store.http.metrics", raising=False)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # makes `import prometheus_client` fail
+    app = StoreApp(InMemoryLightningStore())
+    assert app.metrics is None
+    assert "prometheus_client is not installed" in caplog.text
+
+
 def test_metrics_off(started: list[LightningStoreServer]) -> None:
     server = start(started, metrics=False)
     answer = httpx.get(server.endpoint + "/metrics")
