@@ -38,7 +38,16 @@ from agl.store.inputs import (
     new_id,
     rollout_changes,
 )
-from agl.store.query import check_page, compile_filter, paginate, rollout_filter, sort_items, span_filter, worker_filter
+from agl.store.query import (
+    check_page,
+    compile_filter,
+    paginate,
+    rollout_filter,
+    sort_items,
+    sort_key,
+    span_filter,
+    worker_filter,
+)
 from agl.store.spill import SpanSpill
 from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
@@ -557,12 +566,34 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             now = self._clock()
             self._maybe_scan(now)
-            if limit == 0 and status_in is not None and rollout_id_in is None and rollout_id_contains is None:
+            by_status_only = (
+                status_in is not None
+                and rollout_id_in is None
+                and rollout_id_contains is None
+                and filter_logic == "and"
+            )
+            if by_status_only and limit == 0:
                 # A count by status (metrics, dashboards): the status buckets' sizes, not a sorted copy of them.
-                total = sum(len(self._by_status[s]) for s in dict.fromkeys(status_in))
+                total = sum(len(self._by_status[s]) for s in dict.fromkeys(status_in or ()))
                 return PaginatedResult[Rollout].model_construct(items=[], limit=0, offset=offset, total=total)
-            candidates = self._rollout_candidates(status_in, rollout_id_in, filter_logic)
-            matches = [r for r in candidates if predicate is None or predicate(r.rollout)]
+            if by_status_only:  # the status buckets are the whole filter: no predicate to run per rollout
+                candidates = self._rollout_candidates(status_in, None, "and")
+                matches = list(candidates)
+            else:
+                candidates = self._rollout_candidates(status_in, rollout_id_in, filter_logic)
+                matches = [r for r in candidates if predicate is None or predicate(r.rollout)]
+            if sort_by is not None and limit == 1 and offset == 0 and matches and sort_order in ("asc", "desc"):
+                # The first of a page of one (e.g. the oldest queued rollout): one pass instead of a sort. min/max
+                # return the first of equal keys, as the stable sort (also reversed) puts first.
+                key = sort_key(Rollout, sort_by)
+                pick = min if sort_order == "asc" else max
+                try:
+                    first = pick(matches, key=lambda r: key(r.rollout))
+                except TypeError as exc:
+                    raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
+                return PaginatedResult[Rollout].model_construct(
+                    items=[self._snapshot(first)], limit=1, offset=0, total=len(matches)
+                )
             if sort_by is None:
                 if candidates is not self._records.values():
                     matches.sort(key=lambda r: r.order)
