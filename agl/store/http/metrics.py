@@ -9,6 +9,7 @@ handler calls the store too).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from bisect import bisect_left
@@ -38,6 +39,7 @@ __all__ = [
     "StoreMetrics",
     "StoreStateCollector",
     "TransitionCounts",
+    "record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,13 +68,15 @@ class StoreMetrics:
 
     def __init__(self, store: LightningStore, collectors: Sequence[Any] = (), *, process: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self.bounds = LATENCY_BUCKETS
+        """The request latency buckets (the app counts into `requests`' series inline)."""
         self.requests = RequestLatencies()
         self.transitions = TransitionCounts()
         self.state = StoreStateCollector(store)
         for collector in (self.requests, self.transitions, self.state):
             self.registry.register(collector)
         self.observe = self.requests.observe
-        """`observe(route, method, status, seconds)`: record one answered request (the app calls it per request)."""
+        """`observe(route, method, status, seconds)`: record one answered request."""
         self._unsubscribe = store.events.subscribe(self.transitions.on_event)
         if process:
             ProcessCollector(registry=self.registry)
@@ -94,28 +98,41 @@ class RequestLatencies:
     """`agl_http_request_duration_seconds`: per (route, method, status) bucket counts and a sum, kept as plain lists
     and turned into a histogram family at scrape time.
 
-    `observe` is ~3 300 CPU instructions (callgrind), against ~8 400 for a prometheus_client `Histogram` child's
+    A series is a list: one count per bucket of `LATENCY_BUCKETS`, one for +Inf, then the sum of the seconds.
+    The app keeps each route's series by status (`route_series`) and updates them inline (`record`): ~2 200 CPU
+    instructions per request (callgrind), against ~8 400 for a prometheus_client `Histogram` child's `observe`
     (which walks the buckets in Python and takes two locks); the exposition is the same. No lock: requests are
     answered and `/metrics` is rendered on the server's one event loop thread.
     """
 
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
+    def __init__(self) -> None:
+        self.bounds = LATENCY_BUCKETS
         self._series: dict[tuple[str, str, int], list[float]] = {}
         self._labels: dict[tuple[str, str, int], list[str]] = {}
+        self._routes: dict[tuple[str, str], dict[int, list[float]]] = {}
+
+    def route_series(self, route: str, method: str) -> dict[int, list[float]]:
+        """The series of one route template and method, by status code (filled by `series`)."""
+        return self._routes.setdefault((route, method), {})
+
+    def series(self, route: str, method: str, status: int, by_status: dict[int, list[float]] | None = None) -> (
+        list[float]
+    ):  # fmt: skip
+        """The series of (route, method, status), made on first use (and kept in `by_status` when given)."""
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = self._new((route, method, status))
+        if by_status is not None:
+            by_status[status] = series
+        return series
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record one answered request."""
-        key = (route, method, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._new(key)
-        series[bisect_left(self.bounds, seconds)] += 1  # the first bucket whose bound is >= seconds (or +Inf)
-        series[-1] += seconds
+        """Record one answered request (the general path; the app's hot path does the same inline)."""
+        record(self.series(route, method, status), seconds)
 
     def _new(self, key: tuple[str, str, int]) -> list[float]:
         route, method, status = key
-        series: list[float] = [0] * (len(self.bounds) + 1) + [0.0]  # one count per bucket, +Inf, then the sum
+        series: list[float] = [0] * (len(self.bounds) + 1) + [0.0]
         self._labels[key] = [route, method if method in _METHODS else "other", str(status)]
         self._series[key] = series
         return series
@@ -135,6 +152,12 @@ class RequestLatencies:
         yield family
 
 
+def record(series: list[float], seconds: float) -> None:
+    """Count `seconds` in a latency series (the first bucket whose bound is >= seconds, else +Inf) and its sum."""
+    series[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    series[-1] += seconds
+
+
 _REQUESTS = "agl_http_request_duration_seconds"
 _REQUESTS_HELP = (
     "Time the store server took to answer a request (routing, store call, encoding), by route template, method and "
@@ -152,16 +175,15 @@ class TransitionCounts:
     """
 
     def __init__(self) -> None:
-        self._rollouts: dict[tuple[str | None, str], int] = {}
-        self._attempts: dict[str, int] = {}
+        self._rollouts: collections.defaultdict[tuple[str | None, str], int] = collections.defaultdict(int)
+        self._attempts: collections.defaultdict[str, int] = collections.defaultdict(int)
 
     def on_event(self, event: StoreEvent) -> None:
         """Count one committed status change."""
-        if type(event) is RolloutTransition:
-            key = (event.old, event.new)
-            self._rollouts[key] = self._rollouts.get(key, 0) + 1
+        if event.__class__ is RolloutTransition:
+            self._rollouts[event.old, event.new] += 1
         else:
-            self._attempts[event.new] = self._attempts.get(event.new, 0) + 1
+            self._attempts[event.new] += 1
 
     def describe(self) -> list[Metric]:
         """The families this collector exposes (for the registry's duplicate-name check)."""
