@@ -78,6 +78,8 @@ class MeteredStore(LightningStore):
         self._metrics = metrics
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_store":  # not set yet (a half-built copy): no recursion
+            raise AttributeError(name)
         return getattr(self._store, name)
 
     @property
