@@ -138,6 +138,9 @@ class LightningStore:
         status_in: Sequence[RolloutStatus] | None = None,
         rollout_id_in: Sequence[str] | None = None,
         rollout_id_contains: str | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        start_time_from: float | None = None,
+        start_time_to: float | None = None,
         filter_logic: Literal["and", "or"] = "and",
         sort_by: str | None = None,
         sort_order: Literal["asc", "desc"] = "asc",
@@ -146,7 +149,14 @@ class LightningStore:
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout]:
-        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        """Rollouts matching the filters (with their latest attempt attached when they have one).
+
+        Filters: `status_in`, `rollout_id_in` (membership), `rollout_id_contains` (substring), `mode_in` (rollouts
+        without a mode never match) and the start-time window `start_time_from <= start_time < start_time_to`
+        (either bound optional; the window counts as one filter). Given filters are combined by `filter_logic`.
+        Without `sort_by` the order is insertion order (and `sort_order` is ignored); ties of a sort keep it.
+        A bad status, mode or non-finite time raises ValueError naming the argument.
+        """
         raise _abstract("query_rollouts")
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:

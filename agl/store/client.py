@@ -448,6 +448,14 @@ class LightningStoreClient(LightningStore):
         result: LightningStoreStatistics = orjson.loads(await self._request("GET", "/statistics"))
         return result
 
+    async def dashboard(self, route: str, query: Mapping[str, Any] | None = None) -> Any:
+        """The JSON answer of the server's dashboard route `GET /v1/agl/dashboard/<route>` (AGL servers only).
+
+        `route` is e.g. "overview", "rollouts", "rollouts/<id>" or "workers"; `query` values may be lists (repeated
+        parameters). Errors raise as for every other call (a server without these routes answers 404).
+        """
+        return orjson.loads(await self._request("GET", "/dashboard/" + route.lstrip("/"), query=query))
+
     # -- rollouts and the queue --------------------------------------------------------------------------------
 
     async def start_rollout(
@@ -533,6 +541,9 @@ class LightningStoreClient(LightningStore):
         status_in: Sequence[RolloutStatus] | None = None,
         rollout_id_in: Sequence[str] | None = None,
         rollout_id_contains: str | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        start_time_from: float | None = None,
+        start_time_to: float | None = None,
         filter_logic: Literal["and", "or"] = "and",
         sort_by: str | None = None,
         sort_order: Literal["asc", "desc"] = "asc",
@@ -554,6 +565,9 @@ class LightningStoreClient(LightningStore):
             "status_in": list(status_in) if status_in is not None else None,
             "rollout_id_in": list(rollout_id_in) if rollout_id_in is not None else None,
             "rollout_id_contains": rollout_id_contains,
+            "mode_in": list(mode_in) if mode_in is not None else None,
+            "start_time_from": start_time_from,
+            "start_time_to": start_time_to,
             "filter_logic": filter_logic,
             "sort_by": sort_by,
             "sort_order": sort_order,

@@ -40,14 +40,15 @@ from agl.store.inputs import (
 )
 from agl.store.query import (
     check_page,
+    check_sort_order,
     compile_filter,
     paginate,
     rollout_filter,
     sort_items,
-    sort_key,
     span_filter,
     worker_filter,
 )
+from agl.store.rollout_index import RolloutIndex
 from agl.store.spill import SpanSpill
 from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
@@ -150,8 +151,7 @@ class InMemoryLightningStore(LightningStore):
         self._order = 0
 
         self._records: dict[str, _RolloutRecord] = {}
-        self._by_status: dict[str, dict[str, None]] = {s: {} for s in state.QUEUING_STATUSES | state.RUNNING_STATUSES}
-        self._by_status.update({s: {} for s in state.FINISHED_STATUSES})
+        self._index: RolloutIndex[_RolloutRecord] = RolloutIndex()
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
         self._watched: dict[str, None] = {}
@@ -284,9 +284,8 @@ class InMemoryLightningStore(LightningStore):
         rollout_id = rollout.rollout_id
         old = rollout.status
         if old != status:
-            self._by_status[old].pop(rollout_id, None)
-            self._by_status[status][rollout_id] = None
             assign(rollout, status=status)
+            self._index.status_changed(record, old)
             events = self.events
             if events.active:
                 events.emit(RolloutTransition(rollout_id, old, status, now, rollout.mode, rollout.resources_id))
@@ -398,7 +397,7 @@ class InMemoryLightningStore(LightningStore):
         self._order += 1
         record = _RolloutRecord(rollout, self._order)
         self._records[rollout.rollout_id] = record
-        self._by_status[status][rollout.rollout_id] = None
+        self._index.add(record)
         events = self.events
         if events.active:
             events.emit(RolloutTransition(rollout.rollout_id, None, status, now, rollout.mode, rollout.resources_id))
@@ -544,6 +543,9 @@ class InMemoryLightningStore(LightningStore):
         status_in: Sequence[RolloutStatus] | None = None,
         rollout_id_in: Sequence[str] | None = None,
         rollout_id_contains: str | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        start_time_from: float | None = None,
+        start_time_to: float | None = None,
         filter_logic: Literal["and", "or"] = "and",
         sort_by: str | None = None,
         sort_order: Literal["asc", "desc"] = "asc",
@@ -560,70 +562,17 @@ class InMemoryLightningStore(LightningStore):
             filter_logic=filter_logic,
             status=status,
             rollout_ids=rollout_ids,
+            mode_in=mode_in,
+            start_time_from=start_time_from,
+            start_time_to=start_time_to,
         )
-        status_in, rollout_id_in, predicate = query.status_in, query.rollout_id_in, query.predicate  # type: ignore[assignment]
         check_page(limit, offset)
+        check_sort_order(sort_order)
         with self._lock:
-            now = self._clock()
-            self._maybe_scan(now)
-            by_status_only = (
-                status_in is not None
-                and rollout_id_in is None
-                and rollout_id_contains is None
-                and filter_logic == "and"
-            )
-            if by_status_only and limit == 0:
-                # A count by status (metrics, dashboards): the status buckets' sizes, not a sorted copy of them.
-                total = sum(len(self._by_status[s]) for s in dict.fromkeys(status_in or ()))
-                return PaginatedResult[Rollout].model_construct(items=[], limit=0, offset=offset, total=total)
-            if by_status_only:  # the status buckets are the whole filter: no predicate to run per rollout
-                candidates = self._rollout_candidates(status_in, None, "and")
-                matches = list(candidates)
-            else:
-                candidates = self._rollout_candidates(status_in, rollout_id_in, filter_logic)
-                matches = [r for r in candidates if predicate is None or predicate(r.rollout)]
-            if sort_by is not None and limit == 1 and offset == 0 and matches and sort_order in ("asc", "desc"):
-                # The first of a page of one (e.g. the oldest queued rollout): one pass instead of a sort. min/max
-                # return the first of equal keys, as the stable sort (also reversed) puts first.
-                key = sort_key(Rollout, sort_by)
-                pick = min if sort_order == "asc" else max
-                try:
-                    first = pick(matches, key=lambda r: key(r.rollout))
-                except TypeError as exc:
-                    raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
-                return PaginatedResult[Rollout].model_construct(
-                    items=[self._snapshot(first)], limit=1, offset=0, total=len(matches)
-                )
-            if sort_by is None:
-                if candidates is not self._records.values():
-                    matches.sort(key=lambda r: r.order)
-                records = matches
-            else:
-                pairs = sort_items([r.rollout for r in matches], Rollout, sort_by, sort_order)
-                by_id = {r.rollout.rollout_id: r for r in matches}
-                records = [by_id[p.rollout_id] for p in pairs]
-            total = len(records)
-            end = None if limit == -1 else offset + limit
-            items = [self._snapshot(r) for r in records[offset:end]]
+            self._maybe_scan(self._clock())
+            records, total = self._index.select(query, sort_by, sort_order, limit, offset)
+            items = [self._snapshot(r) for r in records]
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
-
-    def _rollout_candidates(
-        self, status_in: Sequence[str] | None, rollout_id_in: Sequence[str] | None, filter_logic: str
-    ) -> Iterable[_RolloutRecord]:
-        """A superset of the matches, as small as the indexes allow (AND narrows; OR must scan)."""
-        if filter_logic == "and":
-            if rollout_id_in is not None:
-                seen: set[str] = set()
-                out = []
-                for rid in rollout_id_in:
-                    record = self._records.get(rid) if isinstance(rid, str) else None
-                    if record is not None and rid not in seen:
-                        seen.add(rid)
-                        out.append(record)
-                return out
-            if status_in is not None:
-                return [self._records[rid] for s in dict.fromkeys(status_in) for rid in self._by_status[s]]
-        return self._records.values()
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
         """The rollout (with its latest attempt when it has one), or None if unknown."""
@@ -650,8 +599,11 @@ class InMemoryLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             record = self._record(rollout_id)
+            old_mode = record.rollout.mode
             for key, value in changes.items():
                 setattr(record.rollout, key, value)
+            if record.rollout.mode != old_mode:
+                self._index.mode_changed(record, old_mode)
             if status is not UNSET:
                 self._set_rollout_status(record, status, now)
             elif "config" in changes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,17 +13,58 @@ from pydantic import BaseModel
 
 from agl.types.core import FilterOptions, PaginatedResult
 
-__all__ = ["check_page", "check_sort_field", "compile_filter", "paginate", "sort_items", "sort_key"]
+__all__ = [
+    "Condition",
+    "RolloutFilter",
+    "check_page",
+    "check_rollout_window",
+    "check_sort_field",
+    "check_sort_order",
+    "compile_filter",
+    "filter_conditions",
+    "paginate",
+    "rollout_filter",
+    "sort_items",
+    "sort_key",
+]
 
 T = TypeVar("T")
 Predicate = Callable[[Any], bool]
 
-_OPERATORS = ("exact", "within", "contains")
+_OPERATORS = ("exact", "within", "contains", "between")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One filter condition: the item's `field` compared to `expected` by `op`.
+
+    `exact`: equal; `within`: a member of the collection `expected`; `contains`: `expected` is a substring (or
+    element) of the value; `between`: `expected` is a `(low, high)` pair and `low <= value < high` (a None bound is
+    open). A None value never matches `within`, `contains` or `between`.
+    """
+
+    field: str
+    op: str
+    expected: Any
 
 
 def _condition(field: str, op: str, expected: Any) -> Predicate:
     if op == "exact":
         return lambda item: getattr(item, field, None) == expected
+
+    if op == "between":
+        low, high = expected
+
+        def between(item: Any) -> bool:
+            value = getattr(item, field, None)
+            if value is None:
+                return False
+            try:
+                return (low is None or value >= low) and (high is None or value < high)
+            except TypeError:
+                return False
+
+        return between
 
     if op == "within":
 
@@ -46,38 +88,40 @@ def _condition(field: str, op: str, expected: Any) -> Predicate:
     return contains
 
 
-def _conditions(field: str, ops: Any, where: str) -> list[tuple[str, str, Any]]:
+def _conditions(field: str, ops: Any, where: str) -> list[Condition]:
     if not isinstance(ops, Mapping):
         raise ValueError(
             f"{where}: filter for field {field!r} must be a mapping of operators {_OPERATORS}, got {ops!r}"
         )
-    out: list[tuple[str, str, Any]] = []
+    out: list[Condition] = []
     for op, expected in ops.items():
         if op not in _OPERATORS:
             raise ValueError(f"{where}: unknown filter operator {op!r} for field {field!r}; use one of {_OPERATORS}")
         if expected is None:
             continue
-        out.append((field, op, expected))
+        if op == "between" and (not isinstance(expected, tuple) or len(expected) != 2):
+            raise ValueError(f"{where}: 'between' for field {field!r} takes a (low, high) pair, got {expected!r}")
+        out.append(Condition(field, op, expected))
     return out
 
 
-def compile_filter(filters: FilterOptions | None) -> Predicate | None:
-    """Compile filter options into a predicate, or None when nothing is filtered.
+def filter_conditions(filters: FilterOptions | None) -> tuple[list[Condition], list[Condition], str]:
+    """The `_must` conditions, the pool conditions and the pool's logic ("and"/"or") of filter options.
 
-    Conditions of all fields form one pool combined by `_aggregate` ("and" default, or "or"); `_must` conditions
-    always hold. An operator whose value is None is ignored; a pool with no conditions filters nothing.
+    The rule every backend follows: all `_must` conditions hold, and the pool's conditions are combined by the
+    logic; an empty pool matches everything.
     """
     if not filters:
-        return None
+        return [], [], "and"
     aggregate = filters.get("_aggregate", "and")
     if aggregate not in ("and", "or"):
         raise ValueError(f"filter _aggregate must be 'and' or 'or', got {aggregate!r}")
-    pool: list[tuple[str, str, Any]] = []
+    pool: list[Condition] = []
     for field, ops in filters.items():
         if field in ("_aggregate", "_must"):
             continue
         pool.extend(_conditions(field, ops, "filter"))
-    must: list[tuple[str, str, Any]] = []
+    must: list[Condition] = []
     raw_must = filters.get("_must")
     if raw_must is not None:
         entries = [raw_must] if isinstance(raw_must, Mapping) else list(raw_must)
@@ -87,22 +131,47 @@ def compile_filter(filters: FilterOptions | None) -> Predicate | None:
                 raise ValueError(f"filter _must entries must be mappings of field -> operators, got {entry!r}")
             for field, ops in entry.items():
                 for cond in _conditions(field, ops, "filter _must"):
-                    if (cond[0], cond[1]) in seen:
-                        raise ValueError(f"filter _must sets operator {cond[1]!r} for field {field!r} twice")
-                    seen.add((cond[0], cond[1]))
+                    if (cond.field, cond.op) in seen:
+                        raise ValueError(f"filter _must sets operator {cond.op!r} for field {field!r} twice")
+                    seen.add((cond.field, cond.op))
                     must.append(cond)
-    must_preds = [_condition(*c) for c in must]
-    pool_preds = [_condition(*c) for c in pool]
+    return must, pool, str(aggregate)
+
+
+def compile_filter(filters: FilterOptions | None) -> Predicate | None:
+    """Compile filter options into a predicate, or None when nothing is filtered.
+
+    Conditions of all fields form one pool combined by `_aggregate` ("and" default, or "or"); `_must` conditions
+    always hold. An operator whose value is None is ignored; a pool with no conditions filters nothing.
+    """
+    must, pool, aggregate = filter_conditions(filters)
+    must_preds = [_condition(c.field, c.op, c.expected) for c in must]
+    pool_preds = [_condition(c.field, c.op, c.expected) for c in pool]
     if not must_preds and not pool_preds:
         return None
-    combine = all if aggregate == "and" else any
+    if aggregate == "or" and pool_preds:
+        # "any of the pool" is one condition of its own, next to the musts.
+        pool_any = pool_preds
 
-    def predicate(item: Any) -> bool:
-        if not all(p(item) for p in must_preds):
+        def any_of(item: Any) -> bool:
+            for p in pool_any:
+                if p(item):
+                    return True
             return False
-        return not pool_preds or combine(p(item) for p in pool_preds)
 
-    return predicate
+        pool_preds = [any_of]
+    preds = must_preds + pool_preds
+    if len(preds) == 1:
+        return preds[0]
+
+    def all_of(item: Any) -> bool:
+        # A plain loop: this runs once per stored item on scans, where generator overhead is most of the cost.
+        for p in preds:
+            if not p(item):
+                return False
+        return True
+
+    return all_of
 
 
 def _none_substitute(model: type[BaseModel], field: str) -> Any:
@@ -150,10 +219,15 @@ def sort_key(model: type[BaseModel], sort_by: str) -> Callable[[Any], Any]:
     return key
 
 
-def sort_items(items: list[T], model: type[BaseModel], sort_by: str | None, sort_order: str = "asc") -> list[T]:
-    """Sort items stably by one field (no-op when `sort_by` is None)."""
+def check_sort_order(sort_order: str) -> None:
+    """Raise a ValueError unless `sort_order` is "asc" or "desc"."""
     if sort_order not in ("asc", "desc"):
         raise ValueError(f"sort_order must be 'asc' or 'desc', got {sort_order!r}")
+
+
+def sort_items(items: list[T], model: type[BaseModel], sort_by: str | None, sort_order: str = "asc") -> list[T]:
+    """Sort items stably by one field (no-op when `sort_by` is None)."""
+    check_sort_order(sort_order)
     if sort_by is None:
         return items
     key = sort_key(model, sort_by)
@@ -188,14 +262,58 @@ def _check_logic(filter_logic: str) -> None:
         raise ValueError(f"filter_logic must be 'and' or 'or', got {filter_logic!r}")
 
 
+_ROLLOUT_MODES = ("train", "val", "test")
+
+
+def _check_modes(mode_in: Any) -> list[str] | None:
+    if mode_in is None:
+        return None
+    if isinstance(mode_in, (str, bytes)) or not isinstance(mode_in, Iterable):
+        raise ValueError(f"mode_in must be a list of rollout modes (train, val, test), got {mode_in!r}")
+    modes = list(mode_in)
+    for item in modes:
+        if item not in _ROLLOUT_MODES:
+            raise ValueError(f"mode_in item {item!r} is not a rollout mode; use train, val or test")
+    return modes
+
+
+def _check_time(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of epoch seconds (or None), got {value!r}")
+    return float(value)
+
+
+def check_rollout_window(
+    *, mode_in: Any, start_time_from: Any, start_time_to: Any
+) -> tuple[list[str] | None, float | None, float | None]:
+    """`mode_in` and the start-time window of `query_rollouts`, checked (a ValueError names the bad field)."""
+    return (
+        _check_modes(mode_in),
+        _check_time(start_time_from, "start_time_from"),
+        _check_time(start_time_to, "start_time_to"),
+    )
+
+
 @dataclass(frozen=True)
 class RolloutFilter:
-    """The resolved filters of `query_rollouts` (deprecated aliases applied) and their predicate."""
+    """The resolved filters of `query_rollouts` (deprecated aliases applied, values checked).
+
+    `conditions` is the pool combined by `filter_logic` (see `filter_conditions`): one condition per given filter
+    among status, rollout id (membership and substring), mode and the start-time window `[from, to)`, which is one
+    condition. The in-memory store evaluates them on its indexes and the SQLite store renders them as SQL, each
+    operator meaning what `Condition` says (the conformance suite holds both to the same answers).
+    """
 
     status_in: Sequence[str] | None
     rollout_id_in: Sequence[str] | None
+    rollout_id_contains: str | None
+    mode_in: Sequence[str] | None
+    start_time_from: float | None
+    start_time_to: float | None
     filter_logic: str
-    predicate: Predicate | None
+    conditions: tuple[Condition, ...]
 
 
 def rollout_filter(
@@ -206,8 +324,11 @@ def rollout_filter(
     filter_logic: str,
     status: Sequence[str] | None = None,
     rollout_ids: Sequence[str] | None = None,
+    mode_in: Sequence[str] | None = None,
+    start_time_from: float | None = None,
+    start_time_to: float | None = None,
 ) -> RolloutFilter:
-    """Check `query_rollouts` filters (statuses, logic) and compile them; warns on the deprecated aliases."""
+    """Check `query_rollouts` filters (statuses, modes, times, logic) and resolve them; warns on deprecated aliases."""
     from agl.store import state
     from agl.store.inputs import warn_deprecated_query_argument
 
@@ -219,15 +340,29 @@ def rollout_filter(
         rollout_id_in = rollout_ids
     for item in status_in or ():
         state.check_rollout_status(item, "status_in item")
-    _check_logic(filter_logic)
-    predicate = compile_filter(
-        {
-            "status": {"within": status_in},
-            "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
-            "_aggregate": filter_logic,
-        }
+    modes, time_from, time_to = check_rollout_window(
+        mode_in=mode_in, start_time_from=start_time_from, start_time_to=start_time_to
     )
-    return RolloutFilter(status_in, rollout_id_in, filter_logic, predicate)
+    _check_logic(filter_logic)
+    window = None if time_from is None and time_to is None else (time_from, time_to)
+    filters: FilterOptions = {
+        "status": {"within": status_in},
+        "rollout_id": {"within": rollout_id_in, "contains": rollout_id_contains},
+        "mode": {"within": modes},
+        "start_time": {"between": window},
+        "_aggregate": filter_logic,
+    }
+    _, pool, _ = filter_conditions(filters)
+    return RolloutFilter(
+        status_in=status_in,
+        rollout_id_in=rollout_id_in,
+        rollout_id_contains=rollout_id_contains,
+        mode_in=modes,
+        start_time_from=time_from,
+        start_time_to=time_to,
+        filter_logic=filter_logic,
+        conditions=tuple(pool),
+    )
 
 
 def span_filter(

@@ -252,6 +252,7 @@ class LightningStoreServer(LightningStore):
         server = _server_class()(config)
         server.handle_signals = handle_signals  # type: ignore[attr-defined]
         server.health_check = self.store.run_health_checks  # type: ignore[attr-defined]
+        server.on_shutdown = app.insight.aclose  # type: ignore[attr-defined]
         server.health_check_interval = self.health_check_interval  # type: ignore[attr-defined]
         app.draining = self._draining
         return server
@@ -575,6 +576,9 @@ class LightningStoreServer(LightningStore):
         status_in: Sequence[RolloutStatus] | None = None,
         rollout_id_in: Sequence[str] | None = None,
         rollout_id_contains: str | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        start_time_from: float | None = None,
+        start_time_to: float | None = None,
         filter_logic: Literal["and", "or"] = "and",
         sort_by: str | None = None,
         sort_order: Literal["asc", "desc"] = "asc",
@@ -589,6 +593,9 @@ class LightningStoreServer(LightningStore):
             status_in=status_in,
             rollout_id_in=rollout_id_in,
             rollout_id_contains=rollout_id_contains,
+            mode_in=mode_in,
+            start_time_from=start_time_from,
+            start_time_to=start_time_to,
             filter_logic=filter_logic,
             sort_by=sort_by,
             sort_order=sort_order,
@@ -833,6 +840,7 @@ def _server_class() -> type[uvicorn.Server]:
             on_started: Callable[[], None] | None = None
             health_check: Callable[[], Awaitable[None]] | None = None
             health_check_interval: float = 1.0
+            on_shutdown: Callable[[], Awaitable[None]] | None = None
             _health_task: asyncio.Task[None] | None = None
 
             def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
@@ -888,6 +896,8 @@ def _server_class() -> type[uvicorn.Server]:
                     self._health_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._health_task
+                if self.on_shutdown is not None:
+                    await self.on_shutdown()
                 loop = asyncio.get_running_loop()
                 for listener in self.servers:
                     listener.close()

@@ -39,6 +39,7 @@ refuses a file written by a newer AGL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -51,6 +52,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
+from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.events import AttemptTransition, RolloutTransition, StoreEvent
@@ -65,7 +67,18 @@ from agl.store.inputs import (
     new_id,
     rollout_changes,
 )
-from agl.store.query import check_page, compile_filter, paginate, rollout_filter, sort_items, span_filter, worker_filter
+from agl.store.query import (
+    RolloutFilter,
+    check_page,
+    check_sort_field,
+    check_sort_order,
+    compile_filter,
+    paginate,
+    rollout_filter,
+    sort_items,
+    span_filter,
+    worker_filter,
+)
 from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
     UNSET,
@@ -164,7 +177,64 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+_COUNTED_TABLES = ("rollouts", "attempts", "spans")
+"""Tables whose row count `statistics()` reads from the `counters` table instead of counting rows."""
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Columns and indexes that let `query_rollouts` filter, sort and page in SQL; maintained row counts."""
+    for column in ("mode TEXT", "start_time REAL", "end_time REAL"):
+        db.execute(f"ALTER TABLE rollouts ADD COLUMN {column}")
+    # Filled from each row's JSON with Python's parser, so the columns hold exactly the floats the models hold.
+    last = 0
+    while True:
+        rows = db.execute("SELECT seq, data FROM rollouts WHERE seq > ? ORDER BY seq LIMIT 5000", (last,)).fetchall()
+        if not rows:
+            break
+        updates = []
+        for seq, data in rows:
+            fields = json.loads(data)
+            updates.append((fields.get("mode"), fields.get("start_time"), fields.get("end_time"), seq))
+        db.executemany("UPDATE rollouts SET mode = ?, start_time = ?, end_time = ? WHERE seq = ?", updates)
+        last = rows[-1][0]
+    statements = [
+        # Insertion order without reading the wide rows: deep pages skip index entries, not JSON, and an id
+        # substring search reads the ids from the index.
+        "CREATE INDEX rollouts_by_seq ON rollouts (seq, rollout_id)",
+        "CREATE INDEX rollouts_by_start ON rollouts (start_time)",
+        "CREATE INDEX rollouts_by_status_start ON rollouts (status, start_time)",
+        "CREATE INDEX rollouts_by_mode_start ON rollouts (mode, start_time)",
+        # `end_time IS NULL` first: the sort puts rollouts without an end time last ascending, first descending.
+        "CREATE INDEX rollouts_by_end ON rollouts (end_time IS NULL, end_time)",
+        "CREATE INDEX rollouts_by_status_end ON rollouts (status, end_time IS NULL, end_time)",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    ]
+    for sql in statements:
+        db.execute(sql)
+    # Rollouts per status ('status:<status>'), so a status count costs one lookup, not an index range.
+    db.execute("INSERT INTO counters (name, value) SELECT 'status:' || status, COUNT(*) FROM rollouts GROUP BY status")
+    db.execute(
+        "CREATE TRIGGER count_rollout_status_new AFTER INSERT ON rollouts BEGIN "
+        "INSERT INTO counters (name, value) VALUES ('status:' || NEW.status, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1; END"
+    )
+    db.execute(
+        "CREATE TRIGGER count_rollout_status_change AFTER UPDATE OF status ON rollouts "
+        "WHEN OLD.status IS NOT NEW.status BEGIN "
+        "UPDATE counters SET value = value - 1 WHERE name = 'status:' || OLD.status; "
+        "INSERT INTO counters (name, value) VALUES ('status:' || NEW.status, 1) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + 1; END"
+    )
+    for table in _COUNTED_TABLES:
+        db.execute(f"INSERT INTO counters (name, value) SELECT '{table}', COUNT(*) FROM {table}")
+        # Rows are never deleted from these tables, so counting inserts keeps the count exact.
+        db.execute(
+            f"CREATE TRIGGER count_{table} AFTER INSERT ON {table} "
+            f"BEGIN UPDATE counters SET value = value + 1 WHERE name = '{table}'; END"
+        )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2]
 """`MIGRATIONS[i]` brings a database from schema version `i` to `i + 1`; append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -339,8 +409,9 @@ class SqliteLightningStore(LightningStore):
             db = self._conn()
             db.execute("BEGIN")
             try:
+                counted = dict(db.execute("SELECT name, value FROM counters").fetchall())
                 counts = [
-                    db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                    counted[table] if table in counted else db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                     for table in ("rollouts", "attempts", "spans", "resources", "workers")
                 ]
             finally:
@@ -420,9 +491,10 @@ class SqliteLightningStore(LightningStore):
         return rollout
 
     def _put_rollout(self, db: sqlite3.Connection, rollout: Rollout) -> None:
+        # start_time never changes; mode only through update_rollout, which writes it itself.
         db.execute(
-            "UPDATE rollouts SET status = ?, watched = ?, data = ? WHERE rollout_id = ?",
-            (rollout.status, self._watched(rollout), _dump(rollout), rollout.rollout_id),
+            "UPDATE rollouts SET status = ?, watched = ?, end_time = ?, data = ? WHERE rollout_id = ?",
+            (rollout.status, self._watched(rollout), rollout.end_time, _dump(rollout), rollout.rollout_id),
         )
 
     @staticmethod
@@ -592,8 +664,17 @@ class SqliteLightningStore(LightningStore):
             metadata=as_metadata(metadata),
         )
         db.execute(
-            "INSERT INTO rollouts (rollout_id, status, watched, data) VALUES (?, ?, ?, ?)",
-            (rollout.rollout_id, rollout.status, self._watched(rollout), _dump(rollout)),
+            "INSERT INTO rollouts (rollout_id, status, watched, mode, start_time, end_time, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                rollout.rollout_id,
+                rollout.status,
+                self._watched(rollout),
+                rollout.mode,
+                rollout.start_time,
+                rollout.end_time,
+                _dump(rollout),
+            ),
         )
         db.execute("INSERT INTO span_counters (rollout_id, counter) VALUES (?, 0)", (rollout.rollout_id,))
         if self.events.active:
@@ -765,6 +846,9 @@ class SqliteLightningStore(LightningStore):
         status_in: Sequence[RolloutStatus] | None = None,
         rollout_id_in: Sequence[str] | None = None,
         rollout_id_contains: str | None = None,
+        mode_in: Sequence[RolloutMode] | None = None,
+        start_time_from: float | None = None,
+        start_time_to: float | None = None,
         filter_logic: Literal["and", "or"] = "and",
         sort_by: str | None = None,
         sort_order: Literal["asc", "desc"] = "asc",
@@ -773,7 +857,11 @@ class SqliteLightningStore(LightningStore):
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout]:
-        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        """Rollouts matching the filters (with their latest attempt attached when they have one).
+
+        Filtered, counted, sorted and paged in SQL over indexed columns; only the page's rows are parsed. A sort by
+        a field without a column loads the matches and sorts them in Python.
+        """
         query = rollout_filter(
             status_in=status_in,
             rollout_id_in=rollout_id_in,
@@ -781,55 +869,70 @@ class SqliteLightningStore(LightningStore):
             filter_logic=filter_logic,
             status=status,
             rollout_ids=rollout_ids,
+            mode_in=mode_in,
+            start_time_from=start_time_from,
+            start_time_to=start_time_to,
         )
-        status_in, rollout_id_in, predicate = query.status_in, query.rollout_id_in, query.predicate  # type: ignore[assignment]
         check_page(limit, offset)
+        check_sort_order(sort_order)
+        if sort_by is not None:
+            check_sort_field(Rollout, sort_by)
+        condition, params = rollout_sql.where(query)
         with self._lock:
             self._maybe_scan(self._clock())
             with self._read() as db:
-                rows = self._rollout_candidates(db, status_in, rollout_id_in, filter_logic)
-                matches = [
-                    r for r in (Rollout.model_validate_json(data) for data in rows) if predicate is None or predicate(r)
-                ]
-                matches = sort_items(matches, Rollout, sort_by, sort_order)
-                total = len(matches)
-                end = None if limit == -1 else offset + limit
-                page = matches[offset:end]
+                if sort_by is not None and sort_by not in rollout_sql.SQL_SORTS:
+                    rows = db.execute(f"SELECT data FROM rollouts WHERE {condition} ORDER BY seq", params)
+                    matches = sort_items(
+                        [Rollout.model_validate_json(d) for (d,) in rows], Rollout, sort_by, sort_order
+                    )
+                    total = len(matches)
+                    page = matches[offset : None if limit == -1 else offset + limit]
+                else:
+                    total = self._count_rollouts(db, query, condition, params)
+                    page = self._rollout_page(db, condition, params, sort_by, sort_order, limit, offset)
                 items = [_snapshot(r, self._latest_attempt(db, r.rollout_id)) for r in page]
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
 
-    def _rollout_candidates(
-        self,
+    @staticmethod
+    def _count_rollouts(db: sqlite3.Connection, query: RolloutFilter, condition: str, params: list[Any]) -> int:
+        """How many rollouts match: from the maintained counters when the filter is none or only statuses."""
+        if not query.conditions:
+            return int(db.execute("SELECT value FROM counters WHERE name = 'rollouts'").fetchone()[0])
+        if len(query.conditions) == 1 and query.conditions[0].field == "status":
+            names = [f"status:{s}" for s in dict.fromkeys(query.conditions[0].expected)]
+            if not names:
+                return 0
+            row = db.execute(f"SELECT SUM(value) FROM counters WHERE name IN ({_marks(len(names))})", names).fetchone()
+            return int(row[0] or 0)
+        return int(db.execute(f"SELECT COUNT(*) FROM rollouts WHERE {condition}", params).fetchone()[0])
+
+    @staticmethod
+    def _rollout_page(
         db: sqlite3.Connection,
-        status_in: Sequence[str] | None,
-        rollout_id_in: Sequence[str] | None,
-        filter_logic: str,
-    ) -> list[bytes]:
-        """Rollout rows in insertion order: a superset of the matches, as small as the indexes allow."""
-        if filter_logic == "and":
-            if rollout_id_in is not None:
-                wanted = list(dict.fromkeys(rid for rid in rollout_id_in if isinstance(rid, str)))
-                found: list[tuple[int, bytes]] = []
-                for chunk in _chunks(wanted):
-                    found.extend(
-                        db.execute(
-                            f"SELECT seq, data FROM rollouts WHERE rollout_id IN ({_marks(len(chunk))})", tuple(chunk)
-                        ).fetchall()
-                    )
-                found.sort(key=lambda row: row[0])
-                return [data for _, data in found]
-            if status_in is not None:
-                statuses = list(dict.fromkeys(status_in))
-                if not statuses:
-                    return []
-                return [
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT data FROM rollouts WHERE status IN ({_marks(len(statuses))}) ORDER BY seq",
-                        tuple(statuses),
-                    )
-                ]
-        return [row[0] for row in db.execute("SELECT data FROM rollouts ORDER BY seq")]
+        condition: str,
+        params: list[Any],
+        sort_by: str | None,
+        sort_order: str,
+        limit: int,
+        offset: int,
+    ) -> list[Rollout]:
+        """The page's rollouts: their `seq`s found from the indexes first, then only those rows read."""
+        if limit == 0:
+            return []
+        order = rollout_sql.order_by(sort_by, sort_order)
+        seqs = [
+            seq
+            for (seq,) in db.execute(
+                f"SELECT seq FROM rollouts WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            )
+        ]
+        data: dict[int, bytes] = {}
+        for start in range(0, len(seqs), _IN_CHUNK):
+            chunk = seqs[start : start + _IN_CHUNK]
+            data.update(db.execute(f"SELECT seq, data FROM rollouts WHERE seq IN ({_marks(len(chunk))})", chunk))
+        return [Rollout.model_validate_json(data[seq]) for seq in seqs]
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
         """The rollout (with its latest attempt when it has one), or None if unknown."""
@@ -863,6 +966,8 @@ class SqliteLightningStore(LightningStore):
                 old = rollout.status
                 for key, value in changes.items():
                     setattr(rollout, key, value)
+                if "mode" in changes:
+                    db.execute("UPDATE rollouts SET mode = ? WHERE rollout_id = ?", (rollout.mode, rollout_id))
                 if status is not UNSET:
                     self._set_rollout_status(db, rollout, status, now, old=old)
                 else:

@@ -71,3 +71,15 @@ def test_store_http_runs_a_client_against_a_real_server(tmp_path: Path) -> None:
     assert 0 < single["p50_ms"] <= single["p99_ms"]
     assert set(single["per_call"]) == {"enqueue_rollout", "dequeue_rollout", "add_span", "update_attempt"}
     assert rows[("batched", 2)]["per_call"].keys() >= {"add_many_spans"}
+
+
+def test_store_query_times_every_call_on_both_backends(tmp_path: Path) -> None:
+    args = ["--rollouts", "300", "--spans", "900", "--memory-spans", "300", "--repeats", "1"]
+    data = _run("store_query.py", *args, "--cache-dir", str(tmp_path / "cache"), out=tmp_path / "out")
+    assert set(data["median_ms"]) == {"memory", "sqlite"}
+    for backend in ("memory", "sqlite"):
+        calls = data["median_ms"][backend]
+        assert {"count succeeded", "page train + 10 % window", "id substring", "statistics"} <= set(calls)
+        assert all(value > 0 for value in calls.values())
+    (cached,) = (tmp_path / "cache").glob("*.db")
+    assert "300r-900s" in cached.name

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from agl.store.base import LightningStore
-from agl.types import AttemptedRollout, Rollout
+from agl.types import AttemptedRollout, EnqueueRolloutRequest, Rollout
 from tests.store.clock import FakeClock
 from tests.store.helpers import ids, make_span, sample_resources
 
@@ -525,3 +525,178 @@ async def test_query_rollouts_page_of_one_is_the_first_of_the_sorted_list(
         assert one.total == full.total
         count = await store.query_rollouts(status_in=status_in, limit=0)  # type: ignore[arg-type]
         assert count.total == full.total and len(count) == 0
+
+
+# -- rollouts: mode and start-time window -------------------------------------------------------------------------
+
+
+async def _modes_and_times(store: LightningStore, clock: FakeClock) -> list[Rollout]:
+    """Seven rollouts one second apart (two pairs share a start time), modes cycling train/val/None/test."""
+    out: list[Rollout] = []
+    modes = ["train", "val", None, "test"]
+    for i in range(5):
+        clock.advance(1)
+        if i in (1, 3):  # a batch: two rollouts with the same start time
+            batch = await store.enqueue_many_rollouts(
+                [EnqueueRolloutRequest(input=i, mode=modes[i % 4]), EnqueueRolloutRequest(input=-i, mode="train")]
+            )
+            out.extend(batch)
+        else:
+            out.append(await store.enqueue_rollout(input=i, mode=modes[i % 4]))  # type: ignore[arg-type]
+    return out
+
+
+async def test_query_rollouts_mode_in(store: LightningStore, clock: FakeClock) -> None:
+    made = await _modes_and_times(store, clock)
+    for modes in (["train"], ["val", "test"], ["train", "val", "test"]):
+        result = await store.query_rollouts(mode_in=modes)  # type: ignore[arg-type]
+        assert ids(result) == [r.rollout_id for r in made if r.mode in modes]
+        assert result.total == len(result) > 0
+    assert ids(await store.query_rollouts(mode_in=[])) == []
+    # A rollout without a mode matches no mode filter, but is there without one.
+    none_mode = [r.rollout_id for r in made if r.mode is None]
+    assert none_mode and not set(none_mode) & set(ids(await store.query_rollouts(mode_in=["train", "val", "test"])))
+
+
+async def test_query_rollouts_start_time_window_is_half_open(store: LightningStore, clock: FakeClock) -> None:
+    made = await _modes_and_times(store, clock)
+    starts = sorted({r.start_time for r in made})
+    low, high = starts[1], starts[3]
+    window = await store.query_rollouts(start_time_from=low, start_time_to=high)
+    assert ids(window) == [r.rollout_id for r in made if low <= r.start_time < high]
+    assert window.total == 3  # the batch at `low` (two) and the one after; `high` itself is excluded
+    assert ids(await store.query_rollouts(start_time_from=high)) == [r.rollout_id for r in made if r.start_time >= high]
+    assert ids(await store.query_rollouts(start_time_to=low)) == [r.rollout_id for r in made if r.start_time < low]
+    assert ids(await store.query_rollouts(start_time_from=high, start_time_to=low)) == []
+    assert ids(await store.query_rollouts(start_time_from=int(low), start_time_to=int(low) + 1)) == [
+        r.rollout_id for r in made if r.start_time == low
+    ]
+
+
+async def test_query_rollouts_new_filters_combine_by_logic(store: LightningStore, clock: FakeClock) -> None:
+    made = await _modes_and_times(store, clock)
+    await store.update_rollout(made[0].rollout_id, status="succeeded")
+    await store.update_rollout(made[5].rollout_id, status="succeeded")
+    low, high = made[2].start_time, made[4].start_time + 0.5
+    anded = await store.query_rollouts(status_in=["queuing"], mode_in=["train"], start_time_from=low)
+    assert ids(anded) == [
+        r.rollout_id for i, r in enumerate(made) if i not in (0, 5) and r.mode == "train" and r.start_time >= low
+    ]
+    # Under "or" the window is one condition (not "after low" or "before high", which would be everything).
+    ored = await store.query_rollouts(
+        status_in=["succeeded"], mode_in=["val"], start_time_from=low, start_time_to=high, filter_logic="or"
+    )
+    expected = [
+        r.rollout_id for i, r in enumerate(made) if i in (0, 5) or r.mode == "val" or low <= r.start_time < high
+    ]
+    assert ids(ored) == expected and len(expected) < len(made)
+    assert ored.total == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"mode_in": ["training"]}, "mode_in"),
+        ({"mode_in": ["train", None]}, "mode_in"),
+        ({"start_time_from": float("nan")}, "start_time_from"),
+        ({"start_time_to": float("inf")}, "start_time_to"),
+        ({"start_time_from": float("-inf"), "start_time_to": 5.0}, "start_time_from"),
+    ],
+)
+async def test_query_rollouts_bad_mode_or_time_is_refused_naming_the_field(
+    store: LightningStore, kwargs: dict[str, object], field: str
+) -> None:
+    await store.enqueue_rollout(input="x", mode="train")
+    with pytest.raises(ValueError, match=field):
+        await store.query_rollouts(**kwargs)  # type: ignore[arg-type]
+
+
+_SORTS = [None, "start_time", "end_time", "status", "rollout_id", "mode", "resources_id"]
+
+
+def _reference(rollouts: list[Rollout], sort_by: str | None, order: str, keep: object) -> list[str]:
+    """The expected order, computed here independently: filter, then a stable sort (None/null times last asc)."""
+    kept = [r for r in rollouts if keep(r)]  # type: ignore[operator]
+    if sort_by is None:
+        return [r.rollout_id for r in kept]
+
+    def key(r: Rollout) -> tuple[int, object]:
+        value = getattr(r, sort_by)
+        if value is None:
+            return (1, 0.0) if sort_by.endswith("_time") else (0, "")
+        return (0, value)
+
+    return [r.rollout_id for r in sorted(kept, key=key, reverse=order == "desc")]
+
+
+async def test_query_rollouts_every_filter_sort_and_page_agrees_with_a_reference(
+    store: LightningStore, clock: FakeClock
+) -> None:
+    import itertools
+    import random
+
+    rng = random.Random(7)
+    statuses = ["queuing", "running", "succeeded", "failed", "cancelled"]
+    for _ in range(8):
+        clock.advance(rng.choice([0.5, 1.0, 2.0]))
+        requests = [
+            EnqueueRolloutRequest(input=k, mode=rng.choice(["train", "val", "test", None]))
+            for k in range(rng.randint(1, 4))
+        ]
+        for rollout in await store.enqueue_many_rollouts(requests):
+            status = rng.choice(statuses)
+            if status != "queuing":
+                clock.advance(rng.choice([0.0, 0.25]))
+                await store.update_rollout(rollout.rollout_id, status=status)  # type: ignore[arg-type]
+    everything = list(await store.query_rollouts())
+    starts = sorted({r.start_time for r in everything})
+    cases = [
+        ({}, lambda r: True),
+        ({"status_in": ["succeeded", "failed"]}, lambda r: r.status in ("succeeded", "failed")),
+        ({"mode_in": ["train"]}, lambda r: r.mode == "train"),
+        ({"start_time_from": starts[2], "start_time_to": starts[5]}, lambda r: starts[2] <= r.start_time < starts[5]),
+        (
+            {"status_in": ["queuing"], "mode_in": ["val", "test"], "start_time_from": starts[1]},
+            lambda r: r.status == "queuing" and r.mode in ("val", "test") and r.start_time >= starts[1],
+        ),
+        (
+            {"status_in": ["failed"], "mode_in": ["test"], "filter_logic": "or"},
+            lambda r: r.status == "failed" or r.mode == "test",
+        ),
+        (
+            {"rollout_id_contains": everything[3].rollout_id[4:7]},
+            lambda r: everything[3].rollout_id[4:7] in r.rollout_id,
+        ),
+    ]
+    for (filters, keep), sort_by, order in itertools.product(cases, _SORTS, ["asc", "desc"]):
+        expected = _reference(everything, sort_by, order, keep)
+        for limit, offset in [(-1, 0), (3, 0), (3, 4), (0, 0), (5, len(expected) - 2)]:
+            page = await store.query_rollouts(
+                **filters,
+                sort_by=sort_by,
+                sort_order=order,
+                limit=limit,
+                offset=max(offset, 0),  # type: ignore[arg-type]
+            )
+            window = expected[max(offset, 0) :] if limit == -1 else expected[max(offset, 0) : max(offset, 0) + limit]
+            assert ids(page) == window, (filters, sort_by, order, limit, offset)
+            assert page.total == len(expected), (filters, sort_by, order)
+    assert any(r.end_time is None for r in everything) and any(r.end_time is not None for r in everything)
+
+
+async def test_query_rollouts_window_and_start_sort_when_the_clock_went_back(
+    store: LightningStore, clock: FakeClock
+) -> None:
+    made = []
+    for step in (5, 1, -3, 2, 0, -4, 6):  # start times out of insertion order, with a tie
+        clock.advance(step)
+        made.append(await store.enqueue_rollout(input=step))
+    low, high = sorted(r.start_time for r in made)[1], made[1].start_time
+    window = await store.query_rollouts(start_time_from=low, start_time_to=high)
+    assert ids(window) == [r.rollout_id for r in made if low <= r.start_time < high]
+    assert high not in [r.start_time for r in window] and low in [r.start_time for r in window]
+    for order in ("asc", "desc"):
+        expected = [r.rollout_id for r in sorted(made, key=lambda r: r.start_time, reverse=order == "desc")]
+        assert ids(await store.query_rollouts(sort_by="start_time", sort_order=order)) == expected  # type: ignore[arg-type]
+        page = await store.query_rollouts(sort_by="start_time", sort_order=order, limit=2, offset=3)  # type: ignore[arg-type]
+        assert ids(page) == expected[3:5] and page.total == len(made)

@@ -94,3 +94,18 @@ def test_paginate() -> None:
 def test_bad_pages(limit: int, offset: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_page(limit, offset)
+
+
+def test_between_is_half_open_and_skips_none() -> None:
+    items = [SimpleNamespace(name=n, t=t) for n, t in [("a", 1.0), ("b", 2.0), ("c", None), ("d", 3.0)]]
+
+    def kept(low: float | None, high: float | None) -> list[str]:
+        pred = compile_filter({"t": {"between": (low, high)}})
+        assert pred is not None
+        return [i.name for i in items if pred(i)]
+
+    assert kept(1.0, 3.0) == ["a", "b"]
+    assert kept(None, 2.0) == ["a"]
+    assert kept(2.0, None) == ["b", "d"]
+    with pytest.raises(ValueError, match="between"):
+        compile_filter({"t": {"between": 5}})

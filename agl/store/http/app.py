@@ -187,6 +187,9 @@ class _RolloutSearch(_Page):
     status_in: list[RolloutStatus] | None = None
     rollout_id_in: list[str] | None = None
     rollout_id_contains: str | None = None
+    mode_in: list[RolloutMode] | None = None
+    start_time_from: float | None = None
+    start_time_to: float | None = None
     filter_logic: Literal["and", "or"] = "and"
 
 
@@ -259,7 +262,7 @@ def _parse_body(model: type[Any], body: bytes, *, optional: bool = False) -> Any
         raise HTTPError(422, _validation_detail(exc, "body")) from None
 
 
-_LIST_PARAMS = frozenset({"status_in", "rollout_id_in", "status", "mode"})
+_LIST_PARAMS = frozenset({"status_in", "rollout_id_in", "mode_in", "status", "mode"})
 
 
 def _parse_query(model: type[Any], request: Request) -> Any:
@@ -845,6 +848,9 @@ class StoreApp:
             status_in=search.status_in,
             rollout_id_in=search.rollout_id_in,
             rollout_id_contains=search.rollout_id_contains,
+            mode_in=search.mode_in,
+            start_time_from=search.start_time_from,
+            start_time_to=search.start_time_to,
             filter_logic=search.filter_logic,
             sort_by=search.sort_by,
             sort_order=search.sort_order,

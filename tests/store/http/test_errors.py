@@ -105,3 +105,29 @@ async def test_body_limit_is_413() -> None:
     finally:
         await client.close()
         server.stop()
+
+
+async def test_rollout_mode_and_time_filters_over_get_and_post(
+    server: LightningStoreServer, client: LightningStoreClient
+) -> None:
+    train = await client.enqueue_rollout({"q": 1}, mode="train")
+    val = await client.enqueue_rollout({"q": 2}, mode="val")
+    await client.enqueue_rollout({"q": 3})
+    base = f"{server.endpoint}/v1/agl"
+    async with httpx.AsyncClient() as http:
+        both = await http.get(f"{base}/rollouts", params=[("mode_in", "train"), ("mode_in", "val")])
+        assert both.status_code == 200
+        assert [r["rollout_id"] for r in both.json()["items"]] == [train.rollout_id, val.rollout_id]
+        window = await http.get(f"{base}/rollouts", params={"start_time_from": val.start_time, "mode_in": "val"})
+        assert [r["rollout_id"] for r in window.json()["items"]] == [val.rollout_id]
+        bad_mode = await http.get(f"{base}/rollouts", params={"mode_in": "training"})
+        assert bad_mode.status_code == 422
+        assert bad_mode.json()["detail"][0]["loc"][:2] == ["query", "mode_in"]
+        for where, value in (("start_time_from", "nan"), ("start_time_to", "inf")):
+            by_get = await http.get(f"{base}/rollouts", params={where: value})
+            by_post = await http.post(f"{base}/rollouts/search", content=f'{{"{where}": "{value}"}}')
+            for answer in (by_get, by_post):
+                assert answer.status_code == 400, answer.text
+                assert f"{where} must be a finite number" in answer.json()["detail"]
+    with pytest.raises(ValueError, match="mode_in"):
+        await client.query_rollouts(mode_in=["training"])  # type: ignore[list-item]
