@@ -15,6 +15,10 @@ difference of the totals divided by the extra calls (start-up and shutdown cance
     .venv/bin/python bench/metrics_overhead.py                  # K=4, single cycle, 5 s runs, 5 rounds
     .venv/bin/python bench/metrics_overhead.py --rounds 3 --duration 10
     .venv/bin/python bench/metrics_overhead.py --rounds 0 --callgrind
+    .venv/bin/python bench/metrics_overhead.py --rounds 0 --scrape-cost 100000   # one scrape at 100 000 rollouts
+
+`--scrape-cost N` times the rendering of `/metrics` in process (the store state read through the store's API plus
+the exposition) for an in-memory store holding N rollouts: 90 % succeeded, 10 % queued, 100 workers.
 """
 
 from __future__ import annotations
@@ -182,6 +186,32 @@ def _callgrind(n1: int, n2: int) -> dict[str, Any]:
     return results
 
 
+def _scrape_cost(n: int, repeats: int = 7) -> list[float]:
+    """Seconds each of `repeats` renders of `/metrics` took for a memory store holding `n` rollouts."""
+    import asyncio
+
+    from agl.store.http.metrics import StoreMetrics
+    from agl.store.memory import InMemoryLightningStore
+    from agl.types.core import EnqueueRolloutRequest
+
+    async def run() -> list[float]:
+        store = InMemoryLightningStore(thread_safe=True)
+        metrics = StoreMetrics(store)
+        await store.enqueue_many_rollouts([EnqueueRolloutRequest(input={"i": i}) for i in range(n)])
+        for index in range(n - n // 10):
+            claimed = await store.dequeue_rollout(worker_id=f"worker-{index % 100}")
+            assert claimed is not None
+            await store.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            await metrics.render("")
+            times.append(time.perf_counter() - started)
+        return times
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=4, help="client processes (default 4)")
@@ -193,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callgrind", action="store_true", help="also count server instructions per call")
     parser.add_argument("--cycles", type=int, nargs=2, default=(100, 400), metavar=("N1", "N2"),
                         help="cycles of the two callgrind runs per side (default 100 400)")  # fmt: skip
+    parser.add_argument("--scrape-cost", type=int, default=0, metavar="N", help="also time a scrape at N rollouts")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    if args.rounds < 0 or (args.rounds == 0 and not args.callgrind):
-        parser.error("--rounds must be at least 1 (or 0 with --callgrind)")
+    if args.rounds < 0 or (args.rounds == 0 and not args.callgrind and not args.scrape_cost):
+        parser.error("--rounds must be at least 1 (or 0 with --callgrind or --scrape-cost)")
 
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
@@ -252,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             f"({100 * counted['overhead']:+.1f} %)"
         )
         result["callgrind"] = counted
+    if args.scrape_cost:
+        times = _scrape_cost(args.scrape_cost)
+        print(
+            f"\nscrape at {args.scrape_cost} rollouts (10 % queued, 100 workers), in process: "
+            f"{' '.join(f'{1000 * t:.1f}' for t in times)} ms (median {1000 * statistics.median(times):.1f} ms)"
+        )
+        result["scrape_cost_s"] = {"rollouts": args.scrape_cost, "times": times}
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"metrics_overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
