@@ -34,6 +34,9 @@ class LightningEnvVar(str, Enum):
     """str (default `localhost`): host of the store server in client-server execution."""
     AGL_SERVER_PORT = "AGL_SERVER_PORT"
     """int (default 4747): port of the store server in client-server execution."""
+    AGL_METRICS_PORT = "AGL_METRICS_PORT"
+    """int (default: unset, off): runner `i` of the client-server strategy serves its Prometheus metrics on
+    127.0.0.1 at this port + i."""
 
     def __str__(self) -> str:
         return self.value

@@ -66,6 +66,8 @@ class LightningStoreStatistics(TypedDict, total=False):
     eviction_threshold_bytes: int
     safe_threshold_bytes: int
     memory_capacity_bytes: int
+    spill_room_bytes: int
+    """Bytes the disk spill can still take (memory store, when its disk budget is known)."""
 
 
 def _abstract(name: str) -> NotImplementedError:

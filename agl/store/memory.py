@@ -220,7 +220,7 @@ class InMemoryLightningStore(LightningStore):
     async def statistics(self) -> LightningStoreStatistics:
         """Sizes of every collection, uptime and span memory use against the budget."""
         with self._lock:
-            return LightningStoreStatistics(
+            stats = LightningStoreStatistics(
                 name=type(self).__name__,
                 total_rollouts=len(self._records),
                 total_attempts=self._total_attempts,
@@ -236,6 +236,12 @@ class InMemoryLightningStore(LightningStore):
                 safe_threshold_bytes=self._budget.safe_bytes,
                 memory_capacity_bytes=self._budget.capacity_bytes,
             )
+            # The spill's disk budget left, when known: a spill exists, or one will have a set budget.
+            if self._spill is not None:
+                stats["spill_room_bytes"] = self._spill.room()
+            elif self._spill_max_bytes is not None:
+                stats["spill_room_bytes"] = self._spill_max_bytes
+            return stats
 
     # -- internal helpers (call with the lock held) -----------------------------------------------------------
     def _record(self, rollout_id: str) -> _RolloutRecord:

@@ -83,3 +83,16 @@ def test_store_query_times_every_call_on_both_backends(tmp_path: Path) -> None:
         assert all(value > 0 for value in calls.values())
     (cached,) = (tmp_path / "cache").glob("*.db")
     assert "300r-900s" in cached.name
+
+
+@pytest.mark.slow
+def test_metrics_overhead_runs_both_sides_and_times_a_scrape(tmp_path: Path) -> None:
+    data = _run(
+        "metrics_overhead.py",
+        *("--rounds", "1", "--duration", "0.5", "--warmup", "0.2", "--scrape-interval", "0.2", "--scrape-cost", "500"),
+        out=tmp_path,
+    )
+    assert len(data["runs"]["on"]) == len(data["runs"]["off"]) == 1
+    assert all(run["server_cpu_us_per_call"] > 0 for side in data["runs"].values() for run in side)
+    assert data["runs"]["on"][0]["scrapes"] >= 1 and data["runs"]["off"][0]["scrapes"] == 0
+    assert len(data["scrape_cost_s"]["times"]) == 7
