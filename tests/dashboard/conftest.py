@@ -1,0 +1,77 @@
+"""Fixtures for the dashboard's browser tests: Debian's Chromium driven by Playwright, and a filled store server.
+
+The browser is the system's `/usr/bin/chromium` (never a Playwright download); without it, or without the
+`playwright` package, the browser tests are skipped with a message saying what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agl.store.client import LightningStoreClient
+from agl.store.memory import InMemoryLightningStore
+from agl.store.server import LightningStoreServer
+from tests.dashboard.fill import Filled, fill
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless Debian Chromium, as every dashboard test and script uses it."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole module; closed (and Playwright stopped) even when a test fails."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` to run the browser tests")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is missing: pip install -e '.[dev]'")
+    manager = sync_playwright().start()
+    try:
+        chromium = launch_chromium(manager)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        manager.stop()
+
+
+async def _fill_over_http(endpoint: str, token: str | None) -> Filled:
+    client = LightningStoreClient(endpoint, token=token) if token else LightningStoreClient(endpoint)
+    try:
+        return await fill(client)
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+def filled_server() -> Iterator[tuple[LightningStoreServer, Filled]]:
+    """A store server on a free loopback port, filled over HTTP by `tests.dashboard.fill`; stopped afterwards."""
+    server = LightningStoreServer(InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=0)
+    server.start()
+    try:
+        # In a thread of its own: Playwright's sync API keeps an event loop running on the test thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            filled = pool.submit(asyncio.run, _fill_over_http(server.endpoint, None)).result()
+        yield server, filled
+    finally:
+        server.stop()
