@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint browser
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/agl demo
 
-test: install
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser); without it they skip locally.
+browser:
+	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the dashboard browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "could not install chromium (needs root and apt-get): the browser tests will skip"; }
+
+test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install

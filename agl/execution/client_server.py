@@ -218,6 +218,7 @@ def _algorithm_process_main(
 
             server = LightningStoreServer(store, host=host, port=port)
             server.start()
+            server.announce()
             gate.open(server.port)
         else:
             gate.open(port)
@@ -372,6 +373,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         server = LightningStoreServer(store, host=self.server_host, port=self.server_port)
         server.start()
         logger.info("store server ready at %s", server.endpoint)
+        server.announce()
         return server
 
     def _run_algorithm(self, algorithm: AlgorithmBundle, store: LightningStore, stop_evt: ExecutionEvent) -> None:

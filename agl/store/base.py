@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
+from agl.store.events import StoreEvents
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -65,6 +66,14 @@ class LightningStore:
 
     Mutating calls with unknown ids raise `ValueError`. `UNSET` in an update means "leave the field as it is".
     """
+
+    @property
+    def events(self) -> StoreEvents:
+        """Status changes of this process's store, for listeners such as metrics and the dashboard."""
+        events: StoreEvents | None = self.__dict__.get("_events")
+        if events is None:
+            events = self.__dict__["_events"] = StoreEvents()
+        return events
 
     @property
     def capabilities(self) -> LightningStoreCapabilities:

@@ -24,6 +24,7 @@ from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
 from agl.store.errors import StoreFullError
+from agl.store.events import AttemptTransition, RolloutTransition
 from agl.store.inputs import (
     as_config,
     as_metadata,
@@ -179,6 +180,7 @@ class InMemoryLightningStore(LightningStore):
             data = self.__dict__.copy()
         data["_lock"] = None
         data["_waiters"] = CompletionWaiters()
+        data.pop("_events", None)  # listeners belong to this process
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -270,6 +272,9 @@ class InMemoryLightningStore(LightningStore):
             self._by_status[old].pop(rollout_id, None)
             self._by_status[status][rollout_id] = None
             assign(rollout, status=status)
+            events = self.events
+            if events.active:
+                events.emit(RolloutTransition(rollout_id, old, status, now, rollout.mode, rollout.resources_id))
         if status in state.FINISHED_STATUSES:
             assign(rollout, end_time=now)
             self._waiters.release(rollout_id)
@@ -321,16 +326,34 @@ class InMemoryLightningStore(LightningStore):
         record.attempts.append(attempt)
         record.attempts_by_id[attempt.attempt_id] = attempt
         self._total_attempts += 1
+        self._attempt_event(attempt, None, now)
         self._set_rollout_status(record, "preparing", now)
         return attempt
+
+    def _attempt_event(self, attempt: Attempt, old: AttemptStatus | None, now: float) -> None:
+        events = self.events
+        if events.active and old != attempt.status:
+            events.emit(
+                AttemptTransition(
+                    attempt.rollout_id,
+                    attempt.attempt_id,
+                    attempt.sequence_id,
+                    attempt.worker_id,
+                    old,
+                    attempt.status,
+                    now,
+                )
+            )
 
     def _write_attempt_status(
         self, record: _RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float
     ) -> None:
+        old = attempt.status
         if status in state.ATTEMPT_END_STATUSES:
             assign(attempt, status=status, end_time=now)
         else:
             assign(attempt, status=status)
+        self._attempt_event(attempt, old, now)
         if attempt is record.attempts[-1]:
             new = state.rollout_status_from_attempt(status, attempt.sequence_id, record.rollout.config)
             if new != record.rollout.status:
@@ -361,6 +384,9 @@ class InMemoryLightningStore(LightningStore):
         record = _RolloutRecord(rollout, self._order)
         self._records[rollout.rollout_id] = record
         self._by_status[status][rollout.rollout_id] = None
+        events = self.events
+        if events.active:
+            events.emit(RolloutTransition(rollout.rollout_id, None, status, now, rollout.mode, rollout.resources_id))
         return record
 
     def _enqueue(self, record: _RolloutRecord) -> None:
@@ -701,7 +727,9 @@ class InMemoryLightningStore(LightningStore):
             attempt.__dict__["last_heartbeat_time"] = now
             attempt.__pydantic_fields_set__.add("last_heartbeat_time")
             return
-        assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(attempt.status))
+        old = attempt.status
+        assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(old))
+        self._attempt_event(attempt, old, now)
         if attempt is record.attempts[-1]:
             new = state.rollout_status_on_heartbeat(record.rollout.status)
             if new != record.rollout.status:

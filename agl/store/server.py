@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.events import StoreEvents
 from agl.store.http.wire import TOKEN_ENV
 from agl.types.core import (
     UNSET,
@@ -169,6 +170,15 @@ class LightningStoreServer(LightningStore):
         return f"http://{host}:{self._port}"
 
     @property
+    def dashboard_url(self) -> str:
+        """Where a browser finds the dashboard of this server."""
+        return self.endpoint + "/"
+
+    def announce(self) -> None:
+        """Print where the dashboard and the store API are, for the person who started the run."""
+        print(f"AGL store at {self.endpoint}/v1/agl; dashboard: {self.dashboard_url}", flush=True)
+
+    @property
     def is_running(self) -> bool:
         """Whether the server is accepting connections."""
         return self._uvicorn is not None and self._uvicorn.started and not self._uvicorn.should_exit
@@ -176,6 +186,13 @@ class LightningStoreServer(LightningStore):
     def otlp_traces_endpoint(self) -> str:
         """The OTLP/HTTP traces URL of this server."""
         return f"{self.endpoint}/v1/traces"
+
+    @property
+    def events(self) -> StoreEvents:
+        """The served store's events (this process's store); a copy in another process has none to report."""
+        if self.store is None:
+            return super().events
+        return self.store.events
 
     @property
     def capabilities(self) -> LightningStoreCapabilities:
@@ -327,6 +344,8 @@ class LightningStoreServer(LightningStore):
         self._thread = None
         self._task = None
         self._loop = None
+        if self._app is not None:
+            self._app.insight.close()  # stop listening to the store: a restart builds a new app
         self._app = None
         if self._requested_port == 0:
             # Keep the chosen port, so a restart comes back on the same address.
@@ -402,6 +421,7 @@ class LightningStoreServer(LightningStore):
 
         async def main() -> None:
             await self.start_async()
+            self.announce()
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

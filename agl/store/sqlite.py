@@ -53,6 +53,7 @@ from pydantic_core import PydanticSerializationError
 
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.events import AttemptTransition, RolloutTransition, StoreEvent
 from agl.store.inputs import (
     as_config,
     as_metadata,
@@ -299,6 +300,7 @@ class SqliteLightningStore(LightningStore):
         self._last_scan: float | None = None
         self._waiters = CompletionWaiters()
         self._finished_in_tx: list[str] = []
+        self._events_in_tx: list[StoreEvent] = []
 
     # -- pickling: a copy reopens the same file ---------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -376,6 +378,7 @@ class SqliteLightningStore(LightningStore):
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         self._finished_in_tx = []
+        self._events_in_tx = []
         try:
             yield db
             db.execute("COMMIT")
@@ -383,10 +386,15 @@ class SqliteLightningStore(LightningStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self._finished_in_tx = []
+            self._events_in_tx = []
             raise
         finished, self._finished_in_tx = self._finished_in_tx, []
         for rollout_id in finished:
             self._waiters.release(rollout_id)
+        if self._events_in_tx:
+            happened, self._events_in_tx = self._events_in_tx, []
+            for event in happened:  # only committed changes are reported
+                self.events.emit(event)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -475,8 +483,15 @@ class SqliteLightningStore(LightningStore):
         )
 
     # -- state transitions (call inside a write transaction) ------------------------------------------------
-    def _set_rollout_status(self, db: sqlite3.Connection, rollout: Rollout, status: RolloutStatus, now: float) -> None:
+    def _set_rollout_status(
+        self, db: sqlite3.Connection, rollout: Rollout, status: RolloutStatus, now: float, *, old: RolloutStatus | None
+    ) -> None:
+        """Write `status` (the rollout was in `old`, which update_rollout has already overwritten)."""
         rollout.status = status
+        if old != status and self.events.active:
+            self._events_in_tx.append(
+                RolloutTransition(rollout.rollout_id, old, status, now, rollout.mode, rollout.resources_id)
+            )
         if status in state.FINISHED_STATUSES:
             rollout.end_time = now
             self._finished_in_tx.append(rollout.rollout_id)
@@ -504,14 +519,30 @@ class SqliteLightningStore(LightningStore):
         latest: bool,
     ) -> None:
         """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout."""
+        old = attempt.status
         attempt.status = status
+        self._attempt_event(attempt, old, now)
         if status in state.ATTEMPT_END_STATUSES:
             attempt.end_time = now
         if latest:
             new = state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
             if new != rollout.status:
-                self._set_rollout_status(db, rollout, new, now)
+                self._set_rollout_status(db, rollout, new, now, old=rollout.status)
         self._sync_worker(db, attempt, now)
+
+    def _attempt_event(self, attempt: Attempt, old: AttemptStatus | None, now: float) -> None:
+        if old != attempt.status and self.events.active:
+            self._events_in_tx.append(
+                AttemptTransition(
+                    attempt.rollout_id,
+                    attempt.attempt_id,
+                    attempt.sequence_id,
+                    attempt.worker_id,
+                    old,
+                    attempt.status,
+                    now,
+                )
+            )
 
     def _maybe_scan(self, now: float, *, force: bool = False) -> None:
         """Apply the timeout / unresponsive rules to claimed rollouts, unless a scan ran within the debounce."""
@@ -565,6 +596,10 @@ class SqliteLightningStore(LightningStore):
             (rollout.rollout_id, rollout.status, self._watched(rollout), _dump(rollout)),
         )
         db.execute("INSERT INTO span_counters (rollout_id, counter) VALUES (?, 0)", (rollout.rollout_id,))
+        if self.events.active:
+            self._events_in_tx.append(
+                RolloutTransition(rollout.rollout_id, None, status, now, rollout.mode, rollout.resources_id)
+            )
         if status in state.QUEUING_STATUSES:
             db.execute("INSERT OR IGNORE INTO queue (rollout_id) VALUES (?)", (rollout.rollout_id,))
         return rollout
@@ -589,7 +624,8 @@ class SqliteLightningStore(LightningStore):
             "INSERT INTO attempts (rollout_id, attempt_id, sequence_id, data) VALUES (?, ?, ?, ?)",
             (attempt.rollout_id, attempt.attempt_id, attempt.sequence_id, _dump(attempt)),
         )
-        self._set_rollout_status(db, rollout, "preparing", now)
+        self._attempt_event(attempt, None, now)
+        self._set_rollout_status(db, rollout, "preparing", now, old=rollout.status)
         return attempt
 
     def _claim(self, db: sqlite3.Connection, worker_id: str | None, now: float) -> tuple[Rollout, Attempt] | None:
@@ -824,10 +860,11 @@ class SqliteLightningStore(LightningStore):
             self._maybe_scan(now)
             with self._write() as db:
                 rollout = self._rollout(db, rollout_id)
+                old = rollout.status
                 for key, value in changes.items():
                     setattr(rollout, key, value)
                 if status is not UNSET:
-                    self._set_rollout_status(db, rollout, status, now)
+                    self._set_rollout_status(db, rollout, status, now, old=old)
                 else:
                     self._put_rollout(db, rollout)
         return rollout
@@ -944,12 +981,14 @@ class SqliteLightningStore(LightningStore):
             return stored
         # The arrival of new spans is a heartbeat of the attempt.
         attempt.last_heartbeat_time = now
-        attempt.status = state.attempt_status_on_heartbeat(attempt.status)
+        old = attempt.status
+        attempt.status = state.attempt_status_on_heartbeat(old)
+        self._attempt_event(attempt, old, now)
         self._put_attempt(db, attempt)
         if latest:
             new = state.rollout_status_on_heartbeat(rollout.status)
             if new != rollout.status:
-                self._set_rollout_status(db, rollout, new, now)
+                self._set_rollout_status(db, rollout, new, now, old=rollout.status)
         return stored
 
     async def add_span(self, span: Span) -> Span | None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.events import StoreEvents
 
 __all__ = ["LightningStoreThreaded"]
 
@@ -49,6 +50,11 @@ class LightningStoreThreaded(LightningStore):
         caps["thread_safe"] = True
         caps["async_safe"] = True
         return caps
+
+    @property
+    def events(self) -> StoreEvents:
+        """The wrapped store's events."""
+        return self.store.events
 
     def otlp_traces_endpoint(self) -> str:
         """The wrapped store's OTLP endpoint."""

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from agl.store.base import LightningStore
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
+from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
 from agl.types.core import (
     UNSET,
@@ -250,7 +251,7 @@ def _parse_body(model: type[Any], body: bytes, *, optional: bool = False) -> Any
         raise HTTPError(422, _validation_detail(exc, "body")) from None
 
 
-_LIST_PARAMS = frozenset({"status_in", "rollout_id_in"})
+_LIST_PARAMS = frozenset({"status_in", "rollout_id_in", "status", "mode"})
 
 
 def _parse_query(model: type[Any], request: Request) -> Any:
@@ -482,6 +483,8 @@ class StoreApp:
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
+        self.insight = StoreInsight(store)
+        """Live aggregates for the dashboard routes; listens to the store's events from the start."""
         self._register_routes()
 
     # -- ASGI entry point --------------------------------------------------------------------------------------
@@ -746,6 +749,13 @@ class StoreApp:
         add("GET", "/workers/{worker_id}", self._worker_by_id)
         add("POST", "/workers/{worker_id}", self._update_worker, idempotent=False)
         add("GET", "/statistics", self._statistics)
+        from agl.store.http.dashboard import DashboardRoutes
+
+        dashboard = DashboardRoutes(self.insight)
+        add("GET", "/dashboard/overview", dashboard.overview)
+        add("GET", "/dashboard/rollouts", dashboard.rollouts)
+        add("GET", "/dashboard/rollouts/{rollout_id}", dashboard.rollout)
+        add("GET", "/dashboard/workers", dashboard.workers)
 
     async def _health(self, request: Request) -> Response:
         draining = self.draining
