@@ -65,6 +65,8 @@ class Filled:
     running: list[str] = dataclasses.field(default_factory=list)
     rewards: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
     """rollout id -> (resources id, reward)"""
+    modes: dict[str, str] = dataclasses.field(default_factory=dict)
+    """rollout id -> mode"""
     spans: dict[str, list[Span]] = dataclasses.field(default_factory=dict)
     """rollout id -> the spans written for it (its last attempt's)"""
     retried: str = ""
@@ -75,11 +77,12 @@ class Filled:
         """Every rollout written."""
         return len(self.succeeded) + len(self.failed) + len(self.queued) + len(self.running)
 
-    def mean_reward_by_version(self) -> dict[str, tuple[float, int]]:
-        """resources id -> (mean reward, count) over the rewarded finished rollouts."""
+    def mean_reward_by_version(self, mode: str | None = None) -> dict[str, tuple[float, int]]:
+        """resources id -> (mean reward, count) over the rewarded finished rollouts (of `mode` if given)."""
         sums: dict[str, list[float]] = {}
-        for resources_id, reward in self.rewards.values():
-            sums.setdefault(resources_id, []).append(reward)
+        for rollout_id, (resources_id, reward) in self.rewards.items():
+            if mode is None or self.modes[rollout_id] == mode:
+                sums.setdefault(resources_id, []).append(reward)
         return {rid: (sum(values) / len(values), len(values)) for rid, values in sums.items()}
 
 
@@ -167,8 +170,9 @@ async def fill(store: LightningStore) -> Filled:
         await store.update_resources(resources_id, resources)
         for reward in REWARDS[resources_id]:
             question = f"{n} + 4 - {n}"
-            rollout = await store.enqueue_rollout({"question": question}, mode="train" if n % 4 else "val",
-                                                  resources_id=resources_id)  # fmt: skip
+            mode = "train" if n % 4 else "val"
+            rollout = await store.enqueue_rollout({"question": question}, mode=mode, resources_id=resources_id)
+            out.modes[rollout.rollout_id] = mode
             claimed = await store.dequeue_rollout(worker_id=WORKERS[n % len(WORKERS)])
             assert claimed is not None and claimed.rollout_id == rollout.rollout_id
             attempt_id = claimed.attempt.attempt_id
@@ -200,6 +204,7 @@ async def fill(store: LightningStore) -> Filled:
     out.spans[rollout.rollout_id] = spans
     out.succeeded.append(rollout.rollout_id)
     out.rewards[rollout.rollout_id] = (latest, 1.0)
+    out.modes[rollout.rollout_id] = "train"
     out.retried = rollout.rollout_id
     for i in range(RUNNING):
         rollout = await store.enqueue_rollout({"question": f"running {i}"}, mode="train", resources_id=latest)

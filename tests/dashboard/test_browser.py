@@ -91,7 +91,9 @@ def test_overview_counts_and_reward_curve(page: Any, filled_server: ServerAndFil
     for status, count in expected.items():
         assert page.locator(f"[data-status={status}] .count").inner_text() == str(count), status
 
-    # The curve per version holds exactly the means of the rewards written, in publication order.
+    # The store reads rewards in the background; the page says how many are still to read.
+    page.wait_for_selector('[data-testid=reward-by-version][data-pending="0"]', timeout=20_000)
+    # The curve per version holds exactly the means of the rewards written, in publication order, also per mode.
     points = json.loads(page.locator("[data-testid=reward-by-version]").get_attribute("data-points"))
     means = filled.mean_reward_by_version()
     assert [p["resources_id"] for p in points] == [rid for rid, _ in VERSIONS]
@@ -99,6 +101,10 @@ def test_overview_counts_and_reward_curve(page: Any, filled_server: ServerAndFil
         mean, count = means[point["resources_id"]]
         assert point["count"] == count
         assert point["mean"] == pytest.approx(mean)
+        for mode in ("train", "val"):
+            mode_mean, mode_count = filled.mean_reward_by_version(mode)[point["resources_id"]]
+            assert point["modes"][mode]["count"] == mode_count
+            assert point["modes"][mode]["mean"] == pytest.approx(mode_mean)
     # Over time: every rewarded rollout is in exactly one bucket, and the page draws what the store reports.
     over_time = json.loads(page.locator("[data-testid=reward-over-time]").get_attribute("data-points"))
     assert sum(p["count"] for p in over_time) == len(filled.rewards)

@@ -171,8 +171,9 @@ function fmtSeconds(s) {
   if (s < 0.01) return `${(s * 1000).toFixed(1)} ms`;
   if (s < 1) return `${Math.round(s * 1000)} ms`;
   if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  const parts = (big, bigUnit, small, smallUnit) => `${big} ${bigUnit}` + (small ? ` ${small} ${smallUnit}` : '');
+  if (s < 3600) return parts(Math.floor(s / 60), 'min', Math.floor(s % 60), 's');
+  if (s < 86400) return parts(Math.floor(s / 3600), 'h', Math.floor((s % 3600) / 60), 'min');
   return `${(s / 86400).toFixed(1)} d`;
 }
 
@@ -229,7 +230,7 @@ function Card({ label, value, sub, tone }) {
 
 // A uPlot chart. `xs` and each series' `values` are plotted as given; `points` (if set) is exposed as the
 // container's data-points attribute so tests and tools can read exactly what is drawn.
-function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, height = 220, empty }) {
+function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, pending, height = 220, empty, note }) {
   const box = useRef(null);
   const plot = useRef(null);
   const data = [xs, ...series.map((s) => s.values)];
@@ -241,6 +242,8 @@ function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, he
     const width = () => Math.max(el.clientWidth, 240);
     const x = { time };
     if (xLabels) x.range = [0.5, xLabels.length + 0.5];
+    // One point alone would stretch a time axis over years: give it a minute on each side.
+    else x.range = (_, min, max) => (min === max ? [min - 60, max + 60] : [min, max]);
     const xAxis = { stroke: '#5b6474', grid: { stroke: '#eef0f4' } };
     if (xLabels) {
       xAxis.splits = () => xLabels.map((_, i) => i + 1);
@@ -259,7 +262,7 @@ function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, he
           stroke: s.color,
           width: 2,
           fill: s.fill,
-          points: { show: xs.length <= 40, size: 6 },
+          points: { show: s.points ?? xs.length <= 40, size: 6 },
           value: (_, v) => (v == null ? '—' : s.format ? s.format(v) : String(Math.round(v * 1000) / 1000)),
         })),
       ],
@@ -279,8 +282,9 @@ function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, he
   useEffect(() => {
     if (plot.current) plot.current.setData(data);
   }, [dataKey]);
-  return html`<section class="chart panel" data-testid=${id} data-points=${points === undefined ? undefined : JSON.stringify(points)}>
+  return html`<section class="chart panel" data-testid=${id} data-points=${points === undefined ? undefined : JSON.stringify(points)} data-pending=${pending}>
     <h3>${title}</h3>
+    ${note && html`<div class="muted small chart-note">${note}</div>`}
     ${hasData ? html`<div ref=${box} class="chart-box"></div>` : html`<div class="muted chart-empty">${empty || 'No data yet.'}</div>`}
   </section>`;
 }
@@ -301,6 +305,10 @@ function Overview() {
   const windowFailed = buckets.reduce((sum, b) => sum + b.failed, 0);
   const byVersion = reward.by_version;
   const overTime = reward.over_time;
+  const rewardModes = MODES.concat(['none']).filter((m) => byVersion.some((p) => p.modes && p.modes[m]));
+  const modeColors = { train: '#3b6fd8', val: '#1f9d55', test: '#c26a00', none: '#8a94a6' };
+  const pending = reward.pending ?? 0;
+  const pendingNote = pending > 0 ? `reading the rewards of ${fmtCount(pending)} more finished rollout${pending === 1 ? '' : 's'}…` : '';
   return html`<div class="page" data-testid="overview">
     ${state.error && html`<${Failure} error=${state.error} />`}
     <div class="cards">
@@ -328,22 +336,31 @@ function Overview() {
           { label: 'cancelled', values: rate('cancelled'), color: '#8a94a6' },
         ]} yLabel="per min" />
       <${Chart} id="error-rate" title="Error rate (failed / finished, %)" xs=${xs}
-        series=${[{ label: 'error rate', values: errorRate, color: '#d64545', format: (v) => v.toFixed(1) + ' %' }]} yLabel="%" />
-      <${Chart} id="reward-over-time" title=${`Mean reward over time (${reward.bucket_seconds} s buckets of end time)`}
+        series=${[{ label: 'error rate', values: errorRate, color: '#d64545', points: true, format: (v) => v.toFixed(1) + ' %' }]} yLabel="%" />
+      <${Chart} id="reward-over-time" title=${`Mean reward over time (${fmtSeconds(reward.bucket_seconds)} buckets of end time)`}
         xs=${overTime.map((p) => p.t)} series=${[{ label: 'mean reward', values: overTime.map((p) => p.mean), color: '#3b6fd8' }]}
-        points=${overTime} empty="No finished rollout has a reward yet." />
+        points=${overTime} pending=${pending} note=${pendingNote} empty="No finished rollout has a reward yet." />
       <${Chart} id="reward-by-version" title="Mean reward per resources version" time=${false}
-        xs=${byVersion.map((_, i) => i + 1)} xLabels=${byVersion.map((p) => p.resources_id)}
-        series=${[{ label: 'mean reward', values: byVersion.map((p) => p.mean), color: '#7a4cc2' }]}
-        points=${byVersion} empty="No finished rollout has a reward yet." />
+        xs=${byVersion.map((_, i) => i + 1)} xLabels=${byVersion.map((p) => p.resources_id ?? '(none)')}
+        series=${[
+          { label: 'all modes', values: byVersion.map((p) => p.mean), color: '#7a4cc2' },
+          ...(rewardModes.length > 1
+            ? rewardModes.map((m) => ({ label: m, values: byVersion.map((p) => (p.modes && p.modes[m] ? p.modes[m].mean : null)), color: modeColors[m] }))
+            : []),
+        ]}
+        points=${byVersion} pending=${pending} note=${pendingNote} empty="No finished rollout has a reward yet." />
     </div>
     ${byVersion.length > 0 &&
     html`<section class="panel">
       <h3>Reward per resources version</h3>
       <table class="table compact">
-        <thead><tr><th>resources</th><th>version</th><th class="num">mean reward</th><th class="num">rollouts</th></tr></thead>
+        <thead><tr><th>#</th><th>resources</th><th class="num">mean reward</th><th class="num">rollouts</th>
+          ${rewardModes.map((m) => html`<th class="num">${m}</th>`)}</tr></thead>
         <tbody>
-          ${byVersion.map((p) => html`<tr><td class="mono">${p.resources_id}</td><td>${p.version}</td><td class="num">${fmtReward(p.mean)}</td><td class="num">${fmtCount(p.count)}</td></tr>`)}
+          ${byVersion.map(
+            (p) => html`<tr><td>${p.version ?? '—'}</td><td class="mono">${p.resources_id ?? '(none)'}</td><td class="num">${fmtReward(p.mean)}</td><td class="num">${fmtCount(p.count)}</td>
+              ${rewardModes.map((m) => html`<td class="num">${p.modes && p.modes[m] ? `${fmtReward(p.modes[m].mean)} (${fmtCount(p.modes[m].count)})` : '—'}</td>`)}</tr>`,
+          )}
         </tbody>
       </table>
     </section>`}
