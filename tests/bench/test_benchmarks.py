@@ -71,3 +71,25 @@ def test_store_http_runs_a_client_against_a_real_server(tmp_path: Path) -> None:
     assert 0 < single["p50_ms"] <= single["p99_ms"]
     assert set(single["per_call"]) == {"enqueue_rollout", "dequeue_rollout", "add_span", "update_attempt"}
     assert rows[("batched", 2)]["per_call"].keys() >= {"add_many_spans"}
+
+
+@pytest.mark.slow
+def test_dashboard_bench_measures_every_page_and_call(tmp_path: Path) -> None:
+    import os
+
+    if not os.path.exists("/usr/bin/chromium") and os.environ.get("AGL_REQUIRE_BROWSER") != "1":
+        pytest.skip("/usr/bin/chromium is missing: apt-get install -y chromium")
+    out = tmp_path / "dashboard.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "dashboard.py"), "--rollouts", "200", "--spans-per-rollout", "4", "--runs", "1",
+         "--calls", "2", "--db", str(tmp_path / "store.db"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert (data["rollouts"], data["spans"]) == (200, 800)
+    assert set(data["pages"]) == {"overview", "rollouts", "rollout detail", "resources", "workers"}
+    for page in data["pages"].values():
+        assert len(page["data_ms"]) == 1 and page["data_ms"][0] > 0
+    for call in data["api"].values():
+        assert "error" not in call and len(call["runs_ms"]) == 2

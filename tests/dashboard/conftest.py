@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,10 +58,28 @@ def browser() -> Iterator[Any]:
         manager.stop()
 
 
-async def _fill_over_http(endpoint: str, token: str | None) -> Filled:
-    client = LightningStoreClient(endpoint, token=token) if token else LightningStoreClient(endpoint)
+OLD_VERSION = "prompt-v1"
+OLD_SECONDS = 2 * 3600.0
+"""The rollouts of OLD_VERSION are written as if two hours ago (the time filters must leave them out)."""
+
+
+class ShiftedClock:
+    """The wall clock moved by `offset` seconds (the store's clock while the fixture fills it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def _fill_over_http(endpoint: str, clock: ShiftedClock) -> Filled:
+    def before_version(resources_id: str) -> None:
+        clock.offset = -OLD_SECONDS if resources_id == OLD_VERSION else 0.0
+
+    client = LightningStoreClient(endpoint)
     try:
-        return await fill(client)
+        return await fill(client, before_version)
     finally:
         await client.close()
 
@@ -68,12 +87,13 @@ async def _fill_over_http(endpoint: str, token: str | None) -> Filled:
 @pytest.fixture(scope="module")
 def filled_server() -> Iterator[tuple[LightningStoreServer, Filled]]:
     """A store server on a free loopback port, filled over HTTP by `tests.dashboard.fill`; stopped afterwards."""
-    server = LightningStoreServer(InMemoryLightningStore(thread_safe=True), host="127.0.0.1", port=0)
+    clock = ShiftedClock()
+    server = LightningStoreServer(InMemoryLightningStore(thread_safe=True, clock=clock), host="127.0.0.1", port=0)
     server.start()
     try:
         # In a thread of its own: Playwright's sync API keeps an event loop running on the test thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            filled = pool.submit(asyncio.run, _fill_over_http(server.endpoint, None)).result()
+            filled = pool.submit(asyncio.run, _fill_over_http(server.endpoint, clock)).result()
         yield server, filled
     finally:
         server.stop()

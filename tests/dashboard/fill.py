@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agl.store.base import LightningStore
@@ -69,6 +70,8 @@ class Filled:
     """rollout id -> mode"""
     spans: dict[str, list[Span]] = dataclasses.field(default_factory=dict)
     """rollout id -> the spans written for it (its last attempt's)"""
+    by_version: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """resources id -> the finished rollouts written for it (before the retried, running and queued ones)"""
     retried: str = ""
     """A rollout whose first attempt failed and whose second succeeded."""
 
@@ -121,7 +124,7 @@ def _span(
     )
 
 
-def agent_spans(rollout_id: str, attempt_id: str, question: str, reward: float | None) -> list[Span]:
+def agent_spans(rollout_id: str, attempt_id: str, question: str, reward: float | None, answer: str = "4") -> list[Span]:
     """The spans one agent run writes: agent root > LLM call, tool call, then reward or exception."""
     t = time.time()
     root = f"{rollout_id}-agent"
@@ -137,13 +140,13 @@ def agent_spans(rollout_id: str, attempt_id: str, question: str, reward: float |
                   "gen_ai.prompt.1.role": "user",
                   "gen_ai.prompt.1.content": question,
                   "gen_ai.completion.0.role": "assistant",
-                  "gen_ai.completion.0.content": f"The answer to {question} is 4",
+                  "gen_ai.completion.0.content": f"The answer to {question} is {answer}",
                   "gen_ai.usage.prompt_tokens": 17,
                   "gen_ai.usage.completion_tokens": 6,
               },
               parent_id=root),
         _span(rollout_id, attempt_id, 3, f"{rollout_id}-tool", "tool.calculator", t + 0.021, t + 0.03,
-              {"tool.name": "calculator", "tool.arguments": question, "tool.output": "4"}, parent_id=root),
+              {"tool.name": "calculator", "tool.arguments": question, "tool.output": answer}, parent_id=root),
     ]  # fmt: skip
     if reward is None:
         spans.append(
@@ -160,19 +163,25 @@ def agent_spans(rollout_id: str, attempt_id: str, question: str, reward: float |
     return spans
 
 
-async def fill(store: LightningStore) -> Filled:
-    """Write the resources, rollouts, spans and worker heartbeats described in this module into `store`."""
+async def fill(store: LightningStore, before_version: Callable[[str], None] | None = None) -> Filled:
+    """Write the resources, rollouts, spans and worker heartbeats described in this module into `store`.
+
+    `before_version(resources_id)` is called before each version's rollouts (tests move the store's clock there).
+    """
     out = Filled()
     for worker in WORKERS:
         await store.update_worker(worker, {"pid": 1})
     n = 0
     for resources_id, resources in VERSIONS:
+        if before_version is not None:
+            before_version(resources_id)
         await store.update_resources(resources_id, resources)
         for reward in REWARDS[resources_id]:
             question = f"{n} + 4 - {n}"
             mode = "train" if n % 4 else "val"
             rollout = await store.enqueue_rollout({"question": question}, mode=mode, resources_id=resources_id)
             out.modes[rollout.rollout_id] = mode
+            out.by_version.setdefault(resources_id, []).append(rollout.rollout_id)
             claimed = await store.dequeue_rollout(worker_id=WORKERS[n % len(WORKERS)])
             assert claimed is not None and claimed.rollout_id == rollout.rollout_id
             attempt_id = claimed.attempt.attempt_id

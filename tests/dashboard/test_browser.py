@@ -7,6 +7,7 @@ the page shows is checked against what was written, not against the page's own A
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
+from tests.dashboard.conftest import OLD_VERSION
 from tests.dashboard.fill import QUEUED, VERSIONS, WORKERS, Filled
 
 TIMEOUT_MS = 10_000
@@ -73,12 +75,30 @@ def test_every_page_loads_without_console_errors(page: Any, filled_server: Serve
         page.goto(f"{server.endpoint}/{route}")
         page.wait_for_selector(f"[data-testid={testid}]")
         assert page.locator(".error").count() == 0, page.locator(".error").all_inner_texts()
-    # Live: the visible page asks again every 2 s.
+    # Live: the visible page asks again every 2 s; a hidden tab does not ask until it is shown again.
+    asked: list[float] = []
+    page.on("request", lambda r: asked.append(time.monotonic()) if "/v1/agl/dashboard/workers" in r.url else None)
+    page.goto(f"{server.endpoint}/#/")
+    page.wait_for_selector("[data-testid=overview]")
     page.goto(f"{server.endpoint}/#/workers")
     page.wait_for_selector("[data-testid=workers]")
-    with page.expect_request(lambda r: "/v1/agl/dashboard/workers" in r.url, timeout=4000):
-        pass
+    page.wait_for_timeout(4500)
+    assert len(asked) >= 2
+    page.evaluate(_SET_HIDDEN, True)
+    page.wait_for_timeout(2500)  # a request already under way may finish; none may start
+    hidden_at = len(asked)
+    page.wait_for_timeout(2500)
+    assert len(asked) == hidden_at
+    with page.expect_request(lambda r: "/v1/agl/dashboard/workers" in r.url, timeout=1000):
+        page.evaluate(_SET_HIDDEN, False)
     assert console.errors == []
+
+
+# Chromium's headless tabs are always visible: the test flips what the page reads and tells it, as a browser does.
+_SET_HIDDEN = """hidden => {
+  Object.defineProperty(document, 'hidden', { value: hidden, configurable: true });
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
 
 
 def test_overview_counts_and_reward_curve(page: Any, filled_server: ServerAndFill) -> None:
@@ -162,10 +182,36 @@ def test_status_filter_search_and_pagination(page: Any, filled_server: ServerAnd
     assert console.errors == []
 
 
+def test_mode_and_start_time_filters(page: Any, filled_server: ServerAndFill) -> None:
+    server, filled = filled_server
+    console = Console(page)
+    page.goto(f"{server.endpoint}/#/rollouts")
+    _wait_rollouts(page, "", filled.total)
+    page.locator("label.chip", has_text="val").click()
+    vals = sorted(rid for rid, mode in filled.modes.items() if mode == "val")
+    _wait_rollouts(page, "mode=val", len(vals))
+    assert sorted(_rows(page)) == vals
+    page.locator("label.chip", has_text="test").click()  # the queued rollouts
+    _wait_rollouts(page, "mode=val&mode=test", len(vals) + len(filled.queued))
+    assert sorted(_rows(page)) == sorted(vals + filled.queued)
+    # The old version's rollouts started two hours ago: the last hour leaves exactly them out.
+    page.goto(f"{server.endpoint}/#/rollouts")
+    _wait_rollouts(page, "", filled.total)
+    page.locator("select[name=window]").select_option("3600")
+    recent = filled.total - len(filled.by_version[OLD_VERSION])
+    _wait_rollouts(page, "window=3600", recent)
+    assert not set(_rows(page)) & set(filled.by_version[OLD_VERSION])
+    page.locator("select[name=window]").select_option("86400")
+    _wait_rollouts(page, "window=86400", filled.total)
+    assert console.errors == []
+
+
 def test_rollout_detail_shows_spans(page: Any, filled_server: ServerAndFill) -> None:
     server, filled = filled_server
     console = Console(page)
     rollout_id = filled.retried
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if f"/dashboard/rollouts/{rollout_id}" in r.url else None)
     page.goto(f"{server.endpoint}/#/rollouts/{rollout_id}")
     page.wait_for_selector("[data-testid=span-tree]")
     # Both attempts on the timeline; the span tree of the last attempt holds every span written for it.
@@ -193,6 +239,15 @@ def test_rollout_detail_shows_spans(page: Any, filled_server: ServerAndFill) -> 
     assert raw["span_id"] == spans[-1].span_id and raw["attributes"]["agentlightning.reward.0.value"] == 1.0
     page.locator("button", has_text="show rollout JSON").click()
     assert json.loads(page.locator(".raw pre.json").first.inner_text())["rollout_id"] == rollout_id
+    # A finished rollout cannot change: it was asked for once.
+    page.wait_for_timeout(2500)
+    assert len(asked) == 1
+    # A running one keeps being asked for.
+    running = filled.running[0]
+    page.goto(f"{server.endpoint}/#/rollouts/{running}")
+    page.wait_for_selector(f"[data-testid=rollout-detail][data-rollout-id='{running}']")
+    with page.expect_request(lambda r: f"/dashboard/rollouts/{running}" in r.url, timeout=4000):
+        pass
     assert console.errors == []
 
 

@@ -329,14 +329,6 @@ function Overview() {
       </div>
     </section>
     <div class="grid2">
-      <${Chart} id="throughput" title=${`Finished rollouts per minute (${series.bucket_seconds} s buckets)`} xs=${xs}
-        series=${[
-          { label: 'succeeded', values: rate('succeeded'), color: '#1f9d55' },
-          { label: 'failed', values: rate('failed'), color: '#d64545' },
-          { label: 'cancelled', values: rate('cancelled'), color: '#8a94a6' },
-        ]} yLabel="per min" />
-      <${Chart} id="error-rate" title="Error rate (failed / finished, %)" xs=${xs}
-        series=${[{ label: 'error rate', values: errorRate, color: '#d64545', points: true, format: (v) => v.toFixed(1) + ' %' }]} yLabel="%" />
       <${Chart} id="reward-over-time" title=${`Mean reward over time (${fmtSeconds(reward.bucket_seconds)} buckets of end time)`}
         xs=${overTime.map((p) => p.t)} series=${[{ label: 'mean reward', values: overTime.map((p) => p.mean), color: '#3b6fd8' }]}
         points=${overTime} pending=${pending} note=${pendingNote} empty="No finished rollout has a reward yet." />
@@ -349,6 +341,14 @@ function Overview() {
             : []),
         ]}
         points=${byVersion} pending=${pending} note=${pendingNote} empty="No finished rollout has a reward yet." />
+      <${Chart} id="throughput" title=${`Finished rollouts per minute (${series.bucket_seconds} s buckets)`} xs=${xs}
+        series=${[
+          { label: 'succeeded', values: rate('succeeded'), color: '#1f9d55' },
+          { label: 'failed', values: rate('failed'), color: '#d64545' },
+          { label: 'cancelled', values: rate('cancelled'), color: '#8a94a6' },
+        ]} yLabel="per min" />
+      <${Chart} id="error-rate" title="Error rate (failed / finished, %)" xs=${xs}
+        series=${[{ label: 'error rate', values: errorRate, color: '#d64545', points: true, format: (v) => v.toFixed(1) + ' %' }]} yLabel="%" />
     </div>
     ${byVersion.length > 0 &&
     html`<section class="panel">
