@@ -308,3 +308,15 @@ def test_token_protected_store_shows_only_the_login_prompt(page: Any) -> None:
         assert len(console.errors) >= 1
     finally:
         server.stop()
+
+
+def test_unknown_rollout_and_page(page: Any, filled_server: ServerAndFill) -> None:
+    server, _ = filled_server
+    console = Console(page)
+    page.goto(f"{server.endpoint}/#/rollouts/ro-does-not-exist")
+    page.wait_for_selector("text=Rollout ro-does-not-exist was not found in this store.")
+    page.goto(f"{server.endpoint}/#/nowhere")
+    page.wait_for_selector("text=No page at /nowhere.")
+    assert page.locator("nav a.active").count() == 0
+    # Only the browser's own report of the 404 answer.
+    assert [e for e in console.errors if "404" not in e] == []
