@@ -1,4 +1,5 @@
-"""The `agl` command: `agl store` serves a store over HTTP, `agl demo` trains a small model end to end."""
+"""The `agl` command: `agl store` serves a store over HTTP, `agl demo` trains a small model end to end, and
+`agl rollouts` / `workers` / `stats` / `spans` inspect a running store."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ __all__ = ["main"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("agl.cli.store", "serve a LightningStore over HTTP (memory or SQLite backend)"),
     "demo": ("agl.cli.demo", "train a small language model with GRPO through the whole AGL loop, on CPU"),
+    "rollouts": ("agl.cli.rollouts", "list a store's rollouts (ls) or show one with its attempts and span tree"),
+    "workers": ("agl.cli.workers", "a store's workers: status, current rollout, heartbeat age, last error"),
+    "stats": ("agl.cli.stats", "one screen about a store: counts by status, queue, throughput, memory"),
+    "spans": ("agl.cli.spans", "export a rollout's spans as JSON lines or OTLP/JSON"),
 }
 
 
@@ -20,9 +25,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `agl <subcommand> [args...]`; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="agl", description="AGL: train any AI agent.")
+    parser.add_argument("-V", "--version", action="store_true", help="print AGL's version and exit")
     parser.add_argument(
         "subcommand", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items())
     )
+    if args and args[0] in ("-V", "--version"):
+        from agl import __version__
+
+        print(f"agl {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2

@@ -7,6 +7,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from agl.cli.sizes import memory_size, size
+
 __all__ = ["main"]
 
 logger = logging.getLogger("agl.cli.store")
@@ -23,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", default=None, help="database file (required with --backend sqlite)")
     parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="FULL survives power loss, NORMAL survives a process crash (default: FULL)")  # fmt: skip
-    parser.add_argument("--memory-budget", type=int, default=None,
-                        help="memory the server process may use; spans beyond it spill to disk (memory backend)")  # fmt: skip
+    parser.add_argument("--memory-budget", type=memory_size(), default=None, metavar="SIZE",
+                        help="memory the server process may use, in bytes with an optional unit (512M, 2GiB) or as a "
+                        "share of RAM (70%%); spans beyond it spill to disk (memory backend)")  # fmt: skip
     parser.add_argument("--spill-dir", default=None, help="where spilled spans go (memory backend)")
-    parser.add_argument("--spill-max-bytes", type=int, default=None, help="disk budget of the spill")
+    parser.add_argument("--spill-max-bytes", type=size, default=None, metavar="SIZE",
+                        help="disk budget of the spill (bytes, or with a unit: 512M, 2GiB)")  # fmt: skip
     parser.add_argument("--health-check-interval", type=float, default=1.0,
                         help="seconds between the server's timeout/unresponsive checks (0: off; default 1)")  # fmt: skip
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")

@@ -124,7 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_demo(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        logger.error("agl demo failed: %s", exc)
-        print(f"agl demo failed: {exc}")
+        print(f"agl demo failed: {exc}")  # once: not also through the logger
         return 1
     return 0

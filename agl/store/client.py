@@ -448,6 +448,14 @@ class LightningStoreClient(LightningStore):
         result: LightningStoreStatistics = orjson.loads(await self._request("GET", "/statistics"))
         return result
 
+    async def dashboard(self, route: str, query: Mapping[str, Any] | None = None) -> Any:
+        """The JSON answer of the server's dashboard route `GET /v1/agl/dashboard/<route>` (AGL servers only).
+
+        `route` is e.g. "overview", "rollouts", "rollouts/<id>" or "workers"; `query` values may be lists (repeated
+        parameters). Errors raise as for every other call (a server without these routes answers 404).
+        """
+        return orjson.loads(await self._request("GET", "/dashboard/" + route.lstrip("/"), query=query))
+
     # -- rollouts and the queue --------------------------------------------------------------------------------
 
     async def start_rollout(

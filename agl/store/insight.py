@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -116,6 +117,14 @@ class StoreInsight:
                 task.cancel()
             except RuntimeError:  # its loop is already closed: the task went with it
                 pass
+
+    async def aclose(self) -> None:
+        """Stop listening and wait for the background reward reader to end (call on its event loop)."""
+        task = self._task
+        self.close()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- events (any thread) -----------------------------------------------------------------------------------
 

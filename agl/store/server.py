@@ -237,6 +237,7 @@ class LightningStoreServer(LightningStore):
         server = _server_class()(config)
         server.handle_signals = handle_signals  # type: ignore[attr-defined]
         server.health_check = self.store.run_health_checks  # type: ignore[attr-defined]
+        server.on_shutdown = app.insight.aclose  # type: ignore[attr-defined]
         server.health_check_interval = self.health_check_interval  # type: ignore[attr-defined]
         app.draining = self._draining
         return server
@@ -815,6 +816,7 @@ def _server_class() -> type[uvicorn.Server]:
             on_started: Callable[[], None] | None = None
             health_check: Callable[[], Awaitable[None]] | None = None
             health_check_interval: float = 1.0
+            on_shutdown: Callable[[], Awaitable[None]] | None = None
             _health_task: asyncio.Task[None] | None = None
 
             def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
@@ -870,6 +872,8 @@ def _server_class() -> type[uvicorn.Server]:
                     self._health_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._health_task
+                if self.on_shutdown is not None:
+                    await self.on_shutdown()
                 loop = asyncio.get_running_loop()
                 for listener in self.servers:
                     listener.close()
