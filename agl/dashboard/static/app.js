@@ -246,7 +246,9 @@ function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, pe
     else x.range = (_, min, max) => (min === max ? [min - 60, max + 60] : [min, max]);
     const xAxis = { stroke: '#5b6474', grid: { stroke: '#eef0f4' } };
     if (xLabels) {
-      xAxis.splits = () => xLabels.map((_, i) => i + 1);
+      // At most ~10 labels: many versions would overlap.
+      const every = Math.max(1, Math.ceil(xLabels.length / 10));
+      xAxis.splits = () => xLabels.map((_, i) => i + 1).filter((v) => (v - 1) % every === 0);
       xAxis.values = (_, splits) => splits.map((v) => xLabels[v - 1] ?? '');
     }
     const opts = {
@@ -263,6 +265,7 @@ function Chart({ id, title, xs, series, time = true, xLabels, yLabel, points, pe
           width: 2,
           fill: s.fill,
           points: { show: s.points ?? xs.length <= 40, size: 6 },
+          spanGaps: Boolean(s.spanGaps),
           value: (_, v) => (v == null ? '—' : s.format ? s.format(v) : String(Math.round(v * 1000) / 1000)),
         })),
       ],
@@ -337,7 +340,12 @@ function Overview() {
         series=${[
           { label: 'all modes', values: byVersion.map((p) => p.mean), color: '#7a4cc2' },
           ...(rewardModes.length > 1
-            ? rewardModes.map((m) => ({ label: m, values: byVersion.map((p) => (p.modes && p.modes[m] ? p.modes[m].mean : null)), color: modeColors[m] }))
+            ? rewardModes.map((m) => ({
+                label: m,
+                values: byVersion.map((p) => (p.modes && p.modes[m] ? p.modes[m].mean : null)),
+                color: modeColors[m],
+                spanGaps: true, // e.g. train and val rollouts run under different resources versions
+              }))
             : []),
         ]}
         points=${byVersion} pending=${pending} note=${pendingNote} empty="No finished rollout has a reward yet." />
