@@ -62,6 +62,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = b"application/json"
 _API_SLASH = API_PREFIX + "/"
 _API_LEN = len(API_PREFIX)
+_DASHBOARD_PREFIX = "/dashboard/"
 
 
 class HTTPError(Exception):
@@ -538,7 +539,7 @@ class StoreApp:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
     def too_large_response(self) -> Response:
         """The 413 answer to a request whose declared or received body exceeds `max_body_bytes`."""
@@ -731,6 +732,8 @@ class StoreApp:
                     return {"type": "http.request", "body": whole, "more_body": False}
 
             return await handle_otlp_traces(self, headers, receive)
+        if path == "/" or path.startswith(_DASHBOARD_PREFIX):
+            return self._dashboard_asset(method, path, headers)
         raise HTTPError(404, "Not Found")
 
     async def _metrics_answer(self, method: str, headers: dict[bytes, bytes]) -> Response:
@@ -747,6 +750,22 @@ class StoreApp:
             )
         body, content_type = await self.metrics.render(headers.get(b"accept", b"").decode("latin-1"))
         return Response(200, body, content_type.encode("latin-1"))
+
+    def _dashboard_asset(self, method: str, path: str, headers: dict[bytes, bytes]) -> Response:
+        """A file of the web dashboard (public: the files hold no data, every data call needs the token)."""
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
+        from agl.dashboard import INDEX, find_asset
+
+        # The raw path is matched as is against the shipped names: nothing is decoded, so no encoded `..` exists.
+        asset = find_asset(INDEX if path == "/" else path[len(_DASHBOARD_PREFIX) :])
+        if asset is None:
+            raise HTTPError(404, "Not Found")
+        extra = [(b"cache-control", asset.cache_control.encode()), (b"etag", asset.etag.encode())]
+        content_type = asset.content_type.encode()
+        if headers.get(b"if-none-match") == asset.etag.encode():
+            return Response(304, b"", content_type, extra)
+        return Response(200, asset.body, content_type, extra)
 
     # -- routes ------------------------------------------------------------------------------------------------
 
