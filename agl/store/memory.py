@@ -23,8 +23,8 @@ from pydantic import TypeAdapter
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
-from agl.store.errors import StoreFullError
-from agl.store.events import AttemptTransition, RolloutTransition
+from agl.store.errors import StaleAttemptError, StoreFullError
+from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused
 from agl.store.inputs import (
     as_config,
     as_metadata,
@@ -667,9 +667,13 @@ class InMemoryLightningStore(LightningStore):
                     raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
                 attempt = found
             if status is not UNSET or last_heartbeat_time is not UNSET:
-                state.check_attempt_holds_rollout(
-                    rollout_id, record.rollout.status, attempt.attempt_id, record.attempts[-1].attempt_id
-                )
+                try:
+                    state.check_attempt_holds_rollout(
+                        rollout_id, record.rollout.status, attempt.attempt_id, record.attempts[-1].attempt_id
+                    )
+                except StaleAttemptError as exc:
+                    self.events.emit(StaleWriteRefused(rollout_id, exc.attempt_id, exc.current_attempt_id, now))
+                    raise
             if worker_id is not UNSET:
                 attempt.worker_id = worker_id
             if last_heartbeat_time is not UNSET:

@@ -55,7 +55,8 @@ from pydantic_core import PydanticSerializationError
 from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
-from agl.store.events import AttemptTransition, RolloutTransition, StoreEvent
+from agl.store.errors import StaleAttemptError
+from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused, StoreEvent
 from agl.store.inputs import (
     as_config,
     as_metadata,
@@ -1030,7 +1031,13 @@ class SqliteLightningStore(LightningStore):
                         raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
                     attempt = found
                 if status is not UNSET or last_heartbeat_time is not UNSET:
-                    state.check_attempt_holds_rollout(rollout_id, rollout.status, attempt.attempt_id, latest.attempt_id)
+                    try:
+                        state.check_attempt_holds_rollout(
+                            rollout_id, rollout.status, attempt.attempt_id, latest.attempt_id
+                        )
+                    except StaleAttemptError as exc:  # a refusal, not a change: reported at once
+                        self.events.emit(StaleWriteRefused(rollout_id, exc.attempt_id, exc.current_attempt_id, now))
+                        raise
                 if worker_id is not UNSET:
                     attempt.worker_id = worker_id
                 if last_heartbeat_time is not UNSET:

@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from agl.store.base import LightningStore
-from agl.store.events import RolloutTransition, StoreEvent
+from agl.store.events import RolloutTransition, StaleWriteRefused, StoreEvent
 from agl.types.core import ROLLOUT_STATUSES, WORKER_STATUSES, RolloutStatus
 
 __all__ = [
@@ -177,13 +177,16 @@ class TransitionCounts:
     def __init__(self) -> None:
         self._rollouts: collections.defaultdict[tuple[str | None, str], int] = collections.defaultdict(int)
         self._attempts: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self._stale_refused = 0
 
     def on_event(self, event: StoreEvent) -> None:
         """Count one committed status change."""
         if event.__class__ is RolloutTransition:
             self._rollouts[event.old, event.new] += 1
+        elif event.__class__ is StaleWriteRefused:
+            self._stale_refused += 1
         else:
-            self._attempts[event.new] += 1
+            self._attempts[event.new] += 1  # type: ignore[union-attr]
 
     def describe(self) -> list[Metric]:
         """The families this collector exposes (for the registry's duplicate-name check)."""
@@ -208,6 +211,12 @@ class TransitionCounts:
         for status, count in sorted(attempts.items()):
             entered.add_metric([status], count)
         yield entered
+        yield CounterMetricFamily(
+            "agl_attempt_stale_writes_refused",
+            "Status or heartbeat writes refused since this server started because their attempt no longer held its "
+            "rollout (fencing: a newer attempt existed, or the rollout was requeued or finished).",
+            value=self._stale_refused,
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from agl.store.client import LightningStoreClient
+from agl.store.errors import StaleAttemptError
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 from tests.store.helpers import make_span
@@ -278,6 +279,9 @@ async def test_transitions_and_attempts_from_store_events(started: list[Lightnin
         again = await client.dequeue_rollout(worker_id="w")
         assert again is not None
         await client.update_attempt(first.rollout_id, again.attempt.attempt_id, status="succeeded")
+        for late in ("succeeded", "failed"):  # the first attempt lost its rollout: both writes are refused
+            with pytest.raises(StaleAttemptError):
+                await client.update_attempt(first.rollout_id, claimed.attempt.attempt_id, status=late)  # type: ignore[arg-type]
         slow = await client.enqueue_rollout({"i": 2}, config=RolloutConfig(timeout_seconds=0.05))
         assert (await client.dequeue_rollout(worker_id="w")) is not None
         # The server's own health check turns the attempt into "timeout" (nobody calls the store meanwhile).
@@ -302,6 +306,7 @@ async def test_transitions_and_attempts_from_store_events(started: list[Lightnin
     assert value(samples, "agl_attempts_total", status="failed") == 1
     assert value(samples, "agl_attempts_total", status="succeeded") == 1
     assert value(samples, "agl_attempts_total", status="timeout") == 1
+    assert value(samples, "agl_attempt_stale_writes_refused_total") == 2
 
 
 async def test_a_stopped_server_stops_listening(started: list[LightningStoreServer]) -> None:
