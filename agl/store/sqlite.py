@@ -891,7 +891,12 @@ class SqliteLightningStore(LightningStore):
                     page = matches[offset : None if limit == -1 else offset + limit]
                 else:
                     total = self._count_rollouts(db, query, condition, params)
-                    page = self._rollout_page(db, condition, params, sort_by, sort_order, limit, offset)
+                    # An id-substring filter has no index: when it matches few rows, find them in one scan of the
+                    # (seq, rollout_id) index instead of walking the sort index and reading rows until the page fills.
+                    rare = any(c.op == "contains" for c in query.conditions) and (
+                        limit == -1 or total <= 4 * (offset + limit)
+                    )
+                    page = self._rollout_page(db, condition, params, sort_by, sort_order, limit, offset, rare=rare)
                 items = [_snapshot(r, self._latest_attempt(db, r.rollout_id)) for r in page]
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
 
@@ -917,11 +922,15 @@ class SqliteLightningStore(LightningStore):
         sort_order: str,
         limit: int,
         offset: int,
+        *,
+        rare: bool = False,
     ) -> list[Rollout]:
         """The page's rollouts: their `seq`s found from the indexes first, then only those rows read."""
         if limit == 0:
             return []
         order = rollout_sql.order_by(sort_by, sort_order)
+        if rare:
+            condition = f"seq IN (SELECT seq FROM rollouts INDEXED BY rollouts_by_seq WHERE {condition})"
         seqs = [
             seq
             for (seq,) in db.execute(
