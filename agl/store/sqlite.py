@@ -199,14 +199,16 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
         last = rows[-1][0]
     statements = [
         # Insertion order without reading the wide rows: deep pages skip index entries, not JSON, and an id
-        # substring search reads the ids from the index.
+        # substring search reads the ids from the index. Never updated after the insert.
         "CREATE INDEX rollouts_by_seq ON rollouts (seq, rollout_id)",
-        "CREATE INDEX rollouts_by_start ON rollouts (start_time)",
-        "CREATE INDEX rollouts_by_status_start ON rollouts (status, start_time)",
-        "CREATE INDEX rollouts_by_mode_start ON rollouts (mode, start_time)",
-        # `end_time IS NULL` first: the sort puts rollouts without an end time last ascending, first descending.
-        "CREATE INDEX rollouts_by_end ON rollouts (end_time IS NULL, end_time)",
-        "CREATE INDEX rollouts_by_status_end ON rollouts (status, end_time IS NULL, end_time)",
+        # Start-time order; `mode` inside so a mode filter over a time window is checked in the index. Insert-only
+        # (start_time never changes, mode rarely).
+        "CREATE INDEX rollouts_by_start ON rollouts (start_time, mode)",
+        # A status's rollouts by start time (the dashboard's main list); `mode` inside for status + mode filters.
+        "CREATE INDEX rollouts_by_status_start ON rollouts (status, start_time, mode)",
+        # `end_time IS NULL` first: the sort puts rollouts without an end time last ascending, first descending;
+        # `status` inside so a status filter on this order is checked in the index.
+        "CREATE INDEX rollouts_by_end ON rollouts (end_time IS NULL, end_time, status)",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     ]
     for sql in statements:
@@ -878,6 +880,8 @@ class SqliteLightningStore(LightningStore):
         if sort_by is not None:
             check_sort_field(Rollout, sort_by)
         condition, params = rollout_sql.where(query)
+        # The page may steer SQLite to the index of its order; the count keeps every index available.
+        page_condition, page_params = rollout_sql.where(query, sort_by)
         with self._lock:
             self._maybe_scan(self._clock())
             with self._read() as db:
@@ -890,7 +894,7 @@ class SqliteLightningStore(LightningStore):
                     page = matches[offset : None if limit == -1 else offset + limit]
                 else:
                     total = self._count_rollouts(db, query, condition, params)
-                    page = self._rollout_page(db, condition, params, sort_by, sort_order, limit, offset)
+                    page = self._rollout_page(db, page_condition, page_params, sort_by, sort_order, limit, offset)
                 items = [_snapshot(r, self._latest_attempt(db, r.rollout_id)) for r in page]
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
 

@@ -140,7 +140,7 @@ async def test_dashboard_pages_read_an_index_in_order(
     await SqliteLightningStore(db_path, clock=clock).close()
     arguments: dict[str, object] = {"status_in": None, "rollout_id_in": None, "rollout_id_contains": None}
     query = rollout_filter(**{**arguments, **filters}, filter_logic="and")  # type: ignore[arg-type]
-    condition, params = rollout_sql.where(query)
+    condition, params = rollout_sql.where(query, sort_by)
     sql = f"SELECT seq FROM rollouts WHERE {condition} ORDER BY {rollout_sql.order_by(sort_by, order)} LIMIT 50"
     with sqlite3.connect(db_path) as db:
         plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
