@@ -111,6 +111,19 @@ class RolloutIndex(Generic[R]):
         if sort_by in ("start_time", "rollout_id"):
             values: list[Any] = self._starts if sort_by == "start_time" else self._ids
             return sorted(positions, key=values.__getitem__, reverse=descending)[offset:end]
+        if sort_by in ("status", "mode"):
+            # Bucket by bucket in the order of their values (None sorts as ""), each in insertion order.
+            buckets: dict[Any, dict[int, None]] = self._by_status if sort_by == "status" else self._by_mode
+            values = sorted(buckets, key=lambda v: "" if v is None else v, reverse=descending)
+            everything = isinstance(positions, range) and len(positions) == len(self.records)
+            wanted = None if everything else set(positions)
+            ordered: list[int] = []
+            for value in values:
+                members = sorted(buckets[value])
+                ordered.extend(members if wanted is None else [p for p in members if p in wanted])
+                if end is not None and len(ordered) >= end:
+                    break
+            return ordered[offset:end]
         if sort_by == "end_time":
             ends = self._ends
             done = [p for p in positions if ends[p] is not None]
@@ -165,7 +178,16 @@ class RolloutIndex(Generic[R]):
                 else:
                     tests.append((condition, _time_test(self._starts, low, high)))
         if query.filter_logic == "or" and len(tests) > 1:
-            return whole, [test for _, test in tests]
+            # The union of each condition's members: enumerated from its index, else found by its test.
+            enumerable = {id(condition): parts for _, parts, condition in sources}
+            union: list[Collection[int]] = []
+            for condition, test in tests:
+                parts = enumerable.get(id(condition))
+                if parts is not None:
+                    union.extend([parts] if isinstance(parts, range) else parts)
+                else:
+                    union.append([p for p in whole if test(p)])
+            return [set(itertools.chain.from_iterable(union))], []
         if not sources:
             sources.append((len(whole), whole, Condition("", "", None)))
         _, source, chosen_condition = min(sources, key=lambda item: item[0])
