@@ -34,6 +34,9 @@ class LightningEnvVar(str, Enum):
     """str (default `localhost`): host of the store server in client-server execution."""
     AGL_SERVER_PORT = "AGL_SERVER_PORT"
     """int (default 4747): port of the store server in client-server execution."""
+    AGL_METRICS_PORT = "AGL_METRICS_PORT"
+    """int (default: unset, off): runner `i` of the client-server strategy serves its Prometheus metrics on
+    127.0.0.1 at this port + i."""
 
     def __str__(self) -> str:
         return self.value
@@ -62,15 +65,15 @@ def _sorted_set(values: frozenset[str]) -> str:
 
 
 @overload
-def resolve_bool_env_var(var: LightningEnvVar | str, override: bool | None = None, *, fallback: bool) -> bool: ...
+def resolve_bool_env_var(env_var: LightningEnvVar | str, override: bool | None = None, *, fallback: bool) -> bool: ...
 @overload
-def resolve_bool_env_var(var: LightningEnvVar | str, override: bool, fallback: bool | None = None) -> bool: ...
+def resolve_bool_env_var(env_var: LightningEnvVar | str, override: bool, fallback: bool | None = None) -> bool: ...
 @overload
 def resolve_bool_env_var(
-    var: LightningEnvVar | str, override: bool | None = None, fallback: bool | None = None
+    env_var: LightningEnvVar | str, override: bool | None = None, fallback: bool | None = None
 ) -> bool | None: ...
 def resolve_bool_env_var(
-    var: LightningEnvVar | str, override: bool | None = None, fallback: bool | None = None
+    env_var: LightningEnvVar | str, override: bool | None = None, fallback: bool | None = None
 ) -> bool | None:
     """`override` if not None, else the variable parsed as a bool, else `fallback` when it is unset.
 
@@ -79,7 +82,7 @@ def resolve_bool_env_var(
     """
     if override is not None:
         return override
-    name = _name(var)
+    name = _name(env_var)
     raw = os.environ.get(name)
     if raw is None:
         return fallback
@@ -94,15 +97,15 @@ def resolve_bool_env_var(
 
 
 @overload
-def resolve_int_env_var(var: LightningEnvVar | str, override: int | None = None, *, fallback: int) -> int: ...
+def resolve_int_env_var(env_var: LightningEnvVar | str, override: int | None = None, *, fallback: int) -> int: ...
 @overload
-def resolve_int_env_var(var: LightningEnvVar | str, override: int, fallback: int | None = None) -> int: ...
+def resolve_int_env_var(env_var: LightningEnvVar | str, override: int, fallback: int | None = None) -> int: ...
 @overload
 def resolve_int_env_var(
-    var: LightningEnvVar | str, override: int | None = None, fallback: int | None = None
+    env_var: LightningEnvVar | str, override: int | None = None, fallback: int | None = None
 ) -> int | None: ...
 def resolve_int_env_var(
-    var: LightningEnvVar | str, override: int | None = None, fallback: int | None = None
+    env_var: LightningEnvVar | str, override: int | None = None, fallback: int | None = None
 ) -> int | None:
     """`override` if not None, else the variable parsed as an integer, else `fallback` when it is unset.
 
@@ -111,7 +114,7 @@ def resolve_int_env_var(
     """
     if override is not None:
         return override
-    name = _name(var)
+    name = _name(env_var)
     raw = os.environ.get(name)
     if raw is None:
         return fallback
@@ -122,20 +125,20 @@ def resolve_int_env_var(
 
 
 @overload
-def resolve_str_env_var(var: LightningEnvVar | str, override: str | None = None, *, fallback: str) -> str: ...
+def resolve_str_env_var(env_var: LightningEnvVar | str, override: str | None = None, *, fallback: str) -> str: ...
 @overload
-def resolve_str_env_var(var: LightningEnvVar | str, override: str, fallback: str | None = None) -> str: ...
+def resolve_str_env_var(env_var: LightningEnvVar | str, override: str, fallback: str | None = None) -> str: ...
 @overload
 def resolve_str_env_var(
-    var: LightningEnvVar | str, override: str | None = None, fallback: str | None = None
+    env_var: LightningEnvVar | str, override: str | None = None, fallback: str | None = None
 ) -> str | None: ...
 def resolve_str_env_var(
-    var: LightningEnvVar | str, override: str | None = None, fallback: str | None = None
+    env_var: LightningEnvVar | str, override: str | None = None, fallback: str | None = None
 ) -> str | None:
     """`override` if not None, else the variable's raw value (an empty string included), else `fallback`."""
     if override is not None:
         return override
-    raw = os.environ.get(_name(var))
+    raw = os.environ.get(_name(env_var))
     return fallback if raw is None else raw
 
 

@@ -6,6 +6,10 @@ defined once.
 
 from __future__ import annotations
 
+from enum import Enum
+
+from pydantic import BaseModel
+
 __all__ = [
     "AGL_ANNOTATION",
     "AGL_EXCEPTION",
@@ -14,6 +18,7 @@ __all__ = [
     "AGL_OPERATION",
     "AGL_PREFIX",
     "AGL_REWARD",
+    "AGL_VIRTUAL",
     "ATTEMPT_ID",
     "EXCEPTION_ESCAPED",
     "EXCEPTION_MESSAGE",
@@ -50,6 +55,12 @@ __all__ = [
     "ROLLOUT_ID",
     "SPAN_SEQUENCE_ID",
     "TAG",
+    "LightningResourceAttributes",
+    "LightningSpanAttributes",
+    "LinkAttributes",
+    "LinkPydanticModel",
+    "RewardAttributes",
+    "RewardPydanticModel",
     "reward_name_key",
     "reward_value_key",
 ]
@@ -70,6 +81,8 @@ AGL_OPERATION = "agentlightning.operation"
 """Span name of an `operation` (decorated function or context block)."""
 AGL_REWARD = "agentlightning.reward"
 """Span name of a 0.2.x reward span (still recognised by the readers)."""
+AGL_VIRTUAL = "agentlightning.virtual"
+"""Span name of a made-up span that stands for no real operation (e.g. the root joining several roots)."""
 LEGACY_REWARD = AGL_REWARD
 """Alias of `AGL_REWARD`."""
 
@@ -143,3 +156,58 @@ def reward_name_key(index: int) -> str:
 def reward_value_key(index: int) -> str:
     """Attribute key of the value of reward dimension `index`."""
     return f"{REWARD}.{index}.value"
+
+
+# -- the same vocabulary as enums and models (Agent Lightning 0.3's `semconv` classes) ----------------------------
+
+
+class LightningResourceAttributes(Enum):
+    """Resource attribute keys of spans exported to a store."""
+
+    ROLLOUT_ID = ROLLOUT_ID
+    ATTEMPT_ID = ATTEMPT_ID
+    SPAN_SEQUENCE_ID = SPAN_SEQUENCE_ID
+    TRACER_NAME = "agentlightning.tracer.name"
+
+
+class LightningSpanAttributes(Enum):
+    """Span attribute keys (or key prefixes) AGL writes and reads."""
+
+    REWARD = REWARD
+    LINK = LINK
+    TAG = TAG
+    MESSAGE_BODY = MESSAGE_BODY
+    OBJECT_TYPE = OBJECT_TYPE
+    OBJECT_LITERAL = OBJECT_LITERAL
+    OBJECT_JSON = OBJECT_JSON
+    OPERATION_NAME = OPERATION_NAME
+    OPERATION_INPUT = OPERATION_INPUT
+    OPERATION_OUTPUT = OPERATION_OUTPUT
+
+
+class LinkAttributes(Enum):
+    """Field names of one link under `agentlightning.link.<i>`."""
+
+    KEY_MATCH = "key_match"
+    VALUE_MATCH = "value_match"
+
+
+class RewardAttributes(Enum):
+    """Field names of one reward dimension under `agentlightning.reward.<i>`."""
+
+    REWARD_NAME = "name"
+    REWARD_VALUE = "value"
+
+
+class LinkPydanticModel(BaseModel):
+    """A link from a span to the spans whose attribute `key_match` equals `value_match`."""
+
+    key_match: str
+    value_match: str
+
+
+class RewardPydanticModel(BaseModel):
+    """One named reward dimension."""
+
+    name: str
+    value: float

@@ -54,7 +54,9 @@ asyncio.run(server.run_forever())
 """
 
 
-def _serve(conn: Connection, backend: str = "memory", db_path: str = "", synchronous: str = "FULL") -> None:
+def _serve(
+    conn: Connection, backend: str = "memory", db_path: str = "", synchronous: str = "FULL", metrics: bool = True
+) -> None:
     # Its own session, as a store server started on its own (`agl store` in a terminal or a service) has: Linux
     # schedules each session as one group (autogroup), so the K clients, which share the benchmark's session, do
     # not get K shares of the CPU against the server's one. Agent Lightning's server is started the same way.
@@ -70,7 +72,7 @@ def _serve(conn: Connection, backend: str = "memory", db_path: str = "", synchro
         store = SqliteLightningStore(db_path, synchronous=synchronous)  # type: ignore[arg-type]
     else:
         store = InMemoryLightningStore(thread_safe=True)
-    server = LightningStoreServer(store, host="127.0.0.1", port=0)
+    server = LightningStoreServer(store, host="127.0.0.1", port=0, metrics=metrics)
 
     async def announce() -> None:
         await server.start_async()

@@ -26,6 +26,7 @@ def test_all_variables_are_declared() -> None:
         "AGL_CURRENT_ROLE",
         "AGL_SERVER_HOST",
         "AGL_SERVER_PORT",
+        "AGL_METRICS_PORT",
     }
     assert str(LightningEnvVar.AGL_SERVER_PORT) == "AGL_SERVER_PORT"
     assert LightningEnvVar.AGL_SERVER_HOST == "AGL_SERVER_HOST"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypedDict
 
 from agl import semconv
@@ -14,7 +14,7 @@ from agl.types.tracer import Span
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OpenAIMessages", "TraceToMessages"]
+__all__ = ["OpenAIMessages", "TraceToMessages", "group_genai_dict"]
 
 _REQUEST = "gen_ai.request"
 _RESPONSE = "gen_ai.response"
@@ -26,6 +26,13 @@ class OpenAIMessages(TypedDict):
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
+
+
+def group_genai_dict(data: dict[str, Any], prefix: str) -> dict[str, Any] | list[Any]:
+    """The flat attributes under `prefix.` rebuilt into nested dicts and lists (levels keyed by indices become
+    lists), e.g. `gen_ai.prompt.0.role` under `gen_ai.prompt` -> `[{"role": ...}]`; `{}` when there are none.
+    """
+    return unflatten(data, prefix) or {}
 
 
 def _as_list(value: Any, what: str, span: Span) -> list[Any]:
@@ -149,6 +156,24 @@ class TraceToMessages(TraceAdapter[list[OpenAIMessages]]):
     attributes), the assistant completion carries them as `tool_calls`. `tools` lists the request's
     `gen_ai.request.functions`, or is None.
     """
+
+    def get_tool_calls(self, completion: Span, all_spans: Sequence[Span], /) -> Iterable[dict[str, Any]]:
+        """The raw `tool.*` attributes (grouped into dicts) of the direct children of `completion` that record a
+        tool call, in the order of `all_spans`.
+
+        Raises:
+            ValueError: a child's `tool.*` attributes do not form a mapping.
+        """
+        for span in all_spans:
+            if span.parent_id != completion.span_id:
+                continue
+            tool = group_genai_dict(span.attributes, _TOOL)
+            if not isinstance(tool, dict):
+                raise ValueError(
+                    f"span {span.span_id!r} ({span.name}): tool attributes do not form a mapping: {tool!r}"
+                )
+            if tool:
+                yield tool
 
     def adapt(self, source: Sequence[Any], /) -> list[OpenAIMessages]:
         """The conversations recorded in the trace `source`, in span order.

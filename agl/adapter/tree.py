@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from agl.types.reward import get_reward_value
 from agl.types.tracer import Span
+
+if TYPE_CHECKING:
+    from agl.adapter.triplet import RewardMatchPolicy
+    from agl.types.core import Triplet
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,89 @@ class TraceTree:
         """Attach `child`, keeping children ordered by start time."""
         self.children.append(child)
         self.children.sort(key=_time_order)
+
+    def to_json(self) -> dict[str, Any]:
+        """The subtree as plain data: `{"id", "span" (the span's fields), "children": [...]}`."""
+        return {"id": self.id, "span": self.span.model_dump(), "children": [c.to_json() for c in self.children]}
+
+    def maybe_reward_dict(self) -> dict[str, Any]:
+        """`{"type": "reward", "value": v}` when this node's span carries a reward, else `{}`."""
+        value = get_reward_value(self.span)
+        return {"type": "reward", "value": value} if value is not None else {}
+
+    # -- reading the tree as a trajectory (implemented in agl.adapter.trajectory / agl.adapter.triplet, which
+    # build on this module: imported on call) ------------------------------------------------------------------
+
+    def is_reward_span(self) -> bool:
+        """Whether this node's span records a reward (a reward annotation or a `@reward` operation)."""
+        from agl.adapter.triplet import is_reward_node
+
+        return is_reward_node(self)
+
+    def find_llm_calls(
+        self,
+        *,
+        llm_call_match: str,
+        agent_match: str | None,
+        within_matching_subtree: str | None = None,
+        within_reward: bool | None = None,
+        within_llm_call: bool | None = None,
+        existing_llm_call_response_ids: set[str] | None = None,
+    ) -> list[tuple[TraceTree, str]]:
+        """The LLM calls in this subtree with their agent names (see `agl.adapter.trajectory.find_llm_calls`)."""
+        from agl.adapter.trajectory import find_llm_calls
+
+        return find_llm_calls(
+            self,
+            llm_call_match=llm_call_match,
+            agent_match=agent_match,
+            within_matching_subtree=within_matching_subtree,
+            within_reward=within_reward,
+            within_llm_call=within_llm_call,
+            existing_llm_call_response_ids=existing_llm_call_response_ids,
+        )
+
+    def match_rewards(self, reward_match: str, llm_calls: list[TraceTree]) -> dict[str, float | None]:
+        """The reward each of `llm_calls` receives under policy `reward_match`, keyed by span id."""
+        from agl.adapter.trajectory import match_rewards
+
+        return match_rewards(self, reward_match, llm_calls)
+
+    def extract_prompt_image_urls(self, prompt_raw_content: Any) -> list[str]:
+        """The image URLs referenced by prompt messages (`image_url` content parts), in order."""
+        from agl.adapter.triplet import image_urls
+
+        return image_urls(prompt_raw_content)
+
+    def span_to_triplet(self, span: Span, agent_name: str | None) -> Triplet:
+        """The triplet (without reward) of one LLM-call span."""
+        from agl.adapter.trajectory import span_to_triplet
+
+        return span_to_triplet(span, agent_name)
+
+    def to_trajectory(
+        self,
+        llm_call_match: str = r"openai\.chat\.completion",
+        agent_match: str | None = None,
+        exclude_llm_call_in_reward: bool = True,
+        dedup_llm_call: bool = True,
+        reward_match: RewardMatchPolicy | str = "first_occurrence",
+        final_reward: float | None = None,
+        _skip_empty_token_spans: bool = False,
+    ) -> list[Triplet]:
+        """One triplet per LLM call in this subtree, with rewards (see `agl.adapter.trajectory.to_trajectory`)."""
+        from agl.adapter.trajectory import to_trajectory
+
+        return to_trajectory(
+            self,
+            llm_call_match,
+            agent_match,
+            exclude_llm_call_in_reward,
+            dedup_llm_call,
+            reward_match,
+            final_reward,
+            _skip_empty_token_spans,
+        )
 
     # -- building -------------------------------------------------------------------------------------------
 

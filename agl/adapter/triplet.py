@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from pydantic import BaseModel
+
 from agl import semconv
 from agl.adapter._attrs import (
     as_float_list,
@@ -31,6 +33,7 @@ from agl.types.tracer import Span
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CallScope",
     "LlmCall",
     "LlmCallMatcher",
     "LlmProxyTraceToTriplet",
@@ -38,7 +41,10 @@ __all__ = [
     "TraceToTripletBase",
     "TraceTree",
     "TracerTraceToTriplet",
+    "Transition",
     "assign_rewards",
+    "image_urls",
+    "is_reward_node",
 ]
 
 DEFAULT_LLM_CALL_MATCH = r"openai\.chat\.completion"
@@ -60,6 +66,18 @@ _PROMPT_PREFIXES = (semconv.GEN_AI_PROMPT, f"{semconv.OPERATION_INPUT}.messages"
 _COMPLETION_PREFIXES = (semconv.GEN_AI_COMPLETION, f"{semconv.OPERATION_OUTPUT}.choices")
 
 
+class Transition(BaseModel):
+    """One step of a token-level trajectory: the prompt token ids (state), the response token ids (action), the
+    response id, the agent that made the call and the reward the step received.
+    """
+
+    state: list[int]
+    action: list[int]
+    response_id: str | None
+    agent_name: str
+    reward: float | None
+
+
 class RewardMatchPolicy(str, Enum):
     """How reward spans are matched to the LLM calls they reward."""
 
@@ -79,7 +97,8 @@ def _compile(pattern: Any, argument: str) -> re.Pattern[str]:
         raise ValueError(f"{argument} is not a valid regular expression ({exc}): {pattern!r}") from exc
 
 
-def _is_reward_node(node: TraceTree) -> bool:
+def is_reward_node(node: TraceTree) -> bool:
+    """Whether `node`'s span records a reward: a reward annotation, or a `@reward` operation."""
     span = node.span
     if is_reward_span(span):
         return True
@@ -99,7 +118,7 @@ class LlmCall:
 
 
 @dataclass(frozen=True)
-class _Scope:
+class CallScope:
     """What the ancestors of a node say about it while searching for LLM calls."""
 
     eligible: bool  # inside an agent subtree that `agent_match` accepts (always, without `agent_match`)
@@ -114,21 +133,36 @@ class LlmCallMatcher:
     A node is an LLM call when its span name matches `llm_call_match` (regex search) and, judging by its
     ancestors, it lies inside an agent subtree whose name matches `agent_match` (any span qualifies when
     `agent_match` is None), not under a reward span when `exclude_llm_call_in_reward`, and its response id
-    (`gen_ai.response.id`) has not been seen yet. Inside an accepted call, a nested match without a response id
-    is taken to be the same call seen by another instrumentation and is skipped.
+    (`gen_ai.response.id`) has not been seen yet. With `dedup_llm_call`, a nested match without a response id
+    inside an accepted call is taken to be the same call seen by another instrumentation and is skipped.
     """
 
-    def __init__(self, llm_call_match: str, agent_match: str | None = None, exclude_llm_call_in_reward: bool = True):
+    def __init__(
+        self,
+        llm_call_match: str,
+        agent_match: str | None = None,
+        exclude_llm_call_in_reward: bool = True,
+        dedup_llm_call: bool = True,
+    ):
         self.llm_call_match = _compile(llm_call_match, "llm_call_match")
         self.agent_match = None if agent_match is None else _compile(agent_match, "agent_match")
         self.exclude_llm_call_in_reward = exclude_llm_call_in_reward
+        self.dedup_llm_call = dedup_llm_call
 
-    def find(self, root: TraceTree) -> list[LlmCall]:
-        """The LLM calls of the tree under `root`, depth first with children in time order."""
+    def find(
+        self, root: TraceTree, *, start: CallScope | None = None, seen_response_ids: set[str] | None = None
+    ) -> list[LlmCall]:
+        """The LLM calls of the tree under `root`, depth first with children in time order.
+
+        `start` is what `root`'s ancestors imply (default: outside any agent, reward or call); response ids
+        found are added to `seen_response_ids` and ids already there are skipped.
+        """
         calls: list[LlmCall] = []
-        seen_response_ids: set[str] = set()
-        start = _Scope(eligible=self.agent_match is None, agent_name=None, in_reward=False, in_llm_call=False)
-        stack: list[tuple[TraceTree, _Scope]] = [(root, start)]
+        if seen_response_ids is None:
+            seen_response_ids = set()
+        if start is None:
+            start = CallScope(eligible=self.agent_match is None, agent_name=None, in_reward=False, in_llm_call=False)
+        stack: list[tuple[TraceTree, CallScope]] = [(root, start)]
         while stack:
             node, scope = stack.pop()
             is_call = self._is_call(node, scope, seen_response_ids)
@@ -138,29 +172,29 @@ class LlmCallMatcher:
             stack.extend((child, inner) for child in reversed(node.children))
         return calls
 
-    def _is_call(self, node: TraceTree, scope: _Scope, seen_response_ids: set[str]) -> bool:
+    def _is_call(self, node: TraceTree, scope: CallScope, seen_response_ids: set[str]) -> bool:
         if node.virtual or not scope.eligible or self.llm_call_match.search(node.span.name) is None:
             return False
         if scope.in_reward and self.exclude_llm_call_in_reward:
             return False
         response_id = first_str(node.span.attributes, _RESPONSE_ID_KEYS)
         if response_id is None:
-            return not scope.in_llm_call
+            return not (self.dedup_llm_call and scope.in_llm_call)
         if response_id in seen_response_ids:
             return False
         seen_response_ids.add(response_id)
         return True
 
-    def _scope_inside(self, node: TraceTree, scope: _Scope, is_call: bool) -> _Scope:
+    def _scope_inside(self, node: TraceTree, scope: CallScope, is_call: bool) -> CallScope:
         eligible, agent_name = scope.eligible, scope.agent_name
         declared = node.agent_name()
         if declared is not None:
             eligible = self.agent_match is None or self.agent_match.search(declared) is not None
             agent_name = declared
-        return _Scope(
+        return CallScope(
             eligible=eligible,
             agent_name=agent_name,
-            in_reward=scope.in_reward or _is_reward_node(node),
+            in_reward=scope.in_reward or is_reward_node(node),
             in_llm_call=scope.in_llm_call or is_call,
         )
 
@@ -221,7 +255,7 @@ def assign_rewards(root: TraceTree, calls: Sequence[TraceTree], policy: RewardMa
 # -- building triplets ----------------------------------------------------------------------------------------
 
 
-def _image_urls(prompt: Any) -> list[str]:
+def image_urls(prompt: Any) -> list[str]:
     """Image URLs referenced by the prompt messages' content parts, in order."""
     if isinstance(prompt, dict):
         indices = sorted((key for key in prompt if key.isdigit()), key=int)
@@ -369,7 +403,7 @@ class TracerTraceToTriplet(TraceToTripletBase):
             prompt={
                 "token_ids": first_int_list(attrs, _PROMPT_TOKEN_KEYS) or [],
                 "raw_content": prompt_raw,
-                "image_urls": _image_urls(prompt_raw),
+                "image_urls": image_urls(prompt_raw),
             },
             response=response,
             reward=None,

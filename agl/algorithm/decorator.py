@@ -18,8 +18,9 @@ class FunctionalAlgorithm(Algorithm):
     """An algorithm made from a function; it receives, by parameter name, `store`, `adapter`, `llm_proxy`,
     `initial_resources`, `train_dataset` and `val_dataset`."""
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    def __init__(self, algorithm_func: Callable[..., Any]) -> None:
         super().__init__()
+        func = algorithm_func
         self.func = func
         self._params = {
             name

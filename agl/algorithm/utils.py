@@ -40,13 +40,13 @@ def batch_iter_over_dataset(dataset: Sequence[T], batch_size: int, *, seed: int 
 
 
 def with_store(
-    method: Callable[Concatenate[A, Any, P], Awaitable[R]],
+    func: Callable[Concatenate[A, Any, P], Awaitable[R]],
 ) -> Callable[Concatenate[A, P], Awaitable[R]]:
     """Decorate an async algorithm method to receive `self.get_store()` as its first argument."""
 
-    @functools.wraps(method)
+    @functools.wraps(func)
     async def wrapper(self: A, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await method(self, self.get_store(), *args, **kwargs)
+        return await func(self, self.get_store(), *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

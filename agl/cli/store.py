@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="disk budget of the spill (bytes, or with a unit: 512M, 2GiB)")  # fmt: skip
     parser.add_argument("--health-check-interval", type=float, default=1.0,
                         help="seconds between the server's timeout/unresponsive checks (0: off; default 1)")  # fmt: skip
+    parser.add_argument("--metrics-public", action="store_true",
+                        help="serve Prometheus metrics (/metrics) without the token (default: the token is required)")  # fmt: skip
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
     return parser
 
@@ -76,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             token=args.token,
             health_check_interval=args.health_check_interval,
+            metrics_public=args.metrics_public,
         )
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
         server.serve()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agl import semconv
 from agl.emitter.attributes import flatten_attributes
@@ -11,7 +11,19 @@ from agl.tracer.base import Tracer, get_active_tracer
 from agl.tracer.dummy import DummyTracer
 from agl.types.tracer import SpanCoreFields, TraceStatus
 
-__all__ = ["emit_annotation", "emit_span", "resolve_tracer"]
+if TYPE_CHECKING:
+    from agl.emitter.operation import OperationContext, operation
+
+__all__ = ["OperationContext", "emit_annotation", "emit_span", "operation", "resolve_tracer"]
+
+
+def __getattr__(name: str) -> Any:
+    # Agent Lightning exposes `operation` here too; it is defined in `agl.emitter.operation`, which imports this module.
+    if name in ("operation", "OperationContext"):
+        import importlib
+
+        return getattr(importlib.import_module("agl.emitter.operation"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_tracer(propagate: bool) -> Tracer:

@@ -12,13 +12,15 @@ from agl.tracer.dummy import exception_attributes
 __all__ = ["emit_exception"]
 
 
-def emit_exception(exc: BaseException, attributes: Mapping[str, Any] | None = None, propagate: bool = True) -> None:
-    """Record an `agentlightning.exception` span describing `exc` (type, message, stack trace).
+def emit_exception(
+    exception: BaseException, attributes: Mapping[str, Any] | None = None, propagate: bool = True
+) -> None:
+    """Record an `agentlightning.exception` span describing `exception` (type, message, stack trace).
 
     Raises:
-        TypeError: `exc` is not an exception.
+        TypeError: `exception` is not an exception.
         RuntimeError: `propagate` is true and no tracer is active.
     """
-    if not isinstance(exc, BaseException):
-        raise TypeError(f"exc must be an exception instance, got {type(exc).__name__}")
-    emit_span(semconv.AGL_EXCEPTION, exception_attributes(exc), extra=attributes, propagate=propagate)
+    if not isinstance(exception, BaseException):
+        raise TypeError(f"exception must be an exception instance, got {type(exception).__name__}")
+    emit_span(semconv.AGL_EXCEPTION, exception_attributes(exception), extra=attributes, propagate=propagate)

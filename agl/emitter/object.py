@@ -11,12 +11,19 @@ from agl import semconv
 from agl.emitter.annotation import emit_span
 from agl.types.tracer import SpanCoreFields
 
-__all__ = ["emit_object", "get_object_value"]
+__all__ = ["emit_object", "encode_object", "get_object_value"]
 
 _LITERAL_TYPES: tuple[type, ...] = (str, int, float, bool)
 
 
-def _object_attributes(obj: Any) -> dict[str, Any]:
+def encode_object(object: Any) -> dict[str, Any]:
+    """The span attributes `emit_object` records for `object`: its type name and its literal text (str, int,
+    float, bool), base64 (bytes) or JSON (anything else).
+
+    Raises:
+        RuntimeError: `object` cannot be JSON-encoded.
+    """
+    obj = object
     if isinstance(obj, _LITERAL_TYPES):
         return {semconv.OBJECT_TYPE: type(obj).__name__, semconv.OBJECT_LITERAL: str(obj)}
     if isinstance(obj, (bytes, bytearray)):
@@ -29,15 +36,19 @@ def _object_attributes(obj: Any) -> dict[str, Any]:
     return {semconv.OBJECT_TYPE: f"{cls.__module__}.{cls.__qualname__}", semconv.OBJECT_JSON: encoded}
 
 
-def emit_object(obj: Any, attributes: Mapping[str, Any] | None = None, propagate: bool = True) -> SpanCoreFields:
-    """Record an `agentlightning.object` span holding `obj`.
+def emit_object(
+    object: Any,
+    attributes: Mapping[str, Any] | None = None,
+    propagate: bool = True,
+) -> SpanCoreFields:
+    """Record an `agentlightning.object` span holding `object`.
 
     str/int/float/bool are stored as their literal text, bytes as base64, anything else as JSON.
 
     Raises:
         RuntimeError: `obj` cannot be JSON-encoded, or `propagate` is true and no tracer is active.
     """
-    return emit_span(semconv.AGL_OBJECT, _object_attributes(obj), extra=attributes, propagate=propagate)
+    return emit_span(semconv.AGL_OBJECT, encode_object(object), extra=attributes, propagate=propagate)
 
 
 def get_object_value(span: Any) -> Any:

@@ -39,6 +39,8 @@ from agl.execution.events import ExecutionEvent, MultiprocessingEvent
 from agl.execution.supervisor import ProcessRecord, ProcessSupervisor, describe_process, stop_processes
 
 if TYPE_CHECKING:
+    from agl.execution.metrics import LauncherMetrics
+    from agl.execution.runner_metrics import RunnerMetricsServer
     from agl.store.base import LightningStore
     from agl.store.server import LightningStoreServer
 
@@ -141,19 +143,50 @@ def _preload_for_forked_runners(ctx: BaseContext) -> None:
 
 
 async def _runner_coroutine(
-    runner: RunnerBundle, store: LightningStore | None, address: str | None, worker_id: int, stop_evt: ExecutionEvent
+    runner: RunnerBundle,
+    store: LightningStore | None,
+    address: str | None,
+    worker_id: int,
+    stop_evt: ExecutionEvent,
+    metrics_port: int | None = None,
 ) -> None:
-    if store is not None:
-        await runner(store, worker_id, stop_evt)
-        return
-    assert address is not None
-    from agl.store.client import LightningStoreClient
-
-    client = LightningStoreClient(address)
+    exporter = _start_runner_metrics(metrics_port, worker_id)
     try:
-        await runner(client, worker_id, stop_evt)
+        if store is not None:
+            await runner(exporter.wrap(store) if exporter is not None else store, worker_id, stop_evt)
+            return
+        assert address is not None
+        from agl.store.client import LightningStoreClient
+
+        client = LightningStoreClient(address)
+        try:
+            await runner(exporter.wrap(client) if exporter is not None else client, worker_id, stop_evt)
+        finally:
+            await client.close()
     finally:
-        await client.close()
+        if exporter is not None:
+            exporter.stop()
+
+
+def _start_runner_metrics(metrics_port: int | None, worker_id: int) -> RunnerMetricsServer | None:
+    """Runner `worker_id`'s metrics server on 127.0.0.1:metrics_port + worker_id (None: metrics off or failed)."""
+    if metrics_port is None:
+        return None
+    try:
+        from agl.execution.runner_metrics import RunnerMetricsServer
+
+        return RunnerMetricsServer(metrics_port + worker_id).start()
+    except ImportError:
+        logger.error(
+            "metrics_port is set but prometheus_client is not installed; runner-%d serves no metrics", worker_id
+        )
+    except OSError as exc:
+        logger.error(
+            "runner-%d could not serve its metrics on 127.0.0.1:%d (%s); it runs without them (choose another "
+            "metrics_port / AGL_METRICS_PORT)",
+            worker_id, metrics_port + worker_id, exc,
+        )  # fmt: skip
+    return None
 
 
 def _runner_process_main(
@@ -165,6 +198,7 @@ def _runner_process_main(
     host: str,
     port: int,
     cleanup_timeout: float,
+    metrics_port: int | None = None,
 ) -> None:
     """Entry point of a runner process (module level, so it pickles for `spawn`)."""
     name = multiprocessing.current_process().name
@@ -180,7 +214,7 @@ def _runner_process_main(
                 port = opened
             address = _server_address(host, port)
         run_bundle(
-            lambda: _runner_coroutine(runner, store, address, worker_id, stop_evt),
+            lambda: _runner_coroutine(runner, store, address, worker_id, stop_evt, metrics_port),
             name=name,
             cleanup_timeout=cleanup_timeout,
             # SIGINT is step 2 of the stop: a runner stuck on its loop must end well within terminate_timeout.
@@ -271,6 +305,12 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             that dies for good then stops the run, as upstream does).
         start_method: the multiprocessing start method; None uses the platform default.
         drain_poll_interval: how often a `runner`-role process asks the server whether it is draining.
+        metrics_port: runner `i` serves its own Prometheus metrics at `http://127.0.0.1:<metrics_port + i>/metrics`
+            (`--metrics-port` where a command starts runners); None reads `AGL_METRICS_PORT` (default: off).
+        metrics: record runner process lifecycle metrics (spawns, exits, restarts, stop steps) and serve them, with
+            the store's, from the store server this process starts (`/metrics`).
+
+    After `execute()`, `launcher_metrics` holds the lifecycle metrics of the run (None when off).
     """
 
     alias: ClassVar[str | None] = "cs"
@@ -289,6 +329,8 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         restart_failed_runners: int = 0,
         start_method: str | None = None,
         drain_poll_interval: float = 0.5,
+        metrics_port: int | None = None,
+        metrics: bool = True,
     ) -> None:
         from agl.env_var import LightningEnvVar, resolve_current_role, resolve_int_env_var, resolve_str_env_var
 
@@ -328,6 +370,15 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         if drain_poll_interval <= 0:
             raise ValueError(f"drain_poll_interval must be positive, got {drain_poll_interval!r}")
         self.drain_poll_interval = float(drain_poll_interval)
+        source = "metrics_port" if metrics_port is not None else LightningEnvVar.AGL_METRICS_PORT.value
+        metrics_port = resolve_int_env_var(LightningEnvVar.AGL_METRICS_PORT, metrics_port)
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 1 <= metrics_port <= 65535
+        ):
+            raise ValueError(f"{source} must be an integer in 1..65535 (runner i uses port + i), got {metrics_port!r}")
+        self.metrics_port: int | None = metrics_port
+        self.metrics = bool(metrics)
+        self.launcher_metrics: LauncherMetrics | None = None
 
     def __repr__(self) -> str:
         return (
@@ -351,6 +402,10 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         """
         ctx = multiprocessing.get_context(self.start_method)
         stop_evt = MultiprocessingEvent(ctx)
+        if self.metrics:
+            from agl.execution.metrics import launcher_metrics
+
+            self.launcher_metrics = launcher_metrics()
         try:
             if self.role == "algorithm":
                 self._execute_algorithm_only(algorithm, store, stop_evt)
@@ -370,7 +425,10 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
     def _start_server(self, store: LightningStore) -> LightningStoreServer:
         from agl.store.server import LightningStoreServer
 
-        server = LightningStoreServer(store, host=self.server_host, port=self.server_port)
+        collectors = [self.launcher_metrics] if self.launcher_metrics is not None else []
+        server = LightningStoreServer(
+            store, host=self.server_host, port=self.server_port, metrics=self.metrics, metrics_collectors=collectors
+        )
         server.start()
         logger.info("store server ready at %s", server.endpoint)
         server.announce()
@@ -392,7 +450,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
     ) -> None:
         watch = StopWatch(stop_evt, self.graceful_timeout, poll_interval=0.1)
         run_bundle(
-            lambda: _runner_coroutine(runner, store, address, 0, stop_evt),
+            lambda: _runner_coroutine(runner, store, address, 0, stop_evt, self.metrics_port),
             name="runner-0",
             watch=watch,
             cleanup_timeout=self.terminate_timeout,
@@ -410,8 +468,10 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         host = self.server_host
         cleanup = self.terminate_timeout / 2  # a child must be done cleaning up before the next step comes
 
+        metrics_port = self.metrics_port
+
         def make_args(worker_id: int) -> tuple[Any, ...]:
-            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup)
+            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port)
 
         return ProcessSupervisor(
             ctx,
@@ -421,6 +481,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             stop_evt,
             allowed_exit_codes=self.allowed_exit_codes,
             restart_failed_runners=self.restart_failed_runners,
+            metrics=self.launcher_metrics,
         )
 
     def _in_flight_rollouts(self, store: LightningStore) -> list[str]:

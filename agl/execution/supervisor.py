@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_sentinels
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agl.execution.events import ExecutionEvent
+
+if TYPE_CHECKING:
+    from agl.execution.metrics import LauncherMetrics
 
 __all__ = ["ProcessRecord", "ProcessSupervisor", "StopStep", "describe_process", "stop_processes"]
 
@@ -52,6 +55,7 @@ def stop_processes(
     event: ExecutionEvent | None,
     graceful_timeout: float,
     terminate_timeout: float,
+    on_step: Callable[[StopStep, float], None] | None = None,
 ) -> dict[int, StopStep]:
     """Stop `processes` in four bounded steps; returns, per pid, the step that ended each process.
 
@@ -59,7 +63,8 @@ def stop_processes(
     2. send SIGINT to those still alive and wait up to `terminate_timeout`;
     3. SIGTERM (`terminate()`), wait up to `terminate_timeout`;
     4. SIGKILL (`kill()`), wait up to `terminate_timeout`; a process alive after that is logged as an error.
-    Processes that had already ended are not in the result.
+    Processes that had already ended are not in the result. `on_step(step, seconds)` is told how long each step
+    that had processes to stop waited for them.
     """
     steps: dict[int, StopStep] = {}
     alive = [p for p in processes if p.pid is not None and p.is_alive()]
@@ -68,7 +73,11 @@ def stop_processes(
         steps[p.pid] = "event"
     if event is not None and not event.is_set():
         event.set()
+    started = time.monotonic()
+    had_alive = bool(alive)
     alive = _wait_for_exit(alive, graceful_timeout)
+    if on_step is not None and had_alive:
+        on_step("event", time.monotonic() - started)
 
     def escalate(step: StopStep, send: Callable[[BaseProcess], None]) -> None:
         nonlocal alive
@@ -80,6 +89,7 @@ def stop_processes(
             "after the stop event" if step == "SIGINT" else "after the previous signal",
             step,
         )
+        started = time.monotonic()
         for p in alive:
             assert p.pid is not None
             steps[p.pid] = step
@@ -88,6 +98,8 @@ def stop_processes(
             except (ProcessLookupError, OSError):  # ended in the meantime
                 pass
         alive = _wait_for_exit(alive, terminate_timeout)
+        if on_step is not None:
+            on_step(step, time.monotonic() - started)
 
     escalate("SIGINT", lambda p: os.kill(p.pid or 0, signal.SIGINT))
     escalate("SIGTERM", lambda p: p.terminate())
@@ -140,6 +152,7 @@ class ProcessSupervisor:
         allowed_exit_codes: exit codes that are not failures.
         restart_failed_runners: how many times each worker may be restarted after a failure.
         stop_on_failure: set `event` when a worker fails and cannot be restarted (the run cannot complete).
+        metrics: where spawn latencies, exits, restarts and stop step times are recorded (None: nowhere).
     """
 
     def __init__(
@@ -154,6 +167,7 @@ class ProcessSupervisor:
         restart_failed_runners: int = 0,
         stop_on_failure: bool = True,
         name_prefix: str = "runner",
+        metrics: LauncherMetrics | None = None,
     ) -> None:
         self.ctx = ctx
         self.target = target
@@ -164,6 +178,7 @@ class ProcessSupervisor:
         self.restart_failed_runners = restart_failed_runners
         self.stop_on_failure = stop_on_failure
         self.name_prefix = name_prefix
+        self.metrics = metrics
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self._stopping = False
@@ -177,7 +192,10 @@ class ProcessSupervisor:
         process: BaseProcess = self.ctx.Process(  # type: ignore[attr-defined]
             target=self.target, args=self.make_args(worker_id), name=f"{self.name_prefix}-{worker_id}", daemon=False
         )
+        started = time.perf_counter()
         process.start()
+        if self.metrics is not None:
+            self.metrics.spawned(time.perf_counter() - started)
         return process
 
     def start(self) -> None:
@@ -233,6 +251,8 @@ class ProcessSupervisor:
         code = process.exitcode
         record = ProcessRecord(process.name or slot.name, process.pid, code)
         slot.records.append(record)
+        if self.metrics is not None:
+            self.metrics.exited(code)
         if code in self.allowed_exit_codes:
             logger.info("%s (pid %s) finished with exit code %s", slot.name, process.pid, code)
             slot.done = True
@@ -248,6 +268,8 @@ class ProcessSupervisor:
         if slot.restarts < self.restart_failed_runners:
             slot.restarts += 1
             record.restarted = True
+            if self.metrics is not None:
+                self.metrics.restarted()
             logger.error(
                 "%s (pid %s) died with exit code %s; restarting it (restart %d of %d)",
                 slot.name, process.pid, code, slot.restarts, self.restart_failed_runners,
@@ -281,7 +303,11 @@ class ProcessSupervisor:
             self._stopping = True
             slots = list(self._slots)
         steps = stop_processes(
-            [s.process for s in slots if not s.done], self.event, graceful_timeout, terminate_timeout
+            [s.process for s in slots if not s.done],
+            self.event,
+            graceful_timeout,
+            terminate_timeout,
+            on_step=self.metrics.stop_step if self.metrics is not None else None,
         )
         self._closed.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
@@ -295,6 +321,8 @@ class ProcessSupervisor:
                 record = ProcessRecord(process.name or slot.name, process.pid, process.exitcode)
                 record.stop_step = steps.get(process.pid or -1, "event")
                 slot.records.append(record)
+                if self.metrics is not None:
+                    self.metrics.exited(process.exitcode)
                 slot.done = True
             return [record for slot in slots for record in slot.records]
 

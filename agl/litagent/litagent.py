@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from agl.types.core import Rollout
 from agl.types.resources import NamedResources
-from agl.types.tracer import Span, SpanCoreFields
+from agl.types.rollout_result import RolloutRawResult
 
 if TYPE_CHECKING:
     from agl.runner.base import Runner
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["LitAgent", "RolloutRawResult"]
 
 T = TypeVar("T")
-
-RolloutRawResult = float | int | bool | list[Any] | list[Span] | list[SpanCoreFields] | None
-"""What a rollout may return: nothing (spans come from the tracer), a reward, or a list of spans."""
 
 
 class LitAgent(Generic[T]):
@@ -77,6 +74,10 @@ class LitAgent(Generic[T]):
             return getattr(self.get_runner(), "tracer")  # type: ignore[no-any-return]  # noqa: B009
         except (ValueError, AttributeError):
             return self.get_trainer().tracer  # type: ignore[no-any-return]
+
+    def get_tracer(self) -> Tracer:
+        """The tracer of the runner, or else of the trainer (same as the `tracer` property)."""
+        return self.tracer
 
     def is_async(self) -> bool:
         """True when the agent overrides an async rollout method."""

@@ -16,7 +16,7 @@ from agl.runner.base import Runner, StopEvent, sleep_until
 from agl.runner.hooks import Hook
 from agl.runner.system_snapshot import system_snapshot
 from agl.store.base import LightningStore
-from agl.store.errors import retry_when_full
+from agl.store.errors import StaleAttemptError, retry_when_full
 from agl.types.core import AttemptedRollout, Rollout, RolloutMode
 from agl.types.resources import NamedResources
 from agl.types.tracer import Span, SpanCoreFields
@@ -119,7 +119,8 @@ class LitAgentRunner(Runner[T]):
         self._agent: LitAgent[T] | None = None
         self._hooks: list[Hook] = []
         self._store: LightningStore | None = None
-        self._worker_id: int | None = None
+        self.worker_id: int | None = None
+        """The worker number given by `init_worker` (None before it and after `teardown_worker`)."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def init(self, agent: LitAgent[T], *, hooks: Sequence[Hook] | None = None, **kwargs: Any) -> None:
@@ -132,14 +133,15 @@ class LitAgentRunner(Runner[T]):
     def init_worker(self, worker_id: int, store: LightningStore, **kwargs: Any) -> None:
         """Become worker `worker_id` of `store`."""
         self._store = store
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self.tracer.init_worker(worker_id, store)
 
-    def teardown_worker(self, worker_id: int) -> None:
+    def teardown_worker(self, worker_id: int, *args: Any, **kwargs: Any) -> None:
         """Release the tracer's worker state."""
+        self.worker_id = None
         self.tracer.teardown_worker(worker_id)
 
-    def teardown(self) -> None:
+    def teardown(self, *args: Any, **kwargs: Any) -> None:
         """Release the tracer and forget the agent."""
         self.tracer.teardown()
         self._agent = None
@@ -147,7 +149,7 @@ class LitAgentRunner(Runner[T]):
 
     def get_worker_id(self) -> str:
         """This worker's id in the store, `Worker-<n>`."""
-        return f"Worker-{self._worker_id if self._worker_id is not None else 0}"
+        return f"Worker-{self.worker_id if self.worker_id is not None else 0}"
 
     def get_agent(self) -> LitAgent[T]:
         """The agent (RuntimeError before `init`)."""
@@ -326,6 +328,9 @@ class LitAgentRunner(Runner[T]):
                     status="failed",
                     metadata={"error": {"type": type(error).__name__, "message": str(error)}},
                 )
+        except StaleAttemptError as exc:
+            # The rollout moved on without this attempt (timed out, requeued, cancelled): leave it and take new work.
+            logger.warning("Rollout %s moved on; abandoning attempt %s: %s", rollout_id, attempt_id, exc)
         except Exception:
             logger.exception("Could not record the end of rollout %s attempt %s", rollout_id, attempt_id)
 

@@ -38,10 +38,10 @@ class Runner(Generic[T]):
     def init_worker(self, worker_id: int, store: LightningStore, **kwargs: Any) -> None:
         """Prepare worker `worker_id` to talk to `store`."""
 
-    def teardown_worker(self, worker_id: int) -> None:
+    def teardown_worker(self, worker_id: int, *args: Any, **kwargs: Any) -> None:
         """Release what `init_worker` set up."""
 
-    def teardown(self) -> None:
+    def teardown(self, *args: Any, **kwargs: Any) -> None:
         """Release what `init` set up."""
 
     async def iter(self, *, event: StopEvent | None = None) -> None:

@@ -1,4 +1,13 @@
-"""The store: the one shared state of AGL (rollouts, attempts, spans, resources, workers)."""
+"""The store: the one shared state of AGL (rollouts, attempts, spans, resources, workers).
+
+`LightningStoreClient` / `LightningStoreServer` (optional dependencies) and `SqliteLightningStore` are imported on
+first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.memory import InMemoryLightningStore
@@ -8,6 +17,28 @@ __all__ = [
     "InMemoryLightningStore",
     "LightningStore",
     "LightningStoreCapabilities",
+    "LightningStoreClient",
+    "LightningStoreServer",
     "LightningStoreStatistics",
     "LightningStoreThreaded",
+    "SqliteLightningStore",
 ]
+
+_LAZY = {
+    "LightningStoreClient": "agl.store.client_server",
+    "LightningStoreServer": "agl.store.client_server",
+    "SqliteLightningStore": "agl.store.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agl.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from agl.store.client import LightningStoreClient
+    from agl.store.server import LightningStoreServer
+    from agl.store.sqlite import SqliteLightningStore

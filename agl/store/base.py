@@ -8,6 +8,7 @@ from typing import Any, Literal
 from typing_extensions import TypedDict
 
 from agl.store.events import StoreEvents
+from agl.store.state import is_finished, is_queuing, is_running
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -20,13 +21,23 @@ from agl.types.core import (
     RolloutMode,
     RolloutStatus,
     TaskInput,
+    Unset,
     Worker,
     WorkerStatus,
 )
 from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
-__all__ = ["UNSET", "LightningStore", "LightningStoreCapabilities", "LightningStoreStatistics"]
+__all__ = [
+    "UNSET",
+    "LightningStore",
+    "LightningStoreCapabilities",
+    "LightningStoreStatistics",
+    "Unset",
+    "is_finished",
+    "is_queuing",
+    "is_running",
+]
 
 
 class LightningStoreCapabilities(TypedDict, total=False):
@@ -55,6 +66,8 @@ class LightningStoreStatistics(TypedDict, total=False):
     eviction_threshold_bytes: int
     safe_threshold_bytes: int
     memory_capacity_bytes: int
+    spill_room_bytes: int
+    """Bytes the disk spill can still take (memory store, when its disk budget is known)."""
 
 
 def _abstract(name: str) -> NotImplementedError:

@@ -35,6 +35,7 @@ from agl.store.http.transport import (
 from agl.store.http.wire import (
     API_PREFIX,
     TOKEN_ENV,
+    StaleAttemptHTTPError,
     StoreAuthError,
     StoreFullHTTPError,
     StoreHTTPError,
@@ -121,15 +122,20 @@ def _decoded(response: HTTPResponse) -> HTTPResponse:
     return response
 
 
-def _error_detail(response: HTTPResponse) -> Any:
+def _error_body(response: HTTPResponse) -> tuple[Any, dict[str, Any]]:
+    """The error answer's `detail` and its whole JSON object (empty when the body is not one)."""
     try:
         body = decode_body(response)
         data = orjson.loads(body) if body else None
     except (ValueError, zlib.error):
-        return response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}"
+        return response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}", {}
     if isinstance(data, dict) and "detail" in data:
-        return data["detail"]
-    return data if data is not None else f"HTTP {response.status}"
+        return data["detail"], data
+    return (data if data is not None else f"HTTP {response.status}"), {}
+
+
+def _error_detail(response: HTTPResponse) -> Any:
+    return _error_body(response)[0]
 
 
 def _upstream_app_error(response: HTTPResponse) -> str | None:
@@ -163,7 +169,8 @@ class LightningStoreClient(LightningStore):
     """A `LightningStore` that forwards every call to a store server over HTTP.
 
     Args:
-        server_address: the server's base URL, e.g. `http://127.0.0.1:4747`.
+        server_address: the server's base URL, e.g. `http://127.0.0.1:4747` (kept as `server_address_root`;
+            `server_address` is the API base, `<root>/v1/agl`).
         token: bearer token; defaults to the AGL_STORE_TOKEN environment variable.
         retry_delays: seconds to sleep before the 2nd, 3rd, … try of a failed call (empty = one try).
         health_retry_delays: delays between health probes run after a failure (empty = no probe).
@@ -190,7 +197,10 @@ class LightningStoreClient(LightningStore):
                 f"request_timeout and connection_timeout must be positive, got {request_timeout}, {connection_timeout}"
             )
         _, host, port, tls, prefix = parse_server_address(server_address)
-        self.server_address = server_address.rstrip("/")
+        self.server_address_root = server_address.rstrip("/")
+        """The address given, without a trailing slash (`http://host:port`)."""
+        self.server_address = self.server_address_root + API_PREFIX
+        """The base URL of the store API, `<server_address_root>/v1/agl` (as Agent Lightning's client has it)."""
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.retry_delays = tuple(float(d) for d in retry_delays)
         self.health_retry_delays = tuple(float(d) for d in health_retry_delays)
@@ -223,7 +233,7 @@ class LightningStoreClient(LightningStore):
 
     def __getstate__(self) -> dict[str, Any]:
         return {
-            "server_address": self.server_address,
+            "server_address": self.server_address_root,
             "token": self.token,
             "retry_delays": self.retry_delays,
             "health_retry_delays": self.health_retry_delays,
@@ -246,7 +256,7 @@ class LightningStoreClient(LightningStore):
 
     def otlp_traces_endpoint(self) -> str:
         """The server's OTLP/HTTP traces URL."""
-        return f"{self.server_address}/v1/traces"
+        return f"{self.server_address_root}/v1/traces"
 
     # -- transport ---------------------------------------------------------------------------------------------
 
@@ -315,11 +325,13 @@ class LightningStoreClient(LightningStore):
         return await self._pool().request(self._serialize(method, target, body, key, minimal), timeout)
 
     def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
-        url = f"{self.server_address}{target}"
-        detail = _error_detail(response)
+        url = f"{self.server_address_root}{target}"
+        detail, fields = _error_body(response)
         status = response.status
         if status in (401, 403):
             return StoreAuthError(status, detail, method, url)
+        if status == 409 and fields.get("error_type") == "StaleAttemptError":
+            return StaleAttemptHTTPError(status, detail, method, url, fields)
         if status < 500:
             return StoreRequestError(status, detail, method, url)
         if status == 507:
@@ -336,7 +348,7 @@ class LightningStoreClient(LightningStore):
                 if response.status == 200:
                     return True
             except Exception as exc:
-                logger.debug("health probe of %s failed: %r", self.server_address, exc)
+                logger.debug("health probe of %s failed: %r", self.server_address_root, exc)
             if delay:
                 await asyncio.sleep(delay)
         return False
@@ -404,7 +416,7 @@ class LightningStoreClient(LightningStore):
         upstream_message = _upstream_app_error(response)
         if upstream_message is not None:
             code = 404 if "not found" in upstream_message or "does not exist" in upstream_message else 400
-            raise StoreRequestError(code, upstream_message, method, f"{self.server_address}{target}")
+            raise StoreRequestError(code, upstream_message, method, f"{self.server_address_root}{target}")
         logger.debug("%s %s answered %d", method, target, status)
         return self._error(response, method, target)
 
@@ -430,7 +442,7 @@ class LightningStoreClient(LightningStore):
         if isinstance(last, StoreHTTPError):
             raise last
         raise StoreUnavailableError(
-            f"store server {self.server_address} did not answer {method} {path}: {last!r}"
+            f"store server {self.server_address_root} did not answer {method} {path}: {last!r}"
         ) from last
 
     async def _features_of_server(self) -> frozenset[str]:
@@ -522,9 +534,9 @@ class LightningStoreClient(LightningStore):
         except Exception as exc:
             if isinstance(exc, PermissionError) or (self._dequeue_succeeded and not self._dequeue_warned):
                 self._dequeue_warned = True
-                logger.warning("dequeue from %s failed: %s", self.server_address, exc)
+                logger.warning("dequeue from %s failed: %s", self.server_address_root, exc)
             else:
-                logger.debug("dequeue from %s failed: %r", self.server_address, exc)
+                logger.debug("dequeue from %s failed: %r", self.server_address_root, exc)
             return []
         self._dequeue_succeeded = True
         return claimed

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["FULL_STORE_RETRY_DELAYS", "StoreFullError", "retry_when_full"]
+__all__ = ["FULL_STORE_RETRY_DELAYS", "StaleAttemptError", "StoreFullError", "retry_when_full"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -20,6 +20,32 @@ class StoreFullError(RuntimeError):
     """
 
     retryable = True
+
+
+class StaleAttemptError(RuntimeError):
+    """A write on behalf of an attempt that no longer holds its rollout; the rollout is unchanged. HTTP 409.
+
+    An attempt holds its rollout while it is the rollout's latest attempt and the rollout is claimed (`preparing` or
+    `running`). Once the rollout has moved on — requeued, finished, cancelled, or given a newer attempt — status and
+    heartbeat writes of the older attempt are refused with this error (its late spans are still kept, on its own
+    attempt). A runner that gets it abandons the rollout and takes new work.
+    """
+
+    http_status = 409
+
+    def __init__(
+        self, rollout_id: str, attempt_id: str, rollout_status: str, current_attempt_id: str | None = None
+    ) -> None:
+        self.rollout_id = rollout_id
+        self.attempt_id = attempt_id
+        self.rollout_status = rollout_status
+        self.current_attempt_id = current_attempt_id
+        """The rollout's latest attempt (None when it has none), which may be `attempt_id` itself."""
+        super().__init__(
+            f"Attempt {attempt_id} of rollout {rollout_id} is stale: the rollout is {rollout_status} and its current "
+            f"attempt is {current_attempt_id}; writes of attempt {attempt_id} can no longer change it "
+            "(abandon this rollout and take new work)"
+        )
 
 
 FULL_STORE_RETRY_DELAYS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

@@ -1,7 +1,7 @@
 """State changes a store reports to listeners in its own process: metrics and the dashboard read them.
 
 A store emits one event per committed status change of a rollout or an attempt (creation included, with
-`old=None`). Listeners run synchronously inside the store's call, so they must be cheap and must never call the store;
+`old=None`), and one per write it refused because the attempt no longer holds its rollout. Listeners run synchronously inside the store's call, so they must be cheap and must never call the store;
 one that raises is logged and skipped, never breaking the store. With no listener an emit point costs one attribute
 test. A store reached over HTTP reports nothing here: subscribe to the server process's store.
 """
@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from agl.types.core import AttemptStatus, RolloutMode, RolloutStatus
 
-__all__ = ["AttemptTransition", "RolloutTransition", "StoreEvent", "StoreEvents", "StoreListener"]
+__all__ = [
+    "AttemptTransition",
+    "RolloutTransition",
+    "StaleWriteRefused",
+    "StoreEvent",
+    "StoreEvents",
+    "StoreListener",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +51,17 @@ class AttemptTransition:
     time: float
 
 
-StoreEvent = RolloutTransition | AttemptTransition
+@dataclass(frozen=True, slots=True)
+class StaleWriteRefused:
+    """A status or heartbeat write of an attempt that no longer holds its rollout was refused (fencing)."""
+
+    rollout_id: str
+    attempt_id: str
+    current_attempt_id: str | None
+    time: float
+
+
+StoreEvent = RolloutTransition | AttemptTransition | StaleWriteRefused
 StoreListener = Callable[[StoreEvent], None]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from agl.store import state
 from agl.store.base import LightningStore
-from agl.store.events import RolloutTransition, StoreEvent
+from agl.store.events import AttemptTransition, RolloutTransition, StoreEvent
 from agl.types.core import ROLLOUT_STATUSES, Rollout, RolloutMode, RolloutStatus, Worker
 from agl.types.reward import find_final_reward
 
@@ -139,7 +139,7 @@ class StoreInsight:
                         self._prune(event.time)
                     counts[_FINISHED.index(event.new)] += 1
                 self._pending.append(_Finished(event.rollout_id, event.resources_id, event.mode, event.time))
-        elif event.new in _FAILED_ATTEMPT and event.worker_id is not None:
+        elif isinstance(event, AttemptTransition) and event.new in _FAILED_ATTEMPT and event.worker_id is not None:
             with self._lock:
                 errors = self._last_errors
                 errors.pop(event.worker_id, None)

@@ -23,8 +23,8 @@ from pydantic import TypeAdapter
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
-from agl.store.errors import StoreFullError
-from agl.store.events import AttemptTransition, RolloutTransition
+from agl.store.errors import StaleAttemptError, StoreFullError
+from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused
 from agl.store.inputs import (
     as_config,
     as_metadata,
@@ -118,6 +118,8 @@ class InMemoryLightningStore(LightningStore):
             (float) or bytes (int). Default 0.7 of physical memory.
         safe_memory_threshold: eviction stops once span bytes are at or below this. Default 0.8 × eviction.
         span_size_estimator: bytes to count for a span; default is its exact serialized JSON size.
+        tracker: accepted for Agent Lightning compatibility (its metrics tracker) and kept as `self.tracker`; the
+            store does not call it (AGL reports status changes through `agl.store.events`).
         scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
         clock: source of the current time in epoch seconds (tests pass a controllable clock).
         memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
@@ -134,6 +136,7 @@ class InMemoryLightningStore(LightningStore):
         eviction_memory_threshold: float | int | None = None,
         safe_memory_threshold: float | int | None = None,
         span_size_estimator: Callable[[Span], int] | None = None,
+        tracker: Any = None,
         scan_debounce_seconds: float = 10.0,
         clock: Callable[[], float] | None = None,
         memory_capacity_bytes: int | None = None,
@@ -141,6 +144,7 @@ class InMemoryLightningStore(LightningStore):
         spill_max_bytes: int | None = None,
         process_memory_limit: int | None = None,
     ) -> None:
+        self.tracker: Any = tracker
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
         self._span_size: Callable[[Span], int] | None = span_size_estimator
@@ -216,7 +220,7 @@ class InMemoryLightningStore(LightningStore):
     async def statistics(self) -> LightningStoreStatistics:
         """Sizes of every collection, uptime and span memory use against the budget."""
         with self._lock:
-            return LightningStoreStatistics(
+            stats = LightningStoreStatistics(
                 name=type(self).__name__,
                 total_rollouts=len(self._records),
                 total_attempts=self._total_attempts,
@@ -232,6 +236,12 @@ class InMemoryLightningStore(LightningStore):
                 safe_threshold_bytes=self._budget.safe_bytes,
                 memory_capacity_bytes=self._budget.capacity_bytes,
             )
+            # The spill's disk budget left, when known: a spill exists, or one will have a set budget.
+            if self._spill is not None:
+                stats["spill_room_bytes"] = self._spill.room()
+            elif self._spill_max_bytes is not None:
+                stats["spill_room_bytes"] = self._spill_max_bytes
+            return stats
 
     # -- internal helpers (call with the lock held) -----------------------------------------------------------
     def _record(self, rollout_id: str) -> _RolloutRecord:
@@ -657,6 +667,14 @@ class InMemoryLightningStore(LightningStore):
                 if found is None:
                     raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
                 attempt = found
+            if status is not UNSET or last_heartbeat_time is not UNSET:
+                try:
+                    state.check_attempt_holds_rollout(
+                        rollout_id, record.rollout.status, attempt.attempt_id, record.attempts[-1].attempt_id
+                    )
+                except StaleAttemptError as exc:
+                    self.events.emit(StaleWriteRefused(rollout_id, exc.attempt_id, exc.current_attempt_id, now))
+                    raise
             if worker_id is not UNSET:
                 attempt.worker_id = worker_id
             if last_heartbeat_time is not UNSET:
@@ -715,13 +733,15 @@ class InMemoryLightningStore(LightningStore):
             attempt.__dict__["last_heartbeat_time"] = now
             attempt.__pydantic_fields_set__.add("last_heartbeat_time")
             return
+        if not state.attempt_holds_rollout(record.rollout.status, attempt is record.attempts[-1]):
+            assign(attempt, last_heartbeat_time=now)  # a stale attempt's late spans are kept but move no status
+            return
         old = attempt.status
         assign(attempt, last_heartbeat_time=now, status=state.attempt_status_on_heartbeat(old))
         self._attempt_event(attempt, old, now)
-        if attempt is record.attempts[-1]:
-            new = state.rollout_status_on_heartbeat(record.rollout.status)
-            if new != record.rollout.status:
-                self._set_rollout_status(record, new, now)
+        new = state.rollout_status_on_heartbeat(record.rollout.status)
+        if new != record.rollout.status:
+            self._set_rollout_status(record, new, now)
 
     def _make_room(self, incoming: int) -> None:
         """Spill the oldest rollouts' spans to disk until `incoming` bytes fit the memory budget.
@@ -1018,6 +1038,12 @@ class InMemoryLightningStore(LightningStore):
         return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
 
     # -- waiting ----------------------------------------------------------------------------------------------
+    async def wait_for_rollout(self, rollout_id: str, timeout: float | None = None) -> Rollout | None:
+        """The rollout once it is finished, or None if it is not finished within `timeout` seconds (None: wait
+        as long as it takes)."""
+        done = await self.wait_for_rollouts(rollout_ids=[rollout_id], timeout=timeout)
+        return done[0] if done else None
+
     async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
         """The rollouts among `rollout_ids` that are finished by the deadline, in input order.
 

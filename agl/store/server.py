@@ -101,6 +101,9 @@ class LightningStoreServer(LightningStore):
         log_level: uvicorn's log level.
         health_check_interval: seconds between the store's timeout / unresponsive checks run by the server itself
             (so a stuck attempt is noticed even when nobody calls the store); 0 disables them.
+        metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
+        metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
+        metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
     """
 
     def __init__(
@@ -116,6 +119,9 @@ class LightningStoreServer(LightningStore):
         log_level: str = "warning",
         backlog: int = 2048,
         health_check_interval: float = 1.0,
+        metrics: bool = True,
+        metrics_public: bool = False,
+        metrics_collectors: Sequence[Any] = (),
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -149,6 +155,9 @@ class LightningStoreServer(LightningStore):
         self._app: StoreApp | None = None
         self.health_check_interval = float(health_check_interval)
         self._draining = False
+        self.metrics = metrics
+        self.metrics_public = metrics_public
+        self.metrics_collectors = list(metrics_collectors)
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -208,7 +217,13 @@ class LightningStoreServer(LightningStore):
 
         assert self.store is not None
         app = StoreApp(
-            self.store, token=self.token, max_body_bytes=self.max_body_bytes, gzip_min_bytes=self.gzip_min_bytes
+            self.store,
+            token=self.token,
+            max_body_bytes=self.max_body_bytes,
+            gzip_min_bytes=self.gzip_min_bytes,
+            metrics=self.metrics,
+            metrics_public=self.metrics_public,
+            metrics_collectors=self.metrics_collectors,
         )
         self._app = app
         http: Any
@@ -347,6 +362,8 @@ class LightningStoreServer(LightningStore):
         self._loop = None
         if self._app is not None:
             self._app.insight.close()  # stop listening to the store: a restart builds a new app
+            if self._app.metrics is not None:
+                self._app.metrics.close()
         self._app = None
         if self._requested_port == 0:
             # Keep the chosen port, so a restart comes back on the same address.
@@ -470,6 +487,7 @@ class LightningStoreServer(LightningStore):
         self._thread_error = None
         self._client = None
         self._app = None
+        self.metrics, self.metrics_public, self.metrics_collectors = True, False, []
 
     # -- delegation --------------------------------------------------------------------------------------------
 

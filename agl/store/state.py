@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agl.store.errors import StaleAttemptError
 from agl.types.core import (
     ATTEMPT_STATUSES,
     ROLLOUT_STATUSES,
     WORKER_STATUSES,
     Attempt,
     AttemptStatus,
+    Rollout,
     RolloutConfig,
     RolloutStatus,
     WorkerStatus,
@@ -24,7 +26,9 @@ __all__ = [
     "FINISHED_STATUSES",
     "QUEUING_STATUSES",
     "RUNNING_STATUSES",
+    "attempt_holds_rollout",
     "attempt_status_on_heartbeat",
+    "check_attempt_holds_rollout",
     "check_attempt_status",
     "check_rollout_status",
     "check_worker_status",
@@ -45,19 +49,24 @@ ATTEMPT_END_STATUSES: frozenset[str] = frozenset({"failed", "succeeded"})
 """Attempt statuses whose write stamps `end_time` (timeout/unresponsive do not)."""
 
 
-def is_queuing(status: str) -> bool:
-    """Waiting in the queue for a worker."""
-    return status in QUEUING_STATUSES
+def _status_of(rollout: Any) -> Any:
+    """The status a rollout-like argument stands for: a status string as is, else its `status` attribute."""
+    return rollout if isinstance(rollout, str) else getattr(rollout, "status", rollout)
 
 
-def is_running(status: str) -> bool:
-    """Claimed by a worker and not finished."""
-    return status in RUNNING_STATUSES
+def is_queuing(rollout: Rollout | str) -> bool:
+    """Waiting in the queue for a worker; takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in QUEUING_STATUSES
 
 
-def is_finished(status: str) -> bool:
-    """Terminal: succeeded, failed or cancelled."""
-    return status in FINISHED_STATUSES
+def is_running(rollout: Rollout | str) -> bool:
+    """Claimed by a worker and not finished; takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in RUNNING_STATUSES
+
+
+def is_finished(rollout: Rollout | str) -> bool:
+    """Terminal (succeeded, failed or cancelled); takes a rollout (anything with `status`) or a status."""
+    return _status_of(rollout) in FINISHED_STATUSES
 
 
 def check_rollout_status(status: Any, field: str = "status") -> RolloutStatus:
@@ -96,6 +105,24 @@ def rollout_status_from_attempt(status: AttemptStatus, sequence_id: int, config:
     raise ValueError(
         f"attempt status {status!r} is not an attempt status; expected one of {', '.join(ATTEMPT_STATUSES)}"
     )
+
+
+def attempt_holds_rollout(rollout_status: str, is_latest: bool) -> bool:
+    """Whether an attempt may still change its rollout (the fencing rule).
+
+    Only the latest attempt of a claimed rollout (`preparing` or `running`) does. Writes of any other attempt — one
+    whose rollout was requeued, finished or cancelled, or that a newer attempt replaced — are stale: status and
+    heartbeat updates are refused, late spans are kept on that attempt without moving anything.
+    """
+    return is_latest and rollout_status in RUNNING_STATUSES
+
+
+def check_attempt_holds_rollout(
+    rollout_id: str, rollout_status: str, attempt_id: str, latest_attempt_id: str | None
+) -> None:
+    """Raise `StaleAttemptError` (naming the current attempt) unless the attempt may still change its rollout."""
+    if not attempt_holds_rollout(rollout_status, attempt_id == latest_attempt_id):
+        raise StaleAttemptError(rollout_id, attempt_id, rollout_status, latest_attempt_id)
 
 
 def attempt_status_on_heartbeat(status: AttemptStatus) -> AttemptStatus:

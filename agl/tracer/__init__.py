@@ -12,6 +12,7 @@ from agl.tracer.base import SpanRecordingContext, Tracer, clear_active_tracer, g
 from agl.tracer.dummy import DummyTracer
 
 __all__ = [
+    "AgentOpsTracer",
     "DummyTracer",
     "LightningSpanProcessor",
     "OtelTracer",
@@ -22,7 +23,11 @@ __all__ = [
     "set_active_tracer",
 ]
 
-_LAZY = {"OtelTracer": "agl.tracer.otel", "LightningSpanProcessor": "agl.tracer.otel"}
+_LAZY = {
+    "OtelTracer": "agl.tracer.otel",
+    "LightningSpanProcessor": "agl.tracer.otel",
+    "AgentOpsTracer": "agl.tracer.agentops",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +40,5 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from agl.tracer.agentops import AgentOpsTracer
     from agl.tracer.otel import LightningSpanProcessor, OtelTracer

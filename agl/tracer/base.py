@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agl.types.tracer import SpanCoreFields, StatusCode, TraceStatus
@@ -22,6 +23,7 @@ __all__ = [
     "clear_active_tracer",
     "get_active_tracer",
     "set_active_tracer",
+    "with_active_tracer_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,26 @@ def set_active_tracer(tracer: Tracer) -> None:
 def clear_active_tracer() -> None:
     """Forget the active tracer of the current context (no-op when none is set)."""
     _active_tracer.set(None)
+
+
+def with_active_tracer_context(
+    func: Callable[..., AbstractAsyncContextManager[T]],
+) -> Callable[..., AbstractAsyncContextManager[T]]:
+    """Decorate a tracer method returning an async context manager so the tracer is the active tracer for the
+    whole `async with` block (set on entry, cleared on exit).
+    """
+
+    @functools.wraps(func)
+    def wrapper(self: Tracer, *args: Any, **kwargs: Any) -> AbstractAsyncContextManager[T]:
+        @asynccontextmanager
+        async def active() -> AsyncIterator[T]:
+            with _activated(self):
+                async with func(self, *args, **kwargs) as value:
+                    yield value
+
+        return active()
+
+    return wrapper
 
 
 @contextmanager

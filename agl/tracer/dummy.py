@@ -34,8 +34,9 @@ def exception_attributes(exception: BaseException, *, escaped: bool = True) -> d
 class DummySpanRecordingContext(SpanRecordingContext):
     """Accumulates a span's fields in memory."""
 
-    def __init__(self, name: str, attributes: Mapping[str, Any] | None, start_time: float) -> None:
-        self._span = SpanCoreFields(name=name, attributes=dict(attributes or {}), start_time=start_time)
+    def __init__(self, name: str, attributes: Mapping[str, Any] | None = None, start_time: float | None = None) -> None:
+        started = start_time if start_time is not None else time.time()
+        self._span = SpanCoreFields(name=name, attributes=dict(attributes or {}), start_time=started)
 
     def record_exception(self, exception: BaseException) -> None:
         """Add the exception's `exception.*` attributes to the span."""
@@ -52,6 +53,10 @@ class DummySpanRecordingContext(SpanRecordingContext):
     def finish(self, end_time: float) -> None:
         """Set the end time."""
         self._span.end_time = end_time
+
+    def finalize(self, end_time: float | None = None) -> None:
+        """Set the end time (now when not given)."""
+        self._span.end_time = end_time if end_time is not None else time.time()
 
     def get_recorded_span(self) -> SpanCoreFields:
         """The span's fields as recorded so far."""

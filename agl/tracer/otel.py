@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from agl.store.base import LightningStore
 
-__all__ = ["LightningSpanProcessor", "OtelSpanRecordingContext", "OtelTracer"]
+__all__ = ["LightningSpanProcessor", "OtelSpanRecordingContext", "OtelTracer", "to_otel_status_code"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,17 @@ def _from_ns(nanos: int | None) -> float | None:
     return None if nanos is None else nanos / 1e9
 
 
+def to_otel_status_code(status_code: StatusCode) -> OtelStatusCode:
+    """The OpenTelemetry `StatusCode` of an AGL status code ("UNSET", "OK", "ERROR").
+
+    Raises:
+        ValueError: `status_code` is not one of the three.
+    """
+    return OtelStatusCode[check_status_code(status_code)]
+
+
 def _otel_status(status_code: StatusCode, description: str | None) -> Status:
-    code = OtelStatusCode[check_status_code(status_code)]
+    code = to_otel_status_code(status_code)
     # OpenTelemetry keeps a description only for ERROR statuses.
     return Status(code, description if code is OtelStatusCode.ERROR else None)
 
@@ -280,6 +289,10 @@ class OtelSpanRecordingContext(SpanRecordingContext):
 
     def __init__(self, span: SdkSpan) -> None:
         self._span = span
+
+    def get_otel_span(self) -> SdkSpan:
+        """The OpenTelemetry span being recorded onto."""
+        return self._span
 
     def record_exception(self, exception: BaseException) -> None:
         """Add an `exception` event to the span."""

@@ -98,20 +98,27 @@ class Trainer:
         self.initial_resources = initial_resources
         self.port = port
 
-        self.tracer: Tracer = build_component(tracer, Tracer, name="tracer", default=_default_tracer)
+        self.tracer: Tracer = build_component(
+            tracer, expected_type=Tracer, spec_name="tracer", default_factory=_default_tracer
+        )
         from agl.adapter.triplet import TracerTraceToTriplet
 
         self.adapter: Adapter[Any, Any] = build_component(
-            adapter, Adapter, name="adapter", default=_default_adapter, dict_default_type=TracerTraceToTriplet
+            adapter,
+            expected_type=Adapter,
+            spec_name="adapter",
+            default_factory=_default_adapter,
+            dict_requires_type=False,
+            dict_default_cls=TracerTraceToTriplet,
         )
         strategy_defaults: dict[str, Any] = {"n_runners": self.n_runners}
         if port is not None:
             strategy_defaults["server_port"] = port
         self.strategy: ExecutionStrategy = build_component(
             strategy,
-            ExecutionStrategy,
-            name="strategy",
-            default=lambda: resolve_strategy_class("cs")(**strategy_defaults),
+            expected_type=ExecutionStrategy,
+            spec_name="strategy",
+            default_factory=lambda: resolve_strategy_class("cs")(**strategy_defaults),
             optional_defaults=strategy_defaults,
             registry=STRATEGY_REGISTRY,
         )
@@ -119,19 +126,21 @@ class Trainer:
             self.strategy.server_port = port
         self.n_runners = int(getattr(self.strategy, "n_runners", self.n_runners))
         self.store: LightningStore = build_component(
-            store, LightningStore, name="store", default=InMemoryLightningStore
+            store, expected_type=LightningStore, spec_name="store", default_factory=InMemoryLightningStore
         )
         runner_defaults: dict[str, Any] = {"tracer": self.tracer}
         if self.max_rollouts is not None:
             runner_defaults["max_rollouts"] = self.max_rollouts
         self.runner: Runner[Any] = build_component(
             runner,
-            Runner,
-            name="runner",
-            default=lambda: LitAgentRunner(**runner_defaults),
+            expected_type=Runner,
+            spec_name="runner",
+            default_factory=lambda: LitAgentRunner(**runner_defaults),
             optional_defaults=runner_defaults,
         )
-        self.algorithm: Algorithm | None = build_component(algorithm, Algorithm, name="algorithm")
+        self.algorithm: Algorithm | None = build_component(
+            algorithm, expected_type=Algorithm, spec_name="algorithm", allow_none=True
+        )
         self.llm_proxy: Any = llm_proxy
         if llm_proxy is not None and hasattr(llm_proxy, "get_store") and hasattr(llm_proxy, "set_store"):
             try:

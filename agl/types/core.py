@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
@@ -16,21 +16,60 @@ __all__ = [
     "Attempt",
     "AttemptStatus",
     "AttemptedRollout",
+    "Dataset",
     "EnqueueRolloutRequest",
     "FilterField",
     "FilterOptions",
+    "GenericResponse",
+    "Hook",
     "PaginatedResult",
+    "ParallelWorkerBase",
     "Rollout",
     "RolloutConfig",
+    "RolloutLegacy",
     "RolloutMode",
+    "RolloutRawResult",
+    "RolloutRawResultLegacy",
     "RolloutStatus",
     "SortOptions",
+    "Task",
+    "TaskIfAny",
     "TaskInput",
     "Triplet",
     "Unset",
     "Worker",
     "WorkerStatus",
 ]
+
+if TYPE_CHECKING:
+    from agl.types.dataset import Dataset
+    from agl.types.hook import Hook
+    from agl.types.legacy import GenericResponse, RolloutLegacy, RolloutRawResultLegacy, Task, TaskIfAny
+    from agl.types.rollout_result import RolloutRawResult
+    from agl.types.worker_base import ParallelWorkerBase
+
+# Names Agent Lightning keeps in this module but AGL defines in modules that import this one: resolved on first use.
+_ELSEWHERE = {
+    "Dataset": "agl.types.dataset",
+    "GenericResponse": "agl.types.legacy",
+    "Hook": "agl.types.hook",
+    "ParallelWorkerBase": "agl.types.worker_base",
+    "RolloutLegacy": "agl.types.legacy",
+    "RolloutRawResult": "agl.types.rollout_result",
+    "RolloutRawResultLegacy": "agl.types.legacy",
+    "Task": "agl.types.legacy",
+    "TaskIfAny": "agl.types.legacy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 RolloutStatus = Literal["queuing", "preparing", "running", "failed", "succeeded", "cancelled", "requeuing"]
 """Status of a rollout (a task and its attempts)."""
@@ -139,7 +178,8 @@ class AttemptedRollout(Rollout):
     attempt: Attempt
 
     @model_validator(mode="after")
-    def _attempt_belongs_to_rollout(self) -> AttemptedRollout:
+    def check_consistency(self) -> AttemptedRollout:
+        """Reject an attempt that belongs to another rollout."""
         if self.attempt.rollout_id != self.rollout_id:
             raise ValueError(
                 f"attempt.rollout_id ({self.attempt.rollout_id!r}) must equal rollout_id ({self.rollout_id!r})"

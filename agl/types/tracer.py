@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+
 __all__ = [
+    "AttributeValue",
     "Attributes",
     "Event",
     "Link",
     "OtelResource",
     "Span",
+    "SpanAttributeNames",
     "SpanContext",
     "SpanCoreFields",
+    "SpanLike",
+    "SpanNames",
     "StatusCode",
+    "TraceState",
     "TraceStatus",
     "span_json",
 ]
@@ -24,6 +36,46 @@ Attributes = dict[str, Any]
 """A flat map of attribute name → JSON value."""
 
 StatusCode = Literal["UNSET", "OK", "ERROR"]
+"""The status code of a span, as OpenTelemetry names it."""
+
+AttributeValue = str | bool | int | float | list[str] | list[bool] | list[int] | list[float]
+"""A value OpenTelemetry accepts as a span attribute."""
+
+TraceState = dict[str, str]
+"""The vendor key/value pairs carried with a span context."""
+
+SpanLike = Union["ReadableSpan", "Span"]
+"""An OpenTelemetry SDK `ReadableSpan` or a stored `Span`: what adapters and readers accept."""
+
+
+class SpanNames(str, Enum):
+    """Span names and resource keys Agent Lightning writes (kept for 0.2 code; `agl.semconv` is the reference)."""
+
+    REWARD = "agentlightning.reward"
+    MESSAGE = "agentlightning.message"
+    OBJECT = "agentlightning.object"
+    EXCEPTION = "agentlightning.exception"
+    VIRTUAL = "agentlightning.virtual"
+    ROLLOUT_ID = "agentlightning.rollout_id"
+    ATTEMPT_ID = "agentlightning.attempt_id"
+    SPAN_SEQUENCE_ID = "agentlightning.span_sequence_id"
+
+
+class SpanAttributeNames(str, Enum):
+    """Attribute names of 0.2 message and object spans (kept for 0.2 code; `agl.semconv` is the reference)."""
+
+    MESSAGE = "message"
+    OBJECT = "object"
+
+
+def __getattr__(name: str) -> Any:
+    # `SpanRecordingContext` lives with the tracers (a higher layer); it is reachable here for upstream's path, but
+    # left out of `__all__` so star-imports of this module never import the tracers.
+    if name == "SpanRecordingContext":
+        from agl.tracer.base import SpanRecordingContext
+
+        return SpanRecordingContext
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TraceStatus(BaseModel):
@@ -33,6 +85,12 @@ class TraceStatus(BaseModel):
 
     status_code: StatusCode = "UNSET"
     description: str | None = None
+
+    @classmethod
+    def from_opentelemetry(cls, src: Any) -> TraceStatus:
+        """The status of an OpenTelemetry `Status`."""
+        code = getattr(getattr(src, "status_code", None), "name", "UNSET")
+        return cls(status_code=code, description=getattr(src, "description", None) or None)
 
 
 class SpanContext(BaseModel):
@@ -45,6 +103,14 @@ class SpanContext(BaseModel):
     is_remote: bool = False
     trace_state: dict[str, str] = Field(default_factory=dict)
 
+    @classmethod
+    def from_opentelemetry(cls, src: Any) -> SpanContext:
+        """The context of an OpenTelemetry `SpanContext` (ids as lowercase hex)."""
+        context = _context(src)
+        if context is None:
+            raise ValueError("from_opentelemetry needs a span context, got None")
+        return context
+
 
 class Event(BaseModel):
     """A timestamped event inside a span."""
@@ -55,6 +121,11 @@ class Event(BaseModel):
     attributes: Attributes = Field(default_factory=dict)
     timestamp: float | None = None
 
+    @classmethod
+    def from_opentelemetry(cls, src: Any) -> Event:
+        """An event of an OpenTelemetry span (timestamp in seconds)."""
+        return cls(name=src.name, attributes=_json_attributes(src.attributes), timestamp=_ns_to_seconds(src.timestamp))
+
 
 class Link(BaseModel):
     """A link from a span to another span's context."""
@@ -64,6 +135,14 @@ class Link(BaseModel):
     context: SpanContext
     attributes: Attributes | None = None
 
+    @classmethod
+    def from_opentelemetry(cls, src: Any) -> Link:
+        """A link of an OpenTelemetry span."""
+        return cls(
+            context=SpanContext.from_opentelemetry(src.context),
+            attributes=_json_attributes(src.attributes) if src.attributes else None,
+        )
+
 
 class OtelResource(BaseModel):
     """The OpenTelemetry resource (service description) a span came from."""
@@ -72,6 +151,11 @@ class OtelResource(BaseModel):
 
     attributes: Attributes = Field(default_factory=dict)
     schema_url: str = ""
+
+    @classmethod
+    def from_opentelemetry(cls, src: Any) -> OtelResource:
+        """The resource of an OpenTelemetry span."""
+        return cls(attributes=_json_attributes(src.attributes), schema_url=getattr(src, "schema_url", "") or "")
 
 
 class SpanCoreFields(BaseModel):
@@ -114,6 +198,10 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+def _json_attributes(attributes: Any) -> Attributes:
+    return {k: _json_value(v) for k, v in (attributes or {}).items()}
 
 
 class Span(BaseModel):
@@ -182,33 +270,72 @@ class Span(BaseModel):
         )
 
     @classmethod
+    def from_attributes(
+        cls,
+        *,
+        attributes: Attributes,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        sequence_id: int | None = None,
+        name: str | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        parent_id: str | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+        resource: OtelResource | None = None,
+        status: TraceStatus | None = None,
+    ) -> Span:
+        """A span made up from `attributes`; ids left out are random, the name defaults to `agentlightning.virtual`,
+        the status to OK, rollout/attempt ids to "" and the sequence id to 0.
+        """
+        trace_id = trace_id or os.urandom(16).hex()
+        span_id = span_id or os.urandom(8).hex()
+        return cls(
+            rollout_id=rollout_id or "",
+            attempt_id=attempt_id or "",
+            sequence_id=sequence_id or 0,
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            name=name or SpanNames.VIRTUAL.value,
+            status=status or TraceStatus(status_code="OK"),
+            attributes=attributes,
+            start_time=start_time,
+            end_time=end_time,
+            context=SpanContext(trace_id=trace_id, span_id=span_id),
+            parent=SpanContext(trace_id=trace_id, span_id=parent_id) if parent_id else None,
+            resource=resource or OtelResource(),
+        )
+
+    @classmethod
     def from_core_fields(
         cls,
         core: SpanCoreFields,
         *,
-        rollout_id: str,
-        attempt_id: str,
-        sequence_id: int,
+        rollout_id: str | None = None,
+        attempt_id: str | None = None,
+        sequence_id: int | None = None,
         trace_id: str | None = None,
         span_id: str | None = None,
         parent_id: str | None = None,
     ) -> Span:
-        """A stored span from core fields, with fresh random trace/span ids unless given."""
-        import os
-
+        """A stored span from core fields, with fresh random trace/span ids unless given; a missing start time is
+        now, missing rollout/attempt ids are "" and a missing sequence id is 0.
+        """
         trace_id = trace_id or os.urandom(16).hex()
         span_id = span_id or os.urandom(8).hex()
         return cls(
-            rollout_id=rollout_id,
-            attempt_id=attempt_id,
-            sequence_id=sequence_id,
+            rollout_id=rollout_id or "",
+            attempt_id=attempt_id or "",
+            sequence_id=sequence_id or 0,
             trace_id=trace_id,
             span_id=span_id,
             parent_id=parent_id,
             name=core.name,
             status=core.status,
             attributes=dict(core.attributes),
-            start_time=core.start_time,
+            start_time=core.start_time if core.start_time is not None else time.time(),
             end_time=core.end_time,
             context=SpanContext(trace_id=trace_id, span_id=span_id),
         )

@@ -83,3 +83,38 @@ def test_store_query_times_every_call_on_both_backends(tmp_path: Path) -> None:
         assert all(value > 0 for value in calls.values())
     (cached,) = (tmp_path / "cache").glob("*.db")
     assert "300r-900s" in cached.name
+
+
+@pytest.mark.slow
+def test_metrics_overhead_runs_both_sides_and_times_a_scrape(tmp_path: Path) -> None:
+    data = _run(
+        "metrics_overhead.py",
+        *("--rounds", "1", "--duration", "0.5", "--warmup", "0.2", "--scrape-interval", "0.2", "--scrape-cost", "500"),
+        out=tmp_path,
+    )
+    assert len(data["runs"]["on"]) == len(data["runs"]["off"]) == 1
+    assert all(run["server_cpu_us_per_call"] > 0 for side in data["runs"].values() for run in side)
+    assert data["runs"]["on"][0]["scrapes"] >= 1 and data["runs"]["off"][0]["scrapes"] == 0
+    assert len(data["scrape_cost_s"]["times"]) == 7
+
+
+@pytest.mark.slow
+def test_dashboard_bench_measures_every_page_and_call(tmp_path: Path) -> None:
+    import os
+
+    if not os.path.exists("/usr/bin/chromium") and os.environ.get("AGL_REQUIRE_BROWSER") != "1":
+        pytest.skip("/usr/bin/chromium is missing: apt-get install -y chromium")
+    out = tmp_path / "dashboard.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "dashboard.py"), "--rollouts", "200", "--spans-per-rollout", "4", "--runs", "1",
+         "--calls", "2", "--db", str(tmp_path / "store.db"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert (data["rollouts"], data["spans"]) == (200, 800)
+    assert set(data["pages"]) == {"overview", "rollouts", "rollout detail", "resources", "workers"}
+    for page in data["pages"].values():
+        assert len(page["data_ms"]) == 1 and page["data_ms"][0] > 0
+    for call in data["api"].values():
+        assert "error" not in call and len(call["runs_ms"]) == 2

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
 
 from agl.cli import main
-from agl.store.memory import InMemoryLightningStore
 from tests.cli.conftest import Filled
 
 
@@ -51,11 +49,6 @@ def test_ls_filters_by_status_and_mode(filled: Filled, capsys: pytest.CaptureFix
     assert code == 0 and rows(out) == {} and "no rollouts match (of 0)" in out
 
 
-@pytest.mark.xfail(
-    "mode_in" not in inspect.signature(InMemoryLightningStore.query_rollouts).parameters,
-    reason="the dashboard's ?mode= filter calls store.query_rollouts(mode_in=...), which the stores lack so far",
-    raises=AssertionError,
-)
 def test_ls_filters_by_mode(filled: Filled, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, filled, "rollouts", "ls", "--mode", "train")
     assert code == 0, err

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,3 +118,36 @@ def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str
 def test_unknown_subcommand_is_a_usage_error() -> None:
     proc = subprocess.run([sys.executable, "-m", "agl.cli", "nope"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def _scrape(port: int, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_metrics_need_the_token_unless_metrics_public(tmp_path: Path, public: bool) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    args = ["--port", str(port), "--token", "tok", "--backend", "sqlite", "--path", str(tmp_path / "s.db")]
+    proc = start(*args, *(["--metrics-public"] if public else []))
+    try:
+        wait_healthy(port, proc)
+        status, _ = _scrape(port)
+        assert status == (200 if public else 401)
+        status, text = _scrape(port, token="tok")
+        assert status == 200
+    finally:
+        stop(proc)
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert samples[("agl_rollouts", (("status", "queuing"),))] == 0
+    assert samples[("agl_store_file_bytes", (("file", "db"),))] > 0  # the SQLite store's own figures

@@ -148,7 +148,7 @@ def test_exception(active: DummyTracer, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_exception_must_be_an_exception() -> None:
-    with pytest.raises(TypeError, match="exc must be an exception"):
+    with pytest.raises(TypeError, match="exception must be an exception"):
         emit_exception("oops", propagate=False)  # type: ignore[arg-type]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-AGL_VARS = ("AGL_CURRENT_ROLE", "AGL_SERVER_HOST", "AGL_SERVER_PORT", "AGL_MANAGED_STORE")
+AGL_VARS = ("AGL_CURRENT_ROLE", "AGL_SERVER_HOST", "AGL_SERVER_PORT", "AGL_MANAGED_STORE", "AGL_METRICS_PORT")
 
 
 @pytest.fixture(autouse=True)

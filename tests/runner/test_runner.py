@@ -371,3 +371,38 @@ async def test_concurrent_rollouts_keep_their_spans_apart_with_the_otel_tracer()
         annotations = [s for s in spans if "task" in s.attributes]
         assert [s.attributes["task"] for s in annotations] == [task] * 3
         assert [s.attributes.get("agentlightning.reward.0.value") for s in spans if s not in annotations] == [1.0]
+
+
+@pytest.mark.parametrize("over_http", [False, True])
+async def test_a_runner_abandons_a_rollout_that_moved_on_and_takes_new_work(
+    over_http: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled while its agent runs, a rollout stays cancelled: the runner's late result is refused (fencing)."""
+    from agl.store.client import LightningStoreClient
+    from agl.store.server import LightningStoreServer
+
+    store = InMemoryLightningStore(thread_safe=True)
+    first = await store.enqueue_rollout(-0.3)  # the agent sleeps 0.3 s, then returns 1.0
+    second = await store.enqueue_rollout(0.5)
+    server = LightningStoreServer(store, host="127.0.0.1", port=0) if over_http else None
+    client = None
+    if server is not None:
+        await server.start_async()
+        client = LightningStoreClient(server.endpoint)
+    try:
+        runner = make_runner(AsyncReturns(), client or store, max_rollouts=2)  # type: ignore[arg-type]
+        running = asyncio.ensure_future(runner.iter())
+        while (await store.get_rollout_by_id(first.rollout_id)).status == "queuing":  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        await store.update_rollout(first.rollout_id, status="cancelled")
+        await asyncio.wait_for(running, 5)
+    finally:
+        if client is not None:
+            await client.close()
+        if server is not None:
+            await server.stop_async()
+    assert (await store.get_rollout_by_id(first.rollout_id)).status == "cancelled"  # type: ignore[union-attr]
+    assert (await store.get_rollout_by_id(second.rollout_id)).status == "succeeded"  # type: ignore[union-attr]
+    assert "moved on; abandoning attempt" in caplog.text
+    # The late reward span is kept on the cancelled rollout's attempt (nothing is lost).
+    assert reward_values(await store.query_spans(first.rollout_id)) == [1.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agl.store.base import UNSET, LightningStore
+from agl.store.errors import StaleAttemptError
 from agl.types import Attempt, RolloutConfig
 from tests.store.clock import FakeClock
 
@@ -121,10 +122,14 @@ async def test_update_attempt_latest_targets_highest_sequence(store: LightningSt
     assert [a.status for a in attempts] == ["preparing", "preparing", "running"]
 
 
-async def test_update_attempt_on_old_attempt_changes_only_that_attempt(store: LightningStore, clock: FakeClock) -> None:
+async def test_status_write_on_a_replaced_attempt_is_refused(store: LightningStore, clock: FakeClock) -> None:
     rollout_id, attempt_ids = await _rollout_with_attempts(store, clock, 2)
-    updated = await store.update_attempt(rollout_id, attempt_ids[0], status="succeeded")
-    assert updated.status == "succeeded" and updated.end_time == clock()
+    with pytest.raises(StaleAttemptError) as refused:
+        await store.update_attempt(rollout_id, attempt_ids[0], status="succeeded")
+    assert refused.value.current_attempt_id == attempt_ids[1] and refused.value.attempt_id == attempt_ids[0]
+    old = (await store.query_attempts(rollout_id)).items[0]
+    assert old.status != "succeeded" and old.end_time is None
+    assert (await store.update_attempt(rollout_id, attempt_ids[0], metadata={"note": 1})).metadata == {"note": 1}
     rollout = await store.get_rollout_by_id(rollout_id)
     assert rollout is not None and rollout.status == "preparing" and rollout.end_time is None
     latest = await store.get_latest_attempt(rollout_id)

@@ -128,3 +128,16 @@ async def test_the_server_reports_its_stores_events() -> None:
     server = LightningStoreServer(inner, port=0)
     assert server.events is inner.events
     assert isinstance(StoreEvents().active, bool) and not StoreEvents().active
+
+
+async def test_a_refused_stale_write_is_reported(local_store: LightningStore) -> None:
+    from agl.store.errors import StaleAttemptError
+    from agl.store.events import StaleWriteRefused
+
+    claimed = await local_store.start_rollout({"q": 1})
+    await local_store.update_rollout(claimed.rollout_id, status="cancelled")
+    seen = _listen(local_store)
+    with pytest.raises(StaleAttemptError):
+        await local_store.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+    assert seen == [StaleWriteRefused(claimed.rollout_id, claimed.attempt.attempt_id, claimed.attempt.attempt_id,
+                                      seen[0].time)]  # fmt: skip

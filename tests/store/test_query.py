@@ -504,6 +504,29 @@ async def test_query_workers_sort_by_time_puts_none_last(store: LightningStore, 
     assert {w.worker_id for w in result[1:]} == {"Helper-3", "Worker-0", "Worker-2"}
 
 
+@pytest.mark.parametrize("sort_by", ["start_time", "end_time", "rollout_id", "mode"])
+@pytest.mark.parametrize("sort_order", ["asc", "desc"])
+async def test_query_rollouts_page_of_one_is_the_first_of_the_sorted_list(
+    store: LightningStore, clock: FakeClock, sort_by: str, sort_order: str
+) -> None:
+    """A page of one (the memory store answers it without sorting) is the first of the full sorted list, ties
+    included (equal start times, None end times and modes), with the true total."""
+    for i in range(6):
+        if i % 2:
+            clock.advance(1)
+        await store.enqueue_rollout(input=i, mode="train" if i % 3 else None)
+    claimed = await store.dequeue_rollout()
+    assert claimed is not None
+    await store.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+    for status_in in (None, ["queuing"], ["queuing", "succeeded"]):
+        full = await store.query_rollouts(status_in=status_in, sort_by=sort_by, sort_order=sort_order)  # type: ignore[arg-type]
+        one = await store.query_rollouts(status_in=status_in, sort_by=sort_by, sort_order=sort_order, limit=1)  # type: ignore[arg-type]
+        assert ids(one) == ids(full)[:1]
+        assert one.total == full.total
+        count = await store.query_rollouts(status_in=status_in, limit=0)  # type: ignore[arg-type]
+        assert count.total == full.total and len(count) == 0
+
+
 # -- rollouts: mode and start-time window -------------------------------------------------------------------------
 
 

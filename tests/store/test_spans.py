@@ -116,7 +116,7 @@ async def test_spans_on_old_attempt_do_not_move_rollout(store: LightningStore, c
     rollout = await store.get_rollout_by_id(rid)
     assert rollout is not None and rollout.status == "preparing"
     old, new = await store.query_attempts(rid)
-    assert old.status == "running" and old.last_heartbeat_time == now
+    assert old.status == "preparing" and old.last_heartbeat_time == now  # replaced: fenced, only stamped
     assert new.attempt_id == retried.attempt.attempt_id and new.status == "preparing"
     assert new.last_heartbeat_time is None
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agl.store.base import LightningStore
+from agl.store.errors import StaleAttemptError
 from agl.types import EnqueueRolloutRequest, RolloutConfig
 from tests.store.clock import FakeClock
 from tests.store.helpers import make_otel_span, make_span, sample_resources
@@ -87,7 +88,8 @@ async def test_5_1_start_attempt_from_any(store: LightningStore, clock: FakeCloc
     assert fetched is not None and fetched.status == "preparing"
 
 
-# Span on the latest attempt: preparing/requeuing -> running; queuing unchanged in 0.3.0; others unchanged.
+# Span on the latest attempt: preparing -> running; every other status unchanged. Fencing (AGL): a requeued rollout
+# is no longer held by its attempt, so a late span leaves it requeuing (Agent Lightning 0.3 moves it to running).
 SPAN_ON_LATEST = [
     ("queuing", "queuing"),
     ("preparing", "running"),
@@ -95,7 +97,7 @@ SPAN_ON_LATEST = [
     ("failed", "failed"),
     ("succeeded", "succeeded"),
     ("cancelled", "cancelled"),
-    ("requeuing", "running"),
+    ("requeuing", "requeuing"),
 ]
 
 
@@ -112,15 +114,17 @@ async def test_5_1_span_on_latest_attempt(
     assert fetched.end_time == (forced_at if from_status in TERMINAL else None)
 
 
-async def test_5_1_span_moves_requeuing_to_running_and_leaves_stale_queue_entry(
-    store: LightningStore, clock: FakeClock
-) -> None:
+async def test_5_1_late_span_leaves_a_requeued_rollout_claimable(store: LightningStore, clock: FakeClock) -> None:
     rollout, _ = await _start_in_status(store, clock, "requeuing")
-    await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id))
-    assert await store.dequeue_rollout() is None
-    fetched = await store.get_rollout_by_id(rollout.rollout_id)
-    assert fetched is not None and fetched.status == "running"
-    assert len(await store.query_attempts(rollout.rollout_id)) == 1
+    late = make_span(rollout.rollout_id, rollout.attempt.attempt_id)
+    await store.add_span(late)
+    claimed = await store.dequeue_rollout()
+    assert claimed is not None and claimed.rollout_id == rollout.rollout_id and claimed.attempt.sequence_id == 2
+    # The late span is kept on its own attempt and is not one of the current attempt's.
+    assert [s.span_id for s in await store.query_spans(rollout.rollout_id, rollout.attempt.attempt_id)] == [
+        late.span_id
+    ]
+    assert len(await store.query_spans(rollout.rollout_id, "latest")) == 0
 
 
 async def test_5_1_span_on_queuing_rollout_keeps_it_claimable(store: LightningStore, clock: FakeClock) -> None:
@@ -164,14 +168,21 @@ async def test_5_1_update_rollout_any_to_any(
     assert fetched is not None and fetched.status == to_status
 
 
-@pytest.mark.parametrize("from_status", ["cancelled", "succeeded", "failed"])
-async def test_5_1_attempt_update_can_move_finished_rollout_again(
-    store: LightningStore, clock: FakeClock, from_status: str
+@pytest.mark.parametrize("from_status", ["cancelled", "succeeded", "failed", "requeuing", "queuing"])
+@pytest.mark.parametrize("write", ["running", "succeeded", "failed", "heartbeat"])
+async def test_5_1_attempt_writes_cannot_move_a_rollout_that_moved_on(
+    store: LightningStore, clock: FakeClock, from_status: str, write: str
 ) -> None:
     rollout, _ = await _start_in_status(store, clock, from_status)
-    await store.update_attempt(rollout.rollout_id, "latest", status="running")
+    fields: dict[str, Any] = {"last_heartbeat_time": clock()} if write == "heartbeat" else {"status": write}
+    with pytest.raises(StaleAttemptError) as refused:
+        await store.update_attempt(rollout.rollout_id, "latest", **fields)
+    assert refused.value.current_attempt_id == rollout.attempt.attempt_id
+    assert rollout.attempt.attempt_id in str(refused.value) and from_status in str(refused.value)
     fetched = await store.get_rollout_by_id(rollout.rollout_id)
-    assert fetched is not None and fetched.status == "running"
+    assert fetched is not None and fetched.status == from_status
+    attempt = await store.get_latest_attempt(rollout.rollout_id)
+    assert attempt is not None and attempt.status == "preparing" and attempt.last_heartbeat_time is None
 
 
 # ==== §5.2 attempt status =====================================================================================
@@ -201,9 +212,11 @@ async def test_5_2_creation(store: LightningStore, clock: FakeClock, trigger: st
     assert attempt.last_heartbeat_time is None
 
 
+# The attempt's status after a span. Fencing (AGL): an unresponsive attempt has lost its rollout (requeued or failed),
+# so its late span no longer revives it (Agent Lightning 0.3: unresponsive -> running).
 SPAN_ON_ATTEMPT = [
     ("preparing", "running"),
-    ("unresponsive", "running"),
+    ("unresponsive", "unresponsive"),
     ("running", "running"),
     ("timeout", "timeout"),
     ("failed", "failed"),
@@ -237,10 +250,8 @@ async def test_5_2_span_arrival(
     assert attempt.last_heartbeat_time == now
 
 
-@pytest.mark.parametrize(("from_status", "to_status"), SPAN_ON_ATTEMPT)
-async def test_5_2_span_arrival_on_old_attempt(
-    store: LightningStore, clock: FakeClock, from_status: str, to_status: str
-) -> None:
+@pytest.mark.parametrize("from_status", [f for f, _ in SPAN_ON_ATTEMPT])
+async def test_5_2_span_arrival_on_old_attempt(store: LightningStore, clock: FakeClock, from_status: str) -> None:
     rollout = await store.start_rollout(input="x")
     aid = rollout.attempt.attempt_id
     if from_status != "preparing":
@@ -249,7 +260,7 @@ async def test_5_2_span_arrival_on_old_attempt(
     now = clock.advance(2)
     await store.add_span(make_span(rollout.rollout_id, aid))
     old, new = await store.query_attempts(rollout.rollout_id)
-    assert old.status == to_status and old.last_heartbeat_time == now
+    assert old.status == from_status and old.last_heartbeat_time == now  # a replaced attempt's status never moves
     assert new.attempt_id == retried.attempt.attempt_id
     assert new.status == "preparing" and new.last_heartbeat_time is None
     fetched = await store.get_rollout_by_id(rollout.rollout_id)
@@ -267,6 +278,12 @@ async def test_5_2_update_attempt_any_to_any(
     if from_status != "preparing":
         await store.update_attempt(rollout.rollout_id, aid, status=from_status)  # type: ignore[arg-type]
     now = clock.advance(1)
+    if from_status not in ("preparing", "running"):  # the rollout moved on (finished or requeued): fenced
+        with pytest.raises(StaleAttemptError):
+            await store.update_attempt(rollout.rollout_id, aid, status=to_status)  # type: ignore[arg-type]
+        (stored,) = await store.query_attempts(rollout.rollout_id)
+        assert stored.status == from_status
+        return
     updated = await store.update_attempt(rollout.rollout_id, aid, status=to_status)  # type: ignore[arg-type]
     assert updated.status == to_status
     if to_status in ("failed", "succeeded"):
@@ -597,7 +614,7 @@ async def test_5_4_wait_sees_watchdog_failure(store: LightningStore, clock: Fake
     assert [(r.rollout_id, r.status) for r in done] == [(rollout.rollout_id, "failed")]
 
 
-@pytest.mark.parametrize(("retry", "rollout_after_span"), [(False, "failed"), (True, "running")])
+@pytest.mark.parametrize(("retry", "rollout_after_span"), [(False, "failed"), (True, "requeuing")])
 async def test_5_4_span_after_unresponsive(
     store: LightningStore, clock: FakeClock, retry: bool, rollout_after_span: str
 ) -> None:
@@ -610,9 +627,10 @@ async def test_5_4_span_after_unresponsive(
     assert fetched is not None and fetched.status == ("requeuing" if retry else "failed")
     await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id))
     attempt = await store.get_latest_attempt(rollout.rollout_id)
-    assert attempt is not None and attempt.status == "running"
+    assert attempt is not None and attempt.status == "unresponsive"  # fenced: the late span revives nothing
     fetched = await store.get_rollout_by_id(rollout.rollout_id)
     assert fetched is not None and fetched.status == rollout_after_span
+    assert len(await store.query_spans(rollout.rollout_id, rollout.attempt.attempt_id)) == 1  # but it is kept
 
 
 ScanTrigger = Callable[[LightningStore, str, str], Awaitable[Any]]

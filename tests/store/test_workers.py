@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agl.store.base import LightningStore
+from agl.store.errors import StaleAttemptError
 from agl.types import Worker
 from tests.store.clock import FakeClock
 
@@ -146,14 +149,17 @@ async def test_worker_lifecycle_through_dequeue_and_update_attempt(store: Lightn
     assert worker.current_rollout_id is None and worker.current_attempt_id is None
 
 
-async def test_status_write_on_old_attempt_syncs_its_worker(store: LightningStore, clock: FakeClock) -> None:
+async def test_refused_status_write_on_old_attempt_leaves_workers_alone(
+    store: LightningStore, clock: FakeClock
+) -> None:
     rollout = await store.start_rollout(input="x", worker_id="Worker-old")
     await store.start_attempt(rollout.rollout_id, worker_id="Worker-new")
-    now = clock.advance(1)
-    await store.update_attempt(rollout.rollout_id, rollout.attempt.attempt_id, status="failed")
+    clock.advance(1)
+    with pytest.raises(StaleAttemptError):
+        await store.update_attempt(rollout.rollout_id, rollout.attempt.attempt_id, status="failed")
     old = await store.get_worker_by_id("Worker-old")
     new = await store.get_worker_by_id("Worker-new")
-    assert old is not None and old.status == "idle" and old.last_idle_time == now
+    assert old is not None and old.status == "busy"
     assert new is not None and new.status == "busy"
 
 

@@ -36,21 +36,25 @@ class Plain:
 
 def test_build_component_accepts_every_spec_form() -> None:
     instance = Plain(1)
-    assert build_component(instance, Plain, name="thing") is instance
-    assert build_component(None, Plain, name="thing", default=lambda: Plain(2)).x == 2
-    assert build_component(None, Plain, name="thing") is None
-    built = build_component(Plain, Plain, name="thing", optional_defaults={"tag": "t", "unknown": 1})
+    kw: dict[str, Any] = {"expected_type": Plain, "spec_name": "thing"}
+    assert build_component(instance, **kw) is instance
+    assert build_component(None, **kw, default_factory=lambda: Plain(2)).x == 2
+    assert build_component(None, **kw, allow_none=True) is None
+    built = build_component(Plain, **kw, optional_defaults={"tag": "t", "unknown": 1})
     assert (built.x, built.tag) == (0, "t")
-    assert build_component(lambda: Plain(3), Plain, name="thing").x == 3
+    assert build_component(Plain, **kw, optional_defaults={"tag": lambda: "made"}).tag == "made"
+    assert build_component(lambda: Plain(3), **kw).x == 3
     path = f"{__name__}.Plain"
-    assert build_component(path, Plain, name="thing", optional_defaults={"x": 4}).x == 4
-    assert build_component({"type": path, "x": 5}, Plain, name="thing", optional_defaults={"x": 9}).x == 5
-    assert build_component({"name": "p"}, Plain, name="thing", registry={"p": path}).x == 0
+    assert build_component(path, **kw, optional_defaults={"x": 4}).x == 4
+    assert build_component({"type": path, "x": 5}, **kw, optional_defaults={"x": 9}).x == 5
+    assert build_component({"name": "p"}, **kw, registry={"p": path}).x == 0
+    assert build_component({"x": 6}, **kw, dict_requires_type=False, dict_default_cls=Plain).x == 6
 
 
 @pytest.mark.parametrize(
     ("spec", "error", "message"),
     [
+        (None, ValueError, "thing must be given"),
         ({"x": 1}, ValueError, "must have a 'type' key"),
         (42, ValueError, "Invalid thing type"),
         (int, ValueError, "is not a Plain"),
@@ -61,7 +65,7 @@ def test_build_component_accepts_every_spec_form() -> None:
 )
 def test_build_component_errors_are_clear(spec: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        build_component(spec, Plain, name="thing")
+        build_component(spec, expected_type=Plain, spec_name="thing")
 
 
 def test_trainer_defaults_and_injection() -> None:

@@ -13,8 +13,10 @@ import logging
 import time
 import traceback
 import zlib
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote
 
 import orjson
@@ -22,6 +24,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from agl.store.base import LightningStore
+from agl.store.errors import StaleAttemptError
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
 from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
@@ -41,7 +44,14 @@ from agl.types.core import (
 from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
+if TYPE_CHECKING:
+    from agl.store.http.metrics import StoreMetrics
+
+
 __all__ = ["StoreApp"]
+
+OTHER_ROUTE = "other"
+"""The metrics' route label of a request that matched no route (unknown paths must not grow the label set)."""
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = b"application/json"
 _API_SLASH = API_PREFIX + "/"
 _API_LEN = len(API_PREFIX)
+_DASHBOARD_PREFIX = "/dashboard/"
 
 
 class HTTPError(Exception):
@@ -317,11 +328,13 @@ def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[st
 
 
 class _Route:
-    __slots__ = ("handler", "idempotent", "method", "names", "public", "segments")
+    __slots__ = ("handler", "idempotent", "latencies", "method", "names", "public", "segments", "template")
 
     def __init__(self, method: str, pattern: str, handler: Handler, idempotent: bool, public: bool = False) -> None:
         self.method = method
         self.public = public
+        self.template = API_PREFIX + pattern  # the metrics' route label: ids stay placeholders
+        self.latencies: dict[int, list[float]] | None = None  # this route's latency series by status (metrics on)
         self.segments = tuple(pattern.strip("/").split("/")) if pattern.strip("/") else ()
         self.names = tuple(s[1:-1] if s.startswith("{") else None for s in self.segments)
         self.handler = handler
@@ -453,9 +466,11 @@ class _IdempotencyCache:
 class StoreApp:
     """ASGI application serving `store` under `/v1/agl`, `/v1/traces` (OTLP) and the AGL batch extensions.
 
-    `token` (if set) is required as `Authorization: Bearer <token>` on every route but health. Bodies larger
-    than `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than
-    `gzip_min_bytes` are gzipped for clients that accept it.
+    `token` (if set) is required as `Authorization: Bearer <token>` on every route but health, and on the
+    Prometheus metrics (`/metrics`, `/v1/prometheus/`) unless `metrics_public`. Bodies larger than
+    `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than `gzip_min_bytes` are
+    gzipped for clients that accept it. `metrics=False` turns the metrics off (no per-request cost; `/metrics`
+    answers 404); `metrics_collectors` are exposed from the app's metrics registry too.
     """
 
     def __init__(
@@ -470,6 +485,9 @@ class StoreApp:
         idempotency_max_entries: int = 100_000,
         idempotency_max_bytes: int = 256 * 1024 * 1024,
         call_store: Callable[..., Awaitable[Any]] | None = None,
+        metrics: bool = True,
+        metrics_public: bool = False,
+        metrics_collectors: Sequence[Any] = (),
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
@@ -488,6 +506,12 @@ class StoreApp:
         self.insight = StoreInsight(store)
         """Live aggregates for the dashboard routes; listens to the store's events from the start."""
         self._register_routes()
+        self.metrics_public = metrics_public
+        self.metrics: StoreMetrics | None = _store_metrics(store, metrics_collectors) if metrics else None
+        """Prometheus metrics (None when off or prometheus_client is missing)."""
+        if self.metrics is not None:
+            for route in [*self._static.values(), *(r for routes in self._dynamic.values() for r in routes)]:
+                route.latencies = self.metrics.requests.route_series(route.template, route.method)
 
     # -- ASGI entry point --------------------------------------------------------------------------------------
 
@@ -515,7 +539,7 @@ class StoreApp:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
     def too_large_response(self) -> Response:
         """The 413 answer to a request whose declared or received body exceeds `max_body_bytes`."""
@@ -620,12 +644,19 @@ class StoreApp:
         `headers` maps lower-case names to values; `path` is the raw (still percent-encoded) path; `body` is the
         whole raw body, or None to read it with `receive` (ASGI). The server's own protocol calls this directly.
         """
+        metrics = self.metrics
+        start = perf_counter() if metrics is not None else 0.0
+        latencies: dict[int, list[float]] | None = None
         try:
             route = self._static.get((method, path))  # keyed by the full path: no prefix check or slicing
             params: dict[str, str] | None = None
             if route is None:
                 if not path.startswith(_API_SLASH):
-                    return await self._dispatch_other(method, path, headers, body, receive)
+                    response = await self._dispatch_other(method, path, headers, body, receive)
+                    if metrics is not None:
+                        label = _OTHER_PATHS.get(path, OTHER_ROUTE)
+                        metrics.observe(label, method, response.status, perf_counter() - start)
+                    return response
                 sub = path[_API_LEN:]
                 parts = sub.strip("/").split("/")
                 for candidate in self._dynamic.get((method, len(parts)), ()):
@@ -635,6 +666,7 @@ class StoreApp:
                         break
                 if route is None:
                     raise self._no_route(sub)
+            latencies = route.latencies
             if not route.public and self._auth is not None:
                 self._check_auth(headers)
             if method != "POST":
@@ -648,20 +680,30 @@ class StoreApp:
                     body = self._decode_content(encoding, body)
             request = Request(method, params or {}, query_string, headers, body)
             handler = route.handler
-            if not route.idempotent:
-                key = headers.get(b"idempotency-key")
-                if key:
-                    return await self._idempotency.run(
-                        key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
-                    )
-            try:
-                return await handler(request)
-            except HTTPError:
-                raise
-            except Exception as exc:
-                return error_response(exc)
+            key = None if route.idempotent else headers.get(b"idempotency-key")
+            if key:
+                response = await self._idempotency.run(
+                    key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
+                )
+            else:
+                try:
+                    response = await handler(request)
+                except HTTPError:
+                    raise
+                except Exception as exc:
+                    response = error_response(exc)
         except HTTPError as exc:
-            return Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+            response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+        if metrics is not None:
+            # Inline, this is the cost of metrics per request: a lookup in the route's series, a bucket and a sum.
+            seconds = perf_counter() - start
+            series = latencies.get(response.status) if latencies is not None else None
+            if series is None:  # first answer with this status, or no route matched
+                label = route.template if latencies is not None else OTHER_ROUTE  # type: ignore[union-attr]
+                series = metrics.requests.series(label, method, response.status, latencies)
+            series[bisect_left(metrics.bounds, seconds)] += 1
+            series[-1] += seconds
+        return response
 
     def _no_route(self, sub: str) -> HTTPError:
         parts = sub.strip("/").split("/")
@@ -673,6 +715,8 @@ class StoreApp:
     async def _dispatch_other(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes | None, receive: Receive | None
     ) -> Response:
+        if path in _METRICS_PATHS:
+            return await self._metrics_answer(method, headers)
         if path in ("/v1/traces", "/v1/metrics", "/v1/logs", "/v1/development/profiles"):
             if method != "POST":
                 raise HTTPError(405, "Method Not Allowed")
@@ -688,7 +732,40 @@ class StoreApp:
                     return {"type": "http.request", "body": whole, "more_body": False}
 
             return await handle_otlp_traces(self, headers, receive)
+        if path == "/" or path.startswith(_DASHBOARD_PREFIX):
+            return self._dashboard_asset(method, path, headers)
         raise HTTPError(404, "Not Found")
+
+    async def _metrics_answer(self, method: str, headers: dict[bytes, bytes]) -> Response:
+        """The Prometheus exposition of this app's registry (GET or HEAD)."""
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(
+                405, "Method Not Allowed: scrape the metrics with GET (or HEAD)", [(b"allow", b"GET, HEAD")]
+            )
+        if not self.metrics_public:
+            self._check_auth(headers)
+        if self.metrics is None:
+            raise HTTPError(
+                404, "Metrics are off on this server: start it with metrics on and prometheus_client installed"
+            )
+        body, content_type = await self.metrics.render(headers.get(b"accept", b"").decode("latin-1"))
+        return Response(200, body, content_type.encode("latin-1"))
+
+    def _dashboard_asset(self, method: str, path: str, headers: dict[bytes, bytes]) -> Response:
+        """A file of the web dashboard (public: the files hold no data, every data call needs the token)."""
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(405, "Method Not Allowed", [(b"allow", b"GET, HEAD")])
+        from agl.dashboard import INDEX, find_asset
+
+        # The raw path is matched as is against the shipped names: nothing is decoded, so no encoded `..` exists.
+        asset = find_asset(INDEX if path == "/" else path[len(_DASHBOARD_PREFIX) :])
+        if asset is None:
+            raise HTTPError(404, "Not Found")
+        extra = [(b"cache-control", asset.cache_control.encode()), (b"etag", asset.etag.encode())]
+        content_type = asset.content_type.encode()
+        if headers.get(b"if-none-match") == asset.etag.encode():
+            return Response(304, b"", content_type, extra)
+        return Response(200, asset.body, content_type, extra)
 
     # -- routes ------------------------------------------------------------------------------------------------
 
@@ -988,6 +1065,30 @@ class StoreApp:
         return _ok(dict(await self.store.statistics()))
 
 
+_METRICS_PATHS = frozenset({"/metrics", "/v1/prometheus/", "/v1/prometheus"})
+"""Where the Prometheus metrics answer: `/metrics`, and Agent Lightning 0.3's `/v1/prometheus/`."""
+
+_OTHER_PATHS = {
+    "/metrics": "/metrics",
+    "/v1/prometheus/": "/v1/prometheus/",
+    "/v1/prometheus": "/v1/prometheus/",
+    "/v1/traces": "/v1/traces",
+    "/v1/metrics": "/v1/metrics",
+    "/v1/logs": "/v1/logs",
+    "/v1/development/profiles": "/v1/development/profiles",
+}
+"""The metrics' route label of each known path outside `/v1/agl`; every other path is `OTHER_ROUTE`."""
+
+
+def _store_metrics(store: LightningStore, collectors: Sequence[Any]) -> StoreMetrics | None:
+    try:
+        from agl.store.http.metrics import StoreMetrics
+    except ImportError:
+        logger.warning("prometheus_client is not installed: /metrics is off (pip install 'agl[server]')")
+        return None
+    return StoreMetrics(store, collectors)
+
+
 _NOT_FOUND_MARKERS = ("not found", "does not exist")
 
 
@@ -995,6 +1096,18 @@ def error_response(exc: Exception) -> Response:
     """Map an exception raised by the store to an HTTP answer (4xx for the caller's mistakes, 5xx for faults)."""
     status = getattr(exc, "http_status", None)
     if isinstance(status, int) and 400 <= status < 600:
+        if isinstance(exc, StaleAttemptError):  # the client rebuilds the error from these fields
+            return Response(
+                status,
+                _encode_detail(
+                    str(exc),
+                    error_type="StaleAttemptError",
+                    rollout_id=exc.rollout_id,
+                    attempt_id=exc.attempt_id,
+                    rollout_status=exc.rollout_status,
+                    current_attempt_id=exc.current_attempt_id,
+                ),
+            )
         return Response(status, _encode_detail(str(exc), error_type=type(exc).__name__))
     if isinstance(exc, ValidationError):
         return Response(422, _encode_detail(_validation_detail(exc, "store"), error_type="ValidationError"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from agl.store.errors import StoreFullError
+from agl.store.errors import StaleAttemptError, StoreFullError
 
 __all__ = [
     "API_PREFIX",
@@ -12,6 +13,7 @@ __all__ = [
     "IDEMPOTENCY_HEADER",
     "REPLAYED_HEADER",
     "TOKEN_ENV",
+    "StaleAttemptHTTPError",
     "StoreAuthError",
     "StoreHTTPError",
     "StoreRequestError",
@@ -81,6 +83,18 @@ class StoreServerError(StoreHTTPError, RuntimeError):
 
 class StoreFullHTTPError(StoreServerError, StoreFullError):
     """The server answered 507: no room for more spans right now; retry later (see `retry_when_full`)."""
+
+
+class StaleAttemptHTTPError(StoreRequestError, StaleAttemptError):
+    """The server answered 409 StaleAttemptError: the attempt no longer holds its rollout (see `StaleAttemptError`)."""
+
+    def __init__(self, status: int, detail: Any, method: str, url: str, fields: Mapping[str, Any]) -> None:
+        StoreRequestError.__init__(self, status, detail, method, url)
+        self.rollout_id = str(fields.get("rollout_id", ""))
+        self.attempt_id = str(fields.get("attempt_id", ""))
+        self.rollout_status = str(fields.get("rollout_status", ""))
+        current = fields.get("current_attempt_id")
+        self.current_attempt_id = current if isinstance(current, str) else None
 
 
 class StoreUnavailableError(ConnectionError):

@@ -1,0 +1,8 @@
+"""`ExecutionStrategyRegistry`: the short strategy names the trainer accepts; held in `agl.execution.registry`."""
+
+from agl.execution.registry import STRATEGY_REGISTRY
+
+__all__ = ["ExecutionStrategyRegistry"]
+
+ExecutionStrategyRegistry: dict[str, str] = STRATEGY_REGISTRY
+"""Alias (`"shm"`, `"cs"`) -> dotted path of the execution strategy class."""
