@@ -173,6 +173,11 @@ async def measure(store: LightningStore, repeats: int) -> dict[str, list[float]]
             lambda s=status: store.query_rollouts(status_in=[s], sort_by="start_time", sort_order="desc", limit=50),
             repeats,
         )
+    for status in ("succeeded", "failed"):
+        out[f"page {status}, end desc"] = await _timed(
+            lambda s=status: store.query_rollouts(status_in=[s], sort_by="end_time", sort_order="desc", limit=50),
+            repeats,
+        )
     out["page all, start desc"] = await _timed(
         lambda: store.query_rollouts(sort_by="start_time", sort_order="desc", limit=50), repeats
     )

@@ -295,6 +295,7 @@ class InMemoryLightningStore(LightningStore):
                 events.emit(RolloutTransition(rollout_id, old, status, now, rollout.mode, rollout.resources_id))
         if status in state.FINISHED_STATUSES:
             assign(rollout, end_time=now)
+            self._index.ended(record)
             self._waiters.release(rollout_id)
         elif status in state.QUEUING_STATUSES and rollout_id not in self._queued:
             self._queue.append(rollout_id)

@@ -11,9 +11,10 @@ Insertion order and start time (while sorted) need no sort beyond ordering the c
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 from collections.abc import Callable, Collection, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from agl.store.query import Condition, RolloutFilter, check_sort_field, sort_key
 from agl.types.core import Rollout
@@ -37,6 +38,7 @@ class RolloutIndex(Generic[R]):
         self._starts_sorted = True
         self._position: dict[str, int] = {}
         self._ids: list[str] = []
+        self._ends: list[float | None] = []
         self._by_status: dict[str, dict[int, None]] = {}
         self._by_mode: dict[str | None, dict[int, None]] = {}
 
@@ -54,6 +56,7 @@ class RolloutIndex(Generic[R]):
         self._starts.append(start)
         self._position[rollout.rollout_id] = position
         self._ids.append(rollout.rollout_id)
+        self._ends.append(rollout.end_time)
         self._by_status.setdefault(rollout.status, {})[position] = None
         self._by_mode.setdefault(rollout.mode, {})[position] = None
 
@@ -62,6 +65,10 @@ class RolloutIndex(Generic[R]):
         position = self._position[record.rollout.rollout_id]
         self._by_status[old].pop(position, None)
         self._by_status.setdefault(record.rollout.status, {})[position] = None
+
+    def ended(self, record: R) -> None:
+        """Note a record's new end time."""
+        self._ends[self._position[record.rollout.rollout_id]] = record.rollout.end_time
 
     def mode_changed(self, record: R, old: str | None) -> None:
         """Move a record whose mode just changed from `old` to its new mode's bucket."""
@@ -93,14 +100,50 @@ class RolloutIndex(Generic[R]):
         if in_order:
             page = self._page_of_positions(positions, descending, offset, end)
             return [self.records[p] for p in page], len(positions)
-        records = [self.records[p] for p in positions]
         assert sort_by is not None
+        return [self.records[p] for p in self._sorted_page(positions, sort_by, descending, offset, end)], len(positions)
+
+    def _sorted_page(
+        self, positions: Sequence[int], sort_by: str, descending: bool, offset: int, end: int | None
+    ) -> list[int]:
+        """The page of `positions` (in insertion order) sorted by `sort_by`, ties keeping insertion order."""
+        # Fields kept in lists sort with a C-level key; Python's sort is stable also in reverse.
+        if sort_by in ("start_time", "rollout_id"):
+            values: list[Any] = self._starts if sort_by == "start_time" else self._ids
+            return sorted(positions, key=values.__getitem__, reverse=descending)[offset:end]
+        if sort_by in ("status", "mode"):
+            # Bucket by bucket in the order of their values (None sorts as ""), each in insertion order.
+            buckets: dict[Any, dict[int, None]] = self._by_status if sort_by == "status" else self._by_mode
+            values = sorted(buckets, key=lambda v: "" if v is None else v, reverse=descending)
+            everything = isinstance(positions, range) and len(positions) == len(self.records)
+            wanted = None if everything else set(positions)
+            ordered: list[int] = []
+            for value in values:
+                members = sorted(buckets[value])
+                ordered.extend(members if wanted is None else [p for p in members if p in wanted])
+                if end is not None and len(ordered) >= end:
+                    break
+            return ordered[offset:end]
+        if sort_by == "end_time":
+            ends = self._ends
+            done = [p for p in positions if ends[p] is not None]
+            done.sort(key=cast("Callable[[int], float]", ends.__getitem__), reverse=descending)  # no None left
+            waiting = [p for p in positions if ends[p] is None]  # no end time: last ascending, first descending
+            return (waiting + done if descending else done + waiting)[offset:end]
+        # Any other field: keep only the first `end` while ranking, ties by insertion order.
         key = sort_key(Rollout, sort_by)
+        records = self.records
         try:
-            records.sort(key=lambda r: key(r.rollout), reverse=descending)
+            if descending:
+                # (key, -position) descending = key descending, then insertion order.
+                ranked = ((key(records[p].rollout), -p) for p in positions)
+                top = heapq.nlargest(end, ranked) if end is not None else sorted(ranked, reverse=True)
+                return [-negated for _, negated in top[offset:]]
+            ascending = ((key(records[p].rollout), p) for p in positions)
+            low = heapq.nsmallest(end, ascending) if end is not None else sorted(ascending)
+            return [p for _, p in low[offset:]]
         except TypeError as exc:
             raise ValueError(f"cannot sort by {sort_by!r}: its values are not comparable ({exc})") from exc
-        return records[offset:end], len(records)
 
     def _plan(self, query: RolloutFilter) -> tuple[range | list[Collection[int]], list[Callable[[int], bool]]]:
         """Where to enumerate candidates from, and the position tests (one per remaining condition) they must pass.
@@ -135,7 +178,16 @@ class RolloutIndex(Generic[R]):
                 else:
                     tests.append((condition, _time_test(self._starts, low, high)))
         if query.filter_logic == "or" and len(tests) > 1:
-            return whole, [test for _, test in tests]
+            # The union of each condition's members: enumerated from its index, else found by its test.
+            enumerable = {id(condition): parts for _, parts, condition in sources}
+            union: list[Collection[int]] = []
+            for condition, test in tests:
+                parts = enumerable.get(id(condition))
+                if parts is not None:
+                    union.extend([parts] if isinstance(parts, range) else parts)
+                else:
+                    union.append([p for p in whole if test(p)])
+            return [set(itertools.chain.from_iterable(union))], []
         if not sources:
             sources.append((len(whole), whole, Condition("", "", None)))
         _, source, chosen_condition = min(sources, key=lambda item: item[0])

@@ -24,7 +24,7 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _render(condition: Condition) -> tuple[str, list[Any]]:
+def _render(condition: Condition, column_prefix: str) -> tuple[str, list[Any]]:
     field, op, expected = condition.field, condition.op, condition.expected
     if op == "within":
         if field == "rollout_id":
@@ -36,7 +36,8 @@ def _render(condition: Condition) -> tuple[str, list[Any]]:
         values = list(dict.fromkeys(expected))
         if not values:
             return "0", []
-        return f"{field} IN ({_marks(len(values))})", values
+        prefix = column_prefix if field == "status" else ""
+        return f"{prefix}{field} IN ({_marks(len(values))})", values
     if op == "contains":
         if not isinstance(expected, str):
             return "0", []
@@ -55,11 +56,17 @@ def _render(condition: Condition) -> tuple[str, list[Any]]:
     raise ValueError(f"no SQL for filter operator {op!r} on {field!r}")
 
 
-def where(query: RolloutFilter) -> tuple[str, list[Any]]:
-    """The WHERE expression (without the keyword) and its parameters; "1" when nothing is filtered."""
+def where(query: RolloutFilter, sort_by: str | None = None) -> tuple[str, list[Any]]:
+    """The WHERE expression (without the keyword) and its parameters; "1" when nothing is filtered.
+
+    With `sort_by="end_time"` the status test is written `+status`, which keeps SQLite from answering it with the
+    status indexes (then sorting every match): the end-time index holds the status, so walking it in order and
+    checking the status there stops after the page.
+    """
     if not query.conditions:
         return "1", []
-    rendered = [_render(c) for c in query.conditions]
+    prefix = "+" if sort_by == "end_time" else ""
+    rendered = [_render(c, prefix) for c in query.conditions]
     joiner = " AND " if query.filter_logic == "and" else " OR "
     sql = joiner.join(f"({part})" for part, _ in rendered)
     return sql, [p for _, params in rendered for p in params]

@@ -10,7 +10,7 @@ import pytest
 from agl.store import sqlite as sqlite_module
 from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store.query import rollout_filter
-from agl.store.sqlite import SqliteLightningStore
+from agl.store.sqlite import SCHEMA_VERSION, SqliteLightningStore
 from agl.types import Attempt, Rollout
 from tests.store.clock import FakeClock
 from tests.store.helpers import ids, make_span
@@ -60,7 +60,9 @@ async def test_a_schema_1_file_migrates_and_answers_the_new_queries(db_path: Pat
     store = SqliteLightningStore(db_path, clock=clock, scan_debounce_seconds=0)
     try:
         with sqlite3.connect(db_path) as db:
-            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+                SCHEMA_VERSION
+            )
             columns = db.execute("SELECT rollout_id, mode, start_time, end_time FROM rollouts ORDER BY seq").fetchall()
         assert columns == [(r.rollout_id, r.mode, r.start_time, r.end_time) for r in made]
         assert ids(await store.query_rollouts(mode_in=["train"])) == ["ro-a", "ro-d"]
@@ -86,6 +88,39 @@ async def test_a_schema_1_file_migrates_and_answers_the_new_queries(db_path: Pat
         assert (stats["total_rollouts"], stats["total_attempts"]) == (4, 2)
     finally:
         await store.close()
+
+
+def _indexes(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+
+
+async def test_a_schema_2_file_gets_the_schema_3_indexes(db_path: Path, tmp_path: Path, clock: FakeClock) -> None:
+    """Schema 2 as first released (six rollout indexes) is reshaped by migration 3 into a new file's indexes."""
+    store = SqliteLightningStore(db_path, clock=clock, scan_debounce_seconds=0)
+    made = [await store.enqueue_rollout(input=i, mode=m) for i, m in enumerate(["train", "val", None])]  # type: ignore[arg-type]
+    await store.update_rollout(made[1].rollout_id, status="failed")
+    await store.close()
+    old = tmp_path / "schema2.db"
+    db = sqlite3.connect(old, isolation_level=None)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '2')")
+    for migration in sqlite_module.MIGRATIONS[:2]:
+        migration(db)
+    assert "rollouts_by_status_end" in dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    db.execute("ATTACH DATABASE ? AS new", (str(db_path),))
+    columns = "seq, rollout_id, status, watched, data, mode, start_time, end_time"
+    db.execute(f"INSERT INTO rollouts ({columns}) SELECT {columns} FROM new.rollouts")
+    db.close()
+    migrated = SqliteLightningStore(old, clock=clock, scan_debounce_seconds=0)
+    try:
+        assert _indexes(old) == _indexes(db_path)
+        assert ids(await migrated.query_rollouts(mode_in=["train", "val"], sort_by="end_time", sort_order="desc")) == [
+            made[0].rollout_id,
+            made[1].rollout_id,
+        ]
+    finally:
+        await migrated.close()
 
 
 async def test_maintained_counts_follow_every_write_and_rollback(db_path: Path, clock: FakeClock) -> None:
@@ -140,7 +175,7 @@ async def test_dashboard_pages_read_an_index_in_order(
     await SqliteLightningStore(db_path, clock=clock).close()
     arguments: dict[str, object] = {"status_in": None, "rollout_id_in": None, "rollout_id_contains": None}
     query = rollout_filter(**{**arguments, **filters}, filter_logic="and")  # type: ignore[arg-type]
-    condition, params = rollout_sql.where(query)
+    condition, params = rollout_sql.where(query, sort_by)
     sql = f"SELECT seq FROM rollouts WHERE {condition} ORDER BY {rollout_sql.order_by(sort_by, order)} LIMIT 50"
     with sqlite3.connect(db_path) as db:
         plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
