@@ -17,6 +17,7 @@ from agl.cli.output import Node, Output, excerpt, fmt_duration, fmt_number, fmt_
 from agl.cli.remote import CliError, common_flags, dashboard_get, run_command, store_url
 from agl.cli.span_view import span_tree
 from agl.store.client import LightningStoreClient, StoreRequestError
+from agl.store.insight import rollout_summary
 from agl.types.core import ROLLOUT_STATUSES, Attempt, AttemptedRollout, Rollout, RolloutMode, RolloutStatus
 from agl.types.reward import find_final_reward
 from agl.types.tracer import Span
@@ -170,17 +171,7 @@ async def _summary(client: LightningStoreClient, rollout: Rollout) -> dict[str, 
             rollout.rollout_id, attempt.attempt_id, sort_order="desc", limit=REWARD_SCAN_SPANS
         )
         reward = find_final_reward(list(reversed(spans.items)))
-    return {
-        "rollout_id": rollout.rollout_id,
-        "status": rollout.status,
-        "mode": rollout.mode,
-        "start_time": rollout.start_time,
-        "end_time": rollout.end_time,
-        "resources_id": rollout.resources_id,
-        "attempts": attempt.sequence_id if attempt is not None else 0,
-        "worker_id": attempt.worker_id if attempt is not None else None,
-        "reward": reward,
-    }
+    return rollout_summary(rollout, reward)
 
 
 # -- show --------------------------------------------------------------------------------------------------------

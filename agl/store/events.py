@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agl.types.core import AttemptStatus, RolloutMode, RolloutStatus
+from agl.types.core import Attempt, AttemptStatus, Rollout, RolloutMode, RolloutStatus
 
 __all__ = [
     "AttemptTransition",
@@ -37,6 +37,11 @@ class RolloutTransition:
     mode: RolloutMode | None
     resources_id: str | None
 
+    @classmethod
+    def of(cls, rollout: Rollout, old: RolloutStatus | None, new: RolloutStatus, time: float) -> RolloutTransition:
+        """The event of `rollout` moving from `old` to `new`."""
+        return cls(rollout.rollout_id, old, new, time, rollout.mode, rollout.resources_id)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptTransition:
@@ -49,6 +54,13 @@ class AttemptTransition:
     old: AttemptStatus | None
     new: AttemptStatus
     time: float
+
+    @classmethod
+    def of(cls, attempt: Attempt, old: AttemptStatus | None, time: float) -> AttemptTransition:
+        """The event of `attempt` having moved from `old` to its current status."""
+        return cls(
+            attempt.rollout_id, attempt.attempt_id, attempt.sequence_id, attempt.worker_id, old, attempt.status, time
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from agl.store.events import AttemptTransition, RolloutTransition, StoreEvent
 from agl.types.core import ROLLOUT_STATUSES, Rollout, RolloutMode, RolloutStatus, Worker
 from agl.types.reward import find_final_reward
 
-__all__ = ["RolloutPage", "StoreInsight"]
+__all__ = ["RolloutPage", "StoreInsight", "rollout_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,22 @@ class _Finished:
     resources_id: str | None
     mode: str | None
     end_time: float
+
+
+def rollout_summary(rollout: Rollout, reward: float | None) -> dict[str, Any]:
+    """One row of a rollout list: id, status, mode, times, resources, attempts, latest worker and `reward`."""
+    attempt = getattr(rollout, "attempt", None)
+    return {
+        "rollout_id": rollout.rollout_id,
+        "status": rollout.status,
+        "mode": rollout.mode,
+        "start_time": rollout.start_time,
+        "end_time": rollout.end_time,
+        "resources_id": rollout.resources_id,
+        "attempts": attempt.sequence_id if attempt is not None else 0,
+        "worker_id": attempt.worker_id if attempt is not None else None,
+        "reward": reward,
+    }
 
 
 @dataclass
@@ -401,24 +417,13 @@ class StoreInsight:
         return RolloutPage(items=items, total=page.total, limit=limit, offset=offset)
 
     async def _summary(self, rollout: Rollout) -> dict[str, Any]:
-        attempt = getattr(rollout, "attempt", None)
         reward: float | None = None
         if rollout.status in state.FINISHED_STATUSES:
             if rollout.rollout_id in self._rewards:
                 reward = self._rewards[rollout.rollout_id]
             else:
                 reward = await self._final_reward(rollout.rollout_id)
-        return {
-            "rollout_id": rollout.rollout_id,
-            "status": rollout.status,
-            "mode": rollout.mode,
-            "start_time": rollout.start_time,
-            "end_time": rollout.end_time,
-            "resources_id": rollout.resources_id,
-            "attempts": attempt.sequence_id if attempt is not None else 0,
-            "worker_id": attempt.worker_id if attempt is not None else None,
-            "reward": reward,
-        }
+        return rollout_summary(rollout, reward)
 
     async def rollout(self, rollout_id: str, *, max_spans: int = 2000) -> dict[str, Any] | None:
         """Everything about one rollout: itself, its attempts, its spans (up to `max_spans`), its final reward."""

@@ -292,7 +292,7 @@ class InMemoryLightningStore(LightningStore):
             self._index.status_changed(record, old)
             events = self.events
             if events.active:
-                events.emit(RolloutTransition(rollout_id, old, status, now, rollout.mode, rollout.resources_id))
+                events.emit(RolloutTransition.of(rollout, old, status, now))
         if status in state.FINISHED_STATUSES:
             assign(rollout, end_time=now)
             self._index.ended(record)
@@ -352,17 +352,7 @@ class InMemoryLightningStore(LightningStore):
     def _attempt_event(self, attempt: Attempt, old: AttemptStatus | None, now: float) -> None:
         events = self.events
         if events.active and old != attempt.status:
-            events.emit(
-                AttemptTransition(
-                    attempt.rollout_id,
-                    attempt.attempt_id,
-                    attempt.sequence_id,
-                    attempt.worker_id,
-                    old,
-                    attempt.status,
-                    now,
-                )
-            )
+            events.emit(AttemptTransition.of(attempt, old, now))
 
     def _write_attempt_status(
         self, record: _RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float
@@ -405,7 +395,7 @@ class InMemoryLightningStore(LightningStore):
         self._index.add(record)
         events = self.events
         if events.active:
-            events.emit(RolloutTransition(rollout.rollout_id, None, status, now, rollout.mode, rollout.resources_id))
+            events.emit(RolloutTransition.of(rollout, None, status, now))
         return record
 
     def _enqueue(self, record: _RolloutRecord) -> None:

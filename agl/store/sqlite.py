@@ -590,9 +590,7 @@ class SqliteLightningStore(LightningStore):
         """Write `status` (the rollout was in `old`, which update_rollout has already overwritten)."""
         rollout.status = status
         if old != status and self.events.active:
-            self._events_in_tx.append(
-                RolloutTransition(rollout.rollout_id, old, status, now, rollout.mode, rollout.resources_id)
-            )
+            self._events_in_tx.append(RolloutTransition.of(rollout, old, status, now))
         if status in state.FINISHED_STATUSES:
             rollout.end_time = now
             self._finished_in_tx.append(rollout.rollout_id)
@@ -633,17 +631,7 @@ class SqliteLightningStore(LightningStore):
 
     def _attempt_event(self, attempt: Attempt, old: AttemptStatus | None, now: float) -> None:
         if old != attempt.status and self.events.active:
-            self._events_in_tx.append(
-                AttemptTransition(
-                    attempt.rollout_id,
-                    attempt.attempt_id,
-                    attempt.sequence_id,
-                    attempt.worker_id,
-                    old,
-                    attempt.status,
-                    now,
-                )
-            )
+            self._events_in_tx.append(AttemptTransition.of(attempt, old, now))
 
     def _maybe_scan(self, now: float, *, force: bool = False) -> None:
         """Apply the timeout / unresponsive rules to claimed rollouts, unless a scan ran within the debounce."""
@@ -707,9 +695,7 @@ class SqliteLightningStore(LightningStore):
         )
         db.execute("INSERT INTO span_counters (rollout_id, counter) VALUES (?, 0)", (rollout.rollout_id,))
         if self.events.active:
-            self._events_in_tx.append(
-                RolloutTransition(rollout.rollout_id, None, status, now, rollout.mode, rollout.resources_id)
-            )
+            self._events_in_tx.append(RolloutTransition.of(rollout, None, status, now))
         if status in state.QUEUING_STATUSES:
             db.execute("INSERT OR IGNORE INTO queue (rollout_id) VALUES (?)", (rollout.rollout_id,))
         return rollout
