@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from agl.store.client import LightningStoreClient
+from agl.store.errors import StaleAttemptError
 from agl.types import AttemptedRollout, RolloutConfig, Span
 from tests.cli.test_store_cli import free_port
 
@@ -111,8 +112,11 @@ async def drive(port: int, ledger: Ledger, killer: Killer) -> bool:
                     await client.add_span(span(claimed, k))  # None for a duplicate: it is stored either way
                     ledger.spans.add((claimed.rollout_id, claimed.attempt.attempt_id, span(claimed, k).span_id))
                 killer.before("complete")
-                await client.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
-                ledger.succeeded[claimed.rollout_id] = claimed.attempt.attempt_id
+                try:
+                    await client.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+                    ledger.succeeded[claimed.rollout_id] = claimed.attempt.attempt_id
+                except StaleAttemptError:
+                    pass  # found unresponsive while the server was down and requeued (fencing): a retry completes it
                 ledger.in_flight = None
                 continue
             # An enqueue that committed just before a kill was never acknowledged and was sent again, so the store
