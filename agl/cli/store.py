@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=4747, help="port to bind (default: 4747; 0 picks a free one)")
     parser.add_argument("--token", default=None, help="bearer token required on every route but health "
                         "(default: $AGL_STORE_TOKEN, or none)")  # fmt: skip
-    parser.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--backend", choices=["memory", "sqlite", "mongo"], default="memory",
+                        help="memory (default) or sqlite (durable); mongo is Agent Lightning's and not provided")  # fmt: skip
     parser.add_argument("--path", default=None, help="database file (required with --backend sqlite)")
     parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="FULL survives power loss, NORMAL survives a process crash (default: FULL)")  # fmt: skip
@@ -35,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between the server's timeout/unresponsive checks (0: off; default 1)")  # fmt: skip
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve Prometheus metrics (/metrics) without the token (default: the token is required)")  # fmt: skip
+    parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                        help="a browser origin allowed to call the store from its pages (repeatable; * = any)")  # fmt: skip
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
+    # Agent Lightning 0.3's flags, accepted with the same meaning where AGL has it:
+    parser.add_argument("--tracker", nargs="+", choices=["prometheus", "console"], default=None,
+                        help="prometheus: the metrics at /metrics (always on in AGL); console is not provided")  # fmt: skip
+    parser.add_argument("--n-workers", type=int, default=1,
+                        help="server processes; AGL serves a store from one process (only 1 is accepted)")  # fmt: skip
+    parser.add_argument("--mongo-uri", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -51,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--backend sqlite needs --path FILE (the database file to create or resume)")
     if args.backend == "memory" and args.path:
         parser.error("--path is only for --backend sqlite")
+    if args.backend == "mongo" or args.mongo_uri is not None:
+        parser.error("the MongoDB backend is Agent Lightning's and AGL does not provide it: use --backend sqlite "
+                     "--path FILE for a durable store")  # fmt: skip
+    if args.n_workers != 1:
+        parser.error(f"--n-workers {args.n_workers}: AGL serves a store from one process (it handles thousands of "
+                     "calls per second); pass --n-workers 1 or leave it out")  # fmt: skip
+    if args.tracker and "console" in args.tracker:
+        parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
+                     "`agl stats` prints them in a terminal")  # fmt: skip
 
     from agl.store.base import LightningStore
     from agl.store.server import LightningStoreServer
@@ -79,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=args.token,
             health_check_interval=args.health_check_interval,
             metrics_public=args.metrics_public,
+            cors_allow_origins=args.cors_origin,
         )
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
         server.serve()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.events import StoreEvents
+from agl.store.http.cors import CorsPolicy
 from agl.store.http.wire import TOKEN_ENV
 from agl.types.core import (
     UNSET,
@@ -104,6 +105,9 @@ class LightningStoreServer(LightningStore):
         metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
         metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
+        cors_allow_origins: browser origins (e.g. "https://lab.example:8443") allowed to call the store from their
+            pages, one or several; "*" allows any; None (default) sends no CORS headers. Keyword-only here (Agent
+            Lightning 0.3 takes it fourth, where AGL takes the token).
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class LightningStoreServer(LightningStore):
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
+        cors_allow_origins: str | Sequence[str] | None = None,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -158,6 +163,8 @@ class LightningStoreServer(LightningStore):
         self.metrics = metrics
         self.metrics_public = metrics_public
         self.metrics_collectors = list(metrics_collectors)
+        CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
+        self.cors_allow_origins = cors_allow_origins
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -224,6 +231,7 @@ class LightningStoreServer(LightningStore):
             metrics=self.metrics,
             metrics_public=self.metrics_public,
             metrics_collectors=self.metrics_collectors,
+            cors_allow_origins=self.cors_allow_origins,
         )
         self._app = app
         http: Any

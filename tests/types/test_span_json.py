@@ -70,7 +70,9 @@ OTHER = {
     "extra in status": _span(status=TraceStatus(status_code="OK", note="x")),
     "extra in resource": _span(resource=OtelResource(attributes={}, extra_key=1)),
     "extra in context": _span(context=SpanContext(trace_id="t", span_id="s", flag=True)),
-    "datetime attribute": _span(attributes={"when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)}),
+    "datetime attribute": _span(
+        attributes={"when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)}
+    ),
     "date attribute": _span(attributes={"day": datetime.date(2026, 1, 2)}),
     "bytes attribute": _span(attributes={"raw": b"\x00\x01"}),
     "set attribute": _span(attributes={"s": {1}}),

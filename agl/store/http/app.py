@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from agl.store.base import LightningStore
 from agl.store.errors import StaleAttemptError
+from agl.store.http.cors import CorsPolicy
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
 from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
@@ -488,6 +489,7 @@ class StoreApp:
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
+        cors_allow_origins: str | Sequence[str] | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
@@ -512,6 +514,11 @@ class StoreApp:
         if self.metrics is not None:
             for route in [*self._static.values(), *(r for routes in self._dynamic.values() for r in routes)]:
                 route.latencies = self.metrics.requests.route_series(route.template, route.method)
+        self.cors = CorsPolicy.from_setting(cors_allow_origins)
+        """Browser origins allowed to call the store (None: no CORS headers at all)."""
+        if self.cors is not None:
+            # Only a server with CORS pays for it: `handle` becomes the CORS-aware one for this app.
+            self.handle = self._handle_with_cors  # type: ignore[method-assign]
 
     # -- ASGI entry point --------------------------------------------------------------------------------------
 
@@ -703,6 +710,30 @@ class StoreApp:
                 series = metrics.requests.series(label, method, response.status, latencies)
             series[bisect_left(metrics.bounds, seconds)] += 1
             series[-1] += seconds
+        return response
+
+    async def _handle_with_cors(
+        self,
+        method: str,
+        path: str,
+        query_string: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes | None,
+        receive: Receive | None = None,
+    ) -> Response:
+        """`handle` with the CORS policy applied: preflights answered here, CORS headers on allowed origins."""
+        cors = self.cors
+        assert cors is not None
+        origin = headers.get(b"origin")
+        allowed = cors.allows(origin)
+        if method == "OPTIONS" and b"access-control-request-method" in headers:
+            if not allowed or origin is None:
+                return Response(400, _encode_detail("Disallowed CORS origin: add it with --cors-origin"))
+            extra = cors.preflight_headers(origin, headers.get(b"access-control-request-headers"))
+            return Response(200, b"", b"text/plain", extra)
+        response = await StoreApp.handle(self, method, path, query_string, headers, body, receive)
+        if allowed and origin is not None:
+            response.headers = [*(response.headers or ()), *cors.answer_headers(origin)]  # never mutate shared lists
         return response
 
     def _no_route(self, sub: str) -> HTTPError:
