@@ -52,10 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; returns 1 on a start-up failure (bad arguments, port in use, unreadable database)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from agl.logging import set_role, setup
-
-    set_role("store")
-    setup(args.log_level)
     if args.backend == "sqlite" and not args.path:
         parser.error("--backend sqlite needs --path FILE (the database file to create or resume)")
     if args.backend == "memory" and args.path:
@@ -69,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tracker and "console" in args.tracker:
         parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
                      "`agl stats` prints them in a terminal")  # fmt: skip
+    from agl.logging import set_role, setup
+
+    set_role("store")  # after the argument checks: a refused command line changes no process-wide state
+    setup(args.log_level)
 
     from agl.store.base import LightningStore
     from agl.store.server import LightningStoreServer
