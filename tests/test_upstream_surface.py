@@ -1230,9 +1230,6 @@ SIGNATURE_DIFFERENCES = [
     "agentlightning.logging.configure_logger",
     "agentlightning.logging.setup_module",
     "agentlightning.store.memory.InMemoryLightningStore.query_spans",
-    "agentlightning.tracer.otel.LightningSpanProcessor",
-    "agentlightning.tracer.otel.LightningSpanProcessor.spans",
-    "agentlightning.tracer.otel.LightningSpanProcessor.with_context",
     "agentlightning.adapter.triplet.TraceTree.visualize",
     "agentlightning.adapter.triplet.TracerTraceToTriplet.visualize",
 ]
