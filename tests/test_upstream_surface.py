@@ -1223,7 +1223,6 @@ NOT_PROVIDED = [
 
 # Upstream signatures AGL's does not match call for call; each is listed in docs/compatibility.md.
 SIGNATURE_DIFFERENCES = [
-    "agentlightning.store.client_server.LightningStoreServer",
     "agentlightning.emitter.annotation.OperationContext",
     "agentlightning.llm_proxy.LLMProxy",
     "agentlightning.llm_proxy.LLMProxy.initialize",
