@@ -157,3 +157,14 @@ def test_bad_arguments_are_refused() -> None:
         LightningSpanProcessor(flush_interval=0)
     with pytest.raises(ValueError, match="flush_timeout"):
         LightningSpanProcessor(flush_timeout=-1)
+
+
+def test_spans_outside_any_context_are_bounded(
+    processor: LightningSpanProcessor, otel: SdkTracer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agl.tracer.otel_capture as capture
+
+    assert capture.STRAY_SPAN_LIMIT == 10_000
+    monkeypatch.setattr(capture, "STRAY_SPAN_LIMIT", 3)
+    _end(otel, "a", "b", "c", "d", "e")
+    assert [s.name for s in processor.spans()] == ["a", "b", "c"]
