@@ -230,9 +230,11 @@ def test_default_bind_is_loopback_only() -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
-def test_all_interfaces_without_a_token_exits_2_with_one_line(host: str) -> None:
-    code, out, err = _refused(["--host", host, "--port", str(free_port())], _env())
-    assert code == 2 and out == ""
+def test_all_interfaces_without_a_token_exits_2_with_one_line(tmp_path: Path, host: str) -> None:
+    db = tmp_path / "s.db"
+    code, out, err = _refused(["--host", host, "--port", str(free_port()), "--backend", "sqlite", "--path", str(db)],
+                              _env())  # fmt: skip
+    assert code == 2 and out == "" and not db.exists()  # refused before the store was made
     assert err.count("\n") == 1 and f"refusing to serve the store on {host} without a token" in err
     assert "--token-file FILE" in err and "AGL_STORE_TOKEN" in err and "--insecure" in err
 
