@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.events import StoreEvents
+from agl.store.exposure import InsecureBindError, TokenError, allow_insecure_from_env, check_bind, resolve_token
 from agl.store.http.cors import CorsPolicy
 from agl.store.http.wire import TOKEN_ENV
 from agl.store.launch import DEFAULT_HOST, LaunchMode, resolve_launch
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
     from agl.store.http.app import StoreApp
 
-__all__ = ["DEFAULT_PORT", "LightningStoreServer", "PortInUseError", "main", "tune_gc_for_serving"]
+__all__ = ["DEFAULT_PORT", "InsecureBindError", "LightningStoreServer", "PortInUseError", "main", "tune_gc_for_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class LightningStoreServer(LightningStore):
     """Serve `store` over HTTP at `http://host:port/v1/agl` and act as a `LightningStore` delegating to it.
 
     The parameters up to `tracker` are Agent Lightning 0.3's, in its order; AGL's own are keyword-only.
+    Listening on an address other machines can reach (anything but loopback) needs a token: without one, start
+    raises `InsecureBindError` unless `insecure` is set (`AGL_STORE_INSECURE=1`; then a warning is logged).
 
     Args:
         store: the store to serve; it must be `async_safe`.
@@ -192,6 +195,8 @@ class LightningStoreServer(LightningStore):
         self.metrics_collectors = list(metrics_collectors)
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
+        self.insecure = allow_insecure_from_env()
+        """Serve beyond loopback without a token (default: `AGL_STORE_INSECURE`, else False)."""
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -325,13 +330,19 @@ class LightningStoreServer(LightningStore):
         sock = bind_listening_socket(
             self.host, self._port if self._port else self._requested_port, what="store server", backlog=self.backlog
         )
+        try:
+            check_bind(str(sock.getsockname()[0]), self.token, self.insecure)  # the address really bound
+        except InsecureBindError:
+            sock.close()
+            raise
         self._port = int(sock.getsockname()[1])
         return sock
 
     def start(self) -> Awaitable[None]:
         """Start serving; with launch_mode "thread" in a background thread, returning once it accepts connections.
 
-        Raises `PortInUseError` if the port is taken, `RuntimeError` if start-up fails or times out. The return
+        Raises `PortInUseError` if the port is taken, `InsecureBindError` (a ValueError) on an address beyond
+        loopback without a token (see the class), `RuntimeError` if start-up fails or times out. The return
         value may be awaited (`await server.start()`), as upstream's asynchronous `start()` is. With launch_mode
         "asyncio" the server runs on the running event loop and `await server.start()` returns once it accepts
         connections (outside a running loop that is a `RuntimeError`).
@@ -1023,16 +1034,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agl.store.server", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
-    parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else none)")
+    token_flags = parser.add_mutually_exclusive_group()
+    token_flags.add_argument(
+        "--token-file", default=None, help=f"file holding the bearer token (default: ${TOKEN_ENV})"
+    )
+    token_flags.add_argument("--token", default=None, help="bearer token (visible in `ps`: prefer --token-file)")
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     args = parser.parse_args(argv)
+    try:
+        token, _ = resolve_token(args.token, args.token_file)
+    except TokenError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from agl.store.memory import InMemoryLightningStore
 
     store = InMemoryLightningStore(thread_safe=True)
-    server = LightningStoreServer(store, host=args.host, port=args.port, token=args.token, log_level=args.log_level)
+    server = LightningStoreServer(store, host=args.host, port=args.port, token=token, log_level=args.log_level)
+    server.insecure = args.insecure or server.insecure
     try:
         server.serve()
+    except InsecureBindError as exc:
+        logger.error("%s", exc)
+        return 2
     except (PortInUseError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
