@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,17 +124,42 @@ def _sources(folder: Path) -> dict[str, list[str]]:
 def test_before_and_after_differ_only_in_the_lines_the_guide_shows() -> None:
     before, after = _sources(EXAMPLE / "before"), _sources(EXAMPLE / "after")
     assert sorted(before) == sorted(after) == ["toy_llm.py", "train.py"]
-    changed = {
-        name: [line for line in difflib.unified_diff(before[name], after[name], n=0) if line[:1] in "+-"]
-        for name in before
-    }
-    changed = {name: lines for name, lines in changed.items() if lines}
-    assert changed == {
-        "train.py": ["--- \n", "+++ \n", "-import agentlightning as agl\n", "+import agl\n"],
-    }
-    # The guide shows that same diff, as a fenced block.
-    guide = GUIDE.read_text()
-    block = re.search(r"```diff\n(.*?)```", guide, re.S)
+    assert before["toy_llm.py"] == after["toy_llm.py"]
+    diff = difflib.unified_diff(before["train.py"], after["train.py"], "before/train.py", "after/train.py", n=0)
+    diff_lines = [line.rstrip("\n") for line in diff]
+    assert diff_lines == [
+        "--- before/train.py",
+        "+++ after/train.py",
+        "@@ -24 +24 @@",
+        "-import agentlightning as agl",
+        "+import agl",
+    ]
+    # The guide shows that same diff.
+    block = re.search(r"```diff\n(.*?)```", GUIDE.read_text(), re.S)
     assert block is not None, "docs/migrating.md has no ```diff block"
-    shown = [line for line in block.group(1).splitlines() if line[:1] in "+-" and not line.startswith(("---", "+++"))]
-    assert shown == ["-import agentlightning as agl", "+import agl"]
+    assert block.group(1).splitlines() == diff_lines
+
+
+def test_the_guides_sed_command_turns_before_into_after(tmp_path: Path) -> None:
+    guide = GUIDE.read_text()
+    block = re.search(r"```bash\n(grep -rlE [^`]*?)```", guide, re.S)
+    assert block is not None, "docs/migrating.md has no import-rewriting command"
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE / "before", project, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "pkg").mkdir()
+    # Other import forms the command handles; span names in strings must stay as they are.
+    (project / "pkg" / "more.py").write_text(
+        "import agentlightning as alx\n"
+        "from agentlightning.store.memory import InMemoryLightningStore\n"
+        "    from agentlightning import Trainer\n"
+        'NAME = "agentlightning.operation"\n'
+    )
+    subprocess.run(["bash", "-c", block.group(1)], cwd=project, check=True)
+    assert _sources(project)["train.py"] == _sources(EXAMPLE / "after")["train.py"]
+    assert _sources(project)["toy_llm.py"] == _sources(EXAMPLE / "after")["toy_llm.py"]
+    assert (project / "pkg" / "more.py").read_text() == (
+        "import agl as alx\n"
+        "from agl.store.memory import InMemoryLightningStore\n"
+        "    from agl import Trainer\n"
+        'NAME = "agentlightning.operation"\n'
+    )
