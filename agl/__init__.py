@@ -7,8 +7,9 @@ says why and what to use instead).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from agl.optional import import_module
 
 __version__ = "0.3.0"
 
@@ -126,9 +127,9 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(module), name)
+        value = getattr(import_module(module, f"agl.{name}"), name)
     elif name in _MODULES:
-        value = importlib.import_module(_MODULES[name])
+        value = import_module(_MODULES[name], f"agl.{name}")
     elif name in _NOT_PROVIDED:
         raise AttributeError(f"agl.{name}: {_NOT_PROVIDED[name]} (see docs/compatibility.md)")
     else:

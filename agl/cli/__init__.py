@@ -20,6 +20,21 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "spans": ("agl.cli.spans", "export a rollout's spans as JSON lines or OTLP/JSON"),
 }
 
+# Agent Lightning 0.3's subcommands that AGL does not have -> why, and what to use instead (exit status 2).
+NOT_PROVIDED: dict[str, str] = {
+    "vllm": (
+        "AGL does not wrap vLLM (upstream patches its internals): run `vllm serve MODEL` yourself, give the agent its "
+        "URL as an LLM resource, and put agl.LLMProxy in front of it to record token ids (docs/llm.md)"
+    ),
+    "prometheus": (
+        "AGL's store serves its Prometheus metrics itself at /metrics, runners with metrics_port (docs/metrics.md)"
+    ),
+    "agentops": (
+        "AGL does not use AgentOps, so no AgentOps server is needed: OtelTracer records spans without one "
+        "(docs/tracing.md)"
+    ),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `agl <subcommand> [args...]`; returns the process exit code."""
@@ -37,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
+    if args[0] in NOT_PROVIDED:
+        print(f"agl {args[0]}: not provided by AGL. {NOT_PROVIDED[args[0]]}", file=sys.stderr)
+        return 2
     if args[0] not in SUBCOMMANDS:
         parser.parse_args(args[:1])  # prints the usage error and exits with status 2
     module = importlib.import_module(SUBCOMMANDS[args[0]][0])

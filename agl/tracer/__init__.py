@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from agl.optional import import_module
 from agl.tracer.base import SpanRecordingContext, Tracer, clear_active_tracer, get_active_tracer, set_active_tracer
 from agl.tracer.dummy import DummyTracer
 
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'agl.tracer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(import_module(module, f"agl.tracer.{name}"), name)
     globals()[name] = value
     return value
 

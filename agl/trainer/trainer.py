@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 
 
 def _default_tracer() -> Tracer:
-    from agl.tracer.otel import OtelTracer
+    from agl.optional import import_module
 
-    return OtelTracer()
+    tracer_class: type[Tracer] = import_module("agl.tracer.otel", "Trainer's default tracer (OtelTracer)").OtelTracer
+    return tracer_class()
 
 
 def _default_adapter() -> Adapter[Any, Any]:

@@ -63,3 +63,14 @@ def test_a_failed_demo_prints_its_error_once(tmp_path: object) -> None:
     )
     assert done.returncode == 1
     assert (done.stdout + done.stderr).count(missing) == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "replacement"), [("vllm", "LLMProxy"), ("prometheus", "/metrics"), ("agentops", "OtelTracer")]
+)
+def test_upstream_subcommands_agl_lacks_say_what_to_use(
+    command: str, replacement: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--port", "8000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"agl {command}: not provided by AGL.") and replacement in err
