@@ -64,7 +64,6 @@ from agl.store.inputs import (
     check_attempt_update,
     check_mode,
     check_worker_id,
-    has_health_rules,
     new_id,
     rollout_changes,
 )
@@ -375,6 +374,8 @@ class SqliteLightningStore(LightningStore):
         synchronous: SQLite `synchronous` mode: "FULL" (default, durable across power loss) or "NORMAL" (durable
             across a crash of the process, faster); see the module docstring.
         busy_timeout_seconds: how long to wait for another process holding the write lock.
+        claim_timeout_seconds: a claimed attempt still `preparing` with no sign of life from its runner (its own or
+            its worker's heartbeat) for this long is returned to the queue by the health scan; None or 0 turns it off.
     """
 
     def __init__(
@@ -385,7 +386,9 @@ class SqliteLightningStore(LightningStore):
         scan_debounce_seconds: float = 10.0,
         synchronous: Synchronous = "FULL",
         busy_timeout_seconds: float = 30.0,
+        claim_timeout_seconds: float | None = state.DEFAULT_CLAIM_TIMEOUT_SECONDS,
     ) -> None:
+        self._claim_timeout = state.check_claim_timeout(claim_timeout_seconds)
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous must be one of FULL, NORMAL, EXTRA, OFF; got {synchronous!r}")
         self._path = os.fspath(path)
@@ -400,6 +403,16 @@ class SqliteLightningStore(LightningStore):
         self._waiters = CompletionWaiters()
         self._finished_in_tx: list[str] = []
         self._events_in_tx: list[StoreEvent] = []
+        if self._claim_timeout is not None:
+            self._watch_unconfirmed_claims()
+
+    def _watch_unconfirmed_claims(self) -> None:
+        """Mark every `preparing` rollout for the health scan (rows written with the claim timeout off lack it)."""
+        with self._lock:
+            db = self._conn()
+            if db.execute("SELECT 1 FROM rollouts WHERE status = 'preparing' AND watched = 0 LIMIT 1").fetchone():
+                with self._write() as db:
+                    db.execute("UPDATE rollouts SET watched = 1 WHERE status = 'preparing' AND watched = 0")
 
     # -- pickling: a copy reopens the same file ---------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -411,6 +424,7 @@ class SqliteLightningStore(LightningStore):
             "scan_debounce_seconds": self._scan_debounce,
             "synchronous": self._synchronous,
             "busy_timeout_seconds": self._busy_timeout,
+            "claim_timeout_seconds": self._claim_timeout,
         }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -420,6 +434,7 @@ class SqliteLightningStore(LightningStore):
             scan_debounce_seconds=data["scan_debounce_seconds"],
             synchronous=data["synchronous"],
             busy_timeout_seconds=data["busy_timeout_seconds"],
+            claim_timeout_seconds=data.get("claim_timeout_seconds", state.DEFAULT_CLAIM_TIMEOUT_SECONDS),
         )
 
     @property
@@ -526,10 +541,9 @@ class SqliteLightningStore(LightningStore):
             (rollout.status, self._watched(rollout), rollout.end_time, _dump(rollout), rollout.rollout_id),
         )
 
-    @staticmethod
-    def _watched(rollout: Rollout) -> int:
-        """1 if the health scan must look at this rollout (claimed, with timeout/unresponsive rules)."""
-        return int(state.is_running(rollout.status) and has_health_rules(rollout.config))
+    def _watched(self, rollout: Rollout) -> int:
+        """1 if the health scan must look at this rollout (`state.watch_rollout`)."""
+        return int(state.watch_rollout(rollout.status, rollout.config, self._claim_timeout))
 
     def _latest_attempt(self, db: sqlite3.Connection, rollout_id: str) -> Attempt | None:
         row = db.execute(
@@ -616,15 +630,17 @@ class SqliteLightningStore(LightningStore):
         now: float,
         *,
         latest: bool,
+        rollout_status: RolloutStatus | None = None,
     ) -> None:
-        """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout."""
+        """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout (to
+        `rollout_status` if given, else by the retry rule)."""
         old = attempt.status
         attempt.status = status
         self._attempt_event(attempt, old, now)
         if status in state.ATTEMPT_END_STATUSES:
             attempt.end_time = now
         if latest:
-            new = state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
+            new = rollout_status or state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
             if new != rollout.status:
                 self._set_rollout_status(db, rollout, new, now, old=rollout.status)
         self._sync_worker(db, attempt, now)
@@ -646,17 +662,51 @@ class SqliteLightningStore(LightningStore):
         db = self._conn()
         if db.execute("SELECT 1 FROM rollouts WHERE watched = 1 LIMIT 1").fetchone() is None:
             return
-        with self._write() as db:
+        # Judged in a read transaction first: most scans change nothing and then take no write lock.
+        with self._read() as db:
+            due = [rollout.rollout_id for rollout, _, _ in self._health_verdicts(db, now)]
+        if not due:
+            return
+        with self._write() as db:  # judged again under the write lock: the rows may have moved meanwhile
+            for rollout, attempt, verdict in self._health_verdicts(db, now, due):
+                self._apply_attempt_status(
+                    db, rollout, attempt, verdict[0], now, latest=True, rollout_status=verdict[1]
+                )
+                self._put_attempt(db, attempt)
+
+    def _health_verdicts(
+        self, db: sqlite3.Connection, now: float, rollout_ids: Sequence[str] | None = None
+    ) -> list[tuple[Rollout, Attempt, tuple[AttemptStatus, RolloutStatus | None]]]:
+        """The watched rollouts (all, or those among `rollout_ids`) the health rules act on at `now`."""
+        if rollout_ids is None:
             rows = db.execute("SELECT data FROM rollouts WHERE watched = 1 ORDER BY seq").fetchall()
-            for (data,) in rows:
-                rollout = Rollout.model_validate_json(data)
-                attempt = self._latest_attempt(db, rollout.rollout_id)
-                if attempt is None:
-                    continue
-                bad = state.unhealthy_status(attempt, rollout.config, now)
-                if bad is not None and attempt.status != bad:
-                    self._apply_attempt_status(db, rollout, attempt, bad, now, latest=True)
-                    self._put_attempt(db, attempt)
+        else:
+            rows = []
+            for chunk in _chunks(rollout_ids):
+                rows.extend(
+                    db.execute(
+                        f"SELECT data FROM rollouts WHERE watched = 1 AND rollout_id IN ({_marks(len(chunk))}) "
+                        "ORDER BY seq",
+                        tuple(chunk),
+                    )
+                )
+        out: list[tuple[Rollout, Attempt, tuple[AttemptStatus, RolloutStatus | None]]] = []
+        for (data,) in rows:
+            rollout = Rollout.model_validate_json(data)
+            attempt = self._latest_attempt(db, rollout.rollout_id)
+            if attempt is None:
+                continue
+            worker = self._get_worker(db, attempt.worker_id) if attempt.worker_id else None
+            verdict = state.health_verdict(
+                attempt,
+                rollout.config,
+                now,
+                claim_timeout=self._claim_timeout,
+                worker_heartbeat=worker.last_heartbeat_time if worker is not None else None,
+            )
+            if verdict is not None:
+                out.append((rollout, attempt, verdict))
+        return out
 
     def _new_rollout(
         self,
