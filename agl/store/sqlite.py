@@ -52,8 +52,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
+from agl.store import idempotency, state
 from agl.store import sqlite_rollout_query as rollout_sql
-from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.errors import StaleAttemptError
 from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused, StoreEvent
@@ -262,7 +262,24 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    """Idempotency keys, each kept with its answer in the transaction of the write it answered
+    (`agl.store.idempotency`); `seq` orders them oldest first for pruning."""
+    db.execute(
+        """CREATE TABLE idempotency_keys (
+            seq INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            created REAL NOT NULL,
+            fingerprint INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4]
 """`MIGRATIONS[i]` brings a database from schema version `i` to `i + 1`; append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -376,6 +393,8 @@ class SqliteLightningStore(LightningStore):
         busy_timeout_seconds: how long to wait for another process holding the write lock.
         claim_timeout_seconds: a claimed attempt still `preparing` with no sign of life from its runner (its own or
             its worker's heartbeat) for this long is returned to the queue by the health scan; None or 0 turns it off.
+        idempotency_retention: how long and how many idempotency keys of served writes are kept in the file with
+            their answers (default: 10 minutes, 100 000 keys, 256 MiB of answers, whichever is reached first).
     """
 
     def __init__(
@@ -387,8 +406,12 @@ class SqliteLightningStore(LightningStore):
         synchronous: Synchronous = "FULL",
         busy_timeout_seconds: float = 30.0,
         claim_timeout_seconds: float | None = state.DEFAULT_CLAIM_TIMEOUT_SECONDS,
+        idempotency_retention: idempotency.IdempotencyRetention | None = None,
     ) -> None:
         self._claim_timeout = state.check_claim_timeout(claim_timeout_seconds)
+        retention = idempotency_retention if idempotency_retention is not None else idempotency.IdempotencyRetention()
+        if not isinstance(retention, idempotency.IdempotencyRetention):
+            raise ValueError(f"idempotency_retention must be an IdempotencyRetention, got {retention!r}")
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous must be one of FULL, NORMAL, EXTRA, OFF; got {synchronous!r}")
         self._path = os.fspath(path)
@@ -403,6 +426,12 @@ class SqliteLightningStore(LightningStore):
         self._waiters = CompletionWaiters()
         self._finished_in_tx: list[str] = []
         self._events_in_tx: list[StoreEvent] = []
+        count, total, oldest = (
+            self._conn()
+            .execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created) FROM idempotency_keys")
+            .fetchone()
+        )
+        self._kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
         if self._claim_timeout is not None:
             self._watch_unconfirmed_claims()
 
@@ -425,6 +454,7 @@ class SqliteLightningStore(LightningStore):
             "synchronous": self._synchronous,
             "busy_timeout_seconds": self._busy_timeout,
             "claim_timeout_seconds": self._claim_timeout,
+            "idempotency_retention": self._kept_keys.retention,
         }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -435,6 +465,7 @@ class SqliteLightningStore(LightningStore):
             synchronous=data["synchronous"],
             busy_timeout_seconds=data["busy_timeout_seconds"],
             claim_timeout_seconds=data.get("claim_timeout_seconds", state.DEFAULT_CLAIM_TIMEOUT_SECONDS),
+            idempotency_retention=data.get("idempotency_retention"),
         )
 
     @property
@@ -596,6 +627,89 @@ class SqliteLightningStore(LightningStore):
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (resources_id,),
         )
+
+    # -- idempotency keys (call inside a write transaction) -------------------------------------------------
+    def _replay_kept(self, db: sqlite3.Connection, now: float) -> None:
+        """First step of a keyed write: raise `AnswerAlreadyKept` when its key already has a live answer (a retry
+        of a write committed before), so nothing runs again; forget the key when it is past its age."""
+        pending = idempotency.current_write()
+        if pending is None or pending.encode is None:
+            return
+        found = self._kept_answer(db, pending.key)
+        if found is None:
+            return
+        created, first = found
+        if now - created <= self._kept_keys.retention.max_age_seconds:
+            raise idempotency.AnswerAlreadyKept(pending.key, first)
+        db.execute("DELETE FROM idempotency_keys WHERE key = ?", (pending.key,))  # expired, not yet pruned
+        self._kept_keys.entries -= 1
+        self._kept_keys.bytes -= len(first.body)
+
+    def _keep_answer(self, db: sqlite3.Connection, result: Any, now: float) -> None:
+        """Last step of a keyed write: keep the answer to `result` with the write itself, so a retry after a crash
+        gets it (the write began with `_replay_kept`). Nothing after it may fail, or the kept count drifts."""
+        pending = idempotency.answer_to_keep(result)
+        if pending is None:
+            return
+        answer = pending.kept
+        assert answer is not None
+        db.execute(
+            "INSERT INTO idempotency_keys (key, created, fingerprint, status, content_type, headers, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                pending.key,
+                now,
+                answer.fingerprint,
+                answer.status,
+                answer.content_type.decode("latin-1"),
+                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers]),
+                answer.body,
+            ),
+        )
+        tracker = self._kept_keys
+        tracker.added(len(answer.body), now)
+        if tracker.prune_due(now):
+            self._prune_answers(db, now)
+
+    @staticmethod
+    def _kept_answer(db: sqlite3.Connection, key: str) -> tuple[float, idempotency.KeptAnswer] | None:
+        """When `key` was kept and its answer, or None."""
+        row = db.execute(
+            "SELECT created, fingerprint, status, content_type, headers, body FROM idempotency_keys WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        created, fingerprint, status, content_type, headers, body = row
+        pairs = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(headers))
+        return float(created), idempotency.KeptAnswer(
+            int(fingerprint), int(status), bytes(body), content_type.encode("latin-1"), pairs
+        )
+
+    def _prune_answers(self, db: sqlite3.Connection, now: float, batch: int = 500, most: int = 5000) -> None:
+        """Drop the oldest keys the retention says must go (at most `most` per write; the next write goes on)."""
+        tracker = self._kept_keys
+        tracker.start_prune()
+        seen = 0
+        while seen < most:
+            rows = db.execute(
+                "SELECT seq, created, LENGTH(body) FROM idempotency_keys ORDER BY seq LIMIT ?", (batch,)
+            ).fetchall()
+            last = None
+            kept_one = False
+            for seq, created, size in rows:
+                if not tracker.drop(float(created), int(size), now):
+                    kept_one = True
+                    break
+                last = seq
+            if last is not None:
+                db.execute("DELETE FROM idempotency_keys WHERE seq <= ?", (last,))
+            if kept_one:
+                return
+            if len(rows) < batch:
+                tracker.emptied()
+                return
+            seen += len(rows)
 
     # -- state transitions (call inside a write transaction) ------------------------------------------------
     def _set_rollout_status(
@@ -813,11 +927,14 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db) if resources_id is None else None
                 rollout = self._new_rollout(db, input, mode, resources_id, config, metadata, "preparing", now, latest)
                 attempt = self._new_attempt(db, rollout, worker_id, now)
                 self._sync_worker(db, attempt, now)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                started = _snapshot(rollout, attempt)
+                self._keep_answer(db, started, now)
+        return started  # type: ignore[return-value]
 
     async def enqueue_rollout(
         self,
@@ -832,8 +949,11 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db) if resources_id is None else None
-                return self._new_rollout(db, input, mode, resources_id, config, metadata, "queuing", now, latest)
+                rollout = self._new_rollout(db, input, mode, resources_id, config, metadata, "queuing", now, latest)
+                self._keep_answer(db, rollout, now)
+                return rollout
 
     async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
         """Enqueue several rollouts in order in one transaction (all or none); results in input order."""
@@ -847,11 +967,14 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db)
-                return [
+                enqueued = [
                     self._new_rollout(db, r.input, r.mode, r.resources_id, config, r.metadata, "queuing", now, latest)
                     for r, config in zip(requests, configs, strict=True)
                 ]
+                self._keep_answer(db, enqueued, now)
+                return enqueued
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
@@ -860,6 +983,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 claimed = self._claim(db, worker_id, now)
                 if claimed is None:
                     if worker_id:
@@ -867,7 +991,9 @@ class SqliteLightningStore(LightningStore):
                     return None
                 rollout, attempt = claimed
                 self._sync_worker(db, attempt, now, dequeued=True)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                snapshot = _snapshot(rollout, attempt)
+                self._keep_answer(db, snapshot, now)
+        return snapshot  # type: ignore[return-value]
 
     async def dequeue_many_rollouts(
         self, *, limit: int = 1, worker_id: str | None = None
@@ -880,6 +1006,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 claimed: list[tuple[Rollout, Attempt]] = []
                 while len(claimed) < limit:
                     one = self._claim(db, worker_id, now)
@@ -891,7 +1018,10 @@ class SqliteLightningStore(LightningStore):
                         self._sync_worker(db, claimed[-1][1], now, dequeued=True)
                     else:
                         self._empty_dequeue(db, worker_id, now)
-        return [_snapshot(rollout, attempt) for rollout, attempt in claimed]  # type: ignore[misc]
+                snapshots = [_snapshot(rollout, attempt) for rollout, attempt in claimed]
+                if snapshots:
+                    self._keep_answer(db, snapshots, now)
+        return snapshots  # type: ignore[return-value]
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
@@ -900,10 +1030,13 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 attempt = self._new_attempt(db, rollout, worker_id, now)
                 self._sync_worker(db, attempt, now)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                started = _snapshot(rollout, attempt)
+                self._keep_answer(db, started, now)
+        return started  # type: ignore[return-value]
 
     async def query_rollouts(
         self,
@@ -1040,6 +1173,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 old = rollout.status
                 for key, value in changes.items():
@@ -1050,6 +1184,7 @@ class SqliteLightningStore(LightningStore):
                     self._set_rollout_status(db, rollout, status, now, old=old)
                 else:
                     self._put_rollout(db, rollout)
+                self._keep_answer(db, rollout, now)
         return rollout
 
     # -- attempts -------------------------------------------------------------------------------------------
@@ -1096,6 +1231,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 latest = self._latest_attempt(db, rollout_id)
                 if latest is None:
@@ -1129,6 +1265,7 @@ class SqliteLightningStore(LightningStore):
                 elif worker_id is not UNSET and worker_id:
                     self._sync_worker(db, attempt, now)
                 self._put_attempt(db, attempt)
+                self._keep_answer(db, attempt, now)
         return attempt
 
     # -- spans ----------------------------------------------------------------------------------------------
@@ -1324,10 +1461,12 @@ class SqliteLightningStore(LightningStore):
                 resources_id=new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
             )
             with self._write() as db:
+                self._replay_kept(db, now)
                 db.execute(
                     "INSERT INTO resources (resources_id, data) VALUES (?, ?)", (update.resources_id, _dump(update))
                 )
                 self._set_latest_resources_id(db, update.resources_id)
+                self._keep_answer(db, update, now)
         return update
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
@@ -1339,6 +1478,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 old = self._get_resources(db, resources_id)
                 update = ResourcesUpdate(
                     resources_id=resources_id,
@@ -1354,6 +1494,7 @@ class SqliteLightningStore(LightningStore):
                     (resources_id, _dump(update)),
                 )
                 self._set_latest_resources_id(db, resources_id)
+                self._keep_answer(db, update, now)
         return update
 
     def _get_resources(self, db: sqlite3.Connection, resources_id: str) -> ResourcesUpdate | None:
