@@ -112,6 +112,7 @@ def test_port_in_use_is_refused_with_the_port_named() -> None:
         (["--path", "x.db"], "only for --backend sqlite"),
         (["--claim-timeout", "-1"], "--claim-timeout -1.0: give the seconds"),
         (["--claim-timeout", "nan"], "--claim-timeout nan: give the seconds"),
+        (["--claim-timeout", "soon"], "argument --claim-timeout: invalid float value: 'soon'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
