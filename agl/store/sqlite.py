@@ -662,7 +662,9 @@ class SqliteLightningStore(LightningStore):
                 answer.fingerprint,
                 answer.status,
                 answer.content_type.decode("latin-1"),
-                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers]),
+                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers])
+                if answer.headers
+                else "[]",
                 answer.body,
             ),
         )
