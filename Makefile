@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint browser
+.PHONY: install demo test lint browser interop-venv
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,17 @@ browser:
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the dashboard browser tests"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "could not install chromium (needs root and apt-get): the browser tests will skip"; }
+
+# The real Agent Lightning 0.3.0 in a side virtualenv (its dependencies are not AGL's), for tests/interop:
+# `make interop-venv`, then `AGL_AL_PYTHON=.venv-agentlightning/bin/python make test PYTEST_ARGS=--run-slow`.
+AL_VENV ?= .venv-agentlightning
+interop-venv: $(AL_VENV)/.installed
+
+$(AL_VENV)/.installed:
+	python3 -m venv $(AL_VENV)
+	$(AL_VENV)/bin/pip install --quiet --upgrade pip
+	$(AL_VENV)/bin/pip install --quiet agentlightning==0.3.0
+	touch $@
 
 test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)

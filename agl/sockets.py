@@ -8,8 +8,12 @@ import socket
 __all__ = ["PortInUseError", "bind_listening_socket", "port_holder"]
 
 
-class PortInUseError(OSError):
-    """A server's port is already taken; the message names the port and, when the OS tells, the holding process."""
+class PortInUseError(OSError, RuntimeError):
+    """A server's port is already taken; the message names the port and, when the OS tells, the holding process.
+
+    Both an `OSError` (errno `EADDRINUSE`, as a failed bind is) and a `RuntimeError` (what Agent Lightning 0.3
+    raises for a port conflict), so callers written for either catch it.
+    """
 
     def __init__(self, what: str, host: str, port: int, holder: str | None) -> None:
         self.host = host

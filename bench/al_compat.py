@@ -70,6 +70,50 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
             lambda: client.enqueue_many_rollouts([{"input": i} for i in range(3)]),  # type: ignore[misc]
             lambda rs: None if [r.input for r in rs] == [0, 1, 2] else f"got {rs!r:.200}",
         )
+        await check(
+            "enqueue_many_rollouts (800, a ~130 KiB body)",
+            lambda: client.enqueue_many_rollouts(  # type: ignore[misc]
+                [{"input": {"i": i, "text": "q" * 120}, "mode": "val"} for i in range(800)]
+            ),
+            lambda rs: None if [r.input["i"] for r in rs] == list(range(800)) else f"got {len(rs)} rollouts",
+        )
+        started = await check(
+            "start_rollout",
+            lambda: client.start_rollout({"started": True}, mode="test"),
+            lambda a: None if a.attempt.sequence_id == 1 and a.input == {"started": True} else f"got {a!r:.200}",
+        )
+        if started is not None:
+            srid, said = started.rollout_id, started.attempt.attempt_id
+            await check(
+                "update_rollout(metadata)",
+                lambda: client.update_rollout(srid, metadata={"edited": True}),
+                lambda r: None if r.metadata == {"edited": True} else f"got {r!r:.200}",
+            )
+            await check(
+                "get_many_span_sequence_ids",
+                lambda: client.get_many_span_sequence_ids([(srid, said), (srid, said)]),
+                lambda ids: None if len(ids) == 2 and ids[0] < ids[1] else f"got {ids!r}",
+            )
+            await check(
+                "get_latest_attempt",
+                lambda: client.get_latest_attempt(srid),
+                lambda a: None if a is not None and a.attempt_id == said else f"got {a!r:.200}",
+            )
+            await check(
+                "update_attempt(failed)",
+                lambda: client.update_attempt(srid, said, status="failed"),
+                lambda a: None if a.status == "failed" else f"got {a!r:.200}",
+            )
+            await check(
+                "start_attempt",
+                lambda: client.start_attempt(srid),
+                lambda a: None if a.attempt.sequence_id == 2 else f"got {a!r:.200}",
+            )
+            await check(
+                "update_rollout(cancelled)",
+                lambda: client.update_rollout(srid, status="cancelled"),
+                lambda r: None if r.status == "cancelled" else f"got {r!r:.200}",
+            )
         claimed = await check(
             "dequeue_rollout(worker_id)",
             lambda: client.dequeue_rollout(worker_id=worker),
@@ -129,6 +173,14 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
             lambda: client.add_many_spans(batch),
             lambda ss: None if [s.name for s in ss] == ["step-0", "step-1", "step-2"] else f"got {ss!r:.200}",
         )
+        huge = span.model_copy(
+            update={"span_id": "ee" * 8, "sequence_id": 200, "name": "big", "attributes": {"blob": "b" * 300_000}}
+        )
+        await check(
+            "add_span (a ~300 KiB span)",
+            lambda: client.add_span(huge),
+            lambda s: None if s is not None and s.attributes["blob"] == "b" * 300_000 else f"got {s!r:.200}",
+        )
         await check(
             "update_attempt(running)",
             lambda: client.update_attempt(rid, aid, status="running"),
@@ -144,15 +196,16 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
             lambda: client.query_spans(rid),
             lambda page: (
                 None
-                if len(page) == 5
-                and {s.name for s in page} == {"openai.chat.completion", "tool.call", "step-0", "step-1", "step-2"}
+                if len(page) == 6
+                and {s.name for s in page}
+                == {"openai.chat.completion", "tool.call", "step-0", "step-1", "step-2", "big"}
                 else f"got {[s.name for s in page]}"
             ),
         )
         await check(
             "query_spans(attempt_id='latest')",
             lambda: client.query_spans(rid, "latest"),
-            lambda page: None if len(page) == 5 else f"got {len(page)} spans",
+            lambda page: None if len(page) == 6 else f"got {len(page)} spans",
         )
         await check(
             "wait_for_rollouts",
@@ -184,7 +237,11 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
         others = await check(
             "dequeue_many_rollouts",
             lambda: client.dequeue_many_rollouts(limit=5, worker_id=worker),
-            lambda rs: None if many is not None and len(rs) == 3 else f"got {rs!r:.200}",
+            lambda rs: (  # the 3 queued before the 800, then the first 2 of those
+                None
+                if many is not None and [r.input for r in rs[:3]] == [0, 1, 2] and len(rs) == 5
+                else f"got {rs!r:.200}"
+            ),
         )
         for other in others or []:
             await client.update_attempt(other.rollout_id, other.attempt.attempt_id, status="failed")
@@ -204,6 +261,23 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
                 else f"got {u!r:.200}"
             ),
         )
+        if added is not None:
+            prompt = {"resource_type": "prompt_template", "template": "Q: {q}" + " pad" * 30_000, "engine": "f-string"}
+            await check(
+                "update_resources (a ~120 KiB resource)",
+                lambda: client.update_resources(added.resources_id, {"prompt": prompt}),  # type: ignore[dict-item]
+                lambda u: None if "prompt" in u.resources else f"got {u!r:.200}",
+            )
+            await check(
+                "get_resources_by_id",
+                lambda: client.get_resources_by_id(added.resources_id),
+                lambda u: None if u is not None and "prompt" in u.resources else f"got {u!r:.200}",
+            )
+            await check(
+                "query_resources",
+                lambda: client.query_resources(),
+                lambda page: None if added.resources_id in [u.resources_id for u in page] else f"got {page!r:.200}",
+            )
         await check(
             "update_worker (heartbeat)",
             lambda: client.update_worker(worker, {"cpu": 1.0}),
@@ -213,6 +287,11 @@ async def run(url: str) -> list[tuple[str, bool, str]]:
             "get_worker_by_id",
             lambda: client.get_worker_by_id(worker),
             lambda w: None if w is not None and w.worker_id == worker else f"got {w!r:.200}",
+        )
+        await check(
+            "query_workers",
+            lambda: client.query_workers(),
+            lambda page: None if worker in [w.worker_id for w in page] else f"got {page!r:.200}",
         )
         await check(
             "statistics",

@@ -1223,16 +1223,12 @@ NOT_PROVIDED = [
 
 # Upstream signatures AGL's does not match call for call; each is listed in docs/compatibility.md.
 SIGNATURE_DIFFERENCES = [
-    "agentlightning.store.client_server.LightningStoreServer",
     "agentlightning.emitter.annotation.OperationContext",
     "agentlightning.llm_proxy.LLMProxy",
     "agentlightning.llm_proxy.LLMProxy.initialize",
     "agentlightning.logging.configure_logger",
     "agentlightning.logging.setup_module",
     "agentlightning.store.memory.InMemoryLightningStore.query_spans",
-    "agentlightning.tracer.otel.LightningSpanProcessor",
-    "agentlightning.tracer.otel.LightningSpanProcessor.spans",
-    "agentlightning.tracer.otel.LightningSpanProcessor.with_context",
     "agentlightning.adapter.triplet.TraceTree.visualize",
     "agentlightning.adapter.triplet.TracerTraceToTriplet.visualize",
 ]

@@ -17,10 +17,20 @@ logger = logging.getLogger("agl.cli.store")
 def build_parser() -> argparse.ArgumentParser:
     """The `agl store` argument parser."""
     parser = argparse.ArgumentParser(prog="agl store", description="Serve a LightningStore over HTTP under /v1/agl.")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default: all interfaces)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this machine only; any other address needs a "
+                        "token or --insecure)")  # fmt: skip
     parser.add_argument("--port", type=int, default=4747, help="port to bind (default: 4747; 0 picks a free one)")
-    parser.add_argument("--token", default=None, help="bearer token required on every route but health "
-                        "(default: $AGL_STORE_TOKEN, or none)")  # fmt: skip
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token-file", metavar="FILE", default=None,
+                       help="file holding the bearer token every route but health requires (stripped; not readable "
+                       "by every user) (default: $AGL_STORE_TOKEN, else none)")  # fmt: skip
+    token.add_argument("--token", default=None,
+                       help="the bearer token itself; every user of the machine sees it in `ps`: prefer "
+                       "--token-file or $AGL_STORE_TOKEN")  # fmt: skip
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without a token (anyone who can reach it can read and change "
+                        "the store)")  # fmt: skip
     parser.add_argument("--backend", choices=["memory", "sqlite", "mongo"], default="memory",
                         help="memory (default) or sqlite (durable); mongo is Agent Lightning's and not provided")  # fmt: skip
     parser.add_argument("--path", default=None, help="database file (required with --backend sqlite)")
@@ -52,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server; returns 1 on a start-up failure (bad arguments, port in use, unreadable database)."""
+    """Run the server; returns 2 on a refused command line (bad arguments, token file, a non-loopback host without
+    a token), 1 on a start-up failure (port in use, unreadable database)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.backend == "sqlite" and not args.path:
@@ -71,10 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tracker and "console" in args.tracker:
         parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
                      "`agl stats` prints them in a terminal")  # fmt: skip
+    from agl.store.exposure import InsecureBindError, TokenError, is_loopback, refusal_message, resolve_token
+
+    try:
+        token, token_source = resolve_token(args.token, args.token_file)
+    except TokenError as exc:
+        parser.exit(2, f"agl store: error: {exc}\n")
+    if not token and not args.insecure and not is_loopback(args.host):
+        parser.exit(2, f"agl store: error: {refusal_message(args.host)}\n")
     from agl.logging import set_role, setup
 
     set_role("store")  # after the argument checks: a refused command line changes no process-wide state
     setup(args.log_level)
+    if token_source == "--token":
+        logger.warning("--token is visible to every user of this machine (`ps`); prefer --token-file FILE or "
+                       "AGL_STORE_TOKEN")  # fmt: skip
 
     from agl.store.base import LightningStore
     from agl.store.server import LightningStoreServer
@@ -105,13 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             store,
             host=args.host,
             port=args.port,
-            token=args.token,
+            token=token,
             health_check_interval=args.health_check_interval,
             metrics_public=args.metrics_public,
             cors_allow_origins=args.cors_origin,
         )
+        server.insecure = args.insecure or server.insecure
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
         server.serve()
+    except InsecureBindError as exc:  # the name given resolved to loopback, the address bound is not
+        logger.error("agl store: %s", exc)
+        return 2
     except (OSError, RuntimeError, ValueError) as exc:
         logger.error("agl store could not start: %s", exc)
         return 1

@@ -309,6 +309,8 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             (`--metrics-port` where a command starts runners); None reads `AGL_METRICS_PORT` (default: off).
         metrics: record runner process lifecycle metrics (spawns, exits, restarts, stop steps) and serve them, with
             the store's, from the store server this process starts (`/metrics`).
+        server_wait_timeout: with role `runner`, seconds to wait for the store server to answer before failing with
+            a `ConnectionError` naming its address (runners may start before the server); None waits without limit.
 
     After `execute()`, `launcher_metrics` holds the lifecycle metrics of the run (None when off).
     """
@@ -331,6 +333,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         drain_poll_interval: float = 0.5,
         metrics_port: int | None = None,
         metrics: bool = True,
+        server_wait_timeout: float | None = 60.0,
     ) -> None:
         from agl.env_var import LightningEnvVar, resolve_current_role, resolve_int_env_var, resolve_str_env_var
 
@@ -378,6 +381,11 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             raise ValueError(f"{source} must be an integer in 1..65535 (runner i uses port + i), got {metrics_port!r}")
         self.metrics_port: int | None = metrics_port
         self.metrics = bool(metrics)
+        if server_wait_timeout is not None and not server_wait_timeout >= 0:
+            raise ValueError(
+                f"server_wait_timeout must be None or a non-negative number of seconds, got {server_wait_timeout!r}"
+            )
+        self.server_wait_timeout = None if server_wait_timeout is None else float(server_wait_timeout)
         self.launcher_metrics: LauncherMetrics | None = None
 
     def __repr__(self) -> str:
@@ -630,16 +638,27 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
                 watcher.stop()
 
     def _await_server(self, address: str, stop_evt: ExecutionEvent) -> bool:
-        """Wait until the store server answers its health route; False if it is already draining."""
+        """Wait until the store server answers its health route; False if it is already draining.
+
+        Raises `ConnectionError` when it has not answered within `server_wait_timeout`.
+        """
         from agl.execution.drain import health_url
 
         url = health_url(address)
+        limit = self.server_wait_timeout
         started = last_log = time.monotonic()
         while not stop_evt.is_set():
-            status = probe_status(url, timeout=2.0)
+            status = probe_status(url, timeout=2.0 if limit is None else max(0.1, min(2.0, limit)))
             if status is not None:
                 return status != DRAINING_STATUS
             now = time.monotonic()
+            if limit is not None and now - started >= limit:
+                raise ConnectionError(
+                    f"role='runner': no store server answered at {url} within {limit:g}s. Start the algorithm side "
+                    f"first (role 'algorithm' or 'both', or `agl store`), or point server_host/server_port "
+                    f"(AGL_SERVER_HOST/AGL_SERVER_PORT) at the running server; server_wait_timeout=None waits "
+                    f"without limit"
+                )
             if now - last_log >= 5.0:
                 logger.info("waiting for the store server at %s (%.0fs so far)", address, now - started)
                 last_log = now

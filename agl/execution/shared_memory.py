@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -15,6 +16,7 @@ from agl.execution.events import ThreadingEvent
 
 if TYPE_CHECKING:
     from agl.store.base import LightningStore
+    from agl.types.core import RolloutStatus
 
 __all__ = ["SharedMemoryExecutionStrategy"]
 
@@ -28,12 +30,18 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
         n_runners: runner threads.
         main_thread: which bundle runs in the calling thread: `"runner"` (requires `n_runners == 1`; the algorithm
             runs in a thread and is waited for when the runner returns) or `"algorithm"` (the runners run in
-            threads and are stopped when the algorithm returns).
+            threads).
         join_timeout: seconds to wait for each thread to end once the run is over.
         graceful_delay: after the stop event, seconds a bundle gets to return by itself before it is cancelled,
             and again before a bundle that ignores cancellation is abandoned.
         poll_interval: how often each thread checks the stop event.
         managed_store: wrap the store in `LightningStoreThreaded` (None: `AGL_MANAGED_STORE`, default true).
+        finish_queued: when the algorithm returns, let the runners first finish every rollout still queued,
+            requeued or running in the store, then stop them. None (default) does what Agent Lightning 0.3 does:
+            finish them with `main_thread="runner"` (where its runner keeps taking work), stop the runners at once
+            with `main_thread="algorithm"`. The wait also ends when every runner has returned, when a bundle fails
+            or on Ctrl+C.
+        finish_timeout: bound in seconds on that wait (None: no bound; rollout timeouts in the store still apply).
     """
 
     alias: ClassVar[str | None] = "shm"
@@ -46,6 +54,8 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
         graceful_delay: float = 5.0,
         poll_interval: float = 0.05,
         managed_store: bool | None = None,
+        finish_queued: bool | None = None,
+        finish_timeout: float | None = None,
     ) -> None:
         if not isinstance(n_runners, int) or isinstance(n_runners, bool) or n_runners < 1:
             raise ValueError(f"n_runners must be a positive integer, got {n_runners!r}")
@@ -58,18 +68,23 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
                 raise ValueError(f"{label} must be non-negative, got {value!r}")
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if finish_timeout is not None and not finish_timeout >= 0:
+            raise ValueError(f"finish_timeout must be None or a non-negative number of seconds, got {finish_timeout!r}")
         self.n_runners = n_runners
         self.main_thread: Literal["algorithm", "runner"] = main_thread
         self.join_timeout = float(join_timeout)
         self.graceful_delay = float(graceful_delay)
         self.poll_interval = float(poll_interval)
         self.managed_store = resolve_managed_store_flag(managed_store)
+        self.finish_queued = main_thread == "runner" if finish_queued is None else bool(finish_queued)
+        self.finish_timeout = None if finish_timeout is None else float(finish_timeout)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n_runners={self.n_runners}, main_thread={self.main_thread!r}, "
             f"join_timeout={self.join_timeout}, graceful_delay={self.graceful_delay}, "
-            f"poll_interval={self.poll_interval}, managed_store={self.managed_store})"
+            f"poll_interval={self.poll_interval}, managed_store={self.managed_store}, "
+            f"finish_queued={self.finish_queued}, finish_timeout={self.finish_timeout})"
         )
 
     def execute(self, algorithm: AlgorithmBundle, runner: RunnerBundle, store: LightningStore) -> None:
@@ -99,9 +114,15 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
                 errors.put((name, exc))
                 stop_evt.set()
 
+        live_runners = _LiveCount(self.n_runners)
+
         async def algorithm_then_stop() -> None:
             try:
                 await algorithm(shared, stop_evt)
+                if self.finish_queued:
+                    await _finish_queued_rollouts(
+                        shared, stop_evt, live_runners, self.poll_interval, self.finish_timeout
+                    )
             finally:
                 # The run ends with the algorithm, whichever bundle holds the main thread.
                 stop_evt.set()
@@ -109,8 +130,14 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
         def algorithm_coro() -> Coroutine[Any, Any, None]:
             return algorithm_then_stop()
 
+        async def counted_runner(worker_id: int) -> None:
+            try:
+                await runner(shared, worker_id, stop_evt)
+            finally:
+                live_runners.decrement()
+
         def runner_coro(worker_id: int) -> Callable[[], Coroutine[Any, Any, None]]:
-            return lambda: _as_coroutine(runner(shared, worker_id, stop_evt))
+            return lambda: counted_runner(worker_id)
 
         threads: list[threading.Thread] = []
 
@@ -156,5 +183,45 @@ class SharedMemoryExecutionStrategy(ExecutionStrategy):
                 )
 
 
-async def _as_coroutine(awaitable: Any) -> None:
-    await awaitable
+_UNFINISHED: list[RolloutStatus] = ["queuing", "requeuing", "preparing", "running"]
+
+
+class _LiveCount:
+    """How many runner bundles have not returned yet (shared by the threads)."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._lock = threading.Lock()
+
+    def decrement(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return self._count > 0
+
+
+async def _finish_queued_rollouts(
+    store: LightningStore, stop_evt: ThreadingEvent, live_runners: _LiveCount, poll: float, timeout: float | None
+) -> None:
+    """Return once no rollout is queued, requeued or running, no runner is left, the stop event is set, or later
+    than `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    announced = False
+    while not stop_evt.is_set() and live_runners:
+        pending = await store.query_rollouts(status_in=_UNFINISHED, limit=1)
+        if pending.total == 0:
+            return
+        if not announced:
+            logger.info("the algorithm returned; the runners finish the %d unfinished rollout(s) first", pending.total)
+            announced = True
+        if deadline is not None and loop.time() >= deadline:
+            logger.warning(
+                "stopping the runners with %d rollout(s) unfinished: finish_timeout (%.3gs) elapsed",
+                pending.total,
+                timeout,
+            )
+            return
+        await asyncio.sleep(poll)

@@ -177,7 +177,8 @@ class LightningStoreClient(LightningStore):
         request_timeout: seconds a single request may take (`wait_for_rollouts` adds its own timeout to it).
         connection_timeout: seconds to establish a connection.
         max_connections: open connections per event loop.
-        gzip_request_min_bytes: request bodies larger than this are sent gzipped (0 = never).
+        gzip_request_min_bytes: request bodies larger than this are sent gzipped (0 = never), to servers that list
+            gzip among their features (AGL's do; Agent Lightning's reject compressed bodies, so they get plain ones).
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class LightningStoreClient(LightningStore):
         self._span_target = self._base + "/spans"
         self._span_head = self._head("POST", self._span_target, True)
         self._features: frozenset[str] | None = None
+        self._gzip_requests = False  # set once the server's features are known and include gzip
         self._dequeue_succeeded = False
         self._dequeue_warned = False
 
@@ -307,7 +309,7 @@ class LightningStoreClient(LightningStore):
         """The whole request: `head`, the body's headers and the body (gzipped when large)."""
         if body is None:
             return head + b"\r\n"
-        if self.gzip_request_min_bytes and len(body) > self.gzip_request_min_bytes:
+        if self._gzip_requests and len(body) > self.gzip_request_min_bytes:
             compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
             body = compressor.compress(body) + compressor.flush()
             head += b"content-encoding: gzip\r\n"
@@ -390,6 +392,7 @@ class LightningStoreClient(LightningStore):
         if method == "POST" and body is None:
             body = b""
         key = None if idempotent else _new_key()
+        await self._learn_gzip(body)
         request_timeout: float | None = self.request_timeout if timeout is _DEFAULT else timeout
         return await self._exchange(
             method, path, target, self._serialize(method, target, body, key, minimal), request_timeout
@@ -451,7 +454,13 @@ class LightningStoreClient(LightningStore):
             data = orjson.loads(body) if body else {}
             features = data.get("features") if isinstance(data, dict) else None
             self._features = frozenset(features) if isinstance(features, list) else frozenset()
+            self._gzip_requests = bool(self.gzip_request_min_bytes) and "gzip" in self._features
         return self._features
+
+    async def _learn_gzip(self, body: bytes | None) -> None:
+        """Before the first large body: ask the server whether it takes gzipped bodies (0.3's rejects them)."""
+        if self._features is None and body is not None and len(body) > self.gzip_request_min_bytes > 0:
+            await self._features_of_server()
 
     # -- statistics --------------------------------------------------------------------------------------------
 
@@ -688,7 +697,10 @@ class LightningStoreClient(LightningStore):
         cannot store it twice, and a re-sent call that finds the span already there returns it as stored (the try
         whose answer was lost stored it). This keeps the server's idempotency cache for the calls that need it.
         """
-        data = self._with_body(self._span_head, span_json(span))  # what _call sends, minus its generic steps
+        body = span_json(span)
+        if self._features is None and len(body) > self.gzip_request_min_bytes > 0:
+            await self._features_of_server()
+        data = self._with_body(self._span_head, body)  # what _call sends, minus its generic steps
         response = await self._exchange("POST", "/spans", self._span_target, data, self.request_timeout)
         if response.headers.get(b"preference-applied") == b"return=minimal":
             stored = span if response.body == b"true" else None

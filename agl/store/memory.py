@@ -48,7 +48,7 @@ from agl.store.query import (
     worker_filter,
 )
 from agl.store.rollout_index import RolloutIndex
-from agl.store.spill import SpanSpill
+from agl.store.spill import MIN_SPILL_BYTES, SpanSpill, remove_stale_spills_once
 from agl.store.waiters import CompletionWaiters
 from agl.types.core import (
     UNSET,
@@ -122,8 +122,11 @@ class InMemoryLightningStore(LightningStore):
         scan_debounce_seconds: minimum time between two health scans (timeout / unresponsive); ≤ 0 scans every call.
         clock: source of the current time in epoch seconds (tests pass a controllable clock).
         memory_capacity_bytes: the capacity ratios refer to; default is the machine's physical memory.
-        spill_dir: where to create the private directory that spilled spans go to (default: the temp dir).
-        spill_max_bytes: disk budget of the spill (default: whatever keeps 1 GiB of the disk free).
+        spill_dir: where to create the private directory that spilled spans go to (default: the temp dir). Spill
+            directories there left by AGL processes that died without cleaning up are removed when the store starts.
+        spill_max_bytes: disk budget of the spill: the most bytes its files may take on disk (0: no spill; else at
+            least 64 KiB; default: whatever keeps 1 GiB of the disk free). A spill that would pass it is refused
+            with `StoreFullError` and nothing is written.
         process_memory_limit: resident bytes the whole process should stay near; past it, spans spill earlier than
             the span thresholds say (default: none, only span bytes count).
         claim_timeout_seconds: a claimed attempt still `preparing` with no sign of life from its runner (its own or
@@ -169,8 +172,11 @@ class InMemoryLightningStore(LightningStore):
         self._eviction_heap: list[tuple[float, str]] = []
         if spill_dir is not None and not os.path.isdir(spill_dir):
             raise ValueError(f"spill_dir {spill_dir!r} does not exist or is not a directory")
-        if spill_max_bytes is not None and spill_max_bytes < 0:
-            raise ValueError(f"spill_max_bytes must be non-negative or None, got {spill_max_bytes}")
+        if spill_max_bytes is not None and spill_max_bytes != 0 and not MIN_SPILL_BYTES <= spill_max_bytes:
+            raise ValueError(
+                f"spill_max_bytes must be 0 (no disk spill), at least {MIN_SPILL_BYTES} bytes (an empty spill file "
+                f"already takes a few pages), or None; got {spill_max_bytes}"
+            )
         if process_memory_limit is not None and process_memory_limit <= 0:
             raise ValueError(f"process_memory_limit must be positive bytes or None, got {process_memory_limit}")
         self._rss_limit = process_memory_limit
@@ -179,6 +185,8 @@ class InMemoryLightningStore(LightningStore):
         self._rss_check_every = max(64 * 1024, (process_memory_limit or 0) // 64)
         self._bytes_since_rss_check = 0
         self._spill_dir = spill_dir
+        if spill_max_bytes != 0:
+            remove_stale_spills_once(spill_dir)  # spills left by AGL processes that died where this one will spill
         self._spill_max_bytes = spill_max_bytes
         self._spill: SpanSpill | None = None
         self._spilled_rollouts = 0
@@ -810,6 +818,8 @@ class InMemoryLightningStore(LightningStore):
             self._span_limit = min(ceiling, self._span_limit + (self._rss_limit - rss) // 2)
 
     def _spill_record(self, record: _RolloutRecord) -> None:
+        if self._spill_max_bytes == 0:
+            raise StoreFullError("the span memory budget is spent and this store has no disk spill (spill_max_bytes=0)")
         if self._spill is None:
             self._spill = SpanSpill(self._spill_dir, self._spill_max_bytes)
         rollout_id = record.rollout.rollout_id

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.events import StoreEvents
+from agl.store.exposure import InsecureBindError, TokenError, allow_insecure_from_env, check_bind, resolve_token
 from agl.store.http.cors import CorsPolicy
 from agl.store.http.wire import TOKEN_ENV
+from agl.store.launch import DEFAULT_HOST, LaunchMode, resolve_launch
 from agl.types.core import (
     UNSET,
     Attempt,
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
     from agl.store.http.app import StoreApp
 
-__all__ = ["DEFAULT_PORT", "LightningStoreServer", "PortInUseError", "main", "tune_gc_for_serving"]
+__all__ = ["DEFAULT_PORT", "InsecureBindError", "LightningStoreServer", "PortInUseError", "main", "tune_gc_for_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +91,29 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class LightningStoreServer(LightningStore):
     """Serve `store` over HTTP at `http://host:port/v1/agl` and act as a `LightningStore` delegating to it.
 
+    The parameters up to `tracker` are Agent Lightning 0.3's, in its order; AGL's own are keyword-only.
+    Listening on an address other machines can reach (anything but loopback) needs a token: without one, start
+    raises `InsecureBindError` unless `insecure` is set (`AGL_STORE_INSECURE=1`; then a warning is logged).
+
     Args:
         store: the store to serve; it must be `async_safe`.
-        host: the exact address to bind (`0.0.0.0` for all interfaces; then the machine's outbound address is
-            advertised in `endpoint`).
-        port: the port to bind; 0 picks a free one (read it from `port` after start).
+        host: the exact address to bind; None binds 127.0.0.1 (this machine only; upstream binds every interface):
+            pass "0.0.0.0" to serve other machines (the machine's outbound address is then advertised in
+            `endpoint`).
+        port: the port to bind; None is 4747; 0 picks a free one (read it from `port` after start).
+        cors_allow_origins: browser origins (e.g. "https://lab.example:8443") allowed to call the store from their
+            pages, one or several; "*" allows any; None (default) sends no CORS headers.
+        launch_mode: "thread" (default): `start()` serves from a background thread with its own event loop;
+            "asyncio": `await start()` serves on the caller's running event loop. "mp" is refused (use `agl store`
+            for a server process of its own).
+        launcher_args: Agent Lightning's `PythonServerLauncherArgs` (or a mapping of its fields) instead of host,
+            port and launch_mode: `host`, `port` (None: a free one), `launch_mode` (None: "asyncio"), `n_workers`,
+            `access_host` (the host advertised in `endpoint`), `log_level`, `startup_timeout`,
+            `thread_join_timeout`, `timeout_keep_alive` are honoured; `healthcheck_url`, `kill_unhealthy_server`,
+            `process_join_timeout` are accepted and have nothing to act on.
+        n_workers: must be 1: the store is served from one process.
+        tracker: accepted and kept as `tracker` for code written for Agent Lightning; AGL's server reports its own
+            Prometheus metrics at `/metrics` (see `metrics`) and does not call it.
         token: a bearer token every route but health requires; defaults to the AGL_STORE_TOKEN environment
             variable; None/empty means no authentication.
         max_body_bytes: larger request bodies (also after gzip decoding) are refused with 413.
@@ -105,19 +125,21 @@ class LightningStoreServer(LightningStore):
         metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
         metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
-        cors_allow_origins: browser origins (e.g. "https://lab.example:8443") allowed to call the store from their
-            pages, one or several; "*" allows any; None (default) sends no CORS headers. Keyword-only here (Agent
-            Lightning 0.3 takes it fourth, where AGL takes the token).
     """
 
     def __init__(
         self,
         store: LightningStore,
-        host: str = "127.0.0.1",
-        port: int | None = DEFAULT_PORT,
+        host: str | None = None,
+        port: int | None = None,
+        cors_allow_origins: str | Sequence[str] | None = None,
+        launch_mode: LaunchMode = "thread",
+        launcher_args: Any = None,
+        n_workers: int = 1,
+        tracker: Any = None,
+        *,
         token: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
-        *,
         gzip_min_bytes: int = 1024,
         startup_timeout: float = 60.0,
         log_level: str = "warning",
@@ -126,13 +148,14 @@ class LightningStoreServer(LightningStore):
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
-        cors_allow_origins: str | Sequence[str] | None = None,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
             raise ValueError(
                 f"{type(store).__name__} is not async_safe; only async-safe stores can be served over HTTP"
             )
+        launch = resolve_launch(host, port, launch_mode, launcher_args, n_workers, capabilities)
+        host, port = launch.host if launch.host is not None else DEFAULT_HOST, launch.port
         if port is None:
             port = DEFAULT_PORT
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -146,8 +169,15 @@ class LightningStoreServer(LightningStore):
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.max_body_bytes = max_body_bytes
         self.gzip_min_bytes = gzip_min_bytes
-        self.startup_timeout = startup_timeout
-        self.log_level = log_level
+        self.startup_timeout = launch.startup_timeout if launch.startup_timeout is not None else startup_timeout
+        self.log_level = launch.log_level if launch.log_level is not None else log_level
+        self.launch_mode: Literal["thread", "asyncio"] = launch.launch_mode
+        self.launcher_args = launcher_args
+        self.n_workers = n_workers
+        self.tracker = tracker
+        self.access_host = launch.access_host
+        self._stop_timeout = launch.stop_timeout if launch.stop_timeout is not None else 10.0
+        self._keep_alive = launch.timeout_keep_alive if launch.timeout_keep_alive is not None else 75
         self.backlog = backlog
         self._store_thread_safe = bool(capabilities.get("thread_safe", False))
         self._owner_pid = os.getpid()
@@ -165,6 +195,8 @@ class LightningStoreServer(LightningStore):
         self.metrics_collectors = list(metrics_collectors)
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
+        self.insecure = allow_insecure_from_env()
+        """Serve beyond loopback without a token (default: `AGL_STORE_INSECURE`, else False)."""
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -175,8 +207,8 @@ class LightningStoreServer(LightningStore):
 
     @property
     def endpoint(self) -> str:
-        """The base URL clients use: `http://<host>:<port>`."""
-        host = self.host
+        """The base URL clients use: `http://<host>:<port>` (the `access_host` of launcher_args if given)."""
+        host = self.access_host or self.host
         if host in ("0.0.0.0", ""):
             host = _outbound_ip()
         elif host == "::":
@@ -252,7 +284,7 @@ class LightningStoreServer(LightningStore):
             proxy_headers=False,
             server_header=False,
             date_header=False,
-            timeout_keep_alive=75,
+            timeout_keep_alive=self._keep_alive,
             timeout_graceful_shutdown=5,
             backlog=self.backlog,
         )
@@ -298,16 +330,33 @@ class LightningStoreServer(LightningStore):
         sock = bind_listening_socket(
             self.host, self._port if self._port else self._requested_port, what="store server", backlog=self.backlog
         )
+        try:
+            check_bind(str(sock.getsockname()[0]), self.token, self.insecure)  # the address really bound
+        except InsecureBindError:
+            sock.close()
+            raise
         self._port = int(sock.getsockname()[1])
         return sock
 
-    def start(self) -> _Done:
-        """Start serving in a background thread; returns once the server accepts connections.
+    def start(self) -> Awaitable[None]:
+        """Start serving; with launch_mode "thread" in a background thread, returning once it accepts connections.
 
-        Raises `PortInUseError` if the port is taken, `RuntimeError` if start-up fails or times out. The return
-        value may be awaited (`await server.start()`), as upstream's asynchronous `start()` is.
+        Raises `PortInUseError` if the port is taken, `InsecureBindError` (a ValueError) on an address beyond
+        loopback without a token (see the class), `RuntimeError` if start-up fails or times out. The return
+        value may be awaited (`await server.start()`), as upstream's asynchronous `start()` is. With launch_mode
+        "asyncio" the server runs on the running event loop and `await server.start()` returns once it accepts
+        connections (outside a running loop that is a `RuntimeError`).
         """
         self._check_startable()
+        if self.launch_mode == "asyncio":
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "launch_mode='asyncio' serves on the running event loop: call `await server.start()` in a "
+                    "coroutine, or use launch_mode='thread'"
+                ) from None
+            return loop.create_task(self.start_async())
         sock = self._bind()
         server = self._make_server(sock, handle_signals=False)
         ready = threading.Event()
@@ -346,13 +395,25 @@ class LightningStoreServer(LightningStore):
         logger.info("store server listening on %s", self.endpoint)
         return _Done()
 
-    def stop(self, timeout: float = 10.0) -> _Done:
-        """Stop a server started by `start()` and wait for its thread; no-op if not running. Awaitable too."""
+    def stop(self, timeout: float | None = None) -> Awaitable[None]:
+        """Stop the server; no-op if not running. Awaitable (`await server.stop()`), as upstream's is.
+
+        A server in a thread is stopped before this returns (waiting up to `timeout` seconds, default 10 or
+        launcher_args' `thread_join_timeout`, then forcing it); one on the running event loop (launch_mode
+        "asyncio") stops when the result is awaited.
+        """
         server, thread = self._uvicorn, self._thread
+        timeout = self._stop_timeout if timeout is None else timeout
         if server is None:
             return _Done()
         if thread is None:
-            raise RuntimeError("this server runs on an event loop; use `await server.stop_async()`")
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not None and running is self._loop:
+                return running.create_task(self.stop_async(timeout))
+            raise RuntimeError("this server runs on an event loop; use `await server.stop_async()` on that loop")
         if thread is threading.current_thread():
             raise RuntimeError("stop() cannot be called from the server's own thread")
         server.should_exit = True
@@ -404,9 +465,10 @@ class LightningStoreServer(LightningStore):
             raise
         logger.info("store server listening on %s", self.endpoint)
 
-    async def stop_async(self, timeout: float = 10.0) -> None:
+    async def stop_async(self, timeout: float | None = None) -> None:
         """Stop a server started by `start_async()` (or `start()`, without blocking the loop)."""
         server, task, thread = self._uvicorn, self._task, self._thread
+        timeout = self._stop_timeout if timeout is None else timeout
         if server is None:
             return
         if thread is not None:
@@ -464,11 +526,23 @@ class LightningStoreServer(LightningStore):
             loop.close()
 
     def __enter__(self) -> LightningStoreServer:
+        if self.launch_mode == "asyncio":
+            raise RuntimeError("launch_mode='asyncio': use `async with server:` (it serves on the running loop)")
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    async def __aenter__(self) -> LightningStoreServer:
+        if self.launch_mode == "asyncio":
+            await self.start_async()
+        else:
+            self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_async()
 
     # -- pickling: a copy in another process talks to the original over HTTP -----------------------------------
 
@@ -479,6 +553,7 @@ class LightningStoreServer(LightningStore):
             "token": self.token,
             "endpoint": self.endpoint,
             "owner_pid": self._owner_pid,
+            "access_host": self.access_host,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -487,6 +562,9 @@ class LightningStoreServer(LightningStore):
         self._port = self._requested_port = state["port"]
         self.token = state["token"]
         self._owner_pid = state["owner_pid"]
+        self.access_host = state.get("access_host")
+        self.launch_mode, self.launcher_args, self.n_workers, self.tracker = "thread", None, 1, None
+        self._stop_timeout, self._keep_alive = 10.0, 75
         self._store_thread_safe = True
         self._uvicorn = None
         self._loop = None
@@ -956,16 +1034,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agl.store.server", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
-    parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else none)")
+    token_flags = parser.add_mutually_exclusive_group()
+    token_flags.add_argument(
+        "--token-file", default=None, help=f"file holding the bearer token (default: ${TOKEN_ENV})"
+    )
+    token_flags.add_argument("--token", default=None, help="bearer token (visible in `ps`: prefer --token-file)")
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     args = parser.parse_args(argv)
+    try:
+        token, _ = resolve_token(args.token, args.token_file)
+    except TokenError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from agl.store.memory import InMemoryLightningStore
 
     store = InMemoryLightningStore(thread_safe=True)
-    server = LightningStoreServer(store, host=args.host, port=args.port, token=args.token, log_level=args.log_level)
+    server = LightningStoreServer(store, host=args.host, port=args.port, token=token, log_level=args.log_level)
+    server.insecure = args.insecure or server.insecure
     try:
         server.serve()
+    except InsecureBindError as exc:
+        logger.error("%s", exc)
+        return 2
     except (PortInUseError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1

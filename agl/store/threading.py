@@ -25,7 +25,10 @@ class LightningStoreThreaded(LightningStore):
     """Wraps a store so it can be called from any thread or event loop.
 
     A store that is already thread-safe is called directly. Any other store gets one private event-loop thread and
-    every call runs there, one loop owning the store, so no lock is ever held across an `await`.
+    every call runs there, one at a time, whether it comes from another thread or from concurrent coroutines: a
+    call that awaits inside the store cannot interleave with another. `wait_for_rollouts` only reads, and may wait
+    long, so it runs beside the others instead of holding them up (as in Agent Lightning 0.3). The calls queue on an
+    `asyncio.Lock` of the private loop; no thread ever blocks on a lock held across an `await`.
     """
 
     def __init__(self, store: LightningStore) -> None:
@@ -34,6 +37,7 @@ class LightningStoreThreaded(LightningStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._serial: asyncio.Lock | None = None
         for name in _PROTOCOL_METHODS:
             setattr(self, name, self._forwarder(name))
 
@@ -60,22 +64,25 @@ class LightningStoreThreaded(LightningStore):
         """The wrapped store's OTLP endpoint."""
         return self.store.otlp_traces_endpoint()
 
-    def _owner_loop(self) -> asyncio.AbstractEventLoop:
+    def _owner_loop(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Lock]:
         with self._start_lock:
-            if self._loop is None:
+            if self._loop is None or self._serial is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="agl-store-owner", daemon=True)
                 thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
+                self._loop, self._thread, self._serial = loop, thread, asyncio.Lock()
+            return self._loop, self._serial
 
-    async def _call(self, factory: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, factory: Callable[[], Awaitable[T]], *, serialised: bool = True) -> T:
         if self._direct:
             return await factory()
-        loop = self._owner_loop()
+        loop, serial = self._owner_loop()
 
         async def run() -> T:
-            return await factory()
+            if not serialised:
+                return await factory()
+            async with serial:
+                return await factory()
 
         coro: Coroutine[Any, Any, T] = run()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
@@ -83,8 +90,10 @@ class LightningStoreThreaded(LightningStore):
     def _forwarder(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self.store, name)
 
+        serialised = name != "wait_for_rollouts"
+
         async def forward(*args: Any, **kwargs: Any) -> Any:
-            return await self._call(lambda: method(*args, **kwargs))
+            return await self._call(lambda: method(*args, **kwargs), serialised=serialised)
 
         forward.__name__ = name
         forward.__doc__ = getattr(LightningStore, name).__doc__
@@ -100,6 +109,7 @@ class LightningStoreThreaded(LightningStore):
         with self._start_lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            self._serial = None
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, 5)

@@ -14,9 +14,7 @@ one `add_many_spans` request per batch already costs one round trip, avoids prot
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
-import itertools
 import logging
 import threading
 import time
@@ -24,15 +22,20 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode as OtelStatusCode
 
-from agl.store.errors import retry_when_full
 from agl.tracer.base import SpanRecordingContext, Tracer, _activated, check_status_code, resolve_context_ids
+from agl.tracer.otel_capture import (
+    DUMMY_ATTEMPT_ID,
+    DUMMY_ROLLOUT_ID,
+    LightningSpanProcessor,
+    TraceSession,
+    current_session,
+)
 from agl.types.tracer import Span, SpanCoreFields, StatusCode, TraceStatus
 
 if TYPE_CHECKING:
@@ -44,28 +47,12 @@ __all__ = ["LightningSpanProcessor", "OtelSpanRecordingContext", "OtelTracer", "
 
 logger = logging.getLogger(__name__)
 
-DUMMY_ROLLOUT_ID = "rollout-dummy"
-DUMMY_ATTEMPT_ID = "attempt-dummy"
-
-# Sequence ids of spans captured without a store; process-wide, starting at 0.
-_local_sequence = itertools.count()
-_local_sequence_lock = threading.Lock()
-
 _global_provider_lock = threading.Lock()
 
-# The trace session open in the current task (several rollouts may trace at once on one loop).
 _last_trace_here: contextvars.ContextVar[tuple[int, list[Span]] | None] = contextvars.ContextVar(
     "agl_last_trace", default=None
 )
 """(id of the tracer, its last trace) in this task or thread: `get_last_trace` of concurrent rollouts."""
-_current_session: contextvars.ContextVar[_TraceSession | None] = contextvars.ContextVar(
-    "agl_otel_trace_session", default=None
-)
-
-
-def _next_local_sequence_id() -> int:
-    with _local_sequence_lock:
-        return next(_local_sequence)
 
 
 def _to_ns(seconds: float | None) -> int | None:
@@ -99,189 +86,6 @@ def _plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 def _status_of(span: ReadableSpan) -> TraceStatus:
     status = span.status
     return TraceStatus(status_code=status.status_code.name, description=status.description or None)
-
-
-class _TraceSession:
-    """Spans of one open trace context: the unsent buffer, the captured result and the pending flushes."""
-
-    def __init__(
-        self,
-        store: LightningStore | None,
-        rollout_id: str,
-        attempt_id: str,
-        loop: asyncio.AbstractEventLoop,
-        batch_size: int,
-        flush_interval: float,
-    ) -> None:
-        self.store = store
-        self.rollout_id = rollout_id
-        self.attempt_id = attempt_id
-        self.loop = loop
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.captured: list[Span] = []
-        self._buffer: list[ReadableSpan | SpanCoreFields] = []
-        self._oldest: float | None = None
-        self._lock = threading.Lock()
-        self._flush_lock = asyncio.Lock()
-        self._pending: set[asyncio.Future[None]] = set()
-        self.deferred_error: BaseException | None = None
-        """Why a batch holding spans queued with `add_core` could not be stored (the context exit raises it)."""
-
-    # Called from whichever thread ended the span.
-    def add(self, span: ReadableSpan) -> None:
-        if self.store is None:
-            converted = Span.from_opentelemetry(span, self.rollout_id, self.attempt_id, _next_local_sequence_id())
-            with self._lock:
-                self.captured.append(converted)
-            return
-        with self._lock:
-            if not self._buffer:
-                self._oldest = time.monotonic()
-            self._buffer.append(span)
-            full = len(self._buffer) >= self.batch_size
-        if full:
-            self._schedule_flush()
-
-    def add_core(self, core: SpanCoreFields) -> None:
-        """Buffer a span given by its core fields; it is sent with the next batch (at the latest, the exit flush)."""
-        with self._lock:
-            if not self._buffer:
-                self._oldest = time.monotonic()
-            self._buffer.append(core)
-
-    def _schedule_flush(self) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            task = self.loop.create_task(self.flush())
-            self._track(task)
-            return
-        try:
-            cfuture = asyncio.run_coroutine_threadsafe(self.flush(), self.loop)
-        except RuntimeError:  # the loop is closed; the exit flush (if any) takes the spans
-            return
-        self.loop.call_soon_threadsafe(self._track_concurrent, cfuture)
-
-    def _track_concurrent(self, cfuture: concurrent.futures.Future[None]) -> None:
-        self._track(asyncio.wrap_future(cfuture, loop=self.loop))
-
-    def _track(self, future: asyncio.Future[None]) -> None:
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
-
-    async def run_timer(self) -> None:
-        """Flush whenever the oldest buffered span has waited `flush_interval` seconds."""
-        while True:
-            oldest = self._oldest
-            delay = self.flush_interval if oldest is None else oldest + self.flush_interval - time.monotonic()
-            await asyncio.sleep(max(delay, 0.001))
-            oldest = self._oldest
-            if oldest is not None and time.monotonic() - oldest >= self.flush_interval:
-                await self.flush()
-
-    async def drain(self) -> None:
-        """Wait for scheduled flushes, then send whatever is still buffered."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Send the buffered spans to the store in batches of at most `batch_size` (sequence ids, then spans)."""
-        async with self._flush_lock:
-            with self._lock:
-                pending, self._buffer, self._oldest = self._buffer, [], None
-            if not pending or self.store is None:
-                return
-            token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
-            try:
-                for start in range(0, len(pending), self.batch_size):
-                    converted = await self._write(self.store, pending[start : start + self.batch_size])
-                    with self._lock:
-                        self.captured.extend(converted)
-            finally:
-                otel_context.detach(token)
-
-    def _convert(self, item: ReadableSpan | SpanCoreFields, sequence_id: int) -> Span:
-        if isinstance(item, SpanCoreFields):
-            return Span.from_core_fields(
-                item, rollout_id=self.rollout_id, attempt_id=self.attempt_id, sequence_id=sequence_id
-            )
-        return Span.from_opentelemetry(item, self.rollout_id, self.attempt_id, sequence_id)
-
-    async def _write(self, store: LightningStore, batch: list[ReadableSpan | SpanCoreFields]) -> list[Span]:
-        rid, aid = self.rollout_id, self.attempt_id
-        try:
-            # A full store (StoreFullError, HTTP 507) is retried with back-off rather than dropping the spans.
-            sequence_ids = list(
-                await retry_when_full(lambda: store.get_many_span_sequence_ids([(rid, aid)] * len(batch)))
-            )
-            if len(sequence_ids) != len(batch):
-                raise RuntimeError(f"store returned {len(sequence_ids)} sequence ids for {len(batch)} spans")
-        except Exception as exc:
-            self._note_failure(batch, exc)
-            logger.exception(
-                "Could not allocate sequence ids for %d spans of %s/%s; kept locally", len(batch), rid, aid
-            )
-            return [self._convert(s, _next_local_sequence_id()) for s in batch]
-        spans = [self._convert(s, seq) for s, seq in zip(batch, sequence_ids, strict=True)]
-        try:
-            stored = await retry_when_full(lambda: store.add_many_spans(spans))
-        except Exception as exc:
-            self._note_failure(batch, exc)
-            logger.exception("Could not store %d spans of %s/%s; kept locally", len(spans), rid, aid)
-            return spans
-        return list(stored)
-
-    def _note_failure(self, batch: list[ReadableSpan | SpanCoreFields], exc: BaseException) -> None:
-        if self.deferred_error is None and any(isinstance(item, SpanCoreFields) for item in batch):
-            self.deferred_error = exc
-
-
-class LightningSpanProcessor(SpanProcessor):
-    """Hands every sampled span that ends to the tracer's open trace context (spans outside one are ignored)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._session: _TraceSession | None = None
-
-    def attach(self, session: _TraceSession | None) -> None:
-        """Direct ended spans to `session` (None: ignore them)."""
-        with self._lock:
-            self._session = session
-
-    def detach(self, session: _TraceSession) -> None:
-        """Stop directing spans to `session` (if it is the one attached)."""
-        with self._lock:
-            if self._session is session:
-                self._session = None
-
-    def on_end(self, span: ReadableSpan) -> None:
-        """Buffer or capture the ended span."""
-        if span.context is not None and not span.context.trace_flags.sampled:
-            return
-        # The session of the context the span ends in (each concurrent rollout has its own); spans ended on a
-        # thread that did not copy the context fall back to the most recently opened session.
-        session = _current_session.get()
-        if session is None:
-            with self._lock:
-                session = self._session
-        if session is None:
-            return
-        try:
-            session.add(span)
-        except Exception:  # never break the instrumented code
-            logger.exception("Could not capture span %r", span.name)
-
-    def shutdown(self) -> None:
-        """Stop capturing."""
-        self.attach(None)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing to flush synchronously: buffered spans are sent by the trace context."""
-        return True
 
 
 class OtelSpanRecordingContext(SpanRecordingContext):
@@ -407,7 +211,7 @@ class OtelTracer(Tracer):
         self._ensure_provider()
         processor = self._processor
         assert processor is not None
-        session = _TraceSession(
+        session = TraceSession(
             target,
             rollout_id if rollout_id is not None else DUMMY_ROLLOUT_ID,
             attempt_id if attempt_id is not None else DUMMY_ATTEMPT_ID,
@@ -418,14 +222,14 @@ class OtelTracer(Tracer):
         with _activated(self):
             processor.attach(session)
             timer = asyncio.get_running_loop().create_task(session.run_timer()) if target is not None else None
-            token = _current_session.set(session)
+            token = current_session.set(session)
             try:
                 yield self
             finally:
                 try:
-                    _current_session.reset(token)
+                    current_session.reset(token)
                 except ValueError:  # exited from another context than the one that entered
-                    _current_session.set(None)
+                    current_session.set(None)
                 processor.detach(session)
                 if timer is not None:
                     timer.cancel()
@@ -440,7 +244,7 @@ class OtelTracer(Tracer):
 
     def store_with_trace(self, span: SpanCoreFields) -> bool:
         """Queue `span` for the open trace context's exit flush (one sequence-id call + one `add_many_spans`)."""
-        session = _current_session.get()
+        session = current_session.get()
         if session is None or session.store is None:
             return False
         session.add_core(span)

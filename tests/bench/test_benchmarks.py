@@ -124,3 +124,19 @@ def test_dashboard_bench_measures_every_page_and_call(tmp_path: Path) -> None:
         assert len(page["data_ms"]) == 1 and page["data_ms"][0] > 0
     for call in data["api"].values():
         assert "error" not in call and len(call["runs_ms"]) == 2
+
+
+def test_spill_disk_fills_each_spill_within_its_budget(tmp_path: Path) -> None:
+    out = tmp_path / "spill_disk.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "spill_disk.py"), "--budget", "256K", "--sizes", "1000", "10240",
+         "--spans-per-rollout", "5", "--repeats", "2", "--dir", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert [row["span_bytes"] for row in data["summary"]] == [1000, 10240]
+    assert len(data["runs"]) == 4
+    for run in data["runs"]:
+        assert run["spans"] > 0 and run["budget"] == 256 * 1024
+        assert 0.5 < run["disk_over_budget"] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,147 @@ def test_metrics_need_the_token_unless_metrics_public(tmp_path: Path, public: bo
     }
     assert samples[("agl_rollouts", (("status", "queuing"),))] == 0
     assert samples[("agl_store_file_bytes", (("file", "db"),))] > 0  # the SQLite store's own figures
+
+
+# -- bind and token rules -----------------------------------------------------------------------------------------
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("AGL_STORE_TOKEN", "AGL_STORE_INSECURE")}
+    env.update(extra)
+    return env
+
+
+def _launch(args: list[str], env: dict[str, str], module: str = "agl.cli") -> subprocess.Popen[str]:
+    prefix = [sys.executable, "-m", module] + (["store"] if module == "agl.cli" else [])
+    return subprocess.Popen([*prefix, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _refused(args: list[str], env: dict[str, str], module: str = "agl.cli") -> tuple[int, str, str]:
+    proc = _launch(args, env, module)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def _status(port: int, token: str | None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/agl/statistics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _check(ok: bool) -> None:
+    assert ok
+
+
+def _served(args: list[str], env: dict[str, str], port: int, probe: Any) -> tuple[str, str]:
+    """Start `agl store` with `args`, run `probe()` once it is healthy, stop it; its stdout and stderr."""
+    proc = _launch(args, env)
+    try:
+        wait_healthy(port, proc)
+        probe()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_default_bind_is_loopback_only() -> None:
+    import psutil
+
+    port = free_port()
+    proc = _launch(["--port", str(port)], _env())
+    try:
+        wait_healthy(port, proc)
+        process = psutil.Process(proc.pid)
+        conns = getattr(process, "net_connections", process.connections)(kind="inet")  # psutil < 6: connections
+        listening = [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    assert listening == ["127.0.0.1"]
+    assert f"AGL store at http://127.0.0.1:{port}/v1/agl" in out
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_all_interfaces_without_a_token_exits_2_with_one_line(tmp_path: Path, host: str) -> None:
+    db = tmp_path / "s.db"
+    code, out, err = _refused(["--host", host, "--port", str(free_port()), "--backend", "sqlite", "--path", str(db)],
+                              _env())  # fmt: skip
+    assert code == 2 and out == "" and not db.exists()  # refused before the store was made
+    assert err.count("\n") == 1 and f"refusing to serve the store on {host} without a token" in err
+    assert "--token-file FILE" in err and "AGL_STORE_TOKEN" in err and "--insecure" in err
+
+
+def test_python_m_server_refuses_the_same_way_at_bind() -> None:
+    code, _, err = _refused(["--host", "0.0.0.0", "--port", str(free_port())], _env(), module="agl.store.server")
+    assert code == 2 and "refusing to serve the store on 0.0.0.0 without a token" in err
+
+
+def test_insecure_serves_all_interfaces_with_a_warning() -> None:
+    port = free_port()
+    _, err = _served(["--host", "0.0.0.0", "--port", str(port), "--insecure"], _env(), port,
+                     lambda: _check(_status(port, None) == 200))  # fmt: skip
+    assert "WITHOUT a token (insecure)" in err
+
+
+def test_token_from_the_environment_allows_all_interfaces() -> None:
+    port = free_port()
+    _, err = _served(["--host", "0.0.0.0", "--port", str(port)], _env(AGL_STORE_TOKEN="env-tok"), port,
+                     lambda: _check((_status(port, None), _status(port, "env-tok")) == (401, 200)))  # fmt: skip
+    assert "WITHOUT a token" not in err and "visible" not in err
+
+
+def test_token_file_wins_over_the_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-tok\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--port", str(port), "--token-file", str(token_file)]
+    _served(args, _env(AGL_STORE_TOKEN="env-tok"), port,
+            lambda: _check((_status(port, "env-tok"), _status(port, "file-tok")) == (401, 200)))  # fmt: skip
+
+
+def test_token_on_the_command_line_wins_and_warns_about_ps() -> None:
+    port = free_port()
+    args = ["--port", str(port), "--token", "argv-tok"]
+    _, err = _served(args, _env(AGL_STORE_TOKEN="env-tok"), port,
+                     lambda: _check((_status(port, "env-tok"), _status(port, "argv-tok")) == (401, 200)))  # fmt: skip
+    assert "--token is visible to every user of this machine" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [("", 0o600, "is empty"), ("tok", 0o644, "chmod 600"), (None, 0o600, "cannot read the token file")],
+)
+def test_bad_token_files_exit_2_before_anything_starts(
+    tmp_path: Path, content: str | None, mode: int, message: str
+) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+        token_file.chmod(mode)
+    db = tmp_path / "s.db"
+    args = ["--port", str(free_port()), "--token-file", str(token_file), "--backend", "sqlite", "--path", str(db)]
+    code, _, err = _refused(args, _env())
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not db.exists()  # refused before the store was made
+
+
+def test_token_and_token_file_together_are_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = _refused(["--port", "0", "--token", "a", "--token-file", str(tmp_path / "t")], _env())
+    assert code == 2 and "not allowed with argument" in err

@@ -15,6 +15,7 @@ from agl.store.base import LightningStore
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 from tests.execution import bundles
+from tests.execution.conftest import free_port
 
 
 def cs(**kwargs: object) -> ClientServerExecutionStrategy:
@@ -133,6 +134,21 @@ def test_role_runner_needs_a_port() -> None:
         cs(role="runner", server_port=0).execute(
             bundles.algorithm_returns, bundles.runner_cooperative, InMemoryLightningStore()
         )
+
+
+def test_role_runner_fails_when_no_server_answers_within_the_wait() -> None:
+    port = free_port()  # bound and closed again: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"no store server answered at http://127\.0\.0\.1:{port}/v1/agl/health "
+                       r"within 0\.5s\. Start the algorithm side first") as info:  # fmt: skip
+        cs(role="runner", server_port=port, server_wait_timeout=0.5).execute(
+            bundles.algorithm_raises, bundles.runner_crashes, InMemoryLightningStore()
+        )
+    assert 0.5 <= time.monotonic() - started < 3
+    assert "server_host/server_port" in str(info.value)
+    with pytest.raises(ValueError, match="server_wait_timeout"):
+        cs(role="runner", server_wait_timeout=-1)
+    assert cs(role="runner").server_wait_timeout == 60.0
 
 
 def test_main_process_runner_joins_the_algorithm_process() -> None:

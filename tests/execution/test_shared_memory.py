@@ -162,3 +162,77 @@ def test_thread_not_ending_within_join_timeout_is_left_behind(caplog: pytest.Log
         release.set()
     assert elapsed < 1.5
     assert "did not end within" in caplog.text
+
+
+# -- what happens to queued rollouts when the algorithm returns ----------------------------------------------------
+
+
+async def _enqueue_ten_and_return(s: LightningStore, event: ExecutionEvent) -> None:
+    for i in range(10):
+        await s.enqueue_rollout(input={"i": i})
+
+
+async def _slow_runner(s: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+    """Claims rollouts one by one, each taking 50 ms, until the stop event."""
+    while not event.is_set():
+        claimed = await s.dequeue_rollout(worker_id=f"w{worker_id}")
+        if claimed is None:
+            await asyncio.sleep(0.01)
+            continue
+        await asyncio.sleep(0.05)
+        await s.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+
+
+def _succeeded(store: InMemoryLightningStore) -> int:
+    return len(asyncio.run(store.query_rollouts(status_in=["succeeded"])))
+
+
+def test_default_runs_ten_queued_rollouts_to_completion_after_the_algorithm_returns() -> None:
+    # Agent Lightning 0.3 (main_thread="runner", its default) keeps running queued rollouts after the algorithm
+    # returns; AGL does the same and then stops the runner instead of waiting for more work forever.
+    store = InMemoryLightningStore()
+    strategy = fast()
+    assert strategy.main_thread == "runner" and strategy.finish_queued
+    started = time.monotonic()
+    strategy.execute(_enqueue_ten_and_return, _slow_runner, store)
+    assert _succeeded(store) == 10
+    assert time.monotonic() - started < 5
+
+
+def test_main_thread_algorithm_stops_runners_at_once_unless_asked_to_finish() -> None:
+    store = InMemoryLightningStore()
+    fast(n_runners=2, main_thread="algorithm").execute(_enqueue_ten_and_return, _slow_runner, store)
+    assert _succeeded(store) < 10  # as upstream: the runners stop when the algorithm returns
+    store = InMemoryLightningStore()
+    fast(n_runners=2, main_thread="algorithm", finish_queued=True).execute(_enqueue_ten_and_return, _slow_runner, store)
+    assert _succeeded(store) == 10
+
+
+def test_finish_timeout_bounds_the_wait(caplog: pytest.LogCaptureFixture) -> None:
+    store = InMemoryLightningStore()
+    started = time.monotonic()
+    fast(finish_timeout=0.2).execute(_enqueue_ten_and_return, _slow_runner, store)
+    assert time.monotonic() - started < 2
+    assert 1 <= _succeeded(store) < 10
+    assert "finish_timeout" in caplog.text
+
+
+def test_the_wait_ends_when_every_runner_has_returned() -> None:
+    async def runner_takes_two(s: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+        for _ in range(2):
+            while (claimed := await s.dequeue_rollout()) is None:
+                await asyncio.sleep(0.01)
+            await s.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+
+    store = InMemoryLightningStore()
+    started = time.monotonic()
+    fast(n_runners=2, main_thread="algorithm", finish_queued=True).execute(
+        _enqueue_ten_and_return, runner_takes_two, store
+    )
+    assert _succeeded(store) == 4
+    assert time.monotonic() - started < 2
+
+
+def test_finish_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="finish_timeout"):
+        SharedMemoryExecutionStrategy(finish_timeout=-1)

@@ -281,28 +281,50 @@ async def test_spilled_rollout_takes_new_spans_and_still_rejects_duplicates(
     assert [s.span_id for s in await small_store.query_spans(first, "latest")] == [spilled.span_id, fresh.span_id]
 
 
-async def test_full_spill_refuses_new_spans_and_keeps_old_ones(clock: FakeClock) -> None:
+def _disk_bytes(directory: Any) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+async def test_full_spill_refuses_new_spans_and_keeps_old_ones(tmp_path: Any, clock: FakeClock) -> None:
+    # Real sizes: spans of ~20 KB, 50 KB of span memory, and a 64 KiB disk budget for the spill.
     store = InMemoryLightningStore(
         clock=clock,
-        memory_capacity_bytes=100,
+        memory_capacity_bytes=100_000,
         eviction_memory_threshold=0.5,
         safe_memory_threshold=0.05,
-        span_size_estimator=_sized,
-        spill_max_bytes=20,
+        spill_dir=str(tmp_path),
+        spill_max_bytes=64 * 1024,
     )
-    rollout_ids = [await _rollout_with_span(store, clock) for _ in range(3)]  # the first spills (20 B fills it)
-    rollout = await store.start_rollout(input="late")
-    late = make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"size": 20})
+    text = "x" * 20_000
+    stored: list[str] = []
     with pytest.raises(StoreFullError, match="retry later"):
-        await store.add_span(late)
+        for _ in range(20):
+            clock.advance(1)
+            rollout = await store.start_rollout(input="x")
+            await store.add_span(make_span(rollout.rollout_id, rollout.attempt.attempt_id, attributes={"t": text}))
+            stored.append(rollout.rollout_id)
+            assert _disk_bytes(tmp_path) <= 64 * 1024
+    assert 3 <= len(stored) < 20
+    assert _disk_bytes(tmp_path) <= 64 * 1024
+    refused = rollout.rollout_id  # the rollout whose span was refused
+    assert refused not in stored and len(await store.query_spans(refused)) == 0  # the refused call stored nothing
+    late = make_span(refused, rollout.attempt.attempt_id, attributes={"t": text})
     with pytest.raises(StoreFullError):
         await store.add_many_spans([late])
-    assert len(await store.query_spans(rollout.rollout_id)) == 0  # the refused call stored nothing
-    for rid in rollout_ids:
-        assert len(await store.query_spans(rid)) == 1
+    for rid in stored:  # nothing acknowledged was lost, spilled or not
+        (span,) = await store.query_spans(rid)
+        assert span.attributes["t"] == text
     stats = await store.statistics()
-    assert stats["total_span_bytes"] == 40 and stats["spilled_span_bytes"] == 20
+    assert stats["spilled_spans"] >= 1 and stats["total_spans"] == len(stored)
+    assert 0 <= stats["spill_room_bytes"] < 64 * 1024
     await store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("budget", [1, 20, 64 * 1024 - 1, -1])
+def test_spill_budget_must_be_zero_or_room_for_a_spill(budget: int) -> None:
+    with pytest.raises(ValueError, match="spill_max_bytes must be 0"):
+        InMemoryLightningStore(spill_max_bytes=budget)
 
 
 async def test_a_batch_bigger_than_the_budget_is_a_clear_error(

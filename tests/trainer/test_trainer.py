@@ -151,3 +151,16 @@ def test_fit_on_default_shm_ends_when_the_algorithm_ends() -> None:
     trainer = Trainer(tracer=DummyTracer(), strategy="shm", algorithm=baseline)
     trainer.fit(Doubler(), [1, 2])
     assert sorted(r.status for r in baseline.results) == ["succeeded", "succeeded"]
+
+
+def test_fit_on_default_shm_runs_what_the_algorithm_left_queued() -> None:
+    # As Agent Lightning 0.3: an algorithm that enqueues work and returns still gets all of it run.
+    @algo
+    async def enqueue_ten(store: Any) -> None:
+        for i in range(10):
+            await store.enqueue_rollout(input=i)
+
+    store = InMemoryLightningStore()
+    Trainer(tracer=DummyTracer(), strategy="shm", store=store, algorithm=enqueue_ten).fit(Doubler())
+    rollouts = asyncio.run(store.query_rollouts())
+    assert sorted((r.input, r.status) for r in rollouts) == [(i, "succeeded") for i in range(10)]

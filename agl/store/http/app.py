@@ -862,6 +862,8 @@ class StoreApp:
             self._static[(method, API_PREFIX + "/" + "/".join(route.segments))] = route
         else:
             self._dynamic.setdefault((method, len(route.segments)), []).append(route)
+        if method == "GET":  # HEAD answers as GET does (the protocol drops the body): its own table entry, no cost
+            self._add("HEAD", pattern, handler, idempotent=idempotent, public=public)
 
     def _register_routes(self) -> None:
         add = self._add
