@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="disk budget of the spill (bytes, or with a unit: 512M, 2GiB)")  # fmt: skip
     parser.add_argument("--health-check-interval", type=float, default=1.0,
                         help="seconds between the server's timeout/unresponsive checks (0: off; default 1)")  # fmt: skip
+    parser.add_argument("--claim-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="return a claimed rollout to the queue when its runner sends no heartbeat, span or "
+                        "status for this long (0: off; default 30)")  # fmt: skip
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve Prometheus metrics (/metrics) without the token (default: the token is required)")  # fmt: skip
     parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
@@ -73,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n_workers != 1:
         parser.error(f"--n-workers {args.n_workers}: AGL serves a store from one process (it handles thousands of "
                      "calls per second); pass --n-workers 1 or leave it out")  # fmt: skip
+    if not args.claim_timeout >= 0 or args.claim_timeout == float("inf"):
+        parser.error(f"--claim-timeout {args.claim_timeout}: give the seconds a claimed rollout may stay silent "
+                     "(a finite number >= 0; 0 turns the timeout off)")  # fmt: skip
     if args.tracker and "console" in args.tracker:
         parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
                      "`agl stats` prints them in a terminal")  # fmt: skip
@@ -100,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.backend == "sqlite":
             from agl.store.sqlite import SqliteLightningStore
 
-            store = SqliteLightningStore(os.path.abspath(args.path), synchronous=args.sqlite_synchronous)
+            store = SqliteLightningStore(
+                os.path.abspath(args.path),
+                synchronous=args.sqlite_synchronous,
+                claim_timeout_seconds=args.claim_timeout,
+            )
         else:
             from agl.store.memory import InMemoryLightningStore
 
@@ -111,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 process_memory_limit=budget,  # the budget bounds the server process, not only its span bytes
                 spill_dir=args.spill_dir,
                 spill_max_bytes=args.spill_max_bytes,
+                claim_timeout_seconds=args.claim_timeout,
             )
         server = LightningStoreServer(
             store,

@@ -34,7 +34,6 @@ from agl.store.inputs import (
     check_mode,
     check_worker_id,
     copy_model,
-    has_health_rules,
     new_id,
     rollout_changes,
 )
@@ -130,6 +129,8 @@ class InMemoryLightningStore(LightningStore):
             with `StoreFullError` and nothing is written.
         process_memory_limit: resident bytes the whole process should stay near; past it, spans spill earlier than
             the span thresholds say (default: none, only span bytes count).
+        claim_timeout_seconds: a claimed attempt still `preparing` with no sign of life from its runner (its own or
+            its worker's heartbeat) for this long is returned to the queue by the health scan; None or 0 turns it off.
     """
 
     def __init__(
@@ -146,7 +147,9 @@ class InMemoryLightningStore(LightningStore):
         spill_dir: str | None = None,
         spill_max_bytes: int | None = None,
         process_memory_limit: int | None = None,
+        claim_timeout_seconds: float | None = state.DEFAULT_CLAIM_TIMEOUT_SECONDS,
     ) -> None:
+        self._claim_timeout = state.check_claim_timeout(claim_timeout_seconds)
         self.tracker: Any = tracker
         self._clock: Callable[[], float] = clock or time.time
         self._budget = MemoryBudget.resolve(eviction_memory_threshold, safe_memory_threshold, memory_capacity_bytes)
@@ -287,9 +290,16 @@ class InMemoryLightningStore(LightningStore):
             attempt = record.latest()
             if attempt is None:
                 continue
-            bad = state.unhealthy_status(attempt, record.rollout.config, now)
-            if bad is not None and attempt.status != bad:
-                self._write_attempt_status(record, attempt, bad, now)
+            worker = self._workers.get(attempt.worker_id) if attempt.worker_id else None
+            verdict = state.health_verdict(
+                attempt,
+                record.rollout.config,
+                now,
+                claim_timeout=self._claim_timeout,
+                worker_heartbeat=worker.last_heartbeat_time if worker is not None else None,
+            )
+            if verdict is not None:
+                self._write_attempt_status(record, attempt, verdict[0], now, rollout_status=verdict[1])
 
     def _set_rollout_status(self, record: _RolloutRecord, status: RolloutStatus, now: float) -> None:
         rollout = record.rollout
@@ -313,7 +323,7 @@ class InMemoryLightningStore(LightningStore):
     def _refresh_watch(self, record: _RolloutRecord) -> None:
         """Keep the set of rollouts the health scan must look at in step with status and config."""
         rollout = record.rollout
-        if rollout.status in state.RUNNING_STATUSES and has_health_rules(rollout.config):
+        if state.watch_rollout(rollout.status, rollout.config, self._claim_timeout):
             self._watched[rollout.rollout_id] = None
         else:
             self._watched.pop(rollout.rollout_id, None)
@@ -363,8 +373,16 @@ class InMemoryLightningStore(LightningStore):
             events.emit(AttemptTransition.of(attempt, old, now))
 
     def _write_attempt_status(
-        self, record: _RolloutRecord, attempt: Attempt, status: AttemptStatus, now: float
+        self,
+        record: _RolloutRecord,
+        attempt: Attempt,
+        status: AttemptStatus,
+        now: float,
+        *,
+        rollout_status: RolloutStatus | None = None,
     ) -> None:
+        """Write an attempt status; the latest attempt drives its rollout (to `rollout_status` if given, else by
+        the retry rule)."""
         old = attempt.status
         if status in state.ATTEMPT_END_STATUSES:
             assign(attempt, status=status, end_time=now)
@@ -372,7 +390,9 @@ class InMemoryLightningStore(LightningStore):
             assign(attempt, status=status)
         self._attempt_event(attempt, old, now)
         if attempt is record.attempts[-1]:
-            new = state.rollout_status_from_attempt(status, attempt.sequence_id, record.rollout.config)
+            new = rollout_status or state.rollout_status_from_attempt(
+                status, attempt.sequence_id, record.rollout.config
+            )
             if new != record.rollout.status:
                 self._set_rollout_status(record, new, now)
         self._sync_worker(attempt, now)

@@ -52,8 +52,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
+from agl.store import idempotency, state
 from agl.store import sqlite_rollout_query as rollout_sql
-from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.errors import StaleAttemptError
 from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused, StoreEvent
@@ -64,7 +64,6 @@ from agl.store.inputs import (
     check_attempt_update,
     check_mode,
     check_worker_id,
-    has_health_rules,
     new_id,
     rollout_changes,
 )
@@ -263,7 +262,24 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    """Idempotency keys, each kept with its answer in the transaction of the write it answered
+    (`agl.store.idempotency`); `seq` orders them oldest first for pruning."""
+    db.execute(
+        """CREATE TABLE idempotency_keys (
+            seq INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            created REAL NOT NULL,
+            fingerprint INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL
+        )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4]
 """`MIGRATIONS[i]` brings a database from schema version `i` to `i + 1`; append, never edit."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -375,6 +391,10 @@ class SqliteLightningStore(LightningStore):
         synchronous: SQLite `synchronous` mode: "FULL" (default, durable across power loss) or "NORMAL" (durable
             across a crash of the process, faster); see the module docstring.
         busy_timeout_seconds: how long to wait for another process holding the write lock.
+        claim_timeout_seconds: a claimed attempt still `preparing` with no sign of life from its runner (its own or
+            its worker's heartbeat) for this long is returned to the queue by the health scan; None or 0 turns it off.
+        idempotency_retention: how long and how many idempotency keys of served writes are kept in the file with
+            their answers (default: 10 minutes, 100 000 keys, 256 MiB of answers, whichever is reached first).
     """
 
     def __init__(
@@ -385,7 +405,13 @@ class SqliteLightningStore(LightningStore):
         scan_debounce_seconds: float = 10.0,
         synchronous: Synchronous = "FULL",
         busy_timeout_seconds: float = 30.0,
+        claim_timeout_seconds: float | None = state.DEFAULT_CLAIM_TIMEOUT_SECONDS,
+        idempotency_retention: idempotency.IdempotencyRetention | None = None,
     ) -> None:
+        self._claim_timeout = state.check_claim_timeout(claim_timeout_seconds)
+        retention = idempotency_retention if idempotency_retention is not None else idempotency.IdempotencyRetention()
+        if not isinstance(retention, idempotency.IdempotencyRetention):
+            raise ValueError(f"idempotency_retention must be an IdempotencyRetention, got {retention!r}")
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous must be one of FULL, NORMAL, EXTRA, OFF; got {synchronous!r}")
         self._path = os.fspath(path)
@@ -400,6 +426,22 @@ class SqliteLightningStore(LightningStore):
         self._waiters = CompletionWaiters()
         self._finished_in_tx: list[str] = []
         self._events_in_tx: list[StoreEvent] = []
+        count, total, oldest = (
+            self._conn()
+            .execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created) FROM idempotency_keys")
+            .fetchone()
+        )
+        self._kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
+        if self._claim_timeout is not None:
+            self._watch_unconfirmed_claims()
+
+    def _watch_unconfirmed_claims(self) -> None:
+        """Mark every `preparing` rollout for the health scan (rows written with the claim timeout off lack it)."""
+        with self._lock:
+            db = self._conn()
+            if db.execute("SELECT 1 FROM rollouts WHERE status = 'preparing' AND watched = 0 LIMIT 1").fetchone():
+                with self._write() as db:
+                    db.execute("UPDATE rollouts SET watched = 1 WHERE status = 'preparing' AND watched = 0")
 
     # -- pickling: a copy reopens the same file ---------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -411,6 +453,8 @@ class SqliteLightningStore(LightningStore):
             "scan_debounce_seconds": self._scan_debounce,
             "synchronous": self._synchronous,
             "busy_timeout_seconds": self._busy_timeout,
+            "claim_timeout_seconds": self._claim_timeout,
+            "idempotency_retention": self._kept_keys.retention,
         }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -420,6 +464,8 @@ class SqliteLightningStore(LightningStore):
             scan_debounce_seconds=data["scan_debounce_seconds"],
             synchronous=data["synchronous"],
             busy_timeout_seconds=data["busy_timeout_seconds"],
+            claim_timeout_seconds=data.get("claim_timeout_seconds", state.DEFAULT_CLAIM_TIMEOUT_SECONDS),
+            idempotency_retention=data.get("idempotency_retention"),
         )
 
     @property
@@ -526,10 +572,9 @@ class SqliteLightningStore(LightningStore):
             (rollout.status, self._watched(rollout), rollout.end_time, _dump(rollout), rollout.rollout_id),
         )
 
-    @staticmethod
-    def _watched(rollout: Rollout) -> int:
-        """1 if the health scan must look at this rollout (claimed, with timeout/unresponsive rules)."""
-        return int(state.is_running(rollout.status) and has_health_rules(rollout.config))
+    def _watched(self, rollout: Rollout) -> int:
+        """1 if the health scan must look at this rollout (`state.watch_rollout`)."""
+        return int(state.watch_rollout(rollout.status, rollout.config, self._claim_timeout))
 
     def _latest_attempt(self, db: sqlite3.Connection, rollout_id: str) -> Attempt | None:
         row = db.execute(
@@ -583,6 +628,91 @@ class SqliteLightningStore(LightningStore):
             (resources_id,),
         )
 
+    # -- idempotency keys (call inside a write transaction) -------------------------------------------------
+    def _replay_kept(self, db: sqlite3.Connection, now: float) -> None:
+        """First step of a keyed write: raise `AnswerAlreadyKept` when its key already has a live answer (a retry
+        of a write committed before), so nothing runs again; forget the key when it is past its age."""
+        pending = idempotency.current_write()
+        if pending is None or pending.encode is None:
+            return
+        found = self._kept_answer(db, pending.key)
+        if found is None:
+            return
+        created, first = found
+        if now - created <= self._kept_keys.retention.max_age_seconds:
+            raise idempotency.AnswerAlreadyKept(pending.key, first)
+        db.execute("DELETE FROM idempotency_keys WHERE key = ?", (pending.key,))  # expired, not yet pruned
+        self._kept_keys.entries -= 1
+        self._kept_keys.bytes -= len(first.body)
+
+    def _keep_answer(self, db: sqlite3.Connection, result: Any, now: float) -> None:
+        """Last step of a keyed write: keep the answer to `result` with the write itself, so a retry after a crash
+        gets it (the write began with `_replay_kept`). Nothing after it may fail, or the kept count drifts."""
+        pending = idempotency.answer_to_keep(result)
+        if pending is None:
+            return
+        answer = pending.kept
+        assert answer is not None
+        db.execute(
+            "INSERT INTO idempotency_keys (key, created, fingerprint, status, content_type, headers, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                pending.key,
+                now,
+                answer.fingerprint,
+                answer.status,
+                answer.content_type.decode("latin-1"),
+                json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in answer.headers])
+                if answer.headers
+                else "[]",
+                answer.body,
+            ),
+        )
+        tracker = self._kept_keys
+        tracker.added(len(answer.body), now)
+        if tracker.prune_due(now):
+            self._prune_answers(db, now)
+
+    @staticmethod
+    def _kept_answer(db: sqlite3.Connection, key: str) -> tuple[float, idempotency.KeptAnswer] | None:
+        """When `key` was kept and its answer, or None."""
+        row = db.execute(
+            "SELECT created, fingerprint, status, content_type, headers, body FROM idempotency_keys WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        created, fingerprint, status, content_type, headers, body = row
+        pairs = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(headers))
+        return float(created), idempotency.KeptAnswer(
+            int(fingerprint), int(status), bytes(body), content_type.encode("latin-1"), pairs
+        )
+
+    def _prune_answers(self, db: sqlite3.Connection, now: float, batch: int = 500, most: int = 5000) -> None:
+        """Drop the oldest keys the retention says must go (at most `most` per write; the next write goes on)."""
+        tracker = self._kept_keys
+        tracker.start_prune()
+        seen = 0
+        while seen < most:
+            rows = db.execute(
+                "SELECT seq, created, LENGTH(body) FROM idempotency_keys ORDER BY seq LIMIT ?", (batch,)
+            ).fetchall()
+            last = None
+            kept_one = False
+            for seq, created, size in rows:
+                if not tracker.drop(float(created), int(size), now):
+                    kept_one = True
+                    break
+                last = seq
+            if last is not None:
+                db.execute("DELETE FROM idempotency_keys WHERE seq <= ?", (last,))
+            if kept_one:
+                return
+            if len(rows) < batch:
+                tracker.emptied()
+                return
+            seen += len(rows)
+
     # -- state transitions (call inside a write transaction) ------------------------------------------------
     def _set_rollout_status(
         self, db: sqlite3.Connection, rollout: Rollout, status: RolloutStatus, now: float, *, old: RolloutStatus | None
@@ -616,15 +746,17 @@ class SqliteLightningStore(LightningStore):
         now: float,
         *,
         latest: bool,
+        rollout_status: RolloutStatus | None = None,
     ) -> None:
-        """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout."""
+        """Write an attempt status (the caller stores the attempt); the latest attempt drives its rollout (to
+        `rollout_status` if given, else by the retry rule)."""
         old = attempt.status
         attempt.status = status
         self._attempt_event(attempt, old, now)
         if status in state.ATTEMPT_END_STATUSES:
             attempt.end_time = now
         if latest:
-            new = state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
+            new = rollout_status or state.rollout_status_from_attempt(status, attempt.sequence_id, rollout.config)
             if new != rollout.status:
                 self._set_rollout_status(db, rollout, new, now, old=rollout.status)
         self._sync_worker(db, attempt, now)
@@ -646,17 +778,51 @@ class SqliteLightningStore(LightningStore):
         db = self._conn()
         if db.execute("SELECT 1 FROM rollouts WHERE watched = 1 LIMIT 1").fetchone() is None:
             return
-        with self._write() as db:
+        # Judged in a read transaction first: most scans change nothing and then take no write lock.
+        with self._read() as db:
+            due = [rollout.rollout_id for rollout, _, _ in self._health_verdicts(db, now)]
+        if not due:
+            return
+        with self._write() as db:  # judged again under the write lock: the rows may have moved meanwhile
+            for rollout, attempt, verdict in self._health_verdicts(db, now, due):
+                self._apply_attempt_status(
+                    db, rollout, attempt, verdict[0], now, latest=True, rollout_status=verdict[1]
+                )
+                self._put_attempt(db, attempt)
+
+    def _health_verdicts(
+        self, db: sqlite3.Connection, now: float, rollout_ids: Sequence[str] | None = None
+    ) -> list[tuple[Rollout, Attempt, tuple[AttemptStatus, RolloutStatus | None]]]:
+        """The watched rollouts (all, or those among `rollout_ids`) the health rules act on at `now`."""
+        if rollout_ids is None:
             rows = db.execute("SELECT data FROM rollouts WHERE watched = 1 ORDER BY seq").fetchall()
-            for (data,) in rows:
-                rollout = Rollout.model_validate_json(data)
-                attempt = self._latest_attempt(db, rollout.rollout_id)
-                if attempt is None:
-                    continue
-                bad = state.unhealthy_status(attempt, rollout.config, now)
-                if bad is not None and attempt.status != bad:
-                    self._apply_attempt_status(db, rollout, attempt, bad, now, latest=True)
-                    self._put_attempt(db, attempt)
+        else:
+            rows = []
+            for chunk in _chunks(rollout_ids):
+                rows.extend(
+                    db.execute(
+                        f"SELECT data FROM rollouts WHERE watched = 1 AND rollout_id IN ({_marks(len(chunk))}) "
+                        "ORDER BY seq",
+                        tuple(chunk),
+                    )
+                )
+        out: list[tuple[Rollout, Attempt, tuple[AttemptStatus, RolloutStatus | None]]] = []
+        for (data,) in rows:
+            rollout = Rollout.model_validate_json(data)
+            attempt = self._latest_attempt(db, rollout.rollout_id)
+            if attempt is None:
+                continue
+            worker = self._get_worker(db, attempt.worker_id) if attempt.worker_id else None
+            verdict = state.health_verdict(
+                attempt,
+                rollout.config,
+                now,
+                claim_timeout=self._claim_timeout,
+                worker_heartbeat=worker.last_heartbeat_time if worker is not None else None,
+            )
+            if verdict is not None:
+                out.append((rollout, attempt, verdict))
+        return out
 
     def _new_rollout(
         self,
@@ -763,11 +929,14 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db) if resources_id is None else None
                 rollout = self._new_rollout(db, input, mode, resources_id, config, metadata, "preparing", now, latest)
                 attempt = self._new_attempt(db, rollout, worker_id, now)
                 self._sync_worker(db, attempt, now)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                started = _snapshot(rollout, attempt)
+                self._keep_answer(db, started, now)
+        return started  # type: ignore[return-value]
 
     async def enqueue_rollout(
         self,
@@ -782,8 +951,11 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db) if resources_id is None else None
-                return self._new_rollout(db, input, mode, resources_id, config, metadata, "queuing", now, latest)
+                rollout = self._new_rollout(db, input, mode, resources_id, config, metadata, "queuing", now, latest)
+                self._keep_answer(db, rollout, now)
+                return rollout
 
     async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
         """Enqueue several rollouts in order in one transaction (all or none); results in input order."""
@@ -797,11 +969,14 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 latest = self._latest_resources_id(db)
-                return [
+                enqueued = [
                     self._new_rollout(db, r.input, r.mode, r.resources_id, config, r.metadata, "queuing", now, latest)
                     for r, config in zip(requests, configs, strict=True)
                 ]
+                self._keep_answer(db, enqueued, now)
+                return enqueued
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
@@ -810,6 +985,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 claimed = self._claim(db, worker_id, now)
                 if claimed is None:
                     if worker_id:
@@ -817,7 +993,9 @@ class SqliteLightningStore(LightningStore):
                     return None
                 rollout, attempt = claimed
                 self._sync_worker(db, attempt, now, dequeued=True)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                snapshot = _snapshot(rollout, attempt)
+                self._keep_answer(db, snapshot, now)
+        return snapshot  # type: ignore[return-value]
 
     async def dequeue_many_rollouts(
         self, *, limit: int = 1, worker_id: str | None = None
@@ -830,6 +1008,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 claimed: list[tuple[Rollout, Attempt]] = []
                 while len(claimed) < limit:
                     one = self._claim(db, worker_id, now)
@@ -841,7 +1020,10 @@ class SqliteLightningStore(LightningStore):
                         self._sync_worker(db, claimed[-1][1], now, dequeued=True)
                     else:
                         self._empty_dequeue(db, worker_id, now)
-        return [_snapshot(rollout, attempt) for rollout, attempt in claimed]  # type: ignore[misc]
+                snapshots = [_snapshot(rollout, attempt) for rollout, attempt in claimed]
+                if snapshots:
+                    self._keep_answer(db, snapshots, now)
+        return snapshots  # type: ignore[return-value]
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
@@ -850,10 +1032,13 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 attempt = self._new_attempt(db, rollout, worker_id, now)
                 self._sync_worker(db, attempt, now)
-        return _snapshot(rollout, attempt)  # type: ignore[return-value]
+                started = _snapshot(rollout, attempt)
+                self._keep_answer(db, started, now)
+        return started  # type: ignore[return-value]
 
     async def query_rollouts(
         self,
@@ -990,6 +1175,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 old = rollout.status
                 for key, value in changes.items():
@@ -1000,6 +1186,7 @@ class SqliteLightningStore(LightningStore):
                     self._set_rollout_status(db, rollout, status, now, old=old)
                 else:
                     self._put_rollout(db, rollout)
+                self._keep_answer(db, rollout, now)
         return rollout
 
     # -- attempts -------------------------------------------------------------------------------------------
@@ -1046,6 +1233,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 rollout = self._rollout(db, rollout_id)
                 latest = self._latest_attempt(db, rollout_id)
                 if latest is None:
@@ -1079,6 +1267,7 @@ class SqliteLightningStore(LightningStore):
                 elif worker_id is not UNSET and worker_id:
                     self._sync_worker(db, attempt, now)
                 self._put_attempt(db, attempt)
+                self._keep_answer(db, attempt, now)
         return attempt
 
     # -- spans ----------------------------------------------------------------------------------------------
@@ -1274,10 +1463,12 @@ class SqliteLightningStore(LightningStore):
                 resources_id=new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
             )
             with self._write() as db:
+                self._replay_kept(db, now)
                 db.execute(
                     "INSERT INTO resources (resources_id, data) VALUES (?, ?)", (update.resources_id, _dump(update))
                 )
                 self._set_latest_resources_id(db, update.resources_id)
+                self._keep_answer(db, update, now)
         return update
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
@@ -1289,6 +1480,7 @@ class SqliteLightningStore(LightningStore):
             now = self._clock()
             self._maybe_scan(now)
             with self._write() as db:
+                self._replay_kept(db, now)
                 old = self._get_resources(db, resources_id)
                 update = ResourcesUpdate(
                     resources_id=resources_id,
@@ -1304,6 +1496,7 @@ class SqliteLightningStore(LightningStore):
                     (resources_id, _dump(update)),
                 )
                 self._set_latest_resources_id(db, resources_id)
+                self._keep_answer(db, update, now)
         return update
 
     def _get_resources(self, db: sqlite3.Connection, resources_id: str) -> ResourcesUpdate | None:

@@ -5,6 +5,7 @@ Nothing here touches storage; a backend asks what the next state is and writes i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from agl.types.core import (
 
 __all__ = [
     "ATTEMPT_END_STATUSES",
+    "DEFAULT_CLAIM_TIMEOUT_SECONDS",
     "FINISHED_STATUSES",
     "QUEUING_STATUSES",
     "RUNNING_STATUSES",
@@ -30,14 +32,18 @@ __all__ = [
     "attempt_status_on_heartbeat",
     "check_attempt_holds_rollout",
     "check_attempt_status",
+    "check_claim_timeout",
     "check_rollout_status",
     "check_worker_status",
+    "claim_is_lost",
+    "health_verdict",
     "is_finished",
     "is_queuing",
     "is_running",
     "rollout_status_from_attempt",
     "rollout_status_on_heartbeat",
     "unhealthy_status",
+    "watch_rollout",
     "worker_fields_for_attempt",
     "worker_fields_for_empty_dequeue",
 ]
@@ -47,6 +53,9 @@ RUNNING_STATUSES: frozenset[str] = frozenset({"preparing", "running"})
 FINISHED_STATUSES: frozenset[str] = frozenset({"failed", "succeeded", "cancelled"})
 ATTEMPT_END_STATUSES: frozenset[str] = frozenset({"failed", "succeeded"})
 """Attempt statuses whose write stamps `end_time` (timeout/unresponsive do not)."""
+
+DEFAULT_CLAIM_TIMEOUT_SECONDS = 30.0
+"""How long a claimed attempt may go without any sign of life from its runner before it is returned to the queue."""
 
 
 def _status_of(rollout: Any) -> Any:
@@ -151,6 +160,69 @@ def unhealthy_status(attempt: Attempt, config: RolloutConfig, now: float) -> Att
         since = attempt.last_heartbeat_time if attempt.last_heartbeat_time is not None else attempt.start_time
         if now - since > config.unresponsive_seconds:
             return "unresponsive"
+    return None
+
+
+def check_claim_timeout(value: Any, field: str = "claim_timeout_seconds") -> float | None:
+    """`value` as a claim timeout in seconds, None (or 0) meaning off; else a ValueError naming `field`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise ValueError(f"{field} must be a number of seconds >= 0 (0 or None turns it off), got {value!r}")
+    return None if value == 0 or math.isinf(value) else float(value)
+
+
+def watch_rollout(status: str, config: RolloutConfig, claim_timeout: float | None) -> bool:
+    """Whether the health scan must look at a rollout in `status` with `config`.
+
+    A claimed rollout is watched when its config has a timeout or unresponsive rule; a `preparing` one (claimed, not
+    yet confirmed by its runner) also whenever a claim timeout is in force.
+    """
+    if status == "preparing" and claim_timeout is not None:
+        return True
+    return status in RUNNING_STATUSES and (
+        config.timeout_seconds is not None or config.unresponsive_seconds is not None
+    )
+
+
+def claim_is_lost(attempt: Attempt, worker_heartbeat: float | None, claim_timeout: float | None, now: float) -> bool:
+    """Whether a claimed attempt its runner never confirmed has been silent for longer than the claim timeout.
+
+    An attempt is confirmed by a span or a status update (both move it past `preparing`). Until then its signs of
+    life are its start, its own heartbeats (`last_heartbeat_time`) and the heartbeats of the worker holding it
+    (`worker_heartbeat`, that worker's `last_heartbeat_time`), so a runner that keeps sending heartbeats within the
+    timeout keeps its claims however long its rollouts run.
+    """
+    if claim_timeout is None or attempt.status != "preparing":
+        return False
+    since = attempt.start_time
+    if attempt.last_heartbeat_time is not None and attempt.last_heartbeat_time > since:
+        since = attempt.last_heartbeat_time
+    if worker_heartbeat is not None and worker_heartbeat > since:
+        since = worker_heartbeat
+    return now - since > claim_timeout
+
+
+def health_verdict(
+    attempt: Attempt,
+    config: RolloutConfig,
+    now: float,
+    *,
+    claim_timeout: float | None = None,
+    worker_heartbeat: float | None = None,
+) -> tuple[AttemptStatus, RolloutStatus | None] | None:
+    """What the health scan does to a rollout's latest attempt at `now`: None (nothing), or the attempt's new status
+    and the rollout's new status (None: the retry rule of `rollout_status_from_attempt` decides).
+
+    The rollout's own rules come first (`unhealthy_status`). Otherwise a lost claim (`claim_is_lost`) makes the
+    attempt `unresponsive` and puts the rollout back in the queue (`requeuing`) whatever its retry rule: its runner
+    never started it, so nothing ran that a retry rule could judge.
+    """
+    bad = unhealthy_status(attempt, config, now)
+    if bad is not None:
+        return (bad, None) if attempt.status != bad else None
+    if claim_is_lost(attempt, worker_heartbeat, claim_timeout, now):
+        return "unresponsive", "requeuing"
     return None
 
 

@@ -85,6 +85,12 @@ def test_store_query_times_every_call_on_both_backends(tmp_path: Path) -> None:
     assert "300r-900s" in cached.name
 
 
+def test_idempotency_cost_times_plain_and_keyed_enqueues(tmp_path: Path) -> None:
+    data = _run("idempotency_cost.py", "--runs", "1", "--ops", "50", out=tmp_path)
+    assert set(data["median_us"]) == {"plain", "keyed"}
+    assert all(value > 0 for value in data["median_us"].values())
+
+
 @pytest.mark.slow
 def test_metrics_overhead_runs_both_sides_and_times_a_scrape(tmp_path: Path) -> None:
     data = _run(

@@ -109,12 +109,55 @@ def test_port_in_use_is_refused_with_the_port_named() -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--backend", "sqlite"], "needs --path"), (["--path", "x.db"], "only for --backend sqlite")],
+    [
+        (["--backend", "sqlite"], "needs --path"),
+        (["--path", "x.db"], "only for --backend sqlite"),
+        (["--claim-timeout", "-1"], "--claim-timeout -1.0: give the seconds"),
+        (["--claim-timeout", "nan"], "--claim-timeout nan: give the seconds"),
+        (["--claim-timeout", "soon"], "argument --claim-timeout: invalid float value: 'soon'"),
+    ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
     proc = start("--port", "0", *args)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2 and message in out
+
+
+async def _claim_two_and_beat_for_one(port: int, seconds: float) -> tuple[str, str]:
+    """Claim two rollouts as two workers; only `w-beating` sends heartbeats (every 0.2 s) for `seconds`."""
+    client = LightningStoreClient(f"http://127.0.0.1:{port}")
+    try:
+        await client.enqueue_rollout("silent")
+        await client.enqueue_rollout("beating")
+        silent = await client.dequeue_rollout(worker_id="w-silent")
+        beating = await client.dequeue_rollout(worker_id="w-beating")
+        assert silent is not None and beating is not None
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await client.update_worker("w-beating")
+            await asyncio.sleep(0.2)
+        statuses = []
+        for claimed in (silent, beating):
+            rollout = await client.get_rollout_by_id(claimed.rollout_id)
+            assert rollout is not None
+            statuses.append(rollout.status)
+        return statuses[0], statuses[1]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_claim_timeout_requeues_a_silent_claim(tmp_path: Path, backend: str) -> None:
+    port = free_port()
+    extra = ["--path", str(tmp_path / "store.db")] if backend == "sqlite" else []
+    proc = start("--port", str(port), "--backend", backend, *extra, "--claim-timeout", "1",
+                 "--health-check-interval", "0.1")  # fmt: skip
+    try:
+        wait_healthy(port, proc)
+        # The server's own health checks requeue the silent claim; the beating runner keeps its claim.
+        assert asyncio.run(_claim_two_and_beat_for_one(port, 2.5)) == ("requeuing", "preparing")
+    finally:
+        stop(proc)
 
 
 def test_unknown_subcommand_is_a_usage_error() -> None:

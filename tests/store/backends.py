@@ -1,26 +1,29 @@
 """Every store backend the conformance suite runs against.
 
 Each entry maps a backend name to a factory: given a clock, it yields a fresh, empty `LightningStore` that reads
-time from that clock and runs its health checks on every call (no debounce). Add a backend here and the whole
-conformance suite runs against it unchanged.
+time from that clock and runs its health checks on every call (no debounce). Keyword options (e.g.
+`claim_timeout_seconds`) go to the store's constructor. Add a backend here and the whole conformance suite runs
+against it unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from agl.store.base import LightningStore
 from tests.store.clock import FakeClock
 
-BackendFactory = Callable[[FakeClock], AbstractAsyncContextManager[LightningStore]]
+BackendFactory = Callable[..., AbstractAsyncContextManager[LightningStore]]
+"""`factory(clock, **store_options)`."""
 
 
 @asynccontextmanager
-async def memory_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+async def memory_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
     from agl.store.memory import InMemoryLightningStore
 
-    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=0)
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, **options)
     try:
         yield store
     finally:
@@ -28,11 +31,13 @@ async def memory_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
 
 
 @asynccontextmanager
-async def threaded_memory_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+async def threaded_memory_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
     from agl.store.memory import InMemoryLightningStore
     from agl.store.threading import LightningStoreThreaded
 
-    store = LightningStoreThreaded(InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True))
+    store = LightningStoreThreaded(
+        InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True, **options)
+    )
     try:
         yield store
     finally:
@@ -40,14 +45,14 @@ async def threaded_memory_backend(clock: FakeClock) -> AsyncIterator[LightningSt
 
 
 @asynccontextmanager
-async def sqlite_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+async def sqlite_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
     import shutil
     import tempfile
 
     from agl.store.sqlite import SqliteLightningStore
 
     directory = tempfile.mkdtemp(prefix="agl-sqlite-store-")
-    store = SqliteLightningStore(f"{directory}/store.db", clock=clock, scan_debounce_seconds=0)
+    store = SqliteLightningStore(f"{directory}/store.db", clock=clock, scan_debounce_seconds=0, **options)
     try:
         yield store
     finally:
@@ -73,18 +78,19 @@ async def _served(store: LightningStore) -> AsyncIterator[LightningStore]:
 
 
 @asynccontextmanager
-async def http_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+async def http_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
     """The in-memory store over HTTP."""
     from agl.store.memory import InMemoryLightningStore
 
-    async with _served(InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True)) as client:
+    store = InMemoryLightningStore(clock=clock, scan_debounce_seconds=0, thread_safe=True, **options)
+    async with _served(store) as client:
         yield client
 
 
 @asynccontextmanager
-async def http_sqlite_backend(clock: FakeClock) -> AsyncIterator[LightningStore]:
+async def http_sqlite_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
     """The SQLite store over HTTP."""
-    async with sqlite_backend(clock) as store, _served(store) as client:
+    async with sqlite_backend(clock, **options) as store, _served(store) as client:
         yield client
 
 

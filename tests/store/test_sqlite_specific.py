@@ -204,6 +204,27 @@ async def test_healthy_attempt_keeps_running_after_reopen(db_path: Path, clock: 
         await store.close()
 
 
+async def test_claim_left_by_a_store_without_claim_timeout_is_requeued_after_reopen(
+    db_path: Path, clock: FakeClock
+) -> None:
+    store = SqliteLightningStore(db_path, clock=clock, claim_timeout_seconds=None)
+    try:
+        await store.enqueue_rollout({"x": 1})
+        claimed = await store.dequeue_rollout(worker_id="Worker-0")
+        assert claimed is not None
+    finally:
+        await store.close()
+    clock.advance(31)
+    store = SqliteLightningStore(db_path, clock=clock)  # the default 30 s claim timeout
+    try:
+        rollout = await store.get_rollout_by_id(claimed.rollout_id)
+        assert rollout is not None and rollout.status == "requeuing"
+        again = await store.dequeue_rollout(worker_id="Worker-1")
+        assert again is not None and again.rollout_id == claimed.rollout_id and again.attempt.sequence_id == 2
+    finally:
+        await store.close()
+
+
 async def test_queued_rollouts_stay_queued_in_order_after_reopen(db_path: Path, clock: FakeClock) -> None:
     store = SqliteLightningStore(db_path, clock=clock)
     ids = [r.rollout_id for r in await store.enqueue_many_rollouts([{"input": i} for i in range(5)])]  # type: ignore[misc]
@@ -412,12 +433,13 @@ async def test_threads_never_claim_a_rollout_twice(db_path: Path, clock: FakeClo
 
 
 async def test_pickled_store_reopens_the_same_file(db_path: Path) -> None:
-    store = SqliteLightningStore(db_path)
+    store = SqliteLightningStore(db_path, claim_timeout_seconds=12.5)
     copy: SqliteLightningStore = pickle.loads(pickle.dumps(store))
     try:
         rollout = await store.enqueue_rollout({"x": 1})
         assert await copy.get_rollout_by_id(rollout.rollout_id) == rollout
         assert copy.path == store.path
+        assert copy.__getstate__()["claim_timeout_seconds"] == 12.5
     finally:
         await store.close()
         await copy.close()

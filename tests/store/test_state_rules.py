@@ -98,3 +98,83 @@ def test_empty_dequeue_marks_idle_once() -> None:
 def test_status_checks_name_the_field(check: object) -> None:
     with pytest.raises(ValueError, match="status_in item 'bogus' is not"):
         check("bogus", "status_in item")  # type: ignore[operator]
+
+
+# -- claim timeout ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (0, None), (0.0, None), (30, 30.0), (0.5, 0.5)])
+def test_claim_timeout_values(value: float | None, expected: float | None) -> None:
+    assert state.check_claim_timeout(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), "30", True])
+def test_claim_timeout_refuses_bad_values(value: object) -> None:
+    with pytest.raises(ValueError, match="claim_timeout_seconds must be a number of seconds >= 0"):
+        state.check_claim_timeout(value)
+
+
+def test_stores_refuse_a_bad_claim_timeout(tmp_path: object) -> None:
+    from agl.store.memory import InMemoryLightningStore
+    from agl.store.sqlite import SqliteLightningStore
+
+    with pytest.raises(ValueError, match="claim_timeout_seconds"):
+        InMemoryLightningStore(claim_timeout_seconds=-5)
+    with pytest.raises(ValueError, match="claim_timeout_seconds"):
+        SqliteLightningStore(":memory:", claim_timeout_seconds=-5)
+
+
+def _claimed(status: str, start: float = 100.0, heartbeat: float | None = None) -> Attempt:
+    return Attempt(
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        sequence_id=1,
+        start_time=start,
+        status=status,  # type: ignore[arg-type]
+        last_heartbeat_time=heartbeat,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "heartbeat", "worker_heartbeat", "now", "lost"),
+    [
+        ("preparing", None, None, 130.0, False),  # exactly at the limit
+        ("preparing", None, None, 130.1, True),
+        ("preparing", 120.0, None, 149.0, False),  # its own heartbeat
+        ("preparing", 120.0, None, 150.1, True),
+        ("preparing", None, 125.0, 154.0, False),  # its worker's heartbeat
+        ("preparing", None, 90.0, 130.1, True),  # a worker heartbeat from before the claim counts for nothing
+        ("running", None, None, 1e9, False),  # confirmed
+        ("unresponsive", None, None, 1e9, False),
+    ],
+)
+def test_claim_is_lost(
+    status: str, heartbeat: float | None, worker_heartbeat: float | None, now: float, lost: bool
+) -> None:
+    assert state.claim_is_lost(_claimed(status, heartbeat=heartbeat), worker_heartbeat, 30.0, now) is lost
+    assert state.claim_is_lost(_claimed(status, heartbeat=heartbeat), worker_heartbeat, None, now) is False
+
+
+def test_health_verdict_prefers_the_rollouts_rules() -> None:
+    attempt = _claimed("preparing")
+    assert state.health_verdict(attempt, RolloutConfig(timeout_seconds=10), 111.0, claim_timeout=5.0) == (
+        "timeout",
+        None,
+    )
+    assert state.health_verdict(attempt, RolloutConfig(), 106.0, claim_timeout=5.0) == ("unresponsive", "requeuing")
+    assert state.health_verdict(attempt, RolloutConfig(), 106.0, claim_timeout=None) is None
+    assert state.health_verdict(_claimed("timeout"), RolloutConfig(timeout_seconds=1), 1e9, claim_timeout=5.0) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "config", "claim_timeout", "watched"),
+    [
+        ("preparing", RolloutConfig(), 30.0, True),
+        ("preparing", RolloutConfig(), None, False),
+        ("running", RolloutConfig(), 30.0, False),
+        ("running", RolloutConfig(unresponsive_seconds=5), None, True),
+        ("queuing", RolloutConfig(timeout_seconds=5), 30.0, False),
+    ],
+)
+def test_watch_rollout(status: str, config: RolloutConfig, claim_timeout: float | None, watched: bool) -> None:
+    assert state.watch_rollout(status, config, claim_timeout) is watched

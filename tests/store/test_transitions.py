@@ -488,7 +488,9 @@ HEALTH_RULES = [
     (None, 5.0, 3.0, 8.0, "running"),
     (None, 5.0, 3.0, 8.5, "unresponsive"),
     (20.0, 5.0, 3.0, 8.5, "unresponsive"),
-    (None, None, None, 1e6, "preparing"),
+    # No rule of its own: the claim timeout (default 30 s) returns an attempt nobody confirmed to the queue.
+    (None, None, None, 30.0, "preparing"),
+    (None, None, None, 30.5, "unresponsive"),
     (None, None, 1.0, 1e6, "running"),
 ]
 
@@ -514,7 +516,11 @@ async def test_5_4_health_rules(
     assert fetched is not None
     attempt = fetched.attempt  # type: ignore[attr-defined]
     assert attempt.status == expected
-    if expected in ("timeout", "unresponsive"):
+    if expected in ("timeout", "unresponsive") and timeout is None and unresponsive is None:
+        assert attempt.end_time is None  # a lost claim: back to the queue whatever the retry rule
+        assert fetched.status == "requeuing"
+        assert fetched.end_time is None
+    elif expected in ("timeout", "unresponsive"):
         assert attempt.end_time is None
         assert fetched.status == "failed"
         assert fetched.end_time == clock()

@@ -16,13 +16,14 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import orjson
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
+from agl.store import idempotency
 from agl.store.base import LightningStore
 from agl.store.errors import StaleAttemptError
 from agl.store.http.cors import CorsPolicy
@@ -114,6 +115,7 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 # -- request bodies --------------------------------------------------------------------------------------------
@@ -304,6 +306,39 @@ def _ok(value: Any, status: int = 200) -> Response:
     return Response(status, pydantic_core.to_json(value))
 
 
+def _created(value: Any) -> Response:
+    return Response(201, pydantic_core.to_json(value))
+
+
+def _created_list(value: Any) -> Response:
+    return Response(201, pydantic_core.to_json([value]))
+
+
+def _ok_list(value: Any) -> Response:
+    return Response(200, pydantic_core.to_json([value]))
+
+
+def _answer_parts(response: Response) -> tuple[int, bytes, bytes, Sequence[tuple[bytes, bytes]]]:
+    return response.status, response.body, response.content_type, response.headers or ()
+
+
+async def _write(call: Awaitable[T], answer: Callable[[T], Response]) -> Response:
+    """Await a store write and answer with `answer(result)`.
+
+    Under an idempotency key, a durable store keeps that answer with the write itself (`agl.store.idempotency`);
+    the answer sent is then the very bytes it kept.
+    """
+    pending = idempotency.current_write()
+    if pending is None:
+        return answer(await call)
+    pending.encode = lambda result: _answer_parts(answer(result))
+    result = await call
+    kept = pending.kept
+    if kept is not None:
+        return Response(kept.status, kept.body, kept.content_type, list(kept.headers) or None)
+    return answer(result)
+
+
 _MINIMAL_HEADERS = [(b"preference-applied", b"return=minimal")]  # never mutated: shared by every minimal answer
 
 
@@ -418,21 +453,29 @@ class _IdempotencyCache:
             deadline, first_fingerprint = entry[:2] if isinstance(entry, tuple) else (entry.deadline, entry.fingerprint)
             if deadline > now:
                 if first_fingerprint != fingerprint:
-                    raise HTTPError(409, f"Idempotency-Key {key!r} was already used for a different request")
+                    raise HTTPError(409, idempotency.conflict_message(key))
                 if isinstance(entry, tuple):
                     return self._replay(entry[2], entry[3], entry[4], entry[5])
                 waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
                 if entry.waiters is None:
                     entry.waiters = []
                 entry.waiters.append(waiter)
-                first = await waiter
-                return self._replay(first.status, first.body, first.content_type, first.headers or ())
+                answered = await waiter
+                return self._replay(answered.status, answered.body, answered.content_type, answered.headers or ())
             self._forget(key, entry)
         running = _Running(fingerprint, now + self.ttl)
         self.entries[key] = running
+        first: idempotency.KeptAnswer | None = None  # the answer a durable store kept for this key before
         try:
             try:
-                response = await handler(request)
+                with idempotency.keyed_request(key, fingerprint):
+                    response = await handler(request)
+            except idempotency.AnswerAlreadyKept as exc:  # a retry of a write the store committed before a restart
+                first = exc.answer
+                if idempotency.replays(first, fingerprint):
+                    response = self._replay(first.status, first.body, first.content_type, first.headers)
+                else:
+                    response = Response(409, _encode_detail(idempotency.conflict_message(key)))
             except HTTPError as exc:
                 response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
             except Exception as exc:
@@ -443,7 +486,11 @@ class _IdempotencyCache:
                 if not waiter.done():
                     waiter.set_exception(exc)
             raise
-        if response.status >= 500:
+        if first is not None and self.entries.get(key) is running:
+            # From now on this key answers as the store does: with the first answer, whatever this request was.
+            self.entries[key] = (running.deadline, *first)
+            self.bytes += len(first.body)
+        elif response.status >= 500:
             self._forget(key, running)
         elif self.entries.get(key) is running:
             self.entries[key] = (
@@ -689,8 +736,15 @@ class StoreApp:
             handler = route.handler
             key = None if route.idempotent else headers.get(b"idempotency-key")
             if key:
+                text = idempotency.check_key(key)
+                if text is None:
+                    raise HTTPError(
+                        400,
+                        f"Idempotency-Key header is {len(key)} bytes; at most {idempotency.MAX_KEY_BYTES} are accepted "
+                        "(send a short unique key, e.g. a UUID)",
+                    )
                 response = await self._idempotency.run(
-                    key.decode("latin-1"), zlib.crc32(body, zlib.crc32(path.encode())), handler, request
+                    text, zlib.crc32(body, zlib.crc32(path.encode())), handler, request
                 )
             else:
                 try:
@@ -873,27 +927,26 @@ class StoreApp:
             return Response(201, b"[]")
         if len(body.rollouts) == 1:
             item = body.rollouts[0]
-            rollout = await self.store.enqueue_rollout(
-                item.input, item.mode, item.resources_id, item.config, item.metadata
-            )
-            return _ok([rollout], 201)
-        return _ok(list(await self.store.enqueue_many_rollouts(body.rollouts)), 201)
+            call = self.store.enqueue_rollout(item.input, item.mode, item.resources_id, item.config, item.metadata)
+            return await _write(call, _created_list)
+        return await _write(self.store.enqueue_many_rollouts(body.rollouts), lambda many: _created(list(many)))
 
     async def _dequeue(self, request: Request) -> Response:
         body: _DequeueBody = _parse_body(_DequeueBody, request.body, optional=True)
         if body.limit <= 0:
             return Response(200, b"[]")
         if body.limit == 1:
-            claimed = await self.store.dequeue_rollout(worker_id=body.worker_id)
-            return Response(200, b"[]") if claimed is None else _ok([claimed])
-        return _ok(list(await self.store.dequeue_many_rollouts(limit=body.limit, worker_id=body.worker_id)))
+            call = self.store.dequeue_rollout(worker_id=body.worker_id)
+            return await _write(call, lambda claimed: Response(200, b"[]") if claimed is None else _ok_list(claimed))
+        many = self.store.dequeue_many_rollouts(limit=body.limit, worker_id=body.worker_id)
+        return await _write(many, lambda claimed: _ok(list(claimed)))
 
     async def _start_rollout(self, request: Request) -> Response:
         body: _StartRolloutBody = _parse_body(_StartRolloutBody, request.body)
-        rollout = await self.store.start_rollout(
+        call = self.store.start_rollout(
             body.input, body.mode, body.resources_id, body.config, body.metadata, body.worker_id
         )
-        return _ok(rollout, 201)
+        return await _write(call, _created)
 
     async def _query_rollouts(self, search: _RolloutSearch) -> Response:
         _check_page(search, Rollout)
@@ -932,12 +985,11 @@ class StoreApp:
             ("input", "mode", "resources_id", "status", "config", "metadata"),
             nullable=frozenset({"input", "mode", "resources_id", "metadata"}),
         )
-        rollout = await self.store.update_rollout(request.params["rollout_id"], **fields)
-        return _ok(rollout)
+        return await _write(self.store.update_rollout(request.params["rollout_id"], **fields), _ok)
 
     async def _start_attempt(self, request: Request) -> Response:
         body: _StartAttemptBody = _parse_body(_StartAttemptBody, request.body, optional=True)
-        return _ok(await self.store.start_attempt(request.params["rollout_id"], worker_id=body.worker_id), 201)
+        return await _write(self.store.start_attempt(request.params["rollout_id"], worker_id=body.worker_id), _created)
 
     async def _query_attempts(self, rollout_id: str, search: _AttemptSearch) -> Response:
         _check_page(search, Attempt)
@@ -959,8 +1011,8 @@ class StoreApp:
     async def _update_attempt(self, request: Request) -> Response:
         body: _UpdateAttemptBody = _parse_body(_UpdateAttemptBody, request.body)
         fields = _set_fields(body, ("status", "worker_id", "last_heartbeat_time", "metadata"), nullable=frozenset())
-        attempt = await self.store.update_attempt(request.params["rollout_id"], request.params["attempt_id"], **fields)
-        return _ok(attempt)
+        call = self.store.update_attempt(request.params["rollout_id"], request.params["attempt_id"], **fields)
+        return await _write(call, _ok)
 
     async def _get_resources(self, request: Request) -> Response:
         search: _ResourcesSearch = _parse_query(_ResourcesSearch, request)
@@ -983,11 +1035,11 @@ class StoreApp:
         return resources
 
     async def _add_resources(self, request: Request) -> Response:
-        return _ok(await self.store.add_resources(self._parse_resources(request.body)), 201)
+        return await _write(self.store.add_resources(self._parse_resources(request.body)), _created)
 
     async def _update_resources(self, request: Request) -> Response:
         resources = self._parse_resources(request.body)
-        return _ok(await self.store.update_resources(request.params["resources_id"], resources))
+        return await _write(self.store.update_resources(request.params["resources_id"], resources), _ok)
 
     async def _latest_resources(self, request: Request) -> Response:
         return _ok(await self.store.get_latest_resources())
