@@ -22,7 +22,7 @@ from agl.types.tracer import Span
 if TYPE_CHECKING:
     from agl.store.http.app import StoreApp
 
-__all__ = ["OPERATIONS", "Answer", "Operation", "build_document", "route_rows"]
+__all__ = ["OPERATIONS", "Answer", "ErrorBody", "Operation", "build_document", "markdown_routes", "route_rows"]
 
 OPENAPI_VERSION = "3.1.0"
 _REF = "#/components/schemas/{model}"
@@ -100,6 +100,10 @@ class Operation:
     writes: bool = False
     """Changes state: takes an `Idempotency-Key`, may answer 409 and reads a body (413/415)."""
     prefer_minimal: bool = False
+    not_found: bool = False
+    """May answer 404: an id it names (in the path or the body) is unknown."""
+    query_checked: bool = True
+    """The query is validated (a bad one answers 422); false where parameters are only read when present."""
     tags: tuple[str, ...] = field(default=())
 
 
@@ -111,8 +115,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/health"): Operation(
         "Health, drain state and the AGL features this server offers",
         Answer(200, "one", _HealthAnswer),
-        None,
         query=_HealthQuery,
+        query_checked=False,
         tags=("health",),
     ),
     ("GET", "/openapi.json"): Operation("This document", Answer(200, "object"), tags=("health",)),
@@ -143,13 +147,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("rollouts",),
     ),
     ("GET", "/rollouts/{rollout_id}"): Operation(
-        "One rollout (404 when unknown)", Answer(200, "one", Rollout), tags=("rollouts",)
+        "One rollout (404 when unknown)", Answer(200, "one", Rollout), not_found=True, tags=("rollouts",)
     ),
     ("POST", "/rollouts/{rollout_id}"): Operation(
         "Update a rollout's fields",
         Answer(200, "one", Rollout),
         _app._UpdateRolloutBody,
         writes=True,
+        not_found=True,
         tags=("rollouts",),
     ),
     ("POST", "/rollouts/{rollout_id}/attempts"): Operation(
@@ -158,6 +163,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _app._StartAttemptBody,
         body_required=False,
         writes=True,
+        not_found=True,
         tags=("attempts",),
     ),
     ("POST", "/rollouts/{rollout_id}/attempts/search"): Operation(
@@ -178,6 +184,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Answer(200, "one", Attempt),
         _app._UpdateAttemptBody,
         writes=True,
+        not_found=True,
         tags=("attempts",),
     ),
     ("GET", "/resources"): Operation(
@@ -198,6 +205,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Answer(200, "one", ResourcesUpdate),
         NamedResources,
         writes=True,
+        not_found=True,
         tags=("resources",),
     ),
     ("GET", "/resources/{resources_id}"): Operation(
@@ -209,6 +217,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Span,
         writes=True,
         prefer_minimal=True,
+        not_found=True,
         tags=("spans",),
     ),
     ("POST", "/spans/batch"): Operation(
@@ -217,6 +226,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _app._SpanBatchBody,
         writes=True,
         prefer_minimal=True,
+        not_found=True,
         tags=("spans",),
     ),
     ("GET", "/spans"): Operation("Query a rollout's spans", _page(Span), query=_app._SpanSearch, tags=("spans",)),
@@ -228,6 +238,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Answer(200, "one", _SequenceId),
         _app._NextSequenceBody,
         writes=True,
+        not_found=True,
         tags=("spans",),
     ),
     ("POST", "/spans/next/batch"): Operation(
@@ -235,6 +246,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Answer(200, "one", _SequenceIds),
         _app._NextSequenceBatchBody,
         writes=True,
+        not_found=True,
         tags=("spans",),
     ),
     ("POST", "/waits/rollouts"): Operation(
@@ -275,7 +287,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("dashboard",),
     ),
     ("GET", "/dashboard/rollouts/{rollout_id}"): Operation(
-        "One rollout in full: attempts, spans, reward (404 when unknown)", Answer(200, "object"), tags=("dashboard",)
+        "One rollout in full: attempts, spans, reward (404 when unknown)",
+        Answer(200, "object"),
+        not_found=True,
+        tags=("dashboard",),
     ),
     ("GET", "/dashboard/workers"): Operation(
         "Every worker with its heartbeat age and last error", Answer(200, "object"), tags=("dashboard",)
@@ -310,10 +325,10 @@ def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
     codes: set[int] = set()
     if not route.public:
         codes.add(401)
-    if op.body is not None or op.query is not None:
+    if op.body is not None or (op.query is not None and op.query_checked):
         codes |= {400, 422}  # 400: a value the store refuses (a sort field, a negative offset, a null it forbids)
-    if "{" in route.pattern or route.method == "POST":
-        codes.add(404)  # an unknown id, in the path or in the body
+    if op.not_found:
+        codes.add(404)
     if route.method == "POST":
         codes |= {400, 413, 415}  # a bad Content-Length or Idempotency-Key, a body too large, an unknown encoding
         if op.writes:
@@ -539,7 +554,7 @@ def build_document(app: StoreApp) -> dict[str, Any]:
         raise ValueError(f"route table and OPERATIONS differ: undocumented {missing}, not served {unknown}")
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
-    for route in routes:
+    for route in sorted(routes, key=lambda r: (r.pattern, r.method)):
         op = OPERATIONS[(route.method, route.pattern)]
         item = paths.setdefault(API_PREFIX + route.pattern, {})
         item[route.method.lower()] = _operation(route, op, schemas)
@@ -598,7 +613,7 @@ def _schema_name(schema: dict[str, Any]) -> str:
         return str(schema["$ref"]).rpartition("/")[2]
     for key in ("anyOf", "oneOf"):
         if key in schema:
-            return " | ".join(_schema_name(s) for s in schema[key])
+            return " or ".join(_schema_name(s) for s in schema[key])
     kind = schema.get("type")
     if kind == "array":
         return f"[{_schema_name(schema.get('items', {}))}]"
@@ -607,3 +622,26 @@ def _schema_name(schema: dict[str, Any]) -> str:
     if kind == "object" and "additionalProperties" in schema:
         return f"{{name: {_schema_name(schema['additionalProperties'])}}}"
     return str(kind or "any")
+
+
+def markdown_routes(document: dict[str, Any]) -> str:
+    """docs/http.md's route table: one row per operation but HEAD (every GET route also answers HEAD)."""
+    lines = ["| method | path | body | answers |", "|---|---|---|---|"]
+    for method, path, body, answers in route_rows(document):
+        lines.append(f"| {method} | `{path}` | {body} | {answers} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m agl.store.http.openapi [--markdown]: print the document (or docs' table)
+    import sys
+
+    import orjson
+
+    from agl.store.http.app import StoreApp
+    from agl.store.memory import InMemoryLightningStore
+
+    built = build_document(StoreApp(InMemoryLightningStore(), metrics=False))
+    if "--markdown" in sys.argv[1:]:
+        sys.stdout.write(markdown_routes(built))
+    else:
+        sys.stdout.write(orjson.dumps(built, option=orjson.OPT_INDENT_2).decode() + "\n")
