@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from agl.store.client import LightningStoreClient
@@ -15,7 +16,8 @@ from agl.store.server import LightningStoreServer
 from tests.store.helpers import make_span, sample_resources
 
 TOKEN = "fuzz-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH: Mapping[str, str] = MappingProxyType({"Authorization": f"Bearer {TOKEN}"})
+"""Read-only: a client library that adds its own headers to a passed dict cannot leak them into other tests."""
 
 
 @dataclass(frozen=True)
