@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--claim-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="return a claimed rollout to the queue when its runner sends no heartbeat, span or "
                         "status for this long (0: off; default 30)")  # fmt: skip
+    parser.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="on Ctrl+C or SIGTERM, how long to keep serving while runners finish their rollouts and "
+                        "hear that the store drains, so they exit (a second signal stops at once; default 10)")  # fmt: skip
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve Prometheus metrics (/metrics) without the token (default: the token is required)")  # fmt: skip
     parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n_workers != 1:
         parser.error(f"--n-workers {args.n_workers}: AGL serves a store from one process (it handles thousands of "
                      "calls per second); pass --n-workers 1 or leave it out")  # fmt: skip
+    if not 0 <= args.drain_timeout < float("inf"):
+        parser.error(f"--drain-timeout {args.drain_timeout}: give the seconds to drain, 0 or more (0 stops at once)")
     if not args.claim_timeout >= 0 or args.claim_timeout == float("inf"):
         parser.error(f"--claim-timeout {args.claim_timeout}: give the seconds a claimed rollout may stay silent "
                      "(a finite number >= 0; 0 turns the timeout off)")  # fmt: skip
@@ -134,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         server.insecure = args.insecure or server.insecure
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
-        server.serve()
+        server.serve(drain_timeout=args.drain_timeout)
     except InsecureBindError as exc:  # the name given resolved to loopback, the address bound is not
         logger.error("agl store: %s", exc)
         return 2

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -497,10 +498,13 @@ class LightningStoreServer(LightningStore):
         finally:
             await self.stop_async()
 
-    def serve(self, *, tune_gc: bool = True) -> None:
+    def serve(self, *, tune_gc: bool = True, drain_timeout: float = 10.0) -> None:
         """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server.
 
-        `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be the server's alone).
+        The first signal drains: the health route tells runners the run is ending, and the server stays up (at most
+        `drain_timeout` seconds) until the rollouts in flight have finished and every runner process polling it has
+        heard; a second signal stops at once. `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be
+        the server's alone).
         """
         if tune_gc:
             tune_gc_for_serving()
@@ -518,12 +522,32 @@ class LightningStoreServer(LightningStore):
             assert self._task is not None
             await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
+            if stop.is_set() and not self._task.done():
+                stop.clear()
+                await self._drain(stop, drain_timeout)
             await self.stop_async()
 
         try:
             loop.run_until_complete(main())
         finally:
             loop.close()
+
+    async def _drain(self, stop: asyncio.Event, timeout: float) -> None:
+        """Tell runners the run is ending; return once nothing is in flight and every polling runner heard it, after
+        `timeout` seconds, or when `stop` is set again."""
+        store = self.store
+        assert store is not None, "only the process that serves the store drains it"
+        self.begin_drain()
+        deadline = time.monotonic() + timeout
+        logger.info("draining (a second Ctrl+C or SIGTERM stops at once; at most %gs)", timeout)
+        while time.monotonic() < deadline and not stop.is_set():
+            in_flight = await store.query_rollouts(status_in=["preparing", "running"], limit=1)
+            untold = self.untold_drain_watchers()
+            if not untold and not in_flight:
+                return
+            await asyncio.sleep(0.1)
+        if not stop.is_set():
+            logger.warning("stopping after the %gs drain timeout with work still in flight or runners untold", timeout)
 
     def __enter__(self) -> LightningStoreServer:
         if self.launch_mode == "asyncio":
