@@ -355,16 +355,15 @@ def main() -> None:
         f"{'add_span p50/p99':>17} {'update p50/p99':>15} {'errors':>6} {'srv CPU':>7} {'µs/call':>7} {'RSS MiB':>7}"
     )
     print(header)
+
+    def cell(row: dict[str, Any], call: str) -> str:
+        p50, p99 = row["latency_ms"][call]["p50"], row["latency_ms"][call]["p99"]
+        return "-" if p50 is None else f"{p50:.1f}/{p99:.1f}"
+
     for row in rows:
-        lat = row["latency_ms"]
-
-        def cell(call: str) -> str:
-            p50, p99 = lat[call]["p50"], lat[call]["p99"]
-            return "-" if p50 is None else f"{p50:.1f}/{p99:.1f}"
-
         print(
             f"{row['server']:>14} {row['backend']:>7} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
-            f"{cell('dequeue'):>16} {cell('add_span'):>17} {cell('update_attempt'):>15} {row['errors']:>6} "
+            f"{cell(row, 'dequeue'):>16} {cell(row, 'add_span'):>17} {cell(row, 'update_attempt'):>15} {row['errors']:>6} "
             f"{row['server_cpu_share']:>7.2f} {row['server_cpu_per_call_us'] or 0:>7.0f} {row['server_rss_peak_mib']:>7.0f}"
         )
     by_config: dict[tuple[str, str], list[float]] = {}
