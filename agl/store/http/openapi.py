@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from agl.store.http import app as _app
 from agl.store.http.dashboard import _OverviewQuery, _RolloutsQuery
+from agl.store.http.limits import INT64_MAX, INT64_MIN
 from agl.store.http.wire import API_PREFIX, IDEMPOTENCY_HEADER
 from agl.types.core import Attempt, AttemptedRollout, Rollout, Worker
 from agl.types.resources import NamedResources, ResourcesUpdate
@@ -102,6 +103,8 @@ class Operation:
     prefer_minimal: bool = False
     not_found: bool = False
     """May answer 404: an id it names (in the path or the body) is unknown."""
+    extra_errors: tuple[int, ...] = ()
+    """Error statuses beyond those its shape implies (e.g. health's 400 for an overlong watcher id)."""
     query_checked: bool = True
     """The query is validated (a bad one answers 422); false where parameters are only read when present."""
     tags: tuple[str, ...] = field(default=())
@@ -117,6 +120,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         Answer(200, "one", _HealthAnswer),
         query=_HealthQuery,
         query_checked=False,
+        extra_errors=(400,),
         tags=("health",),
     ),
     ("GET", "/openapi.json"): Operation("This document", Answer(200, "object"), tags=("health",)),
@@ -304,6 +308,7 @@ _ERROR_MEANINGS = {
     404: "Unknown id",
     409: "Idempotency-Key reused with another body, or a stale attempt",
     413: "Body larger than the server's limit",
+    414: "Path and query longer than the server's limit",
     415: "Unsupported Content-Encoding",
     422: "The body or query does not match the schema (errors name the field)",
     507: "No room for more spans right now; retry later",
@@ -322,7 +327,7 @@ def _app_routes(app: StoreApp) -> list[_RouteInfo]:
 
 
 def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
-    codes: set[int] = set()
+    codes: set[int] = {414, *op.extra_errors}  # 414 for any request: a path and query over max_url_bytes
     if not route.public:
         codes.add(401)
     if op.body is not None or (op.query is not None and op.query_checked):
@@ -415,6 +420,103 @@ def _require_discriminators(*nodes: Any) -> None:
 
     for node in nodes:
         walk(node)
+
+
+_JSON_VALUE = "JsonValue"
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples"})
+
+
+def _bound_untyped_values(document: dict[str, Any], defs: dict[str, Any]) -> None:
+    """Point untyped values (`Any`, extra fields) at a JSON value whose integers fit in 64 bits.
+
+    The app refuses an integer outside the signed 64-bit range anywhere in a body, also where the model takes any
+    value; pydantic describes those places as `{}`, which would allow it.
+    """
+    ref = {"$ref": _REF.format(model=_JSON_VALUE)}
+    defs[_JSON_VALUE] = {
+        "description": "Any JSON value; integers within the signed 64-bit range, nested at most max_json_depth deep",
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "string"},
+            {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "array", "items": ref},
+            {"type": "object", "additionalProperties": ref},
+        ],
+    }
+
+    def untyped(node: Any) -> bool:
+        return isinstance(node, dict) and set(node) <= _ANNOTATIONS
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("properties", "$defs", "patternProperties"):
+                    for name, sub in value.items():
+                        if untyped(sub):
+                            value[name] = {**sub, **ref}
+                        else:
+                            walk(sub)
+                elif key in ("items", "additionalProperties", "schema") and (value is True or untyped(value)):
+                    node[key] = ref if value is True else {**value, **ref}
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                if untyped(value):
+                    node[index] = {**value, **ref}
+                else:
+                    walk(value)
+
+    walk({name: schema for name, schema in defs.items() if name != _JSON_VALUE})
+    walk(document["paths"])
+
+
+_BATCH_FIELDS = (
+    (_app._EnqueueBody, "rollouts"),
+    (_app._SpanBatchBody, "spans"),
+    (_app._NextSequenceBatchBody, "rollout_attempt_ids"),
+    (_app._WaitBody, "rollout_ids"),
+    (_app._RolloutSearch, "rollout_id_in"),
+)
+"""The request lists the app caps at `max_batch_items` (besides a resources snapshot and a dequeue's `limit`)."""
+
+
+def _apply_app_rules(document: dict[str, Any], defs: dict[str, Any], app: StoreApp) -> None:
+    """Add the rules the app checks beyond its models: 64-bit integers, span sequence ids, batch sizes."""
+
+    def integers(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                node["minimum"] = max(node.get("minimum", INT64_MIN), INT64_MIN)
+                node["maximum"] = min(node.get("maximum", INT64_MAX), INT64_MAX)
+            for value in node.values():
+                integers(value)
+        elif isinstance(node, list):
+            for value in node:
+                integers(value)
+
+    integers(defs)
+    integers(document["paths"])
+    _bound_untyped_values(document, defs)
+    sequence_id = defs[Span.__name__]["properties"]["sequence_id"]
+    sequence_id["minimum"], sequence_id["maximum"] = 0, _app.MAX_SEQUENCE_ID
+    most = app.limits.max_batch_items
+    for model, name in _BATCH_FIELDS:
+        field_schema = defs[model.__name__]["properties"][name]
+        for option in field_schema.get("anyOf", [field_schema]):
+            if option.get("type") == "array":
+                option["maxItems"] = most
+    defs[_app._DequeueBody.__name__]["properties"]["limit"]["maximum"] = most
+    for item in document["paths"].values():
+        for op in item.values():
+            for param in op.get("parameters", ()):
+                if param["name"] == "rollout_id_in" and param["in"] == "query":
+                    param["schema"]["maxItems"] = most
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if body.get("type") == "object" and "additionalProperties" in body:  # a resources snapshot
+                body["maxProperties"] = most
 
 
 def _answer_schema(answer: Answer, schemas: _Schemas) -> dict[str, Any] | None:
@@ -577,6 +679,7 @@ def build_document(app: StoreApp) -> dict[str, Any]:
     defs = schemas.resolve(document)
     del document["x-error-body"]
     _require_discriminators(document, defs)
+    _apply_app_rules(document, defs, app)
     names = {name: name.lstrip("_") for name in defs if name.startswith("_")}
     clashes = set(names.values()) & (set(defs) - set(names))
     if clashes:
