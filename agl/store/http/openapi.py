@@ -434,13 +434,19 @@ def _bound_untyped_values(document: dict[str, Any], defs: dict[str, Any]) -> Non
     """
     ref = {"$ref": _REF.format(model=_JSON_VALUE)}
     defs[_JSON_VALUE] = {
-        "description": "Any JSON value; integers within the signed 64-bit range, nested at most max_json_depth deep",
+        "description": "Any JSON value; integers written as such within the signed 64-bit range (JSON Schema cannot "
+        "tell 1e19 from 10000000000000000000, the app does), nested at most max_json_depth deep",
         "anyOf": [
             {"type": "null"},
             {"type": "boolean"},
             {"type": "string"},
             {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX},
             {"type": "number", "not": {"type": "integer"}},
+            {
+                "type": "number",
+                "not": {"minimum": INT64_MIN, "maximum": INT64_MAX},
+                "description": "Only as a float (1e19): an integer literal outside the signed 64-bit range is refused",
+            },
             {"type": "array", "items": ref},
             {"type": "object", "additionalProperties": ref},
         ],
@@ -451,6 +457,8 @@ def _bound_untyped_values(document: dict[str, Any], defs: dict[str, Any]) -> Non
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = ref  # unknown fields are ignored, but still checked as JSON values
             for key, value in node.items():
                 if key in ("properties", "$defs", "patternProperties"):
                     for name, sub in value.items():
