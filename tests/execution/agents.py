@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from agl.algorithm import FunctionalAlgorithm, algo
+from agl.algorithm import Algorithm, FunctionalAlgorithm, algo
 from agl.execution.events import ExecutionEvent
 from agl.litagent import LitAgent
 from agl.store.base import LightningStore
@@ -78,3 +78,51 @@ async def algorithm_waits_for_two_identities(store: LightningStore, event: Execu
             return
         await asyncio.sleep(0.02)
     raise TimeoutError("fewer than two runners registered")
+
+
+class DiesOnceAgent(LitAgent[dict]):
+    """Reward = 2 × task["i"]; the process running task 3 dies (os._exit) the first time, mid-rollout.
+
+    A marker file in `task["marker_dir"]` remembers that it died, so the retried rollout succeeds.
+    """
+
+    def rollout(self, task: dict, resources: Any, rollout: Rollout) -> float:
+        marker = os.path.join(task["marker_dir"], f"died-{task['i']}")
+        if task["i"] == 3 and not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            os._exit(1)
+        return float(task["i"] * 2)
+
+
+class EnqueueAndWait(Algorithm):
+    """Enqueues `n` rollouts (tasks `{"i": i, "marker_dir": ...}`) with a retry config and waits for all of them."""
+
+    def __init__(self, n: int, marker_dir: str, timeout: float = 90.0) -> None:
+        super().__init__()
+        self.n, self.marker_dir, self.timeout = n, marker_dir, timeout
+
+    async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> None:
+        from agl.types import RolloutConfig
+
+        store = self.get_store()
+        config = RolloutConfig(unresponsive_seconds=3.0, max_attempts=3, retry_condition=["unresponsive"])
+        ids = [
+            (await store.enqueue_rollout(input={"i": i, "marker_dir": self.marker_dir}, config=config)).rollout_id
+            for i in range(self.n)
+        ]
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            done = await store.wait_for_rollouts(rollout_ids=ids, timeout=0.2)
+            if len(done) == len(ids):
+                return
+        raise TimeoutError("not every rollout finished")
+
+
+async def runner_writes_pid_then_waits(store: LightningStore, worker_id: int, event: ExecutionEvent) -> None:
+    """Writes its pid into `$AGL_TEST_PID_DIR/runner-<id>` and waits for the stop event."""
+    path = os.path.join(os.environ["AGL_TEST_PID_DIR"], f"runner-{worker_id}")
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    while not event.is_set():
+        await asyncio.sleep(0.05)

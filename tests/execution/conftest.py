@@ -39,9 +39,11 @@ def require_ray() -> Any:
     return ray
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[dict[str, Any]]:
-    """A real local Ray cluster with 2 CPUs for the whole session (starting one takes seconds); shut down at the end.
+    """A real local Ray cluster with 2 CPUs shared by a module's tests (starting one takes seconds); shut down after.
+
+    Module scope: the cluster's processes do not linger while the rest of the test session runs.
 
     Yields `ray.init`'s address info (`address` is the GCS address another driver can connect to).
     """
