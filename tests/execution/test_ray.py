@@ -222,12 +222,17 @@ def test_a_runner_stuck_in_its_loop_is_killed_after_the_timeouts(
 
 
 @pytest.mark.slow
-def test_runner_actors_die_with_their_driver(ray_cluster: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_runner_actors_end_with_their_driver(ray_cluster: dict[str, Any], tmp_path: Path, how: str) -> None:
+    """SIGKILL: Ray ends the actors of a dead driver. SIGINT (Ctrl+C): the run stops cleanly, the driver exits 0."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    output = (tmp_path / "driver.out").open("w")
+    # The strategy itself connects the driver to the cluster (address=HOST:PORT) and serves the store on the node IP.
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/execution/ray_driver_script.py"), ray_cluster["address"], str(tmp_path)],
         env=env,
         cwd=ROOT,
+        stdout=output,
     )
     try:
         deadline = time.monotonic() + 60
@@ -237,8 +242,11 @@ def test_runner_actors_die_with_their_driver(ray_cluster: dict[str, Any], tmp_pa
             time.sleep(0.1)
         pids = [int(path.read_text()) for path in sorted(tmp_path.glob("runner-*"))]
         assert all(psutil.pid_exists(pid) for pid in pids)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(10)
+        driver.send_signal(getattr(signal, how))
+        code = driver.wait(30)
+        if how == "SIGINT":
+            assert code == 0
+            assert "DRIVER-RETURNED" in (tmp_path / "driver.out").read_text()  # execute() returned normally
         deadline = time.monotonic() + 30
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -247,6 +255,7 @@ def test_runner_actors_die_with_their_driver(ray_cluster: dict[str, Any], tmp_pa
         if driver.poll() is None:
             driver.kill()
             driver.wait(10)
+        output.close()
 
 
 def _alive(pid: int) -> bool:
