@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from agl.cli.sizes import memory_size, size
+from agl.cli.store_limits import add_limit_arguments, limits_from_args
 
 __all__ = ["main"]
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-workers", type=int, default=1,
                         help="server processes; AGL serves a store from one process (only 1 is accepted)")  # fmt: skip
     parser.add_argument("--mongo-uri", default=None, help=argparse.SUPPRESS)
+    add_limit_arguments(parser)
     return parser
 
 
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tracker and "console" in args.tracker:
         parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
                      "`agl stats` prints them in a terminal")  # fmt: skip
+    max_body_bytes, limits = limits_from_args(parser, args)
     from agl.store.exposure import InsecureBindError, TokenError, is_loopback, refusal_message, resolve_token
 
     try:
@@ -136,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             health_check_interval=args.health_check_interval,
             metrics_public=args.metrics_public,
             cors_allow_origins=args.cors_origin,
+            max_body_bytes=max_body_bytes,
+            limits=limits,
         )
         server.insecure = args.insecure or server.insecure
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")

@@ -27,6 +27,7 @@ from agl.store.base import LightningStore, LightningStoreCapabilities, Lightning
 from agl.store.events import StoreEvents
 from agl.store.exposure import InsecureBindError, TokenError, allow_insecure_from_env, check_bind, resolve_token
 from agl.store.http.cors import CorsPolicy
+from agl.store.http.limits import RequestLimits
 from agl.store.http.wire import TOKEN_ENV
 from agl.store.launch import DEFAULT_HOST, LaunchMode, resolve_launch
 from agl.types.core import (
@@ -126,6 +127,8 @@ class LightningStoreServer(LightningStore):
         metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
         metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
+        limits: `agl.store.http.limits.RequestLimits` (JSON depth, items per list, URL length, error answers,
+            drain watchers); None: the defaults.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class LightningStoreServer(LightningStore):
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
+        limits: RequestLimits | None = None,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -194,6 +198,7 @@ class LightningStoreServer(LightningStore):
         self.metrics = metrics
         self.metrics_public = metrics_public
         self.metrics_collectors = list(metrics_collectors)
+        self.limits = limits if limits is not None else RequestLimits()
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
         self.insecure = allow_insecure_from_env()
@@ -265,6 +270,7 @@ class LightningStoreServer(LightningStore):
             metrics_public=self.metrics_public,
             metrics_collectors=self.metrics_collectors,
             cors_allow_origins=self.cors_allow_origins,
+            limits=self.limits,
         )
         self._app = app
         http: Any
