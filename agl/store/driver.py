@@ -32,7 +32,8 @@ EncodedSpan = tuple[Span, bytes, int]
 M = TypeVar("M", bound=BaseModel)
 
 CommitHook = Callable[[list[StoreEvent], list[str]], None]
-"""Called by a driver after a write transaction committed: the events it collected and the rollouts it finished."""
+"""Called by a driver after a write transaction committed, before the next write may start (so in commit order):
+the events the transaction collected and the rollouts it finished."""
 
 
 class ReadTransaction(Protocol):

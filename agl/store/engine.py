@@ -5,7 +5,8 @@ span sequence ids, query arguments, filters and pages (`agl.store.query`), worke
 resources, status-change events and waiting for rollouts are all here; a backend (`InMemoryLightningStore`,
 `SqliteLightningStore`) is a driver plus its public constructor.
 
-Events and waiter wake-ups of a write are collected in its transaction and delivered once it has committed.
+Events and waiter wake-ups of a write are collected in its transaction and delivered once it has committed, in
+commit order (the driver calls back before the next write starts).
 """
 
 from __future__ import annotations

@@ -91,11 +91,14 @@ class _Held:
         if not self._write or not (driver.events or driver.finished):
             driver.lock.release()
             return
-        # Nothing is rolled back in memory: what changed before an error is reported like any change.
+        # Nothing is rolled back in memory: what changed before an error is reported like any change. Reported
+        # under the lock, so listeners see the changes one at a time and in the order they were made.
         events, finished = driver.events, driver.finished
         driver.events, driver.finished = [], []
-        driver.lock.release()
-        driver.on_commit(events, finished)
+        try:
+            driver.on_commit(events, finished)
+        finally:
+            driver.lock.release()
 
 
 class MemoryDriver:

@@ -378,14 +378,16 @@ class _Transaction:
         events, finished = driver.events, driver.finished
         driver.events, driver.finished = [], []
         try:
-            if kind is None:
-                db.execute("COMMIT")
-            elif db.in_transaction:
-                db.execute("ROLLBACK")
+            if kind is not None:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                return
+            db.execute("COMMIT")
+            if events or finished:
+                # Only committed changes are reported; under the lock, so listeners see them in commit order.
+                driver.on_commit(events, finished)
         finally:
             driver.lock.release()
-        if kind is None and (events or finished):
-            driver.on_commit(events, finished)  # only committed changes are reported
 
 
 class SqliteDriver:
