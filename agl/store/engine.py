@@ -647,19 +647,37 @@ class StoreEngine(LightningStore):
             raise error
         return stored
 
+    def _add_one(self, encoded: EncodedSpan) -> Span | None:
+        """`_add_encoded` for one span, without its grouping: the store's most frequent write."""
+        span = encoded[0]
+        rollout_id = span.rollout_id
+        now = self._clock()
+        error: ValueError | None = None
+        stored: list[Span] = []
+        with self._driver.write() as tx:
+            tx.raise_span_counter(rollout_id, span.sequence_id)
+            try:
+                rollout, attempt, latest = self._locate(tx, rollout_id, span.attempt_id)
+            except ValueError as exc:
+                error = exc  # raised after the commit, so the counter stays raised
+            else:
+                tx.reserve_span_bytes(encoded[2])
+                stored = tx.insert_spans((encoded,))
+                if stored:
+                    self._spans_arrived(tx, rollout, attempt, latest, now)
+        if error is not None:
+            raise error
+        return span if stored else None
+
     async def add_span(self, span: Span) -> Span | None:
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         if not isinstance(span, Span):
             span = Span.model_validate(span)
-        encoded = self._driver.encode_span(span, None)
-        stored = self._add_encoded({(span.rollout_id, span.attempt_id): [encoded]}, encoded[2])
-        return stored[0] if stored else None
+        return self._add_one(self._driver.encode_span(span, None))
 
     async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
         """`add_span` for a span just validated from `payload`; a driver keeping JSON may keep `payload` as it is."""
-        encoded = self._driver.encode_span(span, payload)
-        stored = self._add_encoded({(span.rollout_id, span.attempt_id): [encoded]}, encoded[2])
-        return stored[0] if stored else None
+        return self._add_one(self._driver.encode_span(span, payload))
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans in one transaction, all validated first; returns those stored, grouped by attempt.

@@ -73,23 +73,34 @@ def _no_hook(events: list[StoreEvent], finished: list[str]) -> None:
     return None
 
 
-class _Held:
-    """A transaction of the memory driver: its lock held; after a write, what it collected goes to the engine."""
+class _Read:
+    """A read transaction of the memory driver: its lock held."""
 
-    __slots__ = ("_driver", "_write")
+    __slots__ = ("_acquire", "_driver", "_release")
 
-    def __init__(self, driver: MemoryDriver, write: bool) -> None:
+    def __init__(self, driver: MemoryDriver) -> None:
         self._driver = driver
-        self._write = write
+        self._acquire = driver.lock.acquire
+        self._release = driver.lock.release
 
     def __enter__(self) -> MemoryDriver:
-        self._driver.lock.acquire()
+        self._acquire()
         return self._driver
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._release()
+
+
+class _Write(_Read):
+    """A write transaction of the memory driver: its lock held; what it collected goes to the engine before the
+    lock is released."""
+
+    __slots__ = ()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         driver = self._driver
-        if not self._write or not (driver.events or driver.finished):
-            driver.lock.release()
+        if not driver.events and not driver.finished:
+            self._release()
             return
         # Nothing is rolled back in memory: what changed before an error is reported like any change. Reported
         # under the lock, so listeners see the changes one at a time and in the order they were made.
@@ -98,7 +109,7 @@ class _Held:
         try:
             driver.on_commit(events, finished)
         finally:
-            driver.lock.release()
+            self._release()
 
 
 class MemoryDriver:
@@ -121,8 +132,8 @@ class MemoryDriver:
         self.on_commit: CommitHook = _no_hook
         self.events: list[StoreEvent] = []
         self.finished: list[str] = []
-        self._reader = _Held(self, False)
-        self._writer = _Held(self, True)
+        self._reader = _Read(self)
+        self._writer = _Write(self)
 
         self.records: dict[str, _RolloutRecord] = {}
         self._index: RolloutIndex[_RolloutRecord] = RolloutIndex()
@@ -163,19 +174,19 @@ class MemoryDriver:
         self.__dict__.update(data)
         self.lock = threading.Lock()
         self.on_commit = _no_hook
-        self._reader = _Held(self, False)
-        self._writer = _Held(self, True)
+        self._reader = _Read(self)
+        self._writer = _Write(self)
 
     # -- the driver ---------------------------------------------------------------------------------------------
     def bind(self, on_commit: CommitHook) -> None:
         """Set what to call after each write transaction."""
         self.on_commit = on_commit
 
-    def read(self) -> _Held:
+    def read(self) -> _Read:
         """The lock, held for reading."""
         return self._reader
 
-    def write(self) -> _Held:
+    def write(self) -> _Write:
         """The lock, held for writing; collected events and finished rollouts go to the hook afterwards."""
         return self._writer
 
