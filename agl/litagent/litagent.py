@@ -18,6 +18,8 @@ __all__ = ["LitAgent", "RolloutRawResult"]
 
 T = TypeVar("T")
 
+_OWNER_REFS = ("_trainer_ref", "_runner_ref")
+
 
 class LitAgent(Generic[T]):
     """An agent AGL can train: override `rollout` (sync) or `rollout_async` (async).
@@ -35,6 +37,21 @@ class LitAgent(Generic[T]):
         self._runner_ref: weakref.ReferenceType[Any] | None = None
 
     # -- owners (weak references: the agent never keeps its trainer or runner alive) --------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # Weak references do not pickle. A copy sent to a runner process or a Ray actor carries its owners along
+        # (strongly while in transit, weakly again once unpickled), so it can still reach its trainer there.
+        state = self.__dict__.copy()
+        for name in _OWNER_REFS:
+            ref = state.get(name)
+            state[name] = ref() if ref is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in _OWNER_REFS:
+            owner = state.get(name)
+            state[name] = weakref.ref(owner) if owner is not None else None
+        self.__dict__.update(state)
+
     def set_trainer(self, trainer: Any) -> None:
         """Remember the trainer driving this agent."""
         self._trainer_ref = weakref.ref(trainer)

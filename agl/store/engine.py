@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities
 from agl.store.driver import EncodedSpan, ReadTransaction, StorageDriver, WriteTransaction
-from agl.store.errors import StaleAttemptError
+from agl.store.errors import NotFoundError, StaleAttemptError
 from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused, StoreEvent
 from agl.store.inputs import (
     as_config,
@@ -267,7 +267,7 @@ class StoreEngine(LightningStore):
     def _rollout(tx: ReadTransaction, rollout_id: str) -> Rollout:
         rollout = tx.get_rollout(rollout_id)
         if rollout is None:
-            raise ValueError(f"Rollout {rollout_id} not found")
+            raise NotFoundError("rollout", rollout_id)
         return rollout
 
     # -- the health scan ----------------------------------------------------------------------------------------
@@ -559,13 +559,13 @@ class StoreEngine(LightningStore):
             rollout = self._rollout(tx, rollout_id)
             latest = tx.latest_attempt(rollout_id)
             if latest is None:
-                raise ValueError(f"No attempts found for rollout {rollout_id}")
+                raise NotFoundError("attempt", "latest", rollout_id, f"No attempts found for rollout {rollout_id}")
             if attempt_id == "latest" or attempt_id == latest.attempt_id:
                 attempt = latest
             else:
                 found = tx.get_attempt(rollout_id, attempt_id)
                 if found is None:
-                    raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                    raise NotFoundError("attempt", attempt_id, rollout_id)
                 attempt = found
             if status is not UNSET or last_heartbeat_time is not UNSET:
                 try:
@@ -595,7 +595,7 @@ class StoreEngine(LightningStore):
         rollout = self._rollout(tx, rollout_id)
         attempt = tx.get_attempt(rollout_id, attempt_id)
         if attempt is None:
-            raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            raise NotFoundError("attempt", attempt_id, rollout_id)
         return rollout, attempt, attempt.sequence_id == tx.latest_sequence_id(rollout_id)
 
     def _spans_arrived(

@@ -22,7 +22,7 @@ from agl.store.base import LightningStoreStatistics
 from agl.store.budget import MemoryBudget
 from agl.store.driver import CommitHook, EncodedSpan, M
 from agl.store.engine import StoreEngine
-from agl.store.errors import StoreFullError
+from agl.store.errors import NotFoundError, StoreFullError
 from agl.store.events import StoreEvent
 from agl.store.inputs import copy_model
 from agl.store.query import RolloutFilter
@@ -373,7 +373,7 @@ class MemoryDriver:
         records = self.records
         for rollout_id in counts:
             if rollout_id not in records:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFoundError("rollout", rollout_id)
         first: dict[str, int] = {}
         for rollout_id, count in counts.items():
             record = records[rollout_id]

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -26,6 +27,7 @@ from agl.store.base import LightningStore, LightningStoreCapabilities, Lightning
 from agl.store.events import StoreEvents
 from agl.store.exposure import InsecureBindError, TokenError, allow_insecure_from_env, check_bind, resolve_token
 from agl.store.http.cors import CorsPolicy
+from agl.store.http.limits import RequestLimits
 from agl.store.http.wire import TOKEN_ENV
 from agl.store.launch import DEFAULT_HOST, LaunchMode, resolve_launch
 from agl.types.core import (
@@ -125,6 +127,8 @@ class LightningStoreServer(LightningStore):
         metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
         metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
+        limits: `agl.store.http.limits.RequestLimits` (JSON depth, items per list, URL length, error answers,
+            drain watchers); None: the defaults.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class LightningStoreServer(LightningStore):
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
+        limits: RequestLimits | None = None,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -193,6 +198,7 @@ class LightningStoreServer(LightningStore):
         self.metrics = metrics
         self.metrics_public = metrics_public
         self.metrics_collectors = list(metrics_collectors)
+        self.limits = limits if limits is not None else RequestLimits()
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
         self.insecure = allow_insecure_from_env()
@@ -264,6 +270,7 @@ class LightningStoreServer(LightningStore):
             metrics_public=self.metrics_public,
             metrics_collectors=self.metrics_collectors,
             cors_allow_origins=self.cors_allow_origins,
+            limits=self.limits,
         )
         self._app = app
         http: Any
@@ -497,10 +504,13 @@ class LightningStoreServer(LightningStore):
         finally:
             await self.stop_async()
 
-    def serve(self, *, tune_gc: bool = True) -> None:
+    def serve(self, *, tune_gc: bool = True, drain_timeout: float = 10.0) -> None:
         """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server.
 
-        `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be the server's alone).
+        The first signal drains: the health route tells runners the run is ending, and the server stays up (at most
+        `drain_timeout` seconds) until the rollouts in flight have finished and every runner process polling it has
+        heard; a second signal stops at once. `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be
+        the server's alone).
         """
         if tune_gc:
             tune_gc_for_serving()
@@ -518,12 +528,32 @@ class LightningStoreServer(LightningStore):
             assert self._task is not None
             await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
+            if stop.is_set() and not self._task.done():
+                stop.clear()
+                await self._drain(stop, drain_timeout)
             await self.stop_async()
 
         try:
             loop.run_until_complete(main())
         finally:
             loop.close()
+
+    async def _drain(self, stop: asyncio.Event, timeout: float) -> None:
+        """Tell runners the run is ending; return once nothing is in flight and every polling runner heard it, after
+        `timeout` seconds, or when `stop` is set again."""
+        store = self.store
+        assert store is not None, "only the process that serves the store drains it"
+        self.begin_drain()
+        deadline = time.monotonic() + timeout
+        logger.info("draining (a second Ctrl+C or SIGTERM stops at once; at most %gs)", timeout)
+        while time.monotonic() < deadline and not stop.is_set():
+            in_flight = await store.query_rollouts(status_in=["preparing", "running"], limit=1)
+            untold = self.untold_drain_watchers()
+            if not untold and not in_flight:
+                return
+            await asyncio.sleep(0.1)
+        if not stop.is_set():
+            logger.warning("stopping after the %gs drain timeout with work still in flight or runners untold", timeout)
 
     def __enter__(self) -> LightningStoreServer:
         if self.launch_mode == "asyncio":

@@ -56,6 +56,7 @@ from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store.base import LightningStoreStatistics
 from agl.store.driver import CommitHook, EncodedSpan, M
 from agl.store.engine import StoreEngine
+from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
 from agl.store.query import RolloutFilter, sort_items
 from agl.types.core import Attempt, Rollout, Worker
@@ -755,7 +756,7 @@ class SqliteDriver:
                 .fetchone()
             )
             if row is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFoundError("rollout", rollout_id)
             first[rollout_id] = int(row[0]) - count + 1
         return first
 
