@@ -8,18 +8,19 @@ from typing import Any
 
 from agl.store.base import LightningStore
 from agl.types.resources import NamedResources
+from agl.weak_owners import WeakOwners
 
 __all__ = ["Algorithm"]
 
-_OWNER_REFS = ("_trainer_ref", "_adapter_ref", "_llm_proxy_ref")
 
-
-class Algorithm:
+class Algorithm(WeakOwners):
     """Base of an algorithm: override `run(train_dataset, val_dataset)` (sync or async).
 
     The trainer hands it the store (`get_store()`), the adapter that turns spans into training data
     (`get_adapter()`), the initial resources and, when configured, the LLM proxy.
     """
+
+    _owner_refs = ("_trainer_ref", "_adapter_ref", "_llm_proxy_ref")
 
     def __init__(self) -> None:
         self._trainer_ref: weakref.ReferenceType[Any] | None = None
@@ -27,21 +28,6 @@ class Algorithm:
         self._llm_proxy_ref: weakref.ReferenceType[Any] | None = None
         self._store: LightningStore | None = None
         self._initial_resources: NamedResources | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Weak references do not pickle. A copy (e.g. inside a trainer sent to a runner process or a Ray actor)
-        # carries its owners along (strongly while in transit, weakly again once unpickled).
-        state = self.__dict__.copy()
-        for name in _OWNER_REFS:
-            ref = state.get(name)
-            state[name] = ref() if ref is not None else None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name in _OWNER_REFS:
-            owner = state.get(name)
-            state[name] = weakref.ref(owner) if owner is not None else None
-        self.__dict__.update(state)
 
     def is_async(self) -> bool:
         """True when `run` is a coroutine function."""

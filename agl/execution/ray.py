@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from agl.execution._loop import StopWatch, run_bundle
 from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle
-from agl.execution.drain import request_drain
+from agl.execution.drain import in_flight_rollouts, request_drain
 from agl.execution.events import ThreadingEvent
 
 if TYPE_CHECKING:
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 """The placement-group strategies Ray knows; `placement_group=` takes one of them or a ready `PlacementGroup`."""
-
-_IN_FLIGHT: list[Any] = ["preparing", "running"]
 
 
 def _ray() -> Any:
@@ -503,19 +501,7 @@ class _RayRun:
                     self._collect(record)
 
     def _in_flight(self) -> list[str]:
-        if self.server is None:
-            return []
-        server = self.server
-
-        async def query() -> list[str]:
-            result = await server.query_rollouts(status_in=_IN_FLIGHT)
-            return [rollout.rollout_id for rollout in result]
-
-        try:
-            return run_bundle(query, name="in-flight query", cleanup_timeout=1.0) or []
-        except Exception as exc:
-            logger.debug("could not list in-flight rollouts: %r", exc)
-            return []
+        return [] if self.server is None else in_flight_rollouts(self.server)
 
     def _report(self, handling_error: bool) -> None:
         failed = [r for r in self.runners if r.error is not None]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from agl.types.core import Rollout
 from agl.types.resources import NamedResources
 from agl.types.rollout_result import RolloutRawResult
+from agl.weak_owners import WeakOwners
 
 if TYPE_CHECKING:
     from agl.runner.base import Runner
@@ -18,16 +19,16 @@ __all__ = ["LitAgent", "RolloutRawResult"]
 
 T = TypeVar("T")
 
-_OWNER_REFS = ("_trainer_ref", "_runner_ref")
 
-
-class LitAgent(Generic[T]):
+class LitAgent(WeakOwners, Generic[T]):
     """An agent AGL can train: override `rollout` (sync) or `rollout_async` (async).
 
     `training_rollout*` (used when the rollout's mode is "train") and `validation_rollout*` (otherwise) default to
     `rollout*`. A rollout receives the task, the resources to use and the rollout record, and returns a reward, a
     list of spans, or None.
     """
+
+    _owner_refs = ("_trainer_ref", "_runner_ref")
 
     def __init__(self, *, trained_agents: str | None = None) -> None:
         if trained_agents is not None:
@@ -37,20 +38,6 @@ class LitAgent(Generic[T]):
         self._runner_ref: weakref.ReferenceType[Any] | None = None
 
     # -- owners (weak references: the agent never keeps its trainer or runner alive) --------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        # Weak references do not pickle. A copy sent to a runner process or a Ray actor carries its owners along
-        # (strongly while in transit, weakly again once unpickled), so it can still reach its trainer there.
-        state = self.__dict__.copy()
-        for name in _OWNER_REFS:
-            ref = state.get(name)
-            state[name] = ref() if ref is not None else None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name in _OWNER_REFS:
-            owner = state.get(name)
-            state[name] = weakref.ref(owner) if owner is not None else None
-        self.__dict__.update(state)
 
     def set_trainer(self, trainer: Any) -> None:
         """Remember the trainer driving this agent."""
