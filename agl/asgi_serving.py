@@ -350,23 +350,26 @@ class AsgiServer:
         asyncio.set_event_loop(loop)
 
         async def main() -> None:
-            await self.start_async()
-            if on_started is not None:
-                on_started()
+            # The program's handlers go in before uvicorn starts, so a signal during start-up stops it too.
             stop = asyncio.Event()
             for sig in _STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, stop.set)
-            waiter = asyncio.ensure_future(stop.wait())
-            assert self._task is not None
             try:
-                await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                await self.start_async()
+                if on_started is not None:
+                    on_started()
+                waiter = asyncio.ensure_future(stop.wait())
+                assert self._task is not None
+                try:
+                    await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    await self.stop_async()
             finally:
-                waiter.cancel()
                 for sig in _STOP_SIGNALS:
                     with contextlib.suppress(NotImplementedError, RuntimeError):
                         loop.remove_signal_handler(sig)
-                await self.stop_async()
 
         try:
             loop.run_until_complete(main())

@@ -1,4 +1,4 @@
-"""The server's own HTTP/1.1 protocol over a raw socket: pipelining, answers that wait, stopping mid-wait."""
+"""The store server over a raw socket: pipelining, answers that wait, stopping mid-wait, 100-continue, 413, HEAD."""
 
 from __future__ import annotations
 
