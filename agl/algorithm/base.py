@@ -8,16 +8,19 @@ from typing import Any
 
 from agl.store.base import LightningStore
 from agl.types.resources import NamedResources
+from agl.weak_owners import WeakOwners
 
 __all__ = ["Algorithm"]
 
 
-class Algorithm:
+class Algorithm(WeakOwners):
     """Base of an algorithm: override `run(train_dataset, val_dataset)` (sync or async).
 
     The trainer hands it the store (`get_store()`), the adapter that turns spans into training data
     (`get_adapter()`), the initial resources and, when configured, the LLM proxy.
     """
+
+    _owner_refs = ("_trainer_ref", "_adapter_ref", "_llm_proxy_ref")
 
     def __init__(self) -> None:
         self._trainer_ref: weakref.ReferenceType[Any] | None = None

@@ -13,6 +13,7 @@ __all__ = ["main"]
 # Subcommand -> (module with a `main(argv) -> int`, one-line help). Modules are imported only when chosen.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("agl.cli.store", "serve a LightningStore over HTTP (memory or SQLite backend)"),
+    "runner": ("agl.cli.runner", "run an agent's runners on this machine against a store served elsewhere"),
     "demo": ("agl.cli.demo", "train a small language model with GRPO through the whole AGL loop, on CPU"),
     "rollouts": ("agl.cli.rollouts", "list a store's rollouts (ls) or show one with its attempts and span tree"),
     "workers": ("agl.cli.workers", "a store's workers: status, current rollout, heartbeat age, last error"),

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from agl.cli.sizes import memory_size, size
+from agl.cli.store_limits import add_limit_arguments, limits_from_args
 
 __all__ = ["main"]
 
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--claim-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="return a claimed rollout to the queue when its runner sends no heartbeat, span or "
                         "status for this long (0: off; default 30)")  # fmt: skip
+    parser.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="on Ctrl+C or SIGTERM, how long to keep serving while runners finish their rollouts and "
+                        "hear that the store drains, so they exit (a second signal stops at once; default 10)")  # fmt: skip
     parser.add_argument("--metrics-public", action="store_true",
                         help="serve Prometheus metrics (/metrics) without the token (default: the token is required)")  # fmt: skip
     parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-workers", type=int, default=1,
                         help="server processes; AGL serves a store from one process (only 1 is accepted)")  # fmt: skip
     parser.add_argument("--mongo-uri", default=None, help=argparse.SUPPRESS)
+    add_limit_arguments(parser)
     return parser
 
 
@@ -76,12 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n_workers != 1:
         parser.error(f"--n-workers {args.n_workers}: AGL serves a store from one process (it handles thousands of "
                      "calls per second); pass --n-workers 1 or leave it out")  # fmt: skip
+    if not 0 <= args.drain_timeout < float("inf"):
+        parser.error(f"--drain-timeout {args.drain_timeout}: give the seconds to drain, 0 or more (0 stops at once)")
     if not args.claim_timeout >= 0 or args.claim_timeout == float("inf"):
         parser.error(f"--claim-timeout {args.claim_timeout}: give the seconds a claimed rollout may stay silent "
                      "(a finite number >= 0; 0 turns the timeout off)")  # fmt: skip
     if args.tracker and "console" in args.tracker:
         parser.error("--tracker console is not provided; the metrics are at /metrics (--tracker prometheus) and "
                      "`agl stats` prints them in a terminal")  # fmt: skip
+    max_body_bytes, limits = limits_from_args(parser, args)
     from agl.store.exposure import InsecureBindError, TokenError, is_loopback, refusal_message, resolve_token
 
     try:
@@ -131,10 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             health_check_interval=args.health_check_interval,
             metrics_public=args.metrics_public,
             cors_allow_origins=args.cors_origin,
+            max_body_bytes=max_body_bytes,
+            limits=limits,
         )
         server.insecure = args.insecure or server.insecure
         logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
-        server.serve()
+        server.serve(drain_timeout=args.drain_timeout)
     except InsecureBindError as exc:  # the name given resolved to loopback, the address bound is not
         logger.error("agl store: %s", exc)
         return 2

@@ -2,13 +2,14 @@
 
 `SharedMemoryExecutionStrategy` (`"shm"`) runs everything as threads of one process; `ClientServerExecutionStrategy`
 (`"cs"`) serves the store over HTTP from the algorithm process and runs the runners as processes, here or on other
-machines.
+machines; `RayExecutionStrategy` (`"ray"`) runs the runners as actors of a Ray cluster (`pip install 'agl[ray]'`).
 """
 
 from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle, resolve_managed_store_flag
 from agl.execution.client_server import ClientServerExecutionStrategy
 from agl.execution.drain import DrainWatcher, request_drain
 from agl.execution.events import ExecutionEvent, MultiprocessingEvent, ThreadingEvent
+from agl.execution.ray import RayExecutionStrategy
 from agl.execution.registry import STRATEGY_REGISTRY, resolve_strategy_class
 from agl.execution.shared_memory import SharedMemoryExecutionStrategy
 
@@ -20,6 +21,7 @@ __all__ = [
     "ExecutionEvent",
     "ExecutionStrategy",
     "MultiprocessingEvent",
+    "RayExecutionStrategy",
     "RunnerBundle",
     "SharedMemoryExecutionStrategy",
     "ThreadingEvent",

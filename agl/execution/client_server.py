@@ -20,7 +20,6 @@ How a run goes (role `both`, main process `algorithm`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from agl.execution._loop import StopWatch, run_bundle
 from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle, resolve_managed_store_flag
-from agl.execution.drain import DRAINING_STATUS, DrainWatcher, probe_status, request_drain
+from agl.execution.drain import DRAINING_STATUS, DrainWatcher, in_flight_rollouts, probe_status, request_drain
 from agl.execution.events import ExecutionEvent, MultiprocessingEvent
 from agl.execution.supervisor import ProcessRecord, ProcessSupervisor, describe_process, stop_processes
 
@@ -51,7 +50,6 @@ logger = logging.getLogger(__name__)
 Role = Literal["algorithm", "runner", "both"]
 MainProcess = Literal["algorithm", "runner"]
 
-_IN_FLIGHT: list[Any] = ["preparing", "running"]
 _INTERRUPTED_EXIT_CODE = 130
 
 
@@ -493,15 +491,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         )
 
     def _in_flight_rollouts(self, store: LightningStore) -> list[str]:
-        async def query() -> list[str]:
-            result = await asyncio.wait_for(store.query_rollouts(status_in=_IN_FLIGHT), 5.0)
-            return [rollout.rollout_id for rollout in result]
-
-        try:
-            return run_bundle(query, name="in-flight query", cleanup_timeout=1.0) or []
-        except Exception as exc:
-            logger.debug("could not list in-flight rollouts: %r", exc)
-            return []
+        return in_flight_rollouts(store)
 
     def _report(self, supervisor: ProcessSupervisor, records: list[ProcessRecord], store: LightningStore | None,
                 handling_error: bool) -> None:  # fmt: skip

@@ -8,12 +8,14 @@ exactly as local runners do when the shared stop event is set.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 from typing import Any
 
+from agl.execution._loop import run_bundle
 from agl.execution.events import ExecutionEvent
 
 __all__ = ["DRAINING_STATUS", "DrainWatcher", "health_url", "probe_status", "request_drain"]
@@ -22,6 +24,24 @@ logger = logging.getLogger(__name__)
 
 DRAINING_STATUS = "draining"
 """The `status` the health route reports once the algorithm side has begun draining."""
+
+
+IN_FLIGHT_STATUSES: list[Any] = ["preparing", "running"]
+"""Rollout statuses a drain waits on: claimed by a runner and not finished."""
+
+
+def in_flight_rollouts(store: Any) -> list[str]:
+    """The ids of `store`'s rollouts a runner holds (preparing or running); empty if the store cannot say in 5 s."""
+
+    async def query() -> list[str]:
+        result = await asyncio.wait_for(store.query_rollouts(status_in=IN_FLIGHT_STATUSES), 5.0)
+        return [rollout.rollout_id for rollout in result]
+
+    try:
+        return run_bundle(query, name="in-flight query", cleanup_timeout=1.0) or []
+    except Exception as exc:
+        logger.debug("could not list in-flight rollouts: %r", exc)
+        return []
 
 
 def health_url(server_address: str) -> str:

@@ -11,12 +11,13 @@ __all__ = ["STRATEGY_REGISTRY", "resolve_strategy_class"]
 STRATEGY_REGISTRY: dict[str, str] = {
     "shm": "agl.execution.shared_memory.SharedMemoryExecutionStrategy",
     "cs": "agl.execution.client_server.ClientServerExecutionStrategy",
+    "ray": "agl.execution.ray.RayExecutionStrategy",
 }
 """Alias -> dotted path of the strategy class (imported on first use)."""
 
 
 def resolve_strategy_class(alias: str) -> type[ExecutionStrategy]:
-    """The strategy class registered under `alias` (`"shm"`, `"cs"`); ValueError naming the known aliases."""
+    """The strategy class registered under `alias` (`"shm"`, `"cs"`, `"ray"`); ValueError naming the known aliases."""
     path = STRATEGY_REGISTRY.get(alias)
     if path is None:
         raise ValueError(f"unknown execution strategy {alias!r}; known aliases: {sorted(STRATEGY_REGISTRY)}")

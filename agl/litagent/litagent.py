@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from agl.types.core import Rollout
 from agl.types.resources import NamedResources
 from agl.types.rollout_result import RolloutRawResult
+from agl.weak_owners import WeakOwners
 
 if TYPE_CHECKING:
     from agl.runner.base import Runner
@@ -19,13 +20,15 @@ __all__ = ["LitAgent", "RolloutRawResult"]
 T = TypeVar("T")
 
 
-class LitAgent(Generic[T]):
+class LitAgent(WeakOwners, Generic[T]):
     """An agent AGL can train: override `rollout` (sync) or `rollout_async` (async).
 
     `training_rollout*` (used when the rollout's mode is "train") and `validation_rollout*` (otherwise) default to
     `rollout*`. A rollout receives the task, the resources to use and the rollout record, and returns a reward, a
     list of spans, or None.
     """
+
+    _owner_refs = ("_trainer_ref", "_runner_ref")
 
     def __init__(self, *, trained_agents: str | None = None) -> None:
         if trained_agents is not None:
@@ -35,6 +38,7 @@ class LitAgent(Generic[T]):
         self._runner_ref: weakref.ReferenceType[Any] | None = None
 
     # -- owners (weak references: the agent never keeps its trainer or runner alive) --------------------------
+
     def set_trainer(self, trainer: Any) -> None:
         """Remember the trainer driving this agent."""
         self._trainer_ref = weakref.ref(trainer)

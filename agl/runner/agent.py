@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+from agl.env_var import LightningEnvVar
 from agl.litagent.litagent import LitAgent, RolloutRawResult
 from agl.runner.base import Runner, StopEvent, sleep_until
 from agl.runner.hooks import Hook
@@ -148,8 +150,9 @@ class LitAgentRunner(Runner[T]):
         self._hooks = []
 
     def get_worker_id(self) -> str:
-        """This worker's id in the store, `Worker-<n>`."""
-        return f"Worker-{self.worker_id if self.worker_id is not None else 0}"
+        """This worker's id in the store, `Worker-<n>` (after `AGL_WORKER_ID_PREFIX` when that is set)."""
+        prefix = os.environ.get(LightningEnvVar.AGL_WORKER_ID_PREFIX.value, "")
+        return f"{prefix}Worker-{self.worker_id if self.worker_id is not None else 0}"
 
     def get_agent(self) -> LitAgent[T]:
         """The agent (RuntimeError before `init`)."""

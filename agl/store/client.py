@@ -3,9 +3,11 @@
 Requests go over pooled keep-alive connections (one pool per event loop). Failed calls are retried as the 0.3
 client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
 not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
-running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions:
-400/404/409/413/422 → `StoreRequestError` (a ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after
-all tries → `StoreServerError`, unreachable → `StoreUnavailableError` (a ConnectionError).
+running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions,
+by the error table of `agl.store.http.wire`: a store error is raised again as its own class (`NotFoundError`,
+`StaleAttemptError`, `StoreFullError`, ...; each also a `StoreHTTPError`), other 4xx → `StoreRequestError` (a
+ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
+`StoreUnavailableError` (a ConnectionError). Getters answer None only for an unknown id, never for a failure.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pydantic_core
 from pydantic import Field, TypeAdapter
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.errors import NotFoundError
 from agl.store.http.transport import (
     ConnectionPool,
     HTTPResponse,
@@ -35,13 +38,12 @@ from agl.store.http.transport import (
 from agl.store.http.wire import (
     API_PREFIX,
     TOKEN_ENV,
-    StaleAttemptHTTPError,
     StoreAuthError,
-    StoreFullHTTPError,
     StoreHTTPError,
     StoreRequestError,
     StoreServerError,
     StoreUnavailableError,
+    kind_of_answer,
 )
 from agl.types.core import (
     UNSET,
@@ -134,35 +136,12 @@ def _error_body(response: HTTPResponse) -> tuple[Any, dict[str, Any]]:
     return (data if data is not None else f"HTTP {response.status}"), {}
 
 
-def _error_detail(response: HTTPResponse) -> Any:
-    return _error_body(response)[0]
-
-
-def _upstream_app_error(response: HTTPResponse) -> str | None:
-    """The exception message of an Agent Lightning 0.3 server's 500 answer for a store error, else None.
-
-    0.3 answers every store exception (unknown id, bad update) with 500 `{"detail", "error_type", "traceback"}`;
-    such an answer is deterministic, so it is reported at once instead of being retried like a real fault.
-    """
-    if response.status != 500:
-        return None
-    try:
-        data = orjson.loads(decode_body(response))
-    except (ValueError, zlib.error):
-        return None
-    if not isinstance(data, dict) or "traceback" not in data or "error_type" not in data:
-        return None
-    error_type = str(data["error_type"])
-    if error_type == "ResponseValidationError":
-        return "not found (the server returned no item)"
-    lines = [line for line in str(data["traceback"]).strip().splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else error_type
-    if error_type not in ("ValueError", "KeyError", "ValidationError", "TypeError") and not last.startswith(
-        ("ValueError", "pydantic")
-    ):
-        return None
-    _, _, message = last.partition(": ")
-    return message or last
+def _upstream_message(body: Mapping[str, Any]) -> str:
+    """The exception message in an Agent Lightning 0.3 answer to a store exception (the traceback's last line)."""
+    lines = [line for line in str(body.get("traceback", "")).strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    _, sep, message = last.partition(": ")
+    return message if sep and message else (last or str(body.get("detail", "")))
 
 
 class LightningStoreClient(LightningStore):
@@ -326,19 +305,21 @@ class LightningStoreClient(LightningStore):
     ) -> HTTPResponse:
         return await self._pool().request(self._serialize(method, target, body, key, minimal), timeout)
 
-    def _error(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
+    def _error(self, response: HTTPResponse, method: str, target: str) -> tuple[StoreHTTPError, bool]:
+        """The exception for an error answer (by the error table, else by status) and whether to retry the call."""
         url = f"{self.server_address_root}{target}"
         detail, fields = _error_body(response)
         status = response.status
+        kind = kind_of_answer(status, fields)
+        if kind is not None:
+            if "traceback" in fields:  # Agent Lightning 0.3: the message is only in the traceback
+                detail = _upstream_message(fields)
+            return kind.client_class(status, detail, method, url, fields), kind.retry
         if status in (401, 403):
-            return StoreAuthError(status, detail, method, url)
-        if status == 409 and fields.get("error_type") == "StaleAttemptError":
-            return StaleAttemptHTTPError(status, detail, method, url, fields)
+            return StoreAuthError(status, detail, method, url), False
         if status < 500:
-            return StoreRequestError(status, detail, method, url)
-        if status == 507:
-            return StoreFullHTTPError(status, detail, method, url)
-        return StoreServerError(status, detail, method, url)
+            return StoreRequestError(status, detail, method, url), status in _RETRY_STATUSES
+        return StoreServerError(status, detail, method, url), True
 
     async def _healthy(self) -> bool:
         if not self.health_retry_delays:
@@ -413,15 +394,11 @@ class LightningStoreClient(LightningStore):
 
     def _failure(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
         """The error for a non-2xx answer; raised at once unless it is worth another try (returned)."""
-        status = response.status
-        if status < 500 and status not in _RETRY_STATUSES:
-            raise self._error(response, method, target)
-        upstream_message = _upstream_app_error(response)
-        if upstream_message is not None:
-            code = 404 if "not found" in upstream_message or "does not exist" in upstream_message else 400
-            raise StoreRequestError(code, upstream_message, method, f"{self.server_address_root}{target}")
-        logger.debug("%s %s answered %d", method, target, status)
-        return self._error(response, method, target)
+        error, retry = self._error(response, method, target)
+        if not retry:
+            raise error
+        logger.debug("%s %s answered %d", method, target, response.status)
+        return error
 
     async def _retry(
         self, method: str, path: str, target: str, data: bytes, timeout: float | None, last: BaseException
@@ -601,15 +578,10 @@ class LightningStoreClient(LightningStore):
         return page
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
-        """The rollout (with its latest attempt when it has one), or None if unknown or unreachable."""
+        """The rollout (with its latest attempt when it has one), or None if the store has no such rollout."""
         try:
             body = await self._request("GET", f"/rollouts/{_q(rollout_id)}")
-        except StoreRequestError as exc:
-            if exc.status != 404:
-                logger.error("get_rollout_by_id(%r) failed: %s", rollout_id, exc)
-            return None
-        except Exception as exc:
-            logger.error("get_rollout_by_id(%r) failed: %r", rollout_id, exc)
+        except NotFoundError:
             return None
         result: Rollout | None = _ROLLOUT.validate_json(body) if body != b"null" else None
         return result
@@ -656,11 +628,10 @@ class LightningStoreClient(LightningStore):
         return page
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
-        """The attempt with the highest sequence id, or None (also when the call fails)."""
+        """The attempt with the highest sequence id, or None when the rollout has none (or is unknown)."""
         try:
             body = await self._request("GET", f"/rollouts/{_q(rollout_id)}/attempts/latest")
-        except Exception as exc:
-            logger.error("get_latest_attempt(%r) failed: %s", rollout_id, exc)
+        except NotFoundError:
             return None
         result: Attempt | None = _OPTIONAL_ATTEMPT.validate_json(body)
         return result
@@ -795,21 +766,19 @@ class LightningStoreClient(LightningStore):
         return ResourcesUpdate.model_validate_json(body)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
-        """A resources snapshot by id, or None (also when the call fails)."""
+        """A resources snapshot by id, or None when the store has none with that id."""
         try:
             body = await self._request("GET", f"/resources/{_q(resources_id)}")
-        except Exception as exc:
-            logger.error("get_resources_by_id(%r) failed: %s", resources_id, exc)
+        except NotFoundError:
             return None
         result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
         return result
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
-        """The snapshot most recently added or updated, or None (also when the call fails)."""
+        """The snapshot most recently added or updated, or None when there is none."""
         try:
             body = await self._request("GET", "/resources/latest")
-        except Exception as exc:
-            logger.error("get_latest_resources() failed: %s", exc)
+        except NotFoundError:
             return None
         result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
         return result
@@ -847,8 +816,12 @@ class LightningStoreClient(LightningStore):
         return Worker.model_validate_json(body)
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
-        """A worker by id, or None."""
-        result: Worker | None = _OPTIONAL_WORKER.validate_json(await self._request("GET", f"/workers/{_q(worker_id)}"))
+        """A worker by id, or None when the store has no such worker."""
+        try:
+            body = await self._request("GET", f"/workers/{_q(worker_id)}")
+        except NotFoundError:
+            return None
+        result: Worker | None = _OPTIONAL_WORKER.validate_json(body)
         return result
 
     async def query_workers(

@@ -7,10 +7,27 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["FULL_STORE_RETRY_DELAYS", "StaleAttemptError", "StoreFullError", "retry_when_full"]
+__all__ = ["FULL_STORE_RETRY_DELAYS", "NotFoundError", "StaleAttemptError", "StoreFullError", "retry_when_full"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class NotFoundError(ValueError):
+    """A call named a rollout, attempt, resources snapshot or worker the store does not have. HTTP 404.
+
+    A `ValueError`, as Agent Lightning's stores raise for unknown ids. `kind` is what was looked for ("rollout",
+    "attempt", ...), `id` its id and `rollout_id` the rollout an attempt was looked for in (else None).
+    """
+
+    def __init__(self, kind: str, id: str, rollout_id: str | None = None, message: str | None = None) -> None:
+        self.kind = kind
+        self.id = id
+        self.rollout_id = rollout_id
+        if message is None:
+            where = f" for rollout {rollout_id}" if rollout_id is not None and kind != "rollout" else ""
+            message = f"{kind.capitalize()} {id} not found{where}"
+        super().__init__(message)
 
 
 class StoreFullError(RuntimeError):
@@ -30,8 +47,6 @@ class StaleAttemptError(RuntimeError):
     heartbeat writes of the older attempt are refused with this error (its late spans are still kept, on its own
     attempt). A runner that gets it abandons the rollout and takes new work.
     """
-
-    http_status = 409
 
     def __init__(
         self, rollout_id: str, attempt_id: str, rollout_status: str, current_attempt_id: str | None = None

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from agl.store import state
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.budget import MemoryBudget
-from agl.store.errors import StaleAttemptError, StoreFullError
+from agl.store.errors import NotFoundError, StaleAttemptError, StoreFullError
 from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused
 from agl.store.inputs import (
     as_config,
@@ -258,7 +258,7 @@ class InMemoryLightningStore(LightningStore):
     def _record(self, rollout_id: str) -> _RolloutRecord:
         record = self._records.get(rollout_id)
         if record is None:
-            raise ValueError(f"Rollout {rollout_id} not found")
+            raise NotFoundError("rollout", rollout_id)
         return record
 
     @staticmethod
@@ -677,13 +677,13 @@ class InMemoryLightningStore(LightningStore):
             self._maybe_scan(now)
             record = self._record(rollout_id)
             if not record.attempts:
-                raise ValueError(f"No attempts found for rollout {rollout_id}")
+                raise NotFoundError("attempt", "latest", rollout_id, f"No attempts found for rollout {rollout_id}")
             if attempt_id == "latest":
                 attempt = record.attempts[-1]
             else:
                 found = record.attempts_by_id.get(attempt_id)
                 if found is None:
-                    raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                    raise NotFoundError("attempt", attempt_id, rollout_id)
                 attempt = found
             if status is not UNSET or last_heartbeat_time is not UNSET:
                 try:
@@ -837,7 +837,7 @@ class InMemoryLightningStore(LightningStore):
         record = self._record(rollout_id)
         attempt = record.attempts_by_id.get(attempt_id)
         if attempt is None:
-            raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            raise NotFoundError("attempt", attempt_id, rollout_id)
         return record, attempt
 
     def _raise_seq(self, rollout_id: str, sequence_id: int) -> None:
@@ -889,7 +889,7 @@ class InMemoryLightningStore(LightningStore):
         with self._lock:
             record = self._records.get(rollout_id)
             if record is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFoundError("rollout", rollout_id)
             record.span_seq += 1
             return record.span_seq
 

@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from agl.store.base import LightningStore, LightningStoreCapabilities, Lightning
 from agl.store.events import StoreEvents
 from agl.store.exposure import InsecureBindError, TokenError, allow_insecure_from_env, check_bind, resolve_token
 from agl.store.http.cors import CorsPolicy
+from agl.store.http.limits import RequestLimits
 from agl.store.http.wire import TOKEN_ENV
 from agl.store.launch import DEFAULT_HOST, LaunchMode, resolve_launch
 from agl.types.core import (
@@ -113,6 +115,8 @@ class LightningStoreServer(LightningStore):
         metrics: serve Prometheus metrics at `/metrics` and `/v1/prometheus/` (needs prometheus_client).
         metrics_public: let anyone scrape the metrics; by default they need the token like every other route.
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
+        limits: `agl.store.http.limits.RequestLimits` (JSON depth, items per list, URL length, error answers,
+            drain watchers); None: the defaults.
         limit_concurrency: open connections or requests in flight beyond which new requests are answered 503
             (uvicorn's `limit_concurrency`); None (default): no limit.
     """
@@ -138,6 +142,7 @@ class LightningStoreServer(LightningStore):
         metrics: bool = True,
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
+        limits: RequestLimits | None = None,
         limit_concurrency: int | None = None,
     ) -> None:
         capabilities = store.capabilities
@@ -181,6 +186,7 @@ class LightningStoreServer(LightningStore):
         self.metrics = metrics
         self.metrics_public = metrics_public
         self.metrics_collectors = list(metrics_collectors)
+        self.limits = limits if limits is not None else RequestLimits()
         self.limit_concurrency = limit_concurrency
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
@@ -252,6 +258,7 @@ class LightningStoreServer(LightningStore):
             metrics_public=self.metrics_public,
             metrics_collectors=self.metrics_collectors,
             cors_allow_origins=self.cors_allow_origins,
+            limits=self.limits,
             health_check_interval=self.health_check_interval,
         )
         app.draining = self._draining
@@ -412,10 +419,13 @@ class LightningStoreServer(LightningStore):
         finally:
             await self.stop_async()
 
-    def serve(self, *, tune_gc: bool = True) -> None:
+    def serve(self, *, tune_gc: bool = True, drain_timeout: float = 10.0) -> None:
         """Serve in the calling (main) thread until SIGINT/SIGTERM; for a process whose only job is the server.
 
-        `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be the server's alone).
+        The first signal drains: the health route tells runners the run is ending, and the server stays up (at most
+        `drain_timeout` seconds) until the rollouts in flight have finished and every runner process polling it has
+        heard; a second signal stops at once. `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be
+        the server's alone).
         """
         self._check_startable()
         if tune_gc:
@@ -423,9 +433,26 @@ class LightningStoreServer(LightningStore):
         serving = self._make_serving(self._bind())
         self._serving = serving
         try:
-            serving.serve(on_started=self.announce)
+            serving.serve(on_started=self.announce, on_signal=lambda again: self._drain(again, drain_timeout))
         finally:
             self._reset()
+
+    async def _drain(self, stop: asyncio.Event, timeout: float) -> None:
+        """Tell runners the run is ending; return once nothing is in flight and every polling runner heard it, after
+        `timeout` seconds, or when `stop` is set again."""
+        store = self.store
+        assert store is not None, "only the process that serves the store drains it"
+        self.begin_drain()
+        deadline = time.monotonic() + timeout
+        logger.info("draining (a second Ctrl+C or SIGTERM stops at once; at most %gs)", timeout)
+        while time.monotonic() < deadline and not stop.is_set():
+            in_flight = await store.query_rollouts(status_in=["preparing", "running"], limit=1)
+            untold = self.untold_drain_watchers()
+            if not untold and not in_flight:
+                return
+            await asyncio.sleep(0.1)
+        if not stop.is_set():
+            logger.warning("stopping after the %gs drain timeout with work still in flight or runners untold", timeout)
 
     def __enter__(self) -> LightningStoreServer:
         if self.launch_mode == "asyncio":

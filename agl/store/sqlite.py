@@ -55,7 +55,7 @@ from pydantic_core import PydanticSerializationError
 from agl.store import idempotency, state
 from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
-from agl.store.errors import StaleAttemptError
+from agl.store.errors import NotFoundError, StaleAttemptError
 from agl.store.events import AttemptTransition, RolloutTransition, StaleWriteRefused, StoreEvent
 from agl.store.inputs import (
     as_config,
@@ -562,7 +562,7 @@ class SqliteLightningStore(LightningStore):
     def _rollout(self, db: sqlite3.Connection, rollout_id: str) -> Rollout:
         rollout = self._get_rollout(db, rollout_id)
         if rollout is None:
-            raise ValueError(f"Rollout {rollout_id} not found")
+            raise NotFoundError("rollout", rollout_id)
         return rollout
 
     def _put_rollout(self, db: sqlite3.Connection, rollout: Rollout) -> None:
@@ -1237,13 +1237,13 @@ class SqliteLightningStore(LightningStore):
                 rollout = self._rollout(db, rollout_id)
                 latest = self._latest_attempt(db, rollout_id)
                 if latest is None:
-                    raise ValueError(f"No attempts found for rollout {rollout_id}")
+                    raise NotFoundError("attempt", "latest", rollout_id, f"No attempts found for rollout {rollout_id}")
                 if attempt_id == "latest" or attempt_id == latest.attempt_id:
                     attempt = latest
                 else:
                     found = self._get_attempt(db, rollout_id, attempt_id)
                     if found is None:
-                        raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+                        raise NotFoundError("attempt", attempt_id, rollout_id)
                     attempt = found
                 if status is not UNSET or last_heartbeat_time is not UNSET:
                     try:
@@ -1282,7 +1282,7 @@ class SqliteLightningStore(LightningStore):
         rollout = self._rollout(db, rollout_id)
         attempt = self._get_attempt(db, rollout_id, attempt_id)
         if attempt is None:
-            raise ValueError(f"Attempt {attempt_id} not found for rollout {rollout_id}")
+            raise NotFoundError("attempt", attempt_id, rollout_id)
         return rollout, attempt, attempt.sequence_id == self._latest_sequence(db, rollout_id)
 
     def _store_spans(
@@ -1378,7 +1378,7 @@ class SqliteLightningStore(LightningStore):
                 "UPDATE span_counters SET counter = counter + 1 WHERE rollout_id = ? RETURNING counter", (rollout_id,)
             ).fetchone()
             if row is None:
-                raise ValueError(f"Rollout {rollout_id} not found")
+                raise NotFoundError("rollout", rollout_id)
             return int(row[0])
 
     async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
@@ -1394,7 +1394,7 @@ class SqliteLightningStore(LightningStore):
                     (count, rollout_id),
                 ).fetchone()
                 if row is None:
-                    raise ValueError(f"Rollout {rollout_id} not found")
+                    raise NotFoundError("rollout", rollout_id)
                 next_id[rollout_id] = int(row[0]) - count + 1
             out: list[int] = []
             for rollout_id, _ in rollout_attempt_ids:

@@ -5,4 +5,4 @@ from agl.execution.registry import STRATEGY_REGISTRY
 __all__ = ["ExecutionStrategyRegistry"]
 
 ExecutionStrategyRegistry: dict[str, str] = STRATEGY_REGISTRY
-"""Alias (`"shm"`, `"cs"`) -> dotted path of the execution strategy class."""
+"""Alias (`"shm"`, `"cs"`, `"ray"`) -> dotted path of the execution strategy class."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, FailFast, Field, model_validator
 from typing_extensions import TypedDict
 
 __all__ = [
@@ -135,7 +135,7 @@ class RolloutConfig(BaseModel):
     """An attempt silent for longer than this (no span or heartbeat) becomes `unresponsive`."""
     max_attempts: int = Field(default=1, ge=1)
     """Total attempts allowed, counting the first."""
-    retry_condition: list[AttemptStatus] = Field(default_factory=list)
+    retry_condition: Annotated[list[AttemptStatus], FailFast()] = Field(default_factory=list)
     """Attempt statuses that send the rollout back to the queue (while attempts remain)."""
 
 

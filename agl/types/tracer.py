@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, FailFast, Field
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -218,8 +218,9 @@ class Span(BaseModel):
     name: str
     status: TraceStatus = Field(default_factory=TraceStatus)
     attributes: Attributes = Field(default_factory=dict)
-    events: list[Event] = Field(default_factory=list)
-    links: list[Link] = Field(default_factory=list)
+    # FailFast: a list with many bad items reports the first one, not one error per item (bounded error answers).
+    events: Annotated[list[Event], FailFast()] = Field(default_factory=list)
+    links: Annotated[list[Link], FailFast()] = Field(default_factory=list)
     start_time: float | None = None
     end_time: float | None = None
     context: SpanContext | None = None

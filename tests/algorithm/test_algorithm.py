@@ -132,3 +132,20 @@ async def test_store_and_proxy_injection() -> None:
     a.set_llm_proxy(proxy)
     assert await a.use_proxy() is True
     assert proxy.events == ["start", "stop"]
+
+
+class _Owner:
+    """Stands in for a trainer: something an algorithm refers to weakly."""
+
+
+def test_an_algorithm_pickles_with_its_trainer() -> None:
+    # A trainer sent to a Ray actor or a spawned process carries its algorithm, which refers to it weakly.
+    import pickle
+
+    algorithm = Algorithm()
+    trainer = _Owner()
+    algorithm.set_trainer(trainer)
+    algorithm.set_llm_proxy(None)
+    copy_algorithm, copy_trainer = pickle.loads(pickle.dumps((algorithm, trainer)))
+    assert copy_algorithm.get_trainer() is copy_trainer and copy_algorithm.get_llm_proxy() is None
+    assert algorithm.get_trainer() is trainer

@@ -140,3 +140,13 @@ def test_spill_disk_fills_each_spill_within_its_budget(tmp_path: Path) -> None:
     for run in data["runs"]:
         assert run["spans"] > 0 and run["budget"] == 256 * 1024
         assert 0.5 < run["disk_over_budget"] <= 1.0
+
+
+@pytest.mark.slow
+def test_hostile_inputs_measures_every_case(tmp_path: Path) -> None:
+    data = _run("hostile_inputs.py", "--quick", "--repeats", "1", out=tmp_path)
+    runs = {name: cases[0] for name, cases in data["runs"].items()}
+    assert runs["invalid spans body 1 MB"]["status"] == 422
+    assert runs["invalid spans body 1 MB"]["answer_bytes"] <= 64 * 1024
+    assert runs["2000 idempotency keys, no token"]["statuses"] == [401]
+    assert runs["50 MB declared body, no token"]["status"] == 401

@@ -141,7 +141,7 @@ def test_unknown_or_traversing_paths_are_404(served: LightningStoreServer, path:
     status, headers, body = _get(served, path)
     assert status == 404, path
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {"detail": "Not Found"}
+    assert json.loads(body) == {"detail": "Not Found", "error_type": "NotFound"}
 
 
 def test_other_methods_are_refused(served: LightningStoreServer) -> None:

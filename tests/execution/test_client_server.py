@@ -33,14 +33,6 @@ def statuses(store: LightningStore) -> list[str]:
     return sorted(r.status for r in asyncio.run(store.query_rollouts()))
 
 
-def test_both_main_algorithm_runs_rollouts_through_runner_processes() -> None:
-    store = InMemoryLightningStore()
-    started = time.monotonic()
-    cs(n_runners=3).execute(bundles.algorithm_enqueue_and_wait, bundles.runner_claims, store)
-    assert time.monotonic() - started < 5
-    assert statuses(store) == ["succeeded"] * 3
-
-
 def test_both_first_claim_is_fast_no_failed_first_poll() -> None:
     """The server is up before any runner polls: the first rollout is claimed well under a second."""
     store = InMemoryLightningStore()
@@ -69,11 +61,6 @@ def test_cooperative_shutdown_is_quick_and_clean(caplog: pytest.LogCaptureFixtur
         )
     assert time.monotonic() - started < 2.0
     assert "SIGINT" not in caplog.text and "interrupted" not in caplog.text
-
-
-def test_algorithm_exception_is_reraised_after_runners_stop() -> None:
-    with pytest.raises(RuntimeError, match="algorithm boom"):
-        cs(n_runners=2).execute(bundles.algorithm_raises, bundles.runner_cooperative, InMemoryLightningStore())
 
 
 def test_algorithm_receives_the_server_and_the_server_stops_after_execute() -> None:

@@ -11,6 +11,7 @@ from agl.execution import (
     ClientServerExecutionStrategy,
     ExecutionEvent,
     MultiprocessingEvent,
+    RayExecutionStrategy,
     SharedMemoryExecutionStrategy,
     ThreadingEvent,
     resolve_managed_store_flag,
@@ -129,13 +130,15 @@ def test_resolve_managed_store_flag(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_maps_aliases() -> None:
-    assert set(STRATEGY_REGISTRY) == {"shm", "cs"}
+    assert set(STRATEGY_REGISTRY) == {"shm", "cs", "ray"}
     assert resolve_strategy_class("cs") is ClientServerExecutionStrategy
     assert resolve_strategy_class("shm") is SharedMemoryExecutionStrategy
+    assert resolve_strategy_class("ray") is RayExecutionStrategy
     assert ClientServerExecutionStrategy.alias == "cs"
     assert SharedMemoryExecutionStrategy.alias == "shm"
+    assert RayExecutionStrategy.alias == "ray"
     with pytest.raises(ValueError, match="known aliases"):
-        resolve_strategy_class("ray")
+        resolve_strategy_class("ipc")
 
 
 def test_threading_event() -> None:

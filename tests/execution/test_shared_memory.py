@@ -95,13 +95,6 @@ def test_runner_thread_exception_sets_event_and_is_reraised() -> None:
     assert time.monotonic() - started < 2.0
 
 
-def test_algorithm_thread_exception_is_reraised_in_main_runner_mode() -> None:
-    with pytest.raises(RuntimeError, match="algorithm boom"):
-        fast(main_thread="runner").execute(
-            bundles.algorithm_raises, bundles.runner_cooperative, InMemoryLightningStore()
-        )
-
-
 def test_main_thread_algorithm_exception_is_reraised() -> None:
     with pytest.raises(RuntimeError, match="algorithm boom"):
         fast(n_runners=1, main_thread="algorithm").execute(
@@ -185,18 +178,6 @@ async def _slow_runner(s: LightningStore, worker_id: int, event: ExecutionEvent)
 
 def _succeeded(store: InMemoryLightningStore) -> int:
     return len(asyncio.run(store.query_rollouts(status_in=["succeeded"])))
-
-
-def test_default_runs_ten_queued_rollouts_to_completion_after_the_algorithm_returns() -> None:
-    # Agent Lightning 0.3 (main_thread="runner", its default) keeps running queued rollouts after the algorithm
-    # returns; AGL does the same and then stops the runner instead of waiting for more work forever.
-    store = InMemoryLightningStore()
-    strategy = fast()
-    assert strategy.main_thread == "runner" and strategy.finish_queued
-    started = time.monotonic()
-    strategy.execute(_enqueue_ten_and_return, _slow_runner, store)
-    assert _succeeded(store) == 10
-    assert time.monotonic() - started < 5
 
 
 def test_main_thread_algorithm_stops_runners_at_once_unless_asked_to_finish() -> None:

@@ -4,6 +4,7 @@
     python tests/install/extras_check.py tracing    # pip install 'agl[tracing]'
     python tests/install/extras_check.py train      # pip install 'agl[train]'
     python tests/install/extras_check.py cli        # pip install 'agl[cli]'
+    python tests/install/extras_check.py ray        # pip install 'agl[ray]'
 
 Exits non-zero with a message on the first failure.
 """
@@ -65,7 +66,7 @@ async def check_tracing() -> None:
     assert agl.find_final_reward(spans) == 0.5
 
 
-def check_train() -> None:
+def check_train(strategy: Any = None) -> None:
     import agl
 
     class Doubler(agl.LitAgent[Any]):
@@ -84,7 +85,8 @@ def check_train() -> None:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     algorithm = Run()
-    agl.Trainer(n_runners=2, algorithm=algorithm, port=port).fit(Doubler(), train_dataset=[0.2, 0.4, 0.6, 0.8])
+    trainer = agl.Trainer(n_runners=2, algorithm=algorithm, port=port, strategy=strategy)
+    trainer.fit(Doubler(), train_dataset=[0.2, 0.4, 0.6, 0.8])
     assert algorithm.rewards == [0.1, 0.2, 0.3, 0.4], algorithm.rewards
 
 
@@ -103,10 +105,14 @@ def main(extra: str) -> None:
         asyncio.run(check_tracing())
     elif extra == "train":
         check_train()
+    elif extra == "ray":
+        import agl
+
+        check_train(agl.RayExecutionStrategy(n_runners=2, num_cpus=2))
     elif extra == "cli":
         check_cli()
     else:
-        raise SystemExit(f"unknown extra {extra!r}: use server, tracing, train or cli")
+        raise SystemExit(f"unknown extra {extra!r}: use server, tracing, train, cli or ray")
     print(f"extra {extra!r} OK")
 
 

@@ -155,3 +155,36 @@ def test_owner_references_are_weak_and_checked() -> None:
 def test_base_rollout_must_be_overridden() -> None:
     with pytest.raises(NotImplementedError, match="must override"):
         LitAgent[int]().rollout(1, {}, ATTEMPTED)
+
+
+class _Owner:
+    """Stands in for a trainer / runner: something an agent refers to weakly."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_an_agent_pickles_with_its_owners_and_refers_to_them_weakly_again() -> None:
+    # A Ray actor or a spawned runner process receives the agent inside the trainer's runner bundle.
+    import pickle
+    import weakref
+
+    class_agent = _PicklableAgent()
+    trainer, runner = _Owner("trainer"), _Owner("runner")
+    class_agent.set_trainer(trainer)
+    class_agent.set_runner(runner)  # type: ignore[arg-type]
+    copy_agent, copy_trainer = pickle.loads(pickle.dumps((class_agent, trainer)))
+    assert copy_agent.get_trainer() is copy_trainer and copy_trainer.name == "trainer"
+    assert isinstance(copy_agent._trainer_ref, weakref.ReferenceType)
+    # The runner travelled only with the agent: nothing keeps the copy alive, so the agent has no runner there.
+    with pytest.raises(ValueError, match="no runner"):
+        copy_agent.get_runner()
+    assert class_agent.get_trainer() is trainer  # the original is untouched
+    fresh = pickle.loads(pickle.dumps(_PicklableAgent()))
+    with pytest.raises(ValueError, match="no trainer"):
+        fresh.get_trainer()
+
+
+class _PicklableAgent(LitAgent[int]):
+    def rollout(self, task: int, resources: Any, rollout: Any) -> float:
+        return float(task)

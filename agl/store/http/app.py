@@ -18,18 +18,19 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import orjson
 import pydantic_core
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, FailFast, Field, RootModel, ValidationError
 
 from agl.store import idempotency
 from agl.store.base import LightningStore
-from agl.store.errors import StaleAttemptError
+from agl.store.errors import NotFoundError
 from agl.store.http.cors import CorsPolicy
-from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER
+from agl.store.http.limits import INT64_MAX, RequestLimits, bounded_errors, check_json, excerpt
+from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER, kind_of_exception
 from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
 from agl.types.core import (
@@ -69,14 +70,36 @@ _API_LEN = len(API_PREFIX)
 _DASHBOARD_PREFIX = "/dashboard/"
 
 
-class HTTPError(Exception):
-    """An error answer with a status code and a JSON `detail`."""
+_STATUS_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "ContentTooLarge",
+    414: "URITooLong",
+    415: "UnsupportedMediaType",
+    422: "RequestValidationError",
+}
+"""The `error_type` of an answer the app itself gives (not a store error): a name for its status."""
 
-    def __init__(self, status: int, detail: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+
+class HTTPError(Exception):
+    """An error answer with a status code and a JSON `detail` (and `error_type`, by default named for the status)."""
+
+    def __init__(
+        self, status: int, detail: Any, headers: Sequence[tuple[bytes, bytes]] = (), code: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = list(headers)
+        self.code = code or _STATUS_CODES.get(status, "HTTPError")
+
+    def response(self) -> Response:
+        """This error as an answer."""
+        return Response(self.status, _encode_detail(self.detail, error_type=self.code), JSON, self.headers or None)
 
 
 class Response:
@@ -134,12 +157,15 @@ T = TypeVar("T")
 # -- request bodies --------------------------------------------------------------------------------------------
 
 
+# Lists stop at their first invalid item (FailFast): a body of a million bad items costs one error, not a million.
+
+
 class _EnqueueBody(BaseModel):
-    rollouts: list[EnqueueRolloutRequest]
+    rollouts: Annotated[list[EnqueueRolloutRequest], FailFast()]
 
 
 class _DequeueBody(BaseModel):
-    limit: int = 1
+    limit: Annotated[int, Field(le=INT64_MAX)] = 1
     worker_id: str | None = None
 
 
@@ -182,30 +208,30 @@ class _NextSequenceBody(BaseModel):
 
 
 class _NextSequenceBatchBody(BaseModel):
-    rollout_attempt_ids: list[_NextSequenceBody]
+    rollout_attempt_ids: Annotated[list[_NextSequenceBody], FailFast()]
 
 
 class _SpanBatchBody(BaseModel):
-    spans: list[Span]
+    spans: Annotated[list[Span], FailFast()]
 
 
 class _WaitBody(BaseModel):
-    rollout_ids: list[str]
+    rollout_ids: Annotated[list[str], FailFast()]
     timeout: float | None = None
 
 
 class _Page(BaseModel):
-    limit: int = -1
-    offset: int = 0
+    limit: Annotated[int, Field(le=INT64_MAX)] = -1
+    offset: Annotated[int, Field(le=INT64_MAX)] = 0
     sort_by: str | None = None
     sort_order: Literal["asc", "desc"] = "asc"
 
 
 class _RolloutSearch(_Page):
-    status_in: list[RolloutStatus] | None = None
-    rollout_id_in: list[str] | None = None
+    status_in: list[RolloutStatus] | None = Field(default=None, fail_fast=True)
+    rollout_id_in: list[str] | None = Field(default=None, fail_fast=True)
     rollout_id_contains: str | None = None
-    mode_in: list[RolloutMode] | None = None
+    mode_in: list[RolloutMode] | None = Field(default=None, fail_fast=True)
     start_time_from: float | None = None
     start_time_to: float | None = None
     filter_logic: Literal["and", "or"] = "and"
@@ -236,9 +262,13 @@ class _SpanSearch(_Page):
 
 
 class _WorkerSearch(_Page):
-    status_in: list[WorkerStatus] | None = None
+    status_in: list[WorkerStatus] | None = Field(default=None, fail_fast=True)
     worker_id_contains: str | None = None
     filter_logic: Literal["and", "or"] = "and"
+
+
+class _RawResources(RootModel[dict[str, Any]]):
+    pass
 
 
 _RESOURCES_ADAPTER: Any = None
@@ -253,14 +283,14 @@ def _resources_adapter() -> Any:
     return _RESOURCES_ADAPTER
 
 
-def _validation_detail(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+_DEFAULT_LIMITS = RequestLimits()
+
+
+def _validation_detail(exc: ValidationError, where: str, limits: RequestLimits = _DEFAULT_LIMITS) -> list[Any]:
+    """FastAPI-shaped errors under `where` ("body", "query", "store"), bounded by `limits`."""
     errors = exc.errors(include_url=False, include_context=False)
-    detail: list[dict[str, Any]] = []
-    for err in errors:
-        item = dict(err)
-        item["loc"] = [where, *err.get("loc", ())]
-        detail.append(item)
-    return detail
+    detail = [{**err, "loc": [where, *err.get("loc", ())]} for err in errors[: limits.max_validation_errors]]
+    return bounded_errors(detail, limits, total=len(errors))
 
 
 def _json_default(value: Any) -> Any:
@@ -271,26 +301,68 @@ def _encode_detail(detail: Any, **extra: Any) -> bytes:
     return orjson.dumps({"detail": detail, **extra}, default=_json_default)
 
 
-def _parse_body(model: type[Any], body: bytes, *, optional: bool = False) -> Any:
+def _parse_body(model: type[Any], body: bytes, limits: RequestLimits, *, optional: bool = False) -> Any:
     if optional and not body.strip():
         return model()
+    refused = check_json(body, limits)
+    if refused is not None:
+        raise HTTPError(422, [refused])
     try:
         return model.__pydantic_validator__.validate_json(body)  # model_validate_json minus its Python wrapper
     except ValidationError as exc:
-        raise HTTPError(422, _validation_detail(exc, "body")) from None
+        raise HTTPError(422, _validation_detail(exc, "body", limits)) from None
+
+
+def _check_items(field: str, count: int, limits: RequestLimits, where: str = "body") -> None:
+    """422 when a request's list `field` holds more than `max_batch_items` items."""
+    if count > limits.max_batch_items:
+        raise HTTPError(
+            422,
+            [
+                {
+                    "type": "too_long",
+                    "loc": [where, *field.split(".")],
+                    "msg": f"{field} has {count} items; at most {limits.max_batch_items} are accepted in one request "
+                    "(max_batch_items): split it into several requests",
+                }
+            ],
+        )
+
+
+MAX_SEQUENCE_ID = 2**53 - 1
+"""The largest span sequence id accepted over HTTP: exact in every JSON reader (doubles), and far enough from the
+64-bit limit that the stores' counters, raised to a span's id, can always count on."""
+
+
+def _check_sequence_ids(spans: Sequence[Span], field: str) -> None:
+    for index, span in enumerate(spans):
+        if not 0 <= span.sequence_id <= MAX_SEQUENCE_ID:
+            loc = ["body", *field.split("."), index, "sequence_id"] if field else ["body", "sequence_id"]
+            raise HTTPError(
+                422,
+                [
+                    {
+                        "type": "sequence_id_out_of_range",
+                        "loc": loc,
+                        "msg": f"sequence_id must be between 0 and {MAX_SEQUENCE_ID} (2**53 - 1); allocate one with "
+                        "POST /v1/agl/spans/next",
+                        "input": excerpt(span.sequence_id),
+                    }
+                ],
+            )
 
 
 _LIST_PARAMS = frozenset({"status_in", "rollout_id_in", "mode_in", "status", "mode"})
 
 
-def _parse_query(model: type[Any], request: Request) -> Any:
+def _parse_query(model: type[Any], request: Request, limits: RequestLimits = _DEFAULT_LIMITS) -> Any:
     raw: dict[str, Any] = {}
     for key, values in request.query().items():
         raw[key] = values if key in _LIST_PARAMS else values[-1]
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise HTTPError(422, _validation_detail(exc, "query")) from None
+        raise HTTPError(422, _validation_detail(exc, "query", limits)) from None
 
 
 def _check_page(page: _Page, item_model: type[BaseModel]) -> None:
@@ -449,13 +521,13 @@ class _IdempotencyCache:
             if entry[0] > now and len(entries) <= self.max_entries and self.bytes <= self.max_bytes:
                 return
             del entries[key]
-            self.bytes -= len(entry[3])
+            self.bytes -= len(entry[3]) + len(key)
 
     def _forget(self, key: str, entry: _Running | _Kept) -> None:
         if self.entries.get(key) is entry:
             del self.entries[key]
             if isinstance(entry, tuple):
-                self.bytes -= len(entry[3])
+                self.bytes -= len(entry[3]) + len(key)
 
     @staticmethod
     def _replay(status: int, body: bytes, content_type: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Response:
@@ -482,6 +554,7 @@ class _IdempotencyCache:
         running = _Running(fingerprint, now + self.ttl)
         self.entries[key] = running
         first: idempotency.KeptAnswer | None = None  # the answer a durable store kept for this key before
+        refused = False
         try:
             try:
                 with idempotency.keyed_request(key, fingerprint):
@@ -492,8 +565,9 @@ class _IdempotencyCache:
                     response = self._replay(first.status, first.body, first.content_type, first.headers)
                 else:
                     response = Response(409, _encode_detail(idempotency.conflict_message(key)))
-            except HTTPError as exc:
-                response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+            except HTTPError as exc:  # refused before the store was called: nothing to replay, nothing to keep
+                response = exc.response()
+                refused = True
             except Exception as exc:
                 response = error_response(exc)
         except BaseException as exc:  # cancelled: a retry must run the call again
@@ -505,8 +579,8 @@ class _IdempotencyCache:
         if first is not None and self.entries.get(key) is running:
             # From now on this key answers as the store does: with the first answer, whatever this request was.
             self.entries[key] = (running.deadline, *first)
-            self.bytes += len(first.body)
-        elif response.status >= 500:
+            self.bytes += len(first.body) + len(key)
+        elif response.status >= 500 or refused:
             self._forget(key, running)
         elif self.entries.get(key) is running:
             self.entries[key] = (
@@ -517,7 +591,7 @@ class _IdempotencyCache:
                 response.content_type,
                 tuple(response.headers) if response.headers else (),
             )
-            self.bytes += len(response.body)
+            self.bytes += len(response.body) + len(key)  # keys count too: they come from the caller
         if running.waiters:
             for waiter in running.waiters:
                 if not waiter.done():
@@ -531,8 +605,9 @@ class StoreApp:
     """ASGI application serving `store` under `/v1/agl`, `/v1/traces` (OTLP) and the AGL batch extensions.
 
     `token` (if set) is required as `Authorization: Bearer <token>` on every route but health, and on the
-    Prometheus metrics (`/metrics`, `/v1/prometheus/`) unless `metrics_public`. Bodies larger than
-    `max_body_bytes` (after gzip decoding too) are refused with 413. Responses larger than `gzip_min_bytes` are
+    Prometheus metrics (`/metrics`, `/v1/prometheus/`) unless `metrics_public`; it is checked before the body is
+    read. Bodies larger than `max_body_bytes` (after gzip decoding too) are refused with 413; `limits` bounds the
+    rest of a request (JSON depth, items per list, URL length, error answers, drain watchers). Responses larger than `gzip_min_bytes` are
     gzipped for clients that accept it. `metrics=False` turns the metrics off (no per-request cost; `/metrics`
     answers 404); `metrics_collectors` are exposed from the app's metrics registry too. With ASGI lifespan events,
     the app runs the store's health checks every `health_check_interval` seconds while served (0: never).
@@ -554,10 +629,15 @@ class StoreApp:
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
         cors_allow_origins: str | Sequence[str] | None = None,
+        limits: RequestLimits | None = None,
         health_check_interval: float = 0.0,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        if limits is not None and not isinstance(limits, RequestLimits):
+            raise TypeError(f"limits must be a RequestLimits, got {type(limits).__name__}")
+        self.limits = limits or _DEFAULT_LIMITS
+        """What one request may ask (see `RequestLimits`)."""
         self.store = store
         self._auth = b"Bearer " + token.encode() if token else None
         self.max_body_bytes = max_body_bytes
@@ -777,6 +857,12 @@ class StoreApp:
         start = perf_counter() if metrics is not None else 0.0
         latencies: dict[int, list[float]] | None = None
         try:
+            if len(path) + len(query_string) > self.limits.max_url_bytes:
+                raise HTTPError(
+                    414,
+                    f"Request target is {len(path) + len(query_string) + 1} bytes; at most "
+                    f"{self.limits.max_url_bytes} are accepted (max_url_bytes): send long filters in a POST body",
+                )
             route = self._static.get((method, path))  # keyed by the full path: no prefix check or slicing
             params: dict[str, str] | None = None
             if route is None:
@@ -796,6 +882,7 @@ class StoreApp:
                 if route is None:
                     raise self._no_route(sub)
             latencies = route.latencies
+            # Auth is decided from the head alone: an unauthenticated body is never read.
             if not route.public and self._auth is not None:
                 self._check_auth(headers)
             if method != "POST":
@@ -829,7 +916,7 @@ class StoreApp:
                 except Exception as exc:
                     response = error_response(exc)
         except HTTPError as exc:
-            response = Response(exc.status, _encode_detail(exc.detail), JSON, exc.headers or None)
+            response = exc.response()
         if metrics is not None:
             # Inline, this is the cost of metrics per request: a lookup in the route's series, a bucket and a sum.
             seconds = perf_counter() - start
@@ -985,11 +1072,28 @@ class StoreApp:
         if b"watcher=" in request.query_string:
             watcher = request.query().get("watcher", [""])[-1]
             if watcher:
-                watchers = self.drain_watchers
-                if watcher not in watchers and len(watchers) >= 10_000:
-                    watchers.popitem(last=False)
-                watchers[watcher] = (time.monotonic(), draining)
+                self._watch(watcher, draining)
         return _ok({"status": "draining" if draining else "ok", "server": "agl", "features": FEATURES})
+
+    def _watch(self, watcher: str, draining: bool) -> None:
+        """Remember that `watcher` asked (bounded: id length, count, and age; anyone may ask, no token needed)."""
+        limits = self.limits
+        if len(watcher.encode()) > limits.max_watcher_id_bytes:
+            raise HTTPError(
+                400,
+                f"watcher id is {len(watcher.encode())} bytes; at most {limits.max_watcher_id_bytes} are accepted "
+                "(max_watcher_id_bytes): use a short id, e.g. a UUID",
+            )
+        now = time.monotonic()
+        watchers = self.drain_watchers
+        watchers.pop(watcher, None)  # re-inserted last: the dict stays ordered by when each last asked
+        watchers[watcher] = (now, draining)
+        expired = now - limits.watcher_ttl_seconds
+        while watchers:
+            oldest = next(iter(watchers))
+            if len(watchers) <= limits.max_watchers and watchers[oldest][0] >= expired:
+                break
+            del watchers[oldest]
 
     def untold_drain_watchers(self, recent: float = 5.0) -> list[str]:
         """Drain watchers that asked within `recent` seconds but have not been answered "draining" yet."""
@@ -997,7 +1101,8 @@ class StoreApp:
         return [w for w, (seen, told) in self.drain_watchers.items() if not told and now - seen < recent]
 
     async def _enqueue(self, request: Request) -> Response:
-        body: _EnqueueBody = _parse_body(_EnqueueBody, request.body)
+        body: _EnqueueBody = _parse_body(_EnqueueBody, request.body, self.limits)
+        _check_items("rollouts", len(body.rollouts), self.limits)
         if not body.rollouts:
             return Response(201, b"[]")
         if len(body.rollouts) == 1:
@@ -1007,7 +1112,20 @@ class StoreApp:
         return await _write(self.store.enqueue_many_rollouts(body.rollouts), lambda many: _created(list(many)))
 
     async def _dequeue(self, request: Request) -> Response:
-        body: _DequeueBody = _parse_body(_DequeueBody, request.body, optional=True)
+        body: _DequeueBody = _parse_body(_DequeueBody, request.body, self.limits, optional=True)
+        if body.limit > self.limits.max_batch_items:
+            raise HTTPError(
+                422,
+                [
+                    {
+                        "type": "less_than_equal",
+                        "loc": ["body", "limit"],
+                        "msg": f"limit must be at most {self.limits.max_batch_items} rollouts per dequeue "
+                        "(max_batch_items)",
+                        "input": body.limit,
+                    }
+                ],
+            )
         if body.limit <= 0:
             return Response(200, b"[]")
         if body.limit == 1:
@@ -1017,7 +1135,7 @@ class StoreApp:
         return await _write(many, lambda claimed: _ok(list(claimed)))
 
     async def _start_rollout(self, request: Request) -> Response:
-        body: _StartRolloutBody = _parse_body(_StartRolloutBody, request.body)
+        body: _StartRolloutBody = _parse_body(_StartRolloutBody, request.body, self.limits)
         call = self.store.start_rollout(
             body.input, body.mode, body.resources_id, body.config, body.metadata, body.worker_id
         )
@@ -1025,6 +1143,8 @@ class StoreApp:
 
     async def _query_rollouts(self, search: _RolloutSearch) -> Response:
         _check_page(search, Rollout)
+        if search.rollout_id_in is not None:
+            _check_items("rollout_id_in", len(search.rollout_id_in), self.limits)
         result = await self.store.query_rollouts(
             status_in=search.status_in,
             rollout_id_in=search.rollout_id_in,
@@ -1041,20 +1161,20 @@ class StoreApp:
         return Response(200, _page_json(result))
 
     async def _get_rollouts(self, request: Request) -> Response:
-        return await self._query_rollouts(_parse_query(_RolloutSearch, request))
+        return await self._query_rollouts(_parse_query(_RolloutSearch, request, self.limits))
 
     async def _search_rollouts(self, request: Request) -> Response:
-        return await self._query_rollouts(_parse_body(_RolloutSearch, request.body, optional=True))
+        return await self._query_rollouts(_parse_body(_RolloutSearch, request.body, self.limits, optional=True))
 
     async def _get_rollout(self, request: Request) -> Response:
         rollout_id = request.params["rollout_id"]
         rollout = await self.store.get_rollout_by_id(rollout_id)
         if rollout is None:
-            raise HTTPError(404, f"Rollout {rollout_id} not found")
+            raise NotFoundError("rollout", rollout_id)
         return _ok(rollout)
 
     async def _update_rollout(self, request: Request) -> Response:
-        body: _UpdateRolloutBody = _parse_body(_UpdateRolloutBody, request.body)
+        body: _UpdateRolloutBody = _parse_body(_UpdateRolloutBody, request.body, self.limits)
         fields = _set_fields(
             body,
             ("input", "mode", "resources_id", "status", "config", "metadata"),
@@ -1063,7 +1183,7 @@ class StoreApp:
         return await _write(self.store.update_rollout(request.params["rollout_id"], **fields), _ok)
 
     async def _start_attempt(self, request: Request) -> Response:
-        body: _StartAttemptBody = _parse_body(_StartAttemptBody, request.body, optional=True)
+        body: _StartAttemptBody = _parse_body(_StartAttemptBody, request.body, self.limits, optional=True)
         return await _write(self.store.start_attempt(request.params["rollout_id"], worker_id=body.worker_id), _created)
 
     async def _query_attempts(self, rollout_id: str, search: _AttemptSearch) -> Response:
@@ -1074,23 +1194,25 @@ class StoreApp:
         return Response(200, _page_json(result))
 
     async def _search_attempts(self, request: Request) -> Response:
-        search = _parse_body(_AttemptSearch, request.body, optional=True)
+        search = _parse_body(_AttemptSearch, request.body, self.limits, optional=True)
         return await self._query_attempts(request.params["rollout_id"], search)
 
     async def _get_attempts(self, request: Request) -> Response:
-        return await self._query_attempts(request.params["rollout_id"], _parse_query(_AttemptSearch, request))
+        return await self._query_attempts(
+            request.params["rollout_id"], _parse_query(_AttemptSearch, request, self.limits)
+        )
 
     async def _latest_attempt(self, request: Request) -> Response:
         return _ok(await self.store.get_latest_attempt(request.params["rollout_id"]))
 
     async def _update_attempt(self, request: Request) -> Response:
-        body: _UpdateAttemptBody = _parse_body(_UpdateAttemptBody, request.body)
+        body: _UpdateAttemptBody = _parse_body(_UpdateAttemptBody, request.body, self.limits)
         fields = _set_fields(body, ("status", "worker_id", "last_heartbeat_time", "metadata"), nullable=frozenset())
         call = self.store.update_attempt(request.params["rollout_id"], request.params["attempt_id"], **fields)
         return await _write(call, _ok)
 
     async def _get_resources(self, request: Request) -> Response:
-        search: _ResourcesSearch = _parse_query(_ResourcesSearch, request)
+        search: _ResourcesSearch = _parse_query(_ResourcesSearch, request, self.limits)
         _check_page(search, ResourcesUpdate)
         result = await self.store.query_resources(
             resources_id=search.resources_id,
@@ -1103,10 +1225,16 @@ class StoreApp:
         return Response(200, _page_json(result))
 
     def _parse_resources(self, body: bytes) -> NamedResources:
-        try:
-            resources: NamedResources = _resources_adapter().validate_json(body)
-        except ValidationError as exc:
-            raise HTTPError(422, _validation_detail(exc, "body")) from None
+        # In two steps, so a body of many bad resources costs one error: the mapping first, then each resource.
+        raw: dict[str, Any] = _parse_body(_RawResources, body, self.limits).root
+        _check_items("resources", len(raw), self.limits)
+        adapter = _resources_adapter()
+        resources: NamedResources = {}
+        for name, value in raw.items():
+            try:
+                resources[name] = adapter.validate_python({name: value})[name]
+            except ValidationError as exc:
+                raise HTTPError(422, _validation_detail(exc, "body", self.limits)) from None
         return resources
 
     async def _add_resources(self, request: Request) -> Response:
@@ -1123,14 +1251,18 @@ class StoreApp:
         return _ok(await self.store.get_resources_by_id(request.params["resources_id"]))
 
     async def _add_span(self, request: Request) -> Response:
-        span = _parse_body(Span, request.body)
+        span = _parse_body(Span, request.body, self.limits)
+        if not 0 <= span.sequence_id <= MAX_SEQUENCE_ID:
+            _check_sequence_ids([span], "")
         stored = await self.store.add_span_json(span, request.body)
         if _wants_minimal(request):
             return Response(201, b"true" if stored is not None else b"null", JSON, _MINIMAL_HEADERS)
         return _ok(stored, 201)
 
     async def _add_spans(self, request: Request) -> Response:
-        body: _SpanBatchBody = _parse_body(_SpanBatchBody, request.body)
+        body: _SpanBatchBody = _parse_body(_SpanBatchBody, request.body, self.limits)
+        _check_items("spans", len(body.spans), self.limits)
+        _check_sequence_ids(body.spans, "spans")
         minimal = _wants_minimal(request)
         if not body.spans:
             return Response(201, b"[]", JSON, _MINIMAL_HEADERS if minimal else None)
@@ -1165,24 +1297,26 @@ class StoreApp:
         return Response(200, _page_json(result))
 
     async def _get_spans(self, request: Request) -> Response:
-        return await self._query_spans(_parse_query(_SpanSearch, request))
+        return await self._query_spans(_parse_query(_SpanSearch, request, self.limits))
 
     async def _search_spans(self, request: Request) -> Response:
-        return await self._query_spans(_parse_body(_SpanSearch, request.body))
+        return await self._query_spans(_parse_body(_SpanSearch, request.body, self.limits))
 
     async def _next_sequence(self, request: Request) -> Response:
-        body: _NextSequenceBody = _parse_body(_NextSequenceBody, request.body)
+        body: _NextSequenceBody = _parse_body(_NextSequenceBody, request.body, self.limits)
         sequence_id = await self.store.get_next_span_sequence_id(body.rollout_id, body.attempt_id)
         return _ok({"sequence_id": sequence_id})
 
     async def _next_sequences(self, request: Request) -> Response:
-        body: _NextSequenceBatchBody = _parse_body(_NextSequenceBatchBody, request.body)
+        body: _NextSequenceBatchBody = _parse_body(_NextSequenceBatchBody, request.body, self.limits)
+        _check_items("rollout_attempt_ids", len(body.rollout_attempt_ids), self.limits)
         pairs = [(item.rollout_id, item.attempt_id) for item in body.rollout_attempt_ids]
         ids = list(await self.store.get_many_span_sequence_ids(pairs)) if pairs else []
         return _ok({"sequence_ids": ids})
 
     async def _wait(self, request: Request) -> Response:
-        body: _WaitBody = _parse_body(_WaitBody, request.body)
+        body: _WaitBody = _parse_body(_WaitBody, request.body, self.limits)
+        _check_items("rollout_ids", len(body.rollout_ids), self.limits)
         call = self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=body.timeout)
         finished, outcome = await self._until_answered(call, request.receive)
         if outcome == "disconnected":
@@ -1208,16 +1342,16 @@ class StoreApp:
         return Response(200, _page_json(result))
 
     async def _get_workers(self, request: Request) -> Response:
-        return await self._query_workers(_parse_query(_WorkerSearch, request))
+        return await self._query_workers(_parse_query(_WorkerSearch, request, self.limits))
 
     async def _search_workers(self, request: Request) -> Response:
-        return await self._query_workers(_parse_body(_WorkerSearch, request.body, optional=True))
+        return await self._query_workers(_parse_body(_WorkerSearch, request.body, self.limits, optional=True))
 
     async def _worker_by_id(self, request: Request) -> Response:
         return _ok(await self.store.get_worker_by_id(request.params["worker_id"]))
 
     async def _update_worker(self, request: Request) -> Response:
-        body: _WorkerBody = _parse_body(_WorkerBody, request.body, optional=True)
+        body: _WorkerBody = _parse_body(_WorkerBody, request.body, self.limits, optional=True)
         if "heartbeat_stats" in body.model_fields_set:
             if body.heartbeat_stats is None:
                 raise HTTPError(400, "heartbeat_stats is invalid; it cannot be a null value.")
@@ -1260,38 +1394,30 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-_NOT_FOUND_MARKERS = ("not found", "does not exist")
-
-
 def error_response(exc: Exception) -> Response:
-    """Map an exception raised by the store to an HTTP answer (4xx for the caller's mistakes, 5xx for faults)."""
-    status = getattr(exc, "http_status", None)
-    if isinstance(status, int) and 400 <= status < 600:
-        if isinstance(exc, StaleAttemptError):  # the client rebuilds the error from these fields
-            return Response(
-                status,
-                _encode_detail(
-                    str(exc),
-                    error_type="StaleAttemptError",
-                    rollout_id=exc.rollout_id,
-                    attempt_id=exc.attempt_id,
-                    rollout_status=exc.rollout_status,
-                    current_attempt_id=exc.current_attempt_id,
-                ),
-            )
-        return Response(status, _encode_detail(str(exc), error_type=type(exc).__name__))
-    if isinstance(exc, ValidationError):
-        return Response(422, _encode_detail(_validation_detail(exc, "store"), error_type="ValidationError"))
-    if isinstance(exc, ValueError):
-        message = str(exc)
-        lowered = message.lower()
-        code = 404 if any(marker in lowered for marker in _NOT_FOUND_MARKERS) else 400
-        return Response(code, _encode_detail(message, error_type=type(exc).__name__))
-    if type(exc).__name__ == "StoreFullError":  # agl.store.errors: out of span memory and spill space; retry later
-        return Response(507, _encode_detail(str(exc), error_type="StoreFullError", retryable=True))
-    if isinstance(exc, NotImplementedError):
-        return Response(501, _encode_detail(str(exc) or "Not implemented", error_type=type(exc).__name__))
+    """Map an exception raised by the store to an HTTP answer by the error table of `agl.store.http.wire`.
+
+    The body carries the message as `detail`, the table's `error_type` and the exception's fields; an exception
+    not in the table is a fault: 500.
+    """
+    kind = kind_of_exception(exc)
+    if kind is not None:
+        if isinstance(exc, ValidationError):
+            detail: Any = _validation_detail(exc, "store")
+        else:
+            detail = _message(exc) or kind.code
+        fields = {name: getattr(exc, name, None) for name in kind.fields}
+        if kind.retry:
+            fields["retryable"] = True
+        return Response(kind.status, _encode_detail(detail, error_type=kind.code, **fields))
     logger.error("store call failed: %s", "".join(traceback.format_exception(exc)))
     return Response(
-        500, _encode_detail(f"Internal server error: {type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+        500,
+        _encode_detail(f"Internal server error: {type(exc).__name__}: {_message(exc)}", error_type=type(exc).__name__),
     )
+
+
+def _message(exc: BaseException, limit: int = 4096) -> str:
+    """The exception's message, cut to `limit` characters (a message may quote the caller's input)."""
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from agl.store.errors import StaleAttemptError, StoreFullError
+from pydantic import ValidationError
+
+from agl.store.errors import NotFoundError, StaleAttemptError, StoreFullError
 
 __all__ = [
     "API_PREFIX",
+    "ERROR_TABLE",
     "FEATURES",
     "IDEMPOTENCY_HEADER",
     "REPLAYED_HEADER",
     "TOKEN_ENV",
+    "ErrorKind",
+    "NotFoundHTTPError",
     "StaleAttemptHTTPError",
     "StoreAuthError",
+    "StoreFullHTTPError",
     "StoreHTTPError",
+    "StoreNotImplementedError",
     "StoreRequestError",
     "StoreServerError",
     "StoreUnavailableError",
     "describe_detail",
+    "kind_of_answer",
+    "kind_of_exception",
 ]
 
 API_PREFIX = "/v1/agl"
@@ -61,16 +71,18 @@ def describe_detail(detail: Any) -> str:
 class StoreHTTPError(Exception):
     """An error answer from the store server: HTTP `status`, the server's `detail`, and the request it answered."""
 
-    def __init__(self, status: int, detail: Any, method: str, url: str) -> None:
+    def __init__(
+        self, status: int, detail: Any, method: str, url: str, fields: Mapping[str, Any] | None = None
+    ) -> None:
         self.status = status
         self.detail = detail
         self.method = method
         self.url = url
-        super().__init__(describe_detail(detail))
+        Exception.__init__(self, describe_detail(detail))
 
 
 class StoreRequestError(StoreHTTPError, ValueError):
-    """The server rejected the request (400, 404, 409, 413, 422): bad input, unknown id or a conflict."""
+    """The server rejected the request (4xx but 401/403): bad input, unknown id, a conflict, a limit exceeded."""
 
 
 class StoreAuthError(StoreHTTPError, PermissionError):
@@ -81,15 +93,36 @@ class StoreServerError(StoreHTTPError, RuntimeError):
     """The server failed (5xx) on every try."""
 
 
+class StoreNotImplementedError(StoreServerError, NotImplementedError):
+    """The server answered 501: the call exists in the API but the served store does not provide it."""
+
+
 class StoreFullHTTPError(StoreServerError, StoreFullError):
     """The server answered 507: no room for more spans right now; retry later (see `retry_when_full`)."""
+
+
+class NotFoundHTTPError(StoreRequestError, NotFoundError):
+    """The server answered 404 NotFoundError: an unknown rollout, attempt, ... (see `NotFoundError`)."""
+
+    def __init__(
+        self, status: int, detail: Any, method: str, url: str, fields: Mapping[str, Any] | None = None
+    ) -> None:
+        StoreRequestError.__init__(self, status, detail, method, url)
+        fields = fields or {}
+        self.kind = str(fields.get("kind") or "item")
+        self.id = str(fields.get("id") or "")
+        rollout_id = fields.get("rollout_id")
+        self.rollout_id = rollout_id if isinstance(rollout_id, str) else None
 
 
 class StaleAttemptHTTPError(StoreRequestError, StaleAttemptError):
     """The server answered 409 StaleAttemptError: the attempt no longer holds its rollout (see `StaleAttemptError`)."""
 
-    def __init__(self, status: int, detail: Any, method: str, url: str, fields: Mapping[str, Any]) -> None:
+    def __init__(
+        self, status: int, detail: Any, method: str, url: str, fields: Mapping[str, Any] | None = None
+    ) -> None:
         StoreRequestError.__init__(self, status, detail, method, url)
+        fields = fields or {}
         self.rollout_id = str(fields.get("rollout_id", ""))
         self.attempt_id = str(fields.get("attempt_id", ""))
         self.rollout_status = str(fields.get("rollout_status", ""))
@@ -99,3 +132,79 @@ class StaleAttemptHTTPError(StoreRequestError, StaleAttemptError):
 
 class StoreUnavailableError(ConnectionError):
     """The server could not be reached (connection refused/reset, timeout) on every try."""
+
+
+# -- the error table ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One row of the error table: a store error class, its HTTP status, and what the client raises for it.
+
+    The server answers an exception of `store_class` (or a subclass) with `status` and a body
+    `{"detail": <message>, "error_type": code, <field>: <value>...}`; the client raises `client_class`
+    (a subclass of `store_class` where one exists) with the same `fields`.
+    """
+
+    code: str
+    """The `error_type` written in the answer's body."""
+    store_class: type[BaseException]
+    status: int
+    client_class: type[StoreHTTPError]
+    fields: tuple[str, ...] = ()
+    """Attributes of the exception sent along in the body and set again on the client's exception."""
+    retry: bool = False
+    """Whether the client retries a call answered this way (only while the server stays healthy)."""
+
+
+ERROR_TABLE: tuple[ErrorKind, ...] = (
+    ErrorKind(
+        "StaleAttemptError",
+        StaleAttemptError,
+        409,
+        StaleAttemptHTTPError,
+        ("rollout_id", "attempt_id", "rollout_status", "current_attempt_id"),
+    ),
+    ErrorKind("NotFoundError", NotFoundError, 404, NotFoundHTTPError, ("kind", "id", "rollout_id")),
+    ErrorKind("StoreFullError", StoreFullError, 507, StoreFullHTTPError, retry=True),
+    ErrorKind("ValidationError", ValidationError, 422, StoreRequestError),  # pydantic's, raised by a store
+    ErrorKind("ValueError", ValueError, 400, StoreRequestError),
+    ErrorKind("NotImplementedError", NotImplementedError, 501, StoreNotImplementedError),
+)
+"""Store error classes and their answers, most specific first. Any other exception is a fault: 500, retried."""
+
+_BY_CODE = {kind.code: kind for kind in ERROR_TABLE}
+
+UPSTREAM_CODES: Mapping[str, ErrorKind] = {
+    "ValueError": _BY_CODE["ValueError"],
+    "ValidationError": _BY_CODE["ValidationError"],
+    "KeyError": ErrorKind("KeyError", KeyError, 400, StoreRequestError),
+    "TypeError": ErrorKind("TypeError", TypeError, 400, StoreRequestError),
+    # 0.3's route promised an item and its store returned None (an unknown id): FastAPI's response check failed.
+    "ResponseValidationError": ErrorKind("ResponseValidationError", LookupError, 404, NotFoundHTTPError),
+}
+"""The `error_type` of Agent Lightning 0.3's answer to a store exception (500 with a `traceback`) that is the
+caller's mistake, so the client raises at once instead of retrying; any other `error_type` there is a fault."""
+
+
+def kind_of_exception(exc: BaseException) -> ErrorKind | None:
+    """The table row of a store exception (its most specific class in the table), None for a fault."""
+    for kind in ERROR_TABLE:
+        if isinstance(exc, kind.store_class):
+            return kind
+    return None
+
+
+def kind_of_answer(status: int, body: Mapping[str, Any]) -> ErrorKind | None:
+    """The table row an error answer stands for: by its `error_type` when it agrees with the status, else None.
+
+    `body` is the answer's JSON object (empty when it was not one). An Agent Lightning 0.3 answer to a store
+    exception (500 with a `traceback`) is matched by `UPSTREAM_CODES`.
+    """
+    code = body.get("error_type")
+    if not isinstance(code, str):
+        return None
+    if status == 500 and "traceback" in body:
+        return UPSTREAM_CODES.get(code)
+    kind = _BY_CODE.get(code)
+    return kind if kind is not None and kind.status == status else None

@@ -313,3 +313,20 @@ async def test_limit_concurrency_answers_503_beyond_the_open_connections_allowed
             first.close()
     finally:
         await server.stop_async()
+
+
+async def test_a_request_without_the_token_is_answered_401_before_its_body_arrives() -> None:
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0, token="secret")
+    await server.start_async()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            started = time.monotonic()
+            writer.write(b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\ncontent-length: 50000000\r\n\r\n")  # no body
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 1.0
+        finally:
+            writer.close()
+    finally:
+        await server.stop_async()

@@ -1,0 +1,385 @@
+"""Many runners against one store server: rollouts/s, per-call latency, errors, duplicates, server RSS and CPU.
+
+Each simulated runner is an asyncio task with its own `LightningStoreClient` (its own connections), doing what a
+real runner does per rollout: dequeue (polling while the queue is empty) → 3 spans → attempt succeeded. The runners
+live in a few worker processes (`--procs`); the server is a real `agl store` process (or Agent Lightning 0.3.0's,
+`--server agentlightning --al-python PY`). All rollouts are enqueued before the clock starts; the run ends when every
+one has succeeded. Then every rollout is checked: exactly one attempt succeeded (duplicates and losses are errors).
+
+    .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend memory sqlite
+    .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 2000 --server agentlightning \\
+        --al-python .venv-agentlightning/bin/python
+
+Prints a table and writes JSON (`--out`). `--profile` samples the server with py-spy (if installed) and prints its
+hottest frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+CALLS = ("dequeue", "add_span", "update_attempt")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _span(rollout_id: str, attempt_id: str, seq: int) -> Any:
+    from agl.types import Span
+
+    now = time.time()
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        trace_id=os.urandom(16).hex(),
+        span_id=os.urandom(8).hex(),
+        parent_id=None,
+        name=f"step-{seq}",
+        status={"status_code": "OK"},  # type: ignore[arg-type]
+        attributes={"gen_ai.request.model": "m", "step": seq, "text": "x" * 200},
+        events=[],
+        links=[],
+        start_time=now,
+        end_time=now + 0.001,
+        context=None,
+        parent=None,
+        resource={"attributes": {"service.name": "bench"}, "schema_url": ""},  # type: ignore[arg-type]
+    )
+
+
+async def _runner(url: str, name: str, go: asyncio.Event, stats: dict[str, Any]) -> None:
+    from agl.store.client import LightningStoreClient
+
+    client = LightningStoreClient(url, retry_delays=(0.2, 0.5, 1.0), request_timeout=60)
+    latencies: dict[str, list[float]] = stats["latencies"]
+    try:
+        await go.wait()
+        while not stats["stop"]:
+            started = time.perf_counter()
+            try:
+                claimed = await client.dequeue_rollout(worker_id=name)
+            except Exception as exc:
+                stats["errors"].append(f"dequeue: {exc!r:.200}")
+                await asyncio.sleep(0.1)
+                continue
+            latencies["dequeue"].append(time.perf_counter() - started)
+            if claimed is None:
+                await asyncio.sleep(0.05)
+                continue
+            rid, aid = claimed.rollout_id, claimed.attempt.attempt_id
+            try:
+                for seq in (1, 2, 3):
+                    started = time.perf_counter()
+                    await client.add_span(_span(rid, aid, seq))
+                    latencies["add_span"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                await client.update_attempt(rid, aid, status="succeeded")
+                latencies["update_attempt"].append(time.perf_counter() - started)
+                stats["done"] += 1
+            except Exception as exc:
+                stats["errors"].append(f"{rid}: {exc!r:.200}")
+    finally:
+        await client.close()
+
+
+def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: Any, out: Any) -> None:
+    _raise_fd_limit()
+
+    async def main() -> dict[str, Any]:
+        stats: dict[str, Any] = {"latencies": {c: [] for c in CALLS}, "errors": [], "done": 0, "stop": False}
+        go = asyncio.Event()
+        tasks = [asyncio.ensure_future(_runner(url, n, go, stats)) for n in names]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        go.set()
+        while stop_at_count.value == 0:
+            await asyncio.sleep(0.1)
+        stats["stop"] = True
+        await asyncio.wait(tasks, timeout=30)
+        return stats
+
+    stats = asyncio.run(main())
+    out.put({"latencies": stats["latencies"], "errors": stats["errors"], "done": stats["done"]})
+
+
+def _start_server(kind: str, backend: str, port: int, workdir: Path, al_python: str | None) -> subprocess.Popen[bytes]:
+    log = (workdir / "server.log").open("wb")
+    if kind == "agentlightning":
+        assert al_python, "--server agentlightning needs --al-python"
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": ""}
+        code = "import sys; from agentlightning.cli import main; sys.argv[0] = 'agl'; sys.exit(main())"
+        args = [al_python, "-c", code, "store", "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    args = [sys.executable, "-m", "agl.cli", "store", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--log-level", "WARNING", "--backend", backend]
+    if backend == "sqlite":
+        args += ["--path", str(workdir / "store.db")]
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_fd_limit)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/agl/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server never became healthy")
+
+
+async def _enqueue(url: str, total: int) -> list[str]:
+    from agl.store.client import LightningStoreClient
+
+    client = LightningStoreClient(url, request_timeout=120)
+    ids: list[str] = []
+    try:
+        for first in range(0, total, 500):
+            batch = [{"input": {"i": i}} for i in range(first, min(total, first + 500))]
+            ids += [r.rollout_id for r in await client.enqueue_many_rollouts(batch)]  # type: ignore[arg-type]
+    finally:
+        await client.close()
+    return ids
+
+
+async def _audit(url: str, ids: list[str]) -> dict[str, int]:
+    """Count rollouts by outcome: exactly one succeeded attempt is right; anything else is an error."""
+    from agl.store.client import LightningStoreClient
+
+    client = LightningStoreClient(url, request_timeout=120)
+    outcome: Counter[str] = Counter()
+    try:
+        for first in range(0, len(ids), 200):
+            chunk = ids[first : first + 200]
+            rollouts = {r.rollout_id: r for r in await client.query_rollouts(rollout_id_in=chunk)}
+            for rid in chunk:
+                rollout = rollouts.get(rid)
+                if rollout is None:
+                    outcome["missing"] += 1
+                elif rollout.status != "succeeded":
+                    outcome[f"status {rollout.status}"] += 1
+                else:
+                    outcome["succeeded"] += 1
+        # Attempts of a sample (one query per rollout is too slow for 20 000 on the upstream server).
+        for rid in ids[:: max(1, len(ids) // 200)]:
+            attempts = await client.query_attempts(rid)
+            if sum(a.status == "succeeded" for a in attempts) != 1 or len(attempts) != 1:
+                outcome["sampled rollouts with more than one attempt"] += 1
+    finally:
+        await client.close()
+    return dict(outcome)
+
+
+def _profile(pid: int, seconds: float, workdir: Path) -> list[tuple[str, float]]:
+    """The server's hottest leaf frames over `seconds` (py-spy), as (frame, share of samples)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        return []
+    out = workdir / "profile.txt"
+    done = subprocess.run(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw", "-o", str(out),
+         "--rate", "200", "--nonblocking"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0 or not out.exists():
+        return []
+    frames: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            frames[frame] += n  # inclusive: the share of time under each frame
+    return [(f, n / total) for f, n in frames.most_common(25)] if total else []
+
+
+def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="agl-many-runners-"))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start_server(kind, backend, port, workdir, args.al_python)
+    try:
+        _wait_healthy(url, server)
+        ids = asyncio.run(_enqueue(url, args.rollouts))
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        stop_flag = ctx.Value("i", 0)
+        names = [f"sim-{i}" for i in range(args.runners)]
+        start_at = time.time() + 3.0 + args.runners / 500  # every process has its runners ready by then
+        procs = [
+            ctx.Process(target=_worker_process, args=(url, names[p :: args.procs], start_at, stop_flag, out))
+            for p in range(args.procs)
+        ]
+        for proc in procs:
+            proc.start()
+        server_ps = psutil.Process(server.pid)
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu_start = server_ps.cpu_times()
+        started = time.monotonic()
+        rss_peak = server_ps.memory_info().rss
+        profile: list[tuple[str, float]] = []
+        from agl.store.client import LightningStoreClient
+
+        async def succeeded() -> int:
+            client = LightningStoreClient(url)
+            try:
+                return (await client.query_rollouts(status_in=["succeeded"], limit=1)).total
+            finally:
+                await client.close()
+
+        while True:
+            if args.profile and not profile and time.monotonic() - started > 2:
+                profile = _profile(server.pid, 8, workdir)
+            rss_peak = max(rss_peak, server_ps.memory_info().rss)
+            count = asyncio.run(succeeded())
+            if args.verbose:
+                print(f"  {time.monotonic() - started:6.1f}s {count} succeeded", file=sys.stderr, flush=True)
+            if count >= len(ids) or time.monotonic() - started > args.timeout:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        cpu_end = server_ps.cpu_times()
+        stop_flag.value = 1
+        results = [out.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        audit = asyncio.run(_audit(url, ids))
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    latencies = {c: sorted(x for r in results for x in r["latencies"][c]) for c in CALLS}
+    errors = [e for r in results for e in r["errors"]]
+    done = sum(r["done"] for r in results)
+    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    calls = sum(len(v) for v in latencies.values())
+
+    def pct(values: list[float], q: float) -> float | None:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else None
+
+    return {
+        "server": kind,
+        "backend": backend if kind == "agl" else "memory",
+        "runners": args.runners,
+        "rollouts": len(ids),
+        "completed_by_runners": done,
+        "seconds": elapsed,
+        "rollouts_per_s": audit.get("succeeded", 0) / elapsed,
+        "calls": calls,
+        "latency_ms": {c: {"p50": pct(v, 0.5), "p99": pct(v, 0.99)} for c, v in latencies.items()},
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "audit": audit,
+        "server_cpu_s": cpu,
+        "server_cpu_per_call_us": cpu / calls * 1e6 if calls else None,
+        "server_cpu_share": cpu / elapsed,
+        "server_rss_peak_mib": rss_peak / 2**20,
+        "profile_top": profile,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runners", type=int, default=1000)
+    parser.add_argument("--rollouts", type=int, default=20000)
+    parser.add_argument("--procs", type=int, default=4, help="worker processes the runners are spread over")
+    parser.add_argument("--backend", nargs="+", default=["memory", "sqlite"], choices=["memory", "sqlite"])
+    parser.add_argument("--server", choices=["agl", "agentlightning", "both"], default="agl")
+    parser.add_argument("--al-python", help="Python of a virtualenv with agentlightning==0.3.0")
+    parser.add_argument("--al-rollouts", type=int, default=2000, help="rollouts for the (slower) upstream server")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--verbose", action="store_true", help="print progress every half second")
+    parser.add_argument("--profile", action="store_true", help="sample the server with py-spy for 8 s")
+    parser.add_argument("--out", default="bench/results/many_runners.json")
+    args = parser.parse_args()
+    _raise_fd_limit()
+    plan: list[tuple[str, str]] = []
+    if args.server in ("agl", "both"):
+        plan += [("agl", b) for b in args.backend]
+    if args.server in ("agentlightning", "both"):
+        plan.append(("agentlightning", "memory"))
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for kind, backend in plan:
+            one = argparse.Namespace(**vars(args))
+            if kind == "agentlightning":
+                one.rollouts = args.al_rollouts
+            row = run_one(one, kind, backend)
+            row["repeat"] = repeat + 1
+            rows.append(row)
+            print(
+                f"{kind:>14} {row['backend']:>6} run {repeat + 1}: {row['rollouts_per_s']:8.1f} rollouts/s  "
+                f"errors {row['errors']}  audit {row['audit']}",
+                flush=True,
+            )
+    print()
+    header = (
+        f"{'server':>14} {'backend':>7} {'runners':>7} {'rollouts/s':>10} {'dequeue p50/p99':>16} "
+        f"{'add_span p50/p99':>17} {'update p50/p99':>15} {'errors':>6} {'srv CPU':>7} {'µs/call':>7} {'RSS MiB':>7}"
+    )
+    print(header)
+
+    def cell(row: dict[str, Any], call: str) -> str:
+        p50, p99 = row["latency_ms"][call]["p50"], row["latency_ms"][call]["p99"]
+        return "-" if p50 is None else f"{p50:.1f}/{p99:.1f}"
+
+    for row in rows:
+        print(
+            f"{row['server']:>14} {row['backend']:>7} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
+            f"{cell(row, 'dequeue'):>16} {cell(row, 'add_span'):>17} {cell(row, 'update_attempt'):>15} {row['errors']:>6} "
+            f"{row['server_cpu_share']:>7.2f} {row['server_cpu_per_call_us'] or 0:>7.0f} {row['server_rss_peak_mib']:>7.0f}"
+        )
+    by_config: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        by_config.setdefault((row["server"], row["backend"]), []).append(row["rollouts_per_s"])
+    for (kind, backend), values in by_config.items():
+        print(f"median {kind} {backend}: {statistics.median(values):.1f} rollouts/s over {len(values)} run(s)")
+    for row in rows:
+        if row["profile_top"]:
+            print(f"\nserver profile ({row['server']} {row['backend']}), share of samples under each frame:")
+            for frame, share in row["profile_top"]:
+                print(f"  {share * 100:5.1f}%  {frame[:150]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
