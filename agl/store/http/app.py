@@ -654,6 +654,7 @@ class StoreApp:
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
+        self._openapi_json: bytes | None = None
         self._dynamic: dict[tuple[str, int], list[_Route]] = {}
         self.insight = StoreInsight(store)
         """Live aggregates for the dashboard routes; listens to the store's events from the start."""
@@ -1059,6 +1060,7 @@ class StoreApp:
         add("GET", "/workers/{worker_id}", self._worker_by_id)
         add("POST", "/workers/{worker_id}", self._update_worker, idempotent=False)
         add("GET", "/statistics", self._statistics)
+        add("GET", "/openapi.json", self._openapi, public=True)
         from agl.store.http.dashboard import DashboardRoutes
 
         dashboard = DashboardRoutes(self.insight)
@@ -1066,6 +1068,18 @@ class StoreApp:
         add("GET", "/dashboard/rollouts", dashboard.rollouts)
         add("GET", "/dashboard/rollouts/{rollout_id}", dashboard.rollout)
         add("GET", "/dashboard/workers", dashboard.workers)
+
+    def route_table(self) -> list[tuple[str, str, bool]]:
+        """Every route under `/v1/agl` as (method, path pattern such as `/rollouts/{rollout_id}`, public)."""
+        routes = [*self._static.values(), *(r for routes in self._dynamic.values() for r in routes)]
+        return [(r.method, r.template[_API_LEN:], r.public) for r in routes]
+
+    async def _openapi(self, request: Request) -> Response:
+        if self._openapi_json is None:  # built on first request: start-up does not pay for it
+            from agl.store.http.openapi import build_document
+
+            self._openapi_json = orjson.dumps(build_document(self))
+        return Response(200, self._openapi_json)
 
     async def _health(self, request: Request) -> Response:
         draining = self.draining

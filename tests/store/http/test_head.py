@@ -51,6 +51,7 @@ _PATHS = [
     "/v1/agl/dashboard/rollouts/{rid}",
     "/v1/agl/dashboard/workers",
     "/v1/agl/dashboard/overview",
+    "/v1/agl/openapi.json",
     "/metrics",
     "/v1/prometheus/",
     "/",
