@@ -81,9 +81,10 @@ def _serve(
 
     import signal
 
-    from agl.store.server import _new_loop, tune_gc_for_serving
+    from agl.asgi_serving import new_event_loop
+    from agl.store.server import tune_gc_for_serving
 
-    loop = _new_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(announce())
     tune_gc_for_serving()  # as LightningStoreServer.serve() does in a dedicated server process

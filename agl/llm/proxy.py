@@ -20,15 +20,14 @@ import contextlib
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from agl.asgi_serving import AsgiServer, AsgiServerProcess
 from agl.llm.proxy_trace import (
     BACKEND as _BACKEND_ATTR,
 )
@@ -57,7 +56,6 @@ from agl.types.resources import LLM, ProxyLLM
 
 if TYPE_CHECKING:
     import httpx
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -688,18 +686,6 @@ def _as_events(kind: CallKind, data: dict[str, Any]) -> list[bytes]:
 # -- the proxy ------------------------------------------------------------------------------------------------
 
 
-def _server_class() -> type[uvicorn.Server]:
-    import uvicorn
-
-    class _QuietServer(uvicorn.Server):
-        """uvicorn's server without signal handlers (the proxy is stopped by its owner)."""
-
-        def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
-            return contextlib.nullcontext()
-
-    return _QuietServer
-
-
 class LLMProxy:
     """An OpenAI-compatible reverse proxy that records the LLM calls of each rollout attempt as spans.
 
@@ -775,12 +761,8 @@ class LLMProxy:
         self._routes = parse_model_list(self.model_list)
         self._store = store
         self._created = time.time()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._process: Any = None
-        self._process_stop: Any = None
-        self._error: BaseException | None = None
+        self._server: AsgiServer | None = None
+        self._process: AsgiServerProcess | None = None
 
     # -- configuration ----------------------------------------------------------------------------------------
 
@@ -870,9 +852,8 @@ class LLMProxy:
     def is_running(self) -> bool:
         """Whether the proxy accepts requests."""
         if self._process is not None:
-            return bool(self._process.is_alive())
-        server = self._server
-        return server is not None and server.started and not server.should_exit
+            return self._process.is_running
+        return self._server is not None and self._server.is_running
 
     def _check_store(self) -> LightningStore:
         store = self._store
@@ -891,19 +872,17 @@ class LLMProxy:
             )
         return store
 
-    def _make_server(self, handler: _ProxyHandler) -> uvicorn.Server:
-        import uvicorn
-
-        options: dict[str, Any] = {
-            "log_level": "warning",
-            "access_log": False,
+    def _serving_settings(self) -> dict[str, Any]:
+        """`AsgiServer` settings of this proxy (launcher_args are passed on to uvicorn.Config)."""
+        return {
+            "host": self._bind_host(),
+            "name": "LLM proxy",
+            "lifespan": "on",  # opens and closes the handler's HTTP client pool on the serving loop
             "timeout_keep_alive": 75,
             "timeout_graceful_shutdown": 5,
-            "log_config": None,
+            "startup_timeout": self.startup_timeout,
+            "options": dict(self.launcher_args),
         }
-        options.update(self.launcher_args)
-        config = uvicorn.Config(handler.app(), lifespan="on", **options)
-        return _server_class()(config)
 
     async def start(self) -> None:
         """Start serving (restarting if already running); returns once the proxy accepts connections.
@@ -914,149 +893,50 @@ class LLMProxy:
         """
         global _active_proxy
         self._check_store()
-        if self.is_running() or self._thread is not None or self._task is not None or self._process is not None:
+        if self._server is not None or self._process is not None:
             await self.stop()
         port = self._ensure_port()
         if self.launch_mode == "mp":
-            await self._start_process()
+            options = {
+                "model_list": self.model_list,
+                "host": self.host,
+                "litellm_config": self.litellm_config,
+                "num_retries": self.num_retries,
+                "middlewares": sorted(self.middlewares),
+                "callbacks": sorted(self.callbacks),
+                "request_timeout": self.request_timeout,
+                "connect_timeout": self.connect_timeout,
+            }
+            process = AsgiServerProcess(_app_in_child, (options, self._store), port=port, **self._serving_settings())
+            await asyncio.to_thread(process.start)
+            self._process = process
         else:
             sock = bind_listening_socket(self._bind_host(), port, what="LLM proxy", backlog=1024)
-            if self.launch_mode == "thread":
-                await self._start_thread(sock)
-            else:
-                await self._start_task(sock)
+            server = AsgiServer(_ProxyHandler(self).app(), sock=sock, **self._serving_settings())
+            self._server = server
+            try:
+                if self.launch_mode == "thread":
+                    await asyncio.to_thread(server.start)
+                else:
+                    await server.start_async()
+            except BaseException:
+                self._server = None
+                raise
         _active_proxy = self
         logger.info("LLM proxy listening on %s (models: %s)", self.endpoint, ", ".join(self.model_names) or "none")
-
-    async def _wait_started(self, server: uvicorn.Server, alive: Any) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while not server.started:
-            if not alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                error = self._error
-                raise RuntimeError(
-                    f"LLM proxy on {self._bind_host()}:{self.port} did not start within {self.startup_timeout}s"
-                    + (f": {error!r}" if error else "")
-                )
-            await asyncio.sleep(0.01)
-
-    async def _start_thread(self, sock: socket.socket) -> None:
-        server = self._make_server(_ProxyHandler(self))
-        self._error = None
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(server.serve(sockets=[sock]))
-            except BaseException as exc:  # SystemExit from a failed uvicorn start-up included
-                self._error = exc
-                logger.error("LLM proxy on port %s stopped with an error: %r", self.port, exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-                sock.close()
-
-        thread = threading.Thread(target=run, name=f"agl-llm-proxy-{self.port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-        try:
-            await self._wait_started(server, thread.is_alive)
-        except BaseException:
-            await asyncio.to_thread(thread.join, 10)
-            self._server = self._thread = None
-            raise
-
-    async def _start_task(self, sock: socket.socket) -> None:
-        server = self._make_server(_ProxyHandler(self))
-        self._error = None
-
-        async def run() -> None:
-            try:
-                await server.serve(sockets=[sock])
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                sock.close()
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._server, self._task = server, task
-        try:
-            await self._wait_started(server, lambda: not task.done())
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 10)
-            self._server = self._task = None
-            raise
-
-    async def _start_process(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        ready, stop = context.Event(), context.Event()
-        options = {
-            "port": self.port,
-            "model_list": self.model_list,
-            "host": self.host,
-            "litellm_config": self.litellm_config,
-            "num_retries": self.num_retries,
-            "launcher_args": self.launcher_args,
-            "middlewares": sorted(self.middlewares),
-            "callbacks": sorted(self.callbacks),
-            "request_timeout": self.request_timeout,
-            "connect_timeout": self.connect_timeout,
-            "startup_timeout": self.startup_timeout,
-        }
-        process = context.Process(
-            target=_serve_in_child,
-            args=(options, self._store, ready, stop),
-            name=f"agl-llm-proxy-{self.port}",
-            daemon=True,
-        )
-        process.start()
-        started = await asyncio.to_thread(ready.wait, self.startup_timeout)
-        if not started or not process.is_alive():
-            stop.set()
-            await asyncio.to_thread(process.join, 10)
-            if process.is_alive():
-                process.kill()
-            raise RuntimeError(
-                f"LLM proxy process on port {self.port} did not start within {self.startup_timeout}s "
-                f"(exit code {process.exitcode})"
-            )
-        self._process, self._process_stop = process, stop
 
     async def stop(self) -> None:
         """Stop serving and wait for in-flight requests (up to a few seconds); a warning if not running."""
         global _active_proxy
-        server, thread, task, process = self._server, self._thread, self._task, self._process
+        server, process = self._server, self._process
         if server is None and process is None:
             logger.warning("LLMProxy.stop(): the proxy is not running")
             return
         if process is not None:
-            self._process_stop.set()
-            await asyncio.to_thread(process.join, 15)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 5)
+            await asyncio.to_thread(process.stop, 15)
         if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 15)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                await asyncio.to_thread(thread.join, 5)
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 15)
-            except asyncio.TimeoutError:
-                if server is not None:
-                    server.force_exit = True
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(task, 5)
-            except BaseException as exc:
-                if not isinstance(exc, (Exception, SystemExit)):
-                    raise
-        self._server = self._thread = self._task = self._process = self._process_stop = None
+            await server.stop_async(15)
+        self._server = self._process = None
         if _active_proxy is self:
             _active_proxy = None
 
@@ -1070,22 +950,14 @@ class LLMProxy:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_server", "_thread", "_task", "_process", "_process_stop", "_error"):
+        for key in ("_server", "_process"):
             state[key] = None
         return state
 
 
-def _serve_in_child(options: dict[str, Any], store: LightningStore, ready: Any, stop: Any) -> None:
-    """Entry point of an `mp` proxy: serve on this process's loop until the parent sets `stop`."""
-
-    async def main() -> None:
-        proxy = LLMProxy(store=store, launch_mode="asyncio", **options)
-        await proxy.start()
-        ready.set()
-        try:
-            while not stop.is_set():
-                await asyncio.sleep(0.1)
-        finally:
-            await proxy.stop()
-
-    asyncio.run(main())
+def _app_in_child(options: dict[str, Any], store: LightningStore) -> Starlette:
+    """The app of an `mp` proxy, built in its child process (served there by `AsgiServerProcess`)."""
+    global _active_proxy
+    proxy = LLMProxy(store=store, launch_mode="asyncio", **options)
+    _active_proxy = proxy
+    return _ProxyHandler(proxy).app()

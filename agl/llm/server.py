@@ -25,13 +25,13 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agl.asgi_serving import AsgiServer
 from agl.llm.detokenize import TokenInfo
 from agl.llm.engine import GenerationEngine, GenerationRequest, SequenceEvent
 from agl.llm.protocol import (
@@ -54,7 +54,6 @@ from agl.sockets import PortInUseError, bind_listening_socket
 
 if TYPE_CHECKING:
     import torch
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -122,8 +121,7 @@ class ModelServer:
         self.token_info = TokenInfo(tokenizer)
         self.vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.created = int(time.time())
-        self._uvicorn: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: AsgiServer | None = None
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> ModelServer:
@@ -182,62 +180,41 @@ class ModelServer:
     @property
     def is_running(self) -> bool:
         """Whether the HTTP server is up."""
-        return self._uvicorn is not None and bool(self._uvicorn.started) and not self._uvicorn.should_exit
+        return self._serving is not None and self._serving.is_running
 
     def start(self) -> ModelServer:
         """Start the engine and the HTTP server in background threads; return once it accepts connections.
 
         Raises `PortInUseError` when the port is taken and `RuntimeError` when start-up fails or times out.
         """
-        if self._uvicorn is not None:
+        if self._serving is not None:
             raise RuntimeError(f"the model server on port {self._port} is already running")
         sock = bind_listening_socket(self.host, self._requested_port, what="model server", backlog=512)
         self._port = int(sock.getsockname()[1])
-        server = _make_uvicorn(self.app(), self.log_level)
-        ready = threading.Event()
-        server.on_started = ready.set  # type: ignore[attr-defined]
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(server.serve(sockets=[sock]))
-            except BaseException as exc:  # includes SystemExit from a failed uvicorn start-up
-                failure.append(exc)
-                logger.error("model server on port %s stopped with an error: %r", self._port, exc)
-            finally:
-                ready.set()
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-                sock.close()
-
+        serving = AsgiServer(
+            self.app(),
+            sock=sock,
+            host=self.host,
+            name="model server",
+            log_level=self.log_level,
+            timeout_keep_alive=75,
+            startup_timeout=self.startup_timeout,
+        )
         self.engine.start()
-        self._uvicorn = server
-        self._thread = threading.Thread(target=run, name=f"agl-model-server-{self._port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(self.startup_timeout) or not server.started:
+        self._serving = serving
+        try:
+            serving.start()
+        except BaseException:
             self.stop()
-            raise RuntimeError(
-                f"the model server on {self.host}:{self._port} did not start within {self.startup_timeout}s"
-                + (f": {failure[0]!r}" if failure else "")
-            )
+            raise
         logger.info("model server for %s listening on %s", self.model_name, self.url)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the HTTP server and the engine (no-op when not running)."""
-        server, thread = self._uvicorn, self._thread
-        if server is not None:
-            server.should_exit = True
-            if thread is not None:
-                thread.join(timeout)
-                if thread.is_alive():
-                    server.force_exit = True
-                    thread.join(timeout)
-        self._uvicorn = None
-        self._thread = None
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop(timeout)
         self.engine.stop()
 
     def __enter__(self) -> ModelServer:
@@ -517,33 +494,6 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> Response:
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _make_uvicorn(app: Any, log_level: str) -> uvicorn.Server:
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        on_started: Callable[[], None] | None = None
-
-        def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
-            return contextlib.nullcontext()  # the thread that owns the server handles signals, not uvicorn
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started and self.on_started is not None:
-                self.on_started()
-
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=5,
-    )
-    return _Server(config)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """`LightningStoreServer`: serve any `LightningStore` over HTTP (the 0.3 REST API under `/v1/agl`).
 
 The server is itself a `LightningStore` that delegates to the wrapped store, so the process that owns it can keep
-using it directly while runners talk to it over HTTP. It runs on uvicorn (uvloop + httptools when installed),
-either in a background thread with its own event loop (`start()` / `stop()`), as a task on the caller's event
-loop (`start_async()` / `stop_async()`), or as the main job of a process (`serve()`, `python -m agl.store.server`).
+using it directly while runners talk to it over HTTP. It runs on stock uvicorn (uvloop + httptools when installed,
+through `agl.asgi_serving`), either in a background thread with its own event loop (`start()` / `stop()`), as a
+task on the caller's event loop (`start_async()` / `stop_async()`), or as the main job of a process (`serve()`,
+`python -m agl.store.server`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from agl.asgi_serving import AsgiServer
 from agl.sockets import PortInUseError, bind_listening_socket
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.events import StoreEvents
@@ -49,8 +48,6 @@ from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
 if TYPE_CHECKING:
-    import uvicorn
-
     from agl.store.client import LightningStoreClient
     from agl.store.http.app import StoreApp
 
@@ -79,15 +76,6 @@ def _outbound_ip() -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1"
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
 
 
 class LightningStoreServer(LightningStore):
@@ -129,6 +117,8 @@ class LightningStoreServer(LightningStore):
         metrics_collectors: more prometheus_client collectors to expose from this server's metrics registry.
         limits: `agl.store.http.limits.RequestLimits` (JSON depth, items per list, URL length, error answers,
             drain watchers); None: the defaults.
+        limit_concurrency: open connections or requests in flight beyond which new requests are answered 503
+            (uvicorn's `limit_concurrency`); None (default): no limit.
     """
 
     def __init__(
@@ -153,6 +143,7 @@ class LightningStoreServer(LightningStore):
         metrics_public: bool = False,
         metrics_collectors: Sequence[Any] = (),
         limits: RequestLimits | None = None,
+        limit_concurrency: int | None = None,
     ) -> None:
         capabilities = store.capabilities
         if not capabilities.get("async_safe", False):
@@ -186,11 +177,8 @@ class LightningStoreServer(LightningStore):
         self.backlog = backlog
         self._store_thread_safe = bool(capabilities.get("thread_safe", False))
         self._owner_pid = os.getpid()
-        self._uvicorn: uvicorn.Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._thread_error: BaseException | None = None
+        self._serving: AsgiServer | None = None
+        self._in_thread = False
         self._client: LightningStoreClient | None = None
         self._app: StoreApp | None = None
         self.health_check_interval = float(health_check_interval)
@@ -199,6 +187,7 @@ class LightningStoreServer(LightningStore):
         self.metrics_public = metrics_public
         self.metrics_collectors = list(metrics_collectors)
         self.limits = limits if limits is not None else RequestLimits()
+        self.limit_concurrency = limit_concurrency
         CorsPolicy.from_setting(cors_allow_origins)  # a bad setting fails here, not when the server starts
         self.cors_allow_origins = cors_allow_origins
         self.insecure = allow_insecure_from_env()
@@ -235,7 +224,7 @@ class LightningStoreServer(LightningStore):
     @property
     def is_running(self) -> bool:
         """Whether the server is accepting connections."""
-        return self._uvicorn is not None and self._uvicorn.started and not self._uvicorn.should_exit
+        return self._serving is not None and self._serving.is_running
 
     def otlp_traces_endpoint(self) -> str:
         """The OTLP/HTTP traces URL of this server."""
@@ -255,9 +244,8 @@ class LightningStoreServer(LightningStore):
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def _make_server(self, sock: socket.socket, handle_signals: bool) -> uvicorn.Server:
-        import uvicorn
-
+    def _make_serving(self, sock: socket.socket) -> AsgiServer:
+        """The app over the wrapped store, served by stock uvicorn on `sock` (see agl.asgi_serving)."""
         from agl.store.http.app import StoreApp
 
         assert self.store is not None
@@ -271,38 +259,23 @@ class LightningStoreServer(LightningStore):
             metrics_collectors=self.metrics_collectors,
             cors_allow_origins=self.cors_allow_origins,
             limits=self.limits,
+            health_check_interval=self.health_check_interval,
         )
+        app.draining = self._draining
         self._app = app
-        http: Any
-        try:
-            from agl.store.http.protocol import protocol_class
-
-            http = protocol_class(app)
-        except ImportError:  # no httptools: uvicorn's pure-Python protocol on the ASGI app
-            http = "h11"
-        config = uvicorn.Config(
+        return AsgiServer(
             app,
-            http=http,
-            lifespan="off",
-            interface="asgi3",
-            log_config=None,
+            sock=sock,
+            host=self.host,
+            name="store server",
             log_level=self.log_level,
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            date_header=False,
+            lifespan="on",  # the app's health-check timer and the dashboard reader start and stop with the server
             timeout_keep_alive=self._keep_alive,
             timeout_graceful_shutdown=5,
-            backlog=self.backlog,
+            limit_concurrency=self.limit_concurrency,
+            startup_timeout=self.startup_timeout,
+            on_stop=app.begin_stop,
         )
-
-        server = _server_class()(config)
-        server.handle_signals = handle_signals  # type: ignore[attr-defined]
-        server.health_check = self.store.run_health_checks  # type: ignore[attr-defined]
-        server.on_shutdown = app.insight.aclose  # type: ignore[attr-defined]
-        server.health_check_interval = self.health_check_interval  # type: ignore[attr-defined]
-        app.draining = self._draining
-        return server
 
     def begin_drain(self) -> None:
         """Tell remote runners the run is ending: from now on the health route answers `"status": "draining"`.
@@ -330,7 +303,7 @@ class LightningStoreServer(LightningStore):
     def _check_startable(self) -> None:
         if self.store is None or os.getpid() != self._owner_pid:
             raise RuntimeError("this LightningStoreServer is a copy in another process; start the original instead")
-        if self._uvicorn is not None:
+        if self._serving is not None:
             raise RuntimeError(f"the store server on port {self._port} is already running")
 
     def _bind(self) -> socket.socket:
@@ -364,41 +337,14 @@ class LightningStoreServer(LightningStore):
                     "coroutine, or use launch_mode='thread'"
                 ) from None
             return loop.create_task(self.start_async())
-        sock = self._bind()
-        server = self._make_server(sock, handle_signals=False)
-        ready = threading.Event()
-        server.on_started = ready.set  # type: ignore[attr-defined]
-        self._thread_error = None
-
-        def run() -> None:
-            loop = _new_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                loop.run_until_complete(server.serve(sockets=[sock]))
-            except BaseException as exc:  # includes SystemExit from a failed uvicorn start-up
-                self._thread_error = exc
-                logger.error("store server on port %s stopped with an error: %r", self._port, exc)
-            finally:
-                ready.set()
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-                sock.close()
-
-        self._uvicorn = server
-        thread = threading.Thread(target=run, name=f"agl-store-server-{self._port}", daemon=True)
-        self._thread = thread
-        thread.start()
-        if not ready.wait(self.startup_timeout) or not server.started:
-            server.should_exit = True
-            thread.join(10)
+        serving = self._make_serving(self._bind())
+        self._serving = serving
+        self._in_thread = True
+        try:
+            serving.start()
+        except BaseException:
             self._reset()
-            error = self._thread_error
-            raise RuntimeError(
-                f"store server on {self.host}:{self._port} did not start within {self.startup_timeout}s"
-                + (f": {error!r}" if error else "")
-            )
+            raise
         logger.info("store server listening on %s", self.endpoint)
         return _Done()
 
@@ -409,33 +355,25 @@ class LightningStoreServer(LightningStore):
         launcher_args' `thread_join_timeout`, then forcing it); one on the running event loop (launch_mode
         "asyncio") stops when the result is awaited.
         """
-        server, thread = self._uvicorn, self._thread
+        serving = self._serving
         timeout = self._stop_timeout if timeout is None else timeout
-        if server is None:
+        if serving is None:
             return _Done()
-        if thread is None:
+        if not self._in_thread:
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
-            if running is not None and running is self._loop:
+            if running is not None and running is serving.loop:
                 return running.create_task(self.stop_async(timeout))
             raise RuntimeError("this server runs on an event loop; use `await server.stop_async()` on that loop")
-        if thread is threading.current_thread():
-            raise RuntimeError("stop() cannot be called from the server's own thread")
-        server.should_exit = True
-        thread.join(timeout)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout)
+        serving.stop(timeout)
         self._reset()
         return _Done()
 
     def _reset(self) -> None:
-        self._uvicorn = None
-        self._thread = None
-        self._task = None
-        self._loop = None
+        self._serving = None
+        self._in_thread = False
         if self._app is not None:
             self._app.insight.close()  # stop listening to the store: a restart builds a new app
             if self._app.metrics is not None:
@@ -445,62 +383,39 @@ class LightningStoreServer(LightningStore):
             # Keep the chosen port, so a restart comes back on the same address.
             self._requested_port = self._port
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop serving requests (None when not running)."""
+        return self._serving.loop if self._serving is not None else None
+
     async def start_async(self) -> None:
         """Start serving on the running event loop; returns once the server accepts connections."""
         self._check_startable()
-        sock = self._bind()
-        server = self._make_server(sock, handle_signals=False)
-        self._uvicorn = server
-        self._loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-        server.on_started = started.set  # type: ignore[attr-defined]
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        self._task = task
+        serving = self._make_serving(self._bind())
+        self._serving = serving
         try:
-            waiter = asyncio.ensure_future(started.wait())
-            await asyncio.wait({task, waiter}, timeout=self.startup_timeout, return_when="FIRST_COMPLETED")
-            waiter.cancel()
-            if not server.started:
-                error = task.exception() if task.done() and not task.cancelled() else None
-                raise RuntimeError(f"store server on {self.host}:{self._port} did not start: {error!r}")
+            await serving.start_async()
         except BaseException:
-            server.should_exit = True
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 10)
-            sock.close()
             self._reset()
             raise
         logger.info("store server listening on %s", self.endpoint)
 
     async def stop_async(self, timeout: float | None = None) -> None:
         """Stop a server started by `start_async()` (or `start()`, without blocking the loop)."""
-        server, task, thread = self._uvicorn, self._task, self._thread
+        serving = self._serving
         timeout = self._stop_timeout if timeout is None else timeout
-        if server is None:
+        if serving is None:
             return
-        if thread is not None:
-            await asyncio.to_thread(self.stop, timeout)
-            return
-        server.should_exit = True
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except asyncio.TimeoutError:
-                server.force_exit = True
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(task, timeout)
+        await serving.stop_async(timeout)
         self._reset()
 
     async def run_forever(self) -> None:
         """Serve on the running loop until cancelled (or stopped), then shut down cleanly."""
-        if self._uvicorn is None:
+        if self._serving is None:
             await self.start_async()
-        task = self._task
         try:
-            if task is not None:
-                await asyncio.shield(task)
-            elif self._thread is not None:
-                await asyncio.to_thread(self._thread.join)
+            if self._serving is not None:
+                await self._serving.wait_stopped()
         finally:
             await self.stop_async()
 
@@ -512,31 +427,15 @@ class LightningStoreServer(LightningStore):
         heard; a second signal stops at once. `tune_gc` applies `tune_gc_for_serving()` (the process is assumed to be
         the server's alone).
         """
+        self._check_startable()
         if tune_gc:
             tune_gc_for_serving()
-        loop = _new_loop()
-        asyncio.set_event_loop(loop)
-
-        async def main() -> None:
-            await self.start_async()
-            self.announce()
-            stop = asyncio.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, stop.set)
-            waiter = asyncio.ensure_future(stop.wait())
-            assert self._task is not None
-            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if stop.is_set() and not self._task.done():
-                stop.clear()
-                await self._drain(stop, drain_timeout)
-            await self.stop_async()
-
+        serving = self._make_serving(self._bind())
+        self._serving = serving
         try:
-            loop.run_until_complete(main())
+            serving.serve(on_started=self.announce, on_signal=lambda again: self._drain(again, drain_timeout))
         finally:
-            loop.close()
+            self._reset()
 
     async def _drain(self, stop: asyncio.Event, timeout: float) -> None:
         """Tell runners the run is ending; return once nothing is in flight and every polling runner heard it, after
@@ -596,14 +495,12 @@ class LightningStoreServer(LightningStore):
         self.launch_mode, self.launcher_args, self.n_workers, self.tracker = "thread", None, 1, None
         self._stop_timeout, self._keep_alive = 10.0, 75
         self._store_thread_safe = True
-        self._uvicorn = None
-        self._loop = None
-        self._thread = None
-        self._task = None
-        self._thread_error = None
+        self._serving = None
+        self._in_thread = False
         self._client = None
         self._app = None
         self.metrics, self.metrics_public, self.metrics_collectors = True, False, []
+        self.limit_concurrency = None
 
     # -- delegation --------------------------------------------------------------------------------------------
 
@@ -935,113 +832,11 @@ class LightningStoreServer(LightningStore):
 
         The wrapped store is left open: it belongs to whoever created it.
         """
-        if self._uvicorn is not None:
+        if self._serving is not None:
             await self.stop_async()
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-_SERVER_CLASS: type[uvicorn.Server] | None = None
-
-
-def _server_class() -> type[uvicorn.Server]:
-    """uvicorn's Server, reporting start-up through `on_started` and leaving signals alone unless told."""
-    global _SERVER_CLASS
-    if _SERVER_CLASS is None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            handle_signals = False
-            on_started: Callable[[], None] | None = None
-            health_check: Callable[[], Awaitable[None]] | None = None
-            health_check_interval: float = 1.0
-            on_shutdown: Callable[[], Awaitable[None]] | None = None
-            _health_task: asyncio.Task[None] | None = None
-
-            def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
-                if self.handle_signals:
-                    return super().capture_signals()
-                return contextlib.nullcontext()
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets=sockets)
-                if self.started and self.health_check is not None and self.health_check_interval > 0:
-                    self._health_task = asyncio.ensure_future(self._check_health_forever())
-                if self.started and self.on_started is not None:
-                    self.on_started()
-
-            async def _check_health_forever(self) -> None:
-                assert self.health_check is not None
-                while True:
-                    await asyncio.sleep(self.health_check_interval)
-                    try:
-                        await self.health_check()
-                    except Exception:
-                        logger.exception("the store's periodic health check failed")
-
-            # uvicorn polls `should_exit` every 0.1 s and sleeps 0.1 s more on shutdown; here setting it wakes the
-            # main loop at once and shutdown waits only as long as connections and requests are still busy.
-            _exit_flag = False
-            _wake: asyncio.Event | None = None
-            _wake_loop: asyncio.AbstractEventLoop | None = None
-
-            @property
-            def should_exit(self) -> bool:
-                return self._exit_flag
-
-            @should_exit.setter
-            def should_exit(self, value: bool) -> None:
-                self._exit_flag = value
-                loop, wake = self._wake_loop, self._wake
-                if value and loop is not None and wake is not None:
-                    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-                        loop.call_soon_threadsafe(wake.set)
-
-            async def main_loop(self) -> None:
-                self._wake = asyncio.Event()
-                self._wake_loop = asyncio.get_running_loop()
-                counter = 0
-                while not await self.on_tick(counter):
-                    counter = (counter + 10) % 864000  # uvicorn counts 0.1 s ticks; each turn here is ~1 s
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
-
-            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-                if self._health_task is not None:
-                    self._health_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._health_task
-                if self.on_shutdown is not None:
-                    await self.on_shutdown()
-                loop = asyncio.get_running_loop()
-                for listener in self.servers:
-                    listener.close()
-                for sock in sockets or []:
-                    sock.close()
-                state = self.server_state
-                for connection in list(state.connections):
-                    connection.shutdown()
-                deadline = loop.time() + (self.config.timeout_graceful_shutdown or 0.0)
-                while (state.connections or state.tasks) and not self.force_exit:
-                    if loop.time() >= deadline:
-                        logger.error("cancelling %d request(s) still running at shutdown", len(state.tasks))
-                        for task in list(state.tasks):
-                            task.cancel()
-                        for connection in list(state.connections):
-                            transport = getattr(connection, "transport", None)
-                            if transport is not None:
-                                transport.close()
-                        break
-                    await asyncio.sleep(0.005)
-                for listener in self.servers:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(listener.wait_closed(), max(0.1, deadline - loop.time()))
-                if not self.force_exit:
-                    await self.lifespan.shutdown()
-
-        _SERVER_CLASS = _Server
-    return _SERVER_CLASS
 
 
 def tune_gc_for_serving() -> None:

@@ -150,3 +150,9 @@ def test_hostile_inputs_measures_every_case(tmp_path: Path) -> None:
     assert runs["invalid spans body 1 MB"]["answer_bytes"] <= 64 * 1024
     assert runs["2000 idempotency keys, no token"]["statuses"] == [401]
     assert runs["50 MB declared body, no token"]["status"] == 401
+
+
+def test_store_asgi_app_runs_the_cycle_through_asgi(tmp_path: Path) -> None:
+    data = _run("store_asgi_app.py", "--cycles", "20", "--warmup", "5", "--repeats", "2", out=tmp_path)
+    assert data["cycles"] == 20 and len(data["us_per_call_runs"]) == 2
+    assert data["us_per_call_median"] > 0

@@ -7,14 +7,12 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -23,6 +21,7 @@ from starlette.routing import Route
 from agl import semconv
 from agl.adapter.messages import TraceToMessages
 from agl.adapter.triplet import LlmProxyTraceToTriplet, TracerTraceToTriplet
+from agl.asgi_serving import AsgiServer
 from agl.llm.proxy import LLMProxy, get_active_llm_proxy, parse_model_list
 from agl.llm.proxy_trace import CHOICE_COUNT, CHOICE_INDEX, WEIGHTS_VERSION, SSEParser
 from agl.store.base import LightningStore, LightningStoreCapabilities
@@ -70,8 +69,7 @@ class Backend:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: AsgiServer | None = None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -192,25 +190,15 @@ class Backend:
         yield b"data: [DONE]\r\n\r\n"
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app(), log_level="error", lifespan="off", timeout_graceful_shutdown=1)
-        server = uvicorn.Server(config)
+        server = AsgiServer(self.app(), port=0, name="fake LLM backend", log_level="error", timeout_graceful_shutdown=1)
+        server.start()
+        self.port = server.port
         self._server = server
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "backend did not start"
-            time.sleep(0.01)
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            assert not self._thread.is_alive()
+        if self._server is not None:
+            self._server.stop()
+            assert not self._server.is_running
 
     @property
     def api_base(self) -> str:

@@ -1,13 +1,15 @@
 """The ASGI application that exposes a `LightningStore` under `/v1/agl` (plus OTLP ingest at `/v1/traces`).
 
 A plain ASGI callable with its own small router: no framework sits on the hot path. Bodies are validated with the
-pydantic models of `agl.types` and encoded with pydantic-core's JSON serializer.
+pydantic models of `agl.types` and encoded with pydantic-core's JSON serializer. Served by stock uvicorn
+(`agl.asgi_serving`); any ASGI 3 server can serve it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import logging
 import time
@@ -119,18 +121,29 @@ class Response:
 
 
 class Request:
-    """What a handler sees: method, path parameters, query string, selected headers and the (decoded) body."""
+    """What a handler sees: method, path parameters, query string, selected headers and the (decoded) body.
 
-    __slots__ = ("body", "headers", "method", "params", "query_string")
+    `receive` is the ASGI receive channel once the body is read (None outside ASGI): a handler that may wait long
+    watches it to learn that the client went away.
+    """
+
+    __slots__ = ("body", "headers", "method", "params", "query_string", "receive")
 
     def __init__(
-        self, method: str, params: dict[str, str], query_string: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        method: str,
+        params: dict[str, str],
+        query_string: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        receive: Receive | None = None,
     ) -> None:
         self.method = method
         self.params = params
         self.query_string = query_string
         self.headers = headers
         self.body = body
+        self.receive = receive
 
     def query(self) -> dict[str, list[str]]:
         """Query parameters, each name mapped to all its values in order."""
@@ -411,6 +424,9 @@ async def _write(call: Awaitable[T], answer: Callable[[T], Response]) -> Respons
     return answer(result)
 
 
+_CLOSE = ((b"connection", b"close"),)
+"""Ends the connection after the answer: the rest of a refused body is never read."""
+
 _MINIMAL_HEADERS = [(b"preference-applied", b"return=minimal")]  # never mutated: shared by every minimal answer
 
 
@@ -593,7 +609,8 @@ class StoreApp:
     read. Bodies larger than `max_body_bytes` (after gzip decoding too) are refused with 413; `limits` bounds the
     rest of a request (JSON depth, items per list, URL length, error answers, drain watchers). Responses larger than `gzip_min_bytes` are
     gzipped for clients that accept it. `metrics=False` turns the metrics off (no per-request cost; `/metrics`
-    answers 404); `metrics_collectors` are exposed from the app's metrics registry too.
+    answers 404); `metrics_collectors` are exposed from the app's metrics registry too. With ASGI lifespan events,
+    the app runs the store's health checks every `health_check_interval` seconds while served (0: never).
     """
 
     def __init__(
@@ -613,6 +630,7 @@ class StoreApp:
         metrics_collectors: Sequence[Any] = (),
         cors_allow_origins: str | Sequence[str] | None = None,
         limits: RequestLimits | None = None,
+        health_check_interval: float = 0.0,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
@@ -625,6 +643,11 @@ class StoreApp:
         self.max_body_bytes = max_body_bytes
         self.gzip_min_bytes = gzip_min_bytes
         self.gzip_level = gzip_level
+        self.health_check_interval = health_check_interval
+        self._health_task: asyncio.Task[None] | None = None
+        self.stopping = False
+        """Set by `begin_stop()`: requests that wait (wait_for_rollouts) are answered at once from then on."""
+        self._stopped: asyncio.Event | None = None
         self.draining = False
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
@@ -651,35 +674,66 @@ class StoreApp:
     # -- ASGI entry point --------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if kind != "http":
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
             return
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        query: bytes = scope.get("query_string", b"")
-        response = await self.handle(method, raw_path.decode("latin-1"), query, headers, None, receive)
-        body, extra = self.encode(response, headers)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [
-                    (b"content-type", response.content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    *extra,
-                ],
-            }
-        )
+        try:
+            response = await self.handle(
+                method, raw_path.decode("latin-1"), scope.get("query_string", b""), headers, None, receive
+            )
+        except Exception:  # a bug in the app: the client still gets an answer (store errors never get here)
+            logger.exception("store server: unhandled error answering %s %s", method, raw_path)
+            response = Response(500, b'{"detail":"Internal server error"}')
+        body = response.body
+        if response.headers is None and len(body) <= self.gzip_min_bytes:  # the usual answer: two headers
+            head = [(b"content-type", response.content_type), (b"content-length", b"%d" % len(body))]
+        else:
+            body, extra = self.encode(response, headers)
+            head = [(b"content-type", response.content_type), (b"content-length", b"%d" % len(body)), *extra]
+        await send({"type": "http.response.start", "status": response.status, "headers": head})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
-    def too_large_response(self) -> Response:
-        """The 413 answer to a request whose declared or received body exceeds `max_body_bytes`."""
-        detail = f"Request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
-        return Response(413, _encode_detail(detail))
+    def begin_stop(self) -> None:
+        """The server is stopping: answer requests that wait (wait_for_rollouts) now with what has finished.
+
+        Call it on the loop serving the app.
+        """
+        self.stopping = True
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def _until_answered(self, call: Awaitable[T], receive: Receive | None) -> tuple[T | None, str]:
+        """Await `call` unless the client disconnects or the server stops first (then it is cancelled).
+
+        Returns (result, "done"), (None, "disconnected") or (None, "stopping").
+        """
+        if self.stopping:
+            if asyncio.iscoroutine(call):
+                call.close()
+            return None, "stopping"
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+        waiting = asyncio.ensure_future(call)
+        watchers: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stopped.wait())}
+        gone = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        if gone is not None:
+            watchers.add(gone)
+        try:
+            await asyncio.wait({waiting, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            if not waiting.done():
+                waiting.cancel()  # this request is cancelled (or the client left): so is the store call
+                with contextlib.suppress(BaseException):
+                    await waiting
+        if not waiting.cancelled() and waiting.done():
+            return waiting.result(), "done"
+        return None, "disconnected" if gone is not None and gone.done() and not gone.cancelled() else "stopping"
 
     def encode(
         self, response: Response, request_headers: dict[bytes, bytes]
@@ -700,10 +754,28 @@ class StoreApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._stopped = asyncio.Event()
+                if self.health_check_interval > 0:
+                    self._health_task = asyncio.ensure_future(self._check_health_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                task, self._health_task = self._health_task, None
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await self.insight.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _check_health_forever(self) -> None:
+        """Apply the store's timeout / unresponsive rules on a timer, so a silent runner is noticed unasked."""
+        while True:
+            await asyncio.sleep(self.health_check_interval)
+            try:
+                await self.store.run_health_checks()
+            except Exception:
+                logger.exception("the store's periodic health check failed")
 
     async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         """The request body, decompressed if gzipped; HTTPError 413 beyond `max_body_bytes`."""
@@ -715,7 +787,10 @@ class StoreApp:
             except ValueError:
                 raise HTTPError(400, f"Content-Length header is not an integer: {declared!r}") from None
             if size > limit:
-                raise HTTPError(413, f"Request body is {size} bytes; the limit is {limit} bytes (max_body_bytes)")
+                # Answered before the body is read; the connection then closes (the body is not read at all).
+                raise HTTPError(
+                    413, f"Request body is {size} bytes; the limit is {limit} bytes (max_body_bytes)", _CLOSE
+                )
         message = await receive()
         body: bytes = message.get("body", b"")
         if message.get("more_body", False):
@@ -728,7 +803,7 @@ class StoreApp:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)")
+                    raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
                 chunks.append(chunk)
             body = b"".join(chunks)
         encoding = headers.get(b"content-encoding")
@@ -820,7 +895,7 @@ class StoreApp:
                 encoding = headers.get(b"content-encoding")
                 if encoding:
                     body = self._decode_content(encoding, body)
-            request = Request(method, params or {}, query_string, headers, body)
+            request = Request(method, params or {}, query_string, headers, body, receive)
             handler = route.handler
             key = None if route.idempotent else headers.get(b"idempotency-key")
             if key:
@@ -1256,7 +1331,12 @@ class StoreApp:
     async def _wait(self, request: Request) -> Response:
         body: _WaitBody = _parse_body(_WaitBody, request.body, self.limits)
         _check_items("rollout_ids", len(body.rollout_ids), self.limits)
-        finished = await self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=body.timeout)
+        call = self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=body.timeout)
+        finished, outcome = await self._until_answered(call, request.receive)
+        if outcome == "disconnected":
+            return Response(499, b'{"detail":"client disconnected"}')  # nobody reads it: the connection is gone
+        if finished is None:  # the server is stopping: what has finished by now, as if the timeout had passed
+            finished = await self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=0)
         # Plain rollouts: drop an embedded attempt if the store attached one.
         return _ok(
             [r if type(r) is Rollout else Rollout.model_validate(r.model_dump(exclude={"attempt"})) for r in finished]
@@ -1320,6 +1400,12 @@ def _store_metrics(store: LightningStore, collectors: Sequence[Any]) -> StoreMet
         logger.warning("prometheus_client is not installed: /metrics is off (pip install 'agl[server]')")
         return None
     return StoreMetrics(store, collectors)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the ASGI server reports that the client disconnected (the body was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def error_response(exc: Exception) -> Response:

@@ -1,4 +1,4 @@
-"""The server's own HTTP/1.1 protocol over a raw socket: pipelining, answers that wait, stopping mid-wait."""
+"""The store server over a raw socket: pipelining, answers that wait, stopping mid-wait, 100-continue, 413, HEAD."""
 
 from __future__ import annotations
 
@@ -275,3 +275,58 @@ async def test_client_add_many_spans_accepts_span_dicts_as_the_memory_store_does
     assert len(stored) == 2
     names = [span.name for span in (await client.query_spans(claimed.rollout_id)).items]
     assert names == ["from-dict", "from-span"]
+
+
+async def test_a_refused_body_closes_the_connection_unread() -> None:
+    """413 from the declared length alone, with `connection: close`: the body is never read."""
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0, max_body_bytes=1000)
+    await server.start_async()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\ncontent-length: 50000000\r\n\r\n" + b"x" * 1000)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower()
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert b"max_body_bytes" in await reader.readexactly(length)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        finally:
+            writer.close()
+    finally:
+        await server.stop_async()
+
+
+async def test_limit_concurrency_answers_503_beyond_the_open_connections_allowed() -> None:
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0, limit_concurrency=2)
+    await server.start_async()
+    try:
+        health = b"GET /v1/agl/health HTTP/1.1\r\nhost: t\r\n\r\n"
+        first_reader, first = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            first.write(health)
+            [(status, _)] = await _read_responses(first_reader, 1)
+            assert status == 200  # one connection open: under the limit
+            [(status, _)] = await _exchange_raw(server, health, 1)  # a second one reaches it
+            assert status == 503
+        finally:
+            first.close()
+    finally:
+        await server.stop_async()
+
+
+async def test_a_request_without_the_token_is_answered_401_before_its_body_arrives() -> None:
+    server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0, token="secret")
+    await server.start_async()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            started = time.monotonic()
+            writer.write(b"POST /v1/agl/spans HTTP/1.1\r\nhost: t\r\ncontent-length: 50000000\r\n\r\n")  # no body
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 1.0
+        finally:
+            writer.close()
+    finally:
+        await server.stop_async()
