@@ -210,7 +210,7 @@ def test_runners_on_two_hosts_train_through_a_store_on_a_third(hosts: Hosts, tmp
     driver_env = {**env, "AGL_STORE_TOKEN": TOKEN}
 
     def healthy() -> bool:
-        return "listening on" in (tmp_path / "store.log").read_text(errors="replace")
+        return "AGL store at" in (tmp_path / "store.log").read_text(errors="replace")
 
     _wait_for("the store on h0", healthy, 30, tmp_path)
     runners = {}

@@ -303,7 +303,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 """Every route of `StoreApp`'s route table (method, path under `/v1/agl`) and what it takes and answers."""
 
 _ERROR_MEANINGS = {
-    400: "Bad request: a value the store refused (the message says which and why)",
+    400: "Bad request: a value the store refused (the message says which and why); or, as text/plain from the HTTP "
+    "server, a request that is not valid HTTP/1.1 (e.g. bytes a URL may not hold)",
     401: "Missing or wrong bearer token (only when the server has a token)",
     404: "Unknown id",
     409: "Idempotency-Key reused with another body, or a stale attempt",
@@ -327,7 +328,9 @@ def _app_routes(app: StoreApp) -> list[_RouteInfo]:
 
 
 def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
-    codes: set[int] = {414, *op.extra_errors}  # 414 for any request: a path and query over max_url_bytes
+    # 414 for any request: a path and query over max_url_bytes; 400 (text/plain) from the HTTP server for any request
+    # that is not valid HTTP/1.1.
+    codes: set[int] = {400, 414, *op.extra_errors}
     if not route.public:
         codes.add(401)
     if op.body is not None or (op.query is not None and op.query_checked):
@@ -631,6 +634,8 @@ def _operation(route: _RouteInfo, op: Operation, schemas: _Schemas, *, head: boo
         error: dict[str, Any] = {"description": _ERROR_MEANINGS[code]}
         if not head:
             error["content"] = {"application/json": {"schema": error_ref}}
+            if code == 400:
+                error["content"]["text/plain"] = {"schema": {"type": "string"}}
         responses[str(code)] = error
     method = "head" if head else route.method.lower()
     out: dict[str, Any] = {
