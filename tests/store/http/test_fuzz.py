@@ -3,12 +3,14 @@
 Each operation gets valid requests (from the schemas) and invalid ones (schemathesis' negative mode: wrong types,
 missing fields, values out of range), with random and known ids. Every answer must be below 500, conform to the
 document (status, content type, body schema), reject invalid input with a 4xx, and the connection must not drop;
-after each case the server must still answer its health route. The default run is a small derandomized subset; the
-slow run is a larger random one.
+after each case the server must still answer its health route. The default run is a small subset; the slow run a
+larger one. Both draw the same examples each time (AGL_FUZZ_RANDOM=1 draws new ones).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +46,17 @@ _CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance
 _BOTH = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 _INVALID = (schemathesis.GenerationMode.NEGATIVE,)
 _SUPPRESSED = list(HealthCheck)
+
+
+# On Python 3.10 generating cases from the recursive JsonValue schema exceeds the interpreter's recursion limit inside
+# schemathesis/hypothesis (a RecursionError while generating, before any request): the fuzz runs on 3.11+ only.
+pytestmark = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="schemathesis' case generation hits RecursionError on Python 3.10"
+)
+
+# The long runs draw the same examples every time, so CI's verdict is reproducible; AGL_FUZZ_RANDOM=1 draws new ones
+# (to hunt for new failures by hand).
+_FIXED = os.environ.get("AGL_FUZZ_RANDOM") != "1"
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +149,7 @@ def test_fuzz_operation(label: str, seeded: Seeded) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("label", _LABELS)
 def test_fuzz_operation_long(label: str, seeded: Seeded) -> None:
-    _fuzz(label, seeded, examples=150, derandomize=False, modes=_BOTH, checks=_CHECKS)
+    _fuzz(label, seeded, examples=150, derandomize=_FIXED, modes=_BOTH, checks=_CHECKS)
 
 
 def _types_in(node: Any, seen: frozenset[str] = frozenset()) -> set[str]:
@@ -187,4 +200,4 @@ _NEGATABLE = [
 @pytest.mark.parametrize("label", _NEGATABLE)
 def test_fuzz_rejects_invalid_input(label: str, seeded: Seeded) -> None:
     """Requests that break the document are refused with a 4xx."""
-    _fuzz(label, seeded, examples=100, derandomize=False, modes=_INVALID, checks=[negative_data_rejection])
+    _fuzz(label, seeded, examples=100, derandomize=_FIXED, modes=_INVALID, checks=[negative_data_rejection])
