@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ from agl.store.client import LightningStoreClient
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 from agl.types import Rollout
+
+# The store below uses asyncio.timeout (Python 3.11+) the way user code in a handler would.
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is Python 3.11+")
 
 _SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("_SEEN", default="unset")
 
