@@ -227,6 +227,14 @@ class StoreEngine(LightningStore):
             tx.enqueue(rollout.rollout_id)
         return rollout
 
+    def _attempt_in(self, tx: WriteTransaction, rollout: Rollout, worker_id: str | None, now: float) -> Rollout:
+        """Start a new attempt of `rollout` inside `tx`, sync its worker, keep the answer under the request's key."""
+        attempt = self._new_attempt(tx, rollout, worker_id, now)
+        self._sync_worker(tx, attempt, now)
+        started = self._snapshot(tx, rollout, attempt)
+        tx.keep_answer(started, now)
+        return started
+
     def _new_attempt(self, tx: WriteTransaction, rollout: Rollout, worker_id: str | None, now: float) -> Attempt:
         attempt = build_model(
             Attempt,
@@ -333,10 +341,7 @@ class StoreEngine(LightningStore):
         with self._driver.write() as tx:
             tx.replay_kept(now)
             rollout = self._new_rollout(tx, input, mode, resources_id, config, metadata, "preparing", now)
-            attempt = self._new_attempt(tx, rollout, worker_id, now)
-            self._sync_worker(tx, attempt, now)
-            started = self._snapshot(tx, rollout, attempt)
-            tx.keep_answer(started, now)
+            started = self._attempt_in(tx, rollout, worker_id, now)
         return started  # type: ignore[return-value]
 
     async def enqueue_rollout(
@@ -427,11 +432,7 @@ class StoreEngine(LightningStore):
         self._maybe_scan(now)
         with self._driver.write() as tx:
             tx.replay_kept(now)
-            rollout = self._rollout(tx, rollout_id)
-            attempt = self._new_attempt(tx, rollout, worker_id, now)
-            self._sync_worker(tx, attempt, now)
-            started = self._snapshot(tx, rollout, attempt)
-            tx.keep_answer(started, now)
+            started = self._attempt_in(tx, self._rollout(tx, rollout_id), worker_id, now)
         return started  # type: ignore[return-value]
 
     async def query_rollouts(
