@@ -1,0 +1,209 @@
+"""A client of several store servers on one database: addresses, calls spread over the servers, failover when one
+stops, the stopped one used again once back, answers (4xx) never failed over, and errors naming every server."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agl.store.client import LightningStoreClient
+from agl.store.errors import NotFoundError
+from agl.store.http.servers import split_server_addresses
+from agl.store.http.wire import REPLAYED_HEADER, StoreUnavailableError
+from agl.store.server import LightningStoreServer
+from agl.store.sqlite import SqliteLightningStore
+from tests.cli.test_store_cli import free_port
+
+ENQUEUE_ROUTE = "/v1/agl/queues/rollouts/enqueue"
+
+
+def _served(db: Path, port: int = 0) -> LightningStoreServer:
+    server = LightningStoreServer(SqliteLightningStore(db, scan_debounce_seconds=0), host="127.0.0.1", port=port)
+    server.start()
+    return server
+
+
+def _count(server_url: str, route: str) -> int:
+    """How many requests to `route` the server answered (from its /metrics)."""
+    with urllib.request.urlopen(f"{server_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    prefix = "agl_http_request_duration_seconds_count{"
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(prefix) and f'route="{route}"' in line))  # fmt: skip
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[list[LightningStoreServer]]:
+    """Two store servers (each its own SQLite store object) on one database file; stopped after the test."""
+    servers: list[LightningStoreServer] = []
+    try:
+        servers.append(_served(tmp_path / "one.db"))
+        servers.append(_served(tmp_path / "one.db"))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+async def client(two_servers: list[LightningStoreServer]) -> AsyncIterator[LightningStoreClient]:
+    """A client of both servers, with retry sleeps long enough that a test sees whether one happened."""
+    c = LightningStoreClient(
+        [s.endpoint for s in two_servers], retry_delays=(5.0,), health_retry_delays=(), failover_probe_seconds=0.2
+    )
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://a:1", ("http://a:1",)),
+        ("http://a:1/, http://b:2", ("http://a:1", "http://b:2")),
+        (["http://a:1", "http://b:2,http://c:3"], ("http://a:1", "http://b:2", "http://c:3")),
+    ],
+)
+def test_addresses_are_one_url_a_comma_list_or_a_list(value: str | list[str], expected: tuple[str, ...]) -> None:
+    assert split_server_addresses(value) == expected
+    assert LightningStoreClient(value).server_addresses == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "empty entry"),
+        ("http://a:1,,http://b:2", "empty entry"),
+        ("http://a:1,ftp://b:2", "http:// or https://"),
+        ("http://a:1,http://a:1/", "lists http://a:1 twice"),
+        ("http://a:x", "invalid port"),
+        (42, "a URL, comma-separated URLs or a list"),
+    ],
+)
+def test_bad_addresses_are_refused_naming_the_entry(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LightningStoreClient(value)  # type: ignore[arg-type]
+
+
+def test_a_single_address_keeps_the_upstream_attributes() -> None:
+    client = LightningStoreClient("http://127.0.0.1:4747/")
+    assert client.server_address_root == "http://127.0.0.1:4747"
+    assert client.server_address == "http://127.0.0.1:4747/v1/agl"
+    assert client.__getstate__()["server_address"] == "http://127.0.0.1:4747"
+    several = LightningStoreClient("http://a:1,http://b:2")
+    assert several.server_address_root == "http://a:1"
+    assert several.__getstate__()["server_address"] == ["http://a:1", "http://b:2"]
+
+
+async def test_calls_are_spread_over_the_servers_of_one_database(
+    two_servers: list[LightningStoreServer], client: LightningStoreClient
+) -> None:
+    ids = [(await client.enqueue_rollout({"i": i})).rollout_id for i in range(20)]
+    counts = [_count(s.endpoint, ENQUEUE_ROUTE) for s in two_servers]
+    assert sum(counts) == 20 and min(counts) >= 5, counts
+    for server in two_servers:  # each server sees every rollout, whichever server wrote it
+        single = LightningStoreClient(server.endpoint)
+        try:
+            assert sorted(r.rollout_id for r in await single.query_rollouts()) == sorted(ids)
+        finally:
+            await single.close()
+
+
+async def test_a_stopped_server_is_left_out_and_calls_fail_over_without_sleeping(
+    two_servers: list[LightningStoreServer], client: LightningStoreClient
+) -> None:
+    await client.enqueue_rollout({"warm": True})
+    gone, alive = two_servers
+    gone.stop()
+    before = _count(alive.endpoint, ENQUEUE_ROUTE)
+    started = time.monotonic()
+    for i in range(20):
+        await client.enqueue_rollout({"i": i})
+    assert time.monotonic() - started < 4.0  # no retry sleep (5 s) was needed
+    assert _count(alive.endpoint, ENQUEUE_ROUTE) - before == 20
+    assert (await client.query_rollouts()).total == 21
+
+
+async def test_a_server_that_comes_back_takes_calls_again(tmp_path: Path) -> None:
+    port = free_port()
+    first = _served(tmp_path / "one.db", port)
+    second = _served(tmp_path / "one.db")
+    client = LightningStoreClient([first.endpoint, second.endpoint], retry_delays=(), failover_probe_seconds=0.2)
+    try:
+        first.stop()
+        for i in range(6):
+            await client.enqueue_rollout({"i": i})
+        first = _served(tmp_path / "one.db", port)
+        time.sleep(0.3)  # past the pause: the next call in turn for it tries it again
+        for i in range(10):
+            await client.enqueue_rollout({"i": i})
+        assert _count(first.endpoint, ENQUEUE_ROUTE) >= 3
+    finally:
+        await client.close()
+        first.stop()
+        second.stop()
+
+
+async def test_an_error_answer_is_not_failed_over(
+    two_servers: list[LightningStoreServer], client: LightningStoreClient
+) -> None:
+    route = "/v1/agl/rollouts/{rollout_id}/attempts/{attempt_id}"
+    with pytest.raises(NotFoundError):
+        await client.update_attempt("no-such-rollout", "no-such-attempt", status="succeeded")
+    assert sum(_count(s.endpoint, route) for s in two_servers) == 1  # one server asked, once
+
+
+async def test_a_wrong_token_is_not_failed_over(tmp_path: Path) -> None:
+    servers = []
+    try:
+        for _ in range(2):
+            store = SqliteLightningStore(tmp_path / "one.db")
+            server = LightningStoreServer(store, host="127.0.0.1", port=0, token="right-token")
+            server.start()
+            servers.append(server)
+        client = LightningStoreClient([s.endpoint for s in servers], token="wrong-token", retry_delays=(5.0,))
+        started = time.monotonic()
+        try:
+            with pytest.raises(PermissionError):
+                await client.enqueue_rollout({"x": 1})
+        finally:
+            await client.close()
+        assert time.monotonic() - started < 4.0
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_when_no_server_answers_the_error_names_each() -> None:
+    urls = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    client = LightningStoreClient(urls, retry_delays=(0.01,), health_retry_delays=())
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await client.enqueue_rollout({"x": 1})
+    finally:
+        await client.close()
+    message = str(caught.value)
+    assert "4 tries over 2 servers" in message
+    assert all(url in message for url in urls), message
+
+
+async def test_a_write_retried_on_the_other_server_gets_the_first_answer(
+    two_servers: list[LightningStoreServer],
+) -> None:
+    """What failing over a write relies on: its idempotency key is kept in the shared database, so the other server
+    replays the first answer instead of writing again."""
+    body = {"rollouts": [{"input": {"task": 1}}]}
+    headers = {"Idempotency-Key": "failover-key-1"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        first = await http.post(two_servers[0].endpoint + ENQUEUE_ROUTE, json=body, headers=headers)
+        again = await http.post(two_servers[1].endpoint + ENQUEUE_ROUTE, json=body, headers=headers)
+        listed = (await http.get(two_servers[1].endpoint + "/v1/agl/rollouts")).json()
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content and again.headers.get(REPLAYED_HEADER) == "true"
+    assert listed["total"] == 1
