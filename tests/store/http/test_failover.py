@@ -28,9 +28,12 @@ def _served(db: Path, port: int = 0) -> LightningStoreServer:
     return server
 
 
-def _count(server_url: str, route: str) -> int:
+def _count(server_url: str, route: str, token: str | None = None) -> int:
     """How many requests to `route` the server answered (from its /metrics)."""
-    with urllib.request.urlopen(f"{server_url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{server_url}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     prefix = "agl_http_request_duration_seconds_count{"
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
