@@ -151,7 +151,7 @@ class LightningStoreClient(LightningStore):
             that cannot reach one is sent to another at once (see `failover_probe_seconds`).
         token: bearer token; defaults to the AGL_STORE_TOKEN environment variable.
         retry_delays: seconds to sleep before the 2nd, 3rd, … round of tries of a failed call (empty = one round).
-            A round tries each server at most once, the servers that answered last first.
+            A round tries each server at most once, those not left out first.
         health_retry_delays: delays between health probes run after a failure (empty = no probe).
         request_timeout: seconds a single request may take (`wait_for_rollouts` adds its own timeout to it).
         connection_timeout: seconds to establish a connection.
@@ -686,6 +686,8 @@ class LightningStoreClient(LightningStore):
             parts = [span_json(s) if isinstance(s, Span) else pydantic_core.to_json(s) for s in spans]  # dicts too
             body = b'{"spans":[%s]}' % b",".join(parts)
             response = await self._call("POST", "/spans/batch", raw_body=body, idempotent=False, minimal=True)
+            if response.retried:  # as add_span: a try whose answer was lost (maybe to another server) stored them
+                return spans
             if response.headers.get(b"preference-applied") == b"return=minimal":
                 return [spans[i] for i in orjson.loads(response.body)]
             return _SPANS.validate_json(response.body)

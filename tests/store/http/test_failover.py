@@ -3,10 +3,12 @@ stops, the stopped one used again once back, answers (4xx) never failed over, an
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from agl.store.http.wire import REPLAYED_HEADER, StoreUnavailableError
 from agl.store.server import LightningStoreServer
 from agl.store.sqlite import SqliteLightningStore
 from tests.cli.test_store_cli import free_port
+from tests.store.helpers import make_span
 
 ENQUEUE_ROUTE = "/v1/agl/queues/rollouts/enqueue"
 
@@ -210,3 +213,88 @@ async def test_a_write_retried_on_the_other_server_gets_the_first_answer(
     assert first.status_code == again.status_code == 201
     assert again.content == first.content and again.headers.get(REPLAYED_HEADER) == "true"
     assert listed["total"] == 1
+
+
+class _AnswerLosingProxy:
+    """A TCP proxy to a real server that forwards each request, waits for the whole answer, then closes the
+    connection without relaying it: a server that committed a write and died before answering."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.forwarded = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _read_message(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return head + await reader.readexactly(length)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await self._read_message(reader)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_writer.write(request)
+            await self._read_message(up_reader)  # the server has answered: the write is committed
+            self.forwarded += 1
+            up_writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.transport.abort()  # the answer never reaches the client
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_writes_whose_answer_was_lost_are_not_repeated_on_the_other_server(
+    two_servers: list[LightningStoreServer],
+) -> None:
+    """Each kind of write is sent through a proxy that loses its answer at least once, and retried on the other
+    server: nothing is written twice, and every call returns what its first try did."""
+    proxy = _AnswerLosingProxy(two_servers[0].port)
+    lossy = await proxy.start()
+    direct = LightningStoreClient(two_servers[1].endpoint)
+
+    async def three_calls(call: Callable[[LightningStoreClient, int], Awaitable[Any]]) -> list[Any]:
+        # A fresh client alternates between the servers (the lossy one is back after 0.01-0.04 s): one of three
+        # spaced calls at least goes through the proxy.
+        client = LightningStoreClient([lossy, two_servers[1].endpoint], failover_probe_seconds=0.01)
+        before = proxy.forwarded
+        try:
+            results = []
+            for n in range(3):
+                results.append(await call(client, n))
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+        assert proxy.forwarded > before, "no call went through the lossy proxy"
+        return results
+
+    try:
+        rollouts = await three_calls(lambda c, n: c.enqueue_rollout({"i": n}))
+        assert sorted(r.rollout_id for r in await direct.query_rollouts()) == sorted(r.rollout_id for r in rollouts)
+        claims = await three_calls(lambda c, n: c.dequeue_rollout(worker_id=f"w{n}"))
+        assert sorted(c.rollout_id for c in claims) == sorted(r.rollout_id for r in rollouts)  # each claimed once
+        rid, aid = claims[0].rollout_id, claims[0].attempt.attempt_id
+        spans = [make_span(rid, aid, n) for n in range(6)]
+        batches = await three_calls(lambda c, n: c.add_many_spans(spans[2 * n : 2 * n + 2]))
+        assert batches == [spans[0:2], spans[2:4], spans[4:6]]  # every span of each batch reported as stored
+        assert len(await direct.query_spans(rid)) == 6
+        statuses = ["running", "running", "succeeded"]
+        updated = await three_calls(lambda c, n: c.update_attempt(rid, aid, status=statuses[n]))  # type: ignore[arg-type]
+        assert [a.status for a in updated] == statuses
+        assert [a.status for a in await direct.query_attempts(rid)] == ["succeeded"]
+        assert (await direct.query_rollouts()).total == 3
+    finally:
+        await direct.close()
+        await proxy.stop()
