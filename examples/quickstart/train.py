@@ -65,7 +65,8 @@ async def pick_best_prompt(
         print(f"train reward {scores[text]:.2f}  {text!r}  (resources {update.resources_id})")
     best = max(scores, key=lambda text: scores[text])
     final = await store.add_resources({"llm": llm, "prompt": agl.PromptTemplate(template=best, engine="f-string")})
-    print(f"best prompt {best!r}: held-out reward {await mean_reward(store, list(val_dataset), final.resources_id):.2f}")
+    held_out = await mean_reward(store, list(val_dataset), final.resources_id)
+    print(f"best prompt {best!r}: held-out reward {held_out:.2f}")
 
 
 def tasks(n: int, seed: int) -> list[dict[str, int]]:
