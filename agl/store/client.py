@@ -5,11 +5,13 @@ Requests go over pooled keep-alive connections (one pool per server and event lo
 not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
 running the call twice (`add_span` needs none: the store keeps one span per id). Given several servers of one
 database, the client spreads its calls over them and, when one cannot be reached, retries the call on another at once
-(`agl.store.http.servers`). Errors come back as exceptions,
-by the error table of `agl.store.http.wire`: a store error is raised again as its own class (`NotFoundError`,
-`StaleAttemptError`, `StoreFullError`, ...; each also a `StoreHTTPError`), other 4xx → `StoreRequestError` (a
-ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
-`StoreUnavailableError` (a ConnectionError). Getters answer None only for an unknown id, never for a failure.
+(`agl.store.http.servers`).
+
+Errors come back as exceptions, by the error table of `agl.store.http.wire`: a store error is raised again as its own
+class (`NotFoundError`, `StaleAttemptError`, `StoreFullError`, ...; each also a `StoreHTTPError`), other 4xx →
+`StoreRequestError` (a ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries →
+`StoreServerError`, unreachable → `StoreUnavailableError` (a ConnectionError, naming every server tried). Getters
+answer None only for an unknown id, never for a failure.
 """
 
 from __future__ import annotations
