@@ -298,3 +298,26 @@ async def test_writes_whose_answer_was_lost_are_not_repeated_on_the_other_server
     finally:
         await direct.close()
         await proxy.stop()
+
+
+async def test_a_server_that_never_answers_is_failed_over_after_the_request_timeout(
+    two_servers: list[LightningStoreServer],
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):  # take requests, never answer, until the client hangs up
+            pass
+        writer.close()
+
+    hung = await asyncio.start_server(silent, "127.0.0.1", 0)
+    hung_url = f"http://127.0.0.1:{hung.sockets[0].getsockname()[1]}"
+    client = LightningStoreClient([hung_url, two_servers[1].endpoint], request_timeout=0.3, retry_delays=(5.0,))
+    try:
+        started = time.monotonic()
+        for i in range(4):  # one of the first two goes to the silent server, times out, and is sent to the other
+            await client.enqueue_rollout({"i": i})
+        assert time.monotonic() - started < 3.0  # one request timeout, no retry sleep; then the silent one is left out
+        assert (await client.query_rollouts()).total == 4
+    finally:
+        await client.close()
+        hung.close()
+        await hung.wait_closed()
