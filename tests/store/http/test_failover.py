@@ -321,3 +321,30 @@ async def test_a_server_that_never_answers_is_failed_over_after_the_request_time
         await client.close()
         hung.close()
         await hung.wait_closed()
+
+
+async def test_a_server_error_answer_is_retried_on_the_other_server_at_once(
+    two_servers: list[LightningStoreServer],
+) -> None:
+    answered = 0
+
+    async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while await reader.read(65536):  # every request (one per read here: small, one at a time) gets a 503
+            answered += 1
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+        writer.close()
+
+    broken = await asyncio.start_server(failing, "127.0.0.1", 0)
+    broken_url = f"http://127.0.0.1:{broken.sockets[0].getsockname()[1]}"
+    client = LightningStoreClient([broken_url, two_servers[1].endpoint], retry_delays=(5.0,), health_retry_delays=())
+    try:
+        started = time.monotonic()
+        for i in range(4):
+            await client.enqueue_rollout({"i": i})
+        assert time.monotonic() - started < 3.0  # no retry sleep
+        assert answered >= 1 and (await client.query_rollouts()).total == 4
+    finally:
+        await client.close()
+        broken.close()
+        await broken.wait_closed()
