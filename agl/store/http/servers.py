@@ -167,9 +167,9 @@ class ServerSet:
         left = [e for e in self.endpoints if e not in done]
         if not left:
             return None
-        up = [e for e in left if not e.down_until]
-        if up:
-            return up[next(self._turn) % len(up)]
+        for endpoint in left:
+            if not endpoint.down_until:
+                return endpoint
         return min(left, key=lambda e: e.down_until)
 
     def failed(self, endpoint: StoreEndpoint, error: BaseException) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from agl.store.client import LightningStoreClient
 from agl.store.errors import NotFoundError
-from agl.store.http.servers import split_server_addresses
+from agl.store.http.servers import ServerSet, split_server_addresses
 from agl.store.http.wire import REPLAYED_HEADER, StoreUnavailableError
 from agl.store.server import LightningStoreServer
 from agl.store.sqlite import SqliteLightningStore
@@ -348,3 +348,27 @@ async def test_a_server_error_answer_is_retried_on_the_other_server_at_once(
         await client.close()
         broken.close()
         await broken.wait_closed()
+
+
+def test_a_failed_server_is_left_out_for_a_pause_that_doubles_and_one_call_probes_it() -> None:
+    now = [100.0]
+    servers = ServerSet(["http://a:1", "http://b:2", "http://c:3"], b"", probe_seconds=2.0, clock=lambda: now[0])
+    a, b, c = servers.endpoints
+    assert {servers.pick() for _ in range(3)} == {a, b, c}  # in turn
+    servers.failed(a, ConnectionRefusedError())
+    assert a not in {servers.pick() for _ in range(6)}
+    now[0] += 2.0  # the pause is over: the next pick in turn probes it; the others keep skipping it meanwhile
+    picks = [servers.pick() for _ in range(6)]
+    assert picks.count(a) == 1
+    servers.failed(a, ConnectionRefusedError())  # the probe failed: 4 s now, then 8, 16, at most 30
+    assert a.down_until == now[0] + 4.0
+    for expected in (8.0, 16.0, 30.0, 30.0):
+        servers.failed(a, ConnectionRefusedError())
+        assert a.down_until == now[0] + expected
+    servers.answered(a)
+    assert a.down_until == 0.0 and a.failures == 0
+    assert servers.next_untried([a]) in (b, c) and servers.next_untried([a, b, c]) is None
+    servers.failed(b, ConnectionRefusedError())
+    servers.failed(c, ConnectionRefusedError())
+    servers.failed(c, ConnectionRefusedError())
+    assert servers.next_untried([a]) is b  # every other server down: the one due first
