@@ -58,12 +58,16 @@ def forwards_protocol(cls: type[W]) -> type[W]:
 
 
 @functools.cache
-def _parameters(name: str) -> tuple[inspect.Signature, tuple[str, ...], dict[str, Any], frozenset[str]]:
+def _parameters(name: str) -> tuple[inspect.Signature, tuple[str, ...], dict[str, Any], dict[str, int]]:
     signature = inspect.signature(getattr(LightningStore, name))
     params = list(signature.parameters.values())[1:]  # without self
     positional = tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return signature, positional, defaults, frozenset(p.name for p in params)
+    # Each parameter's position (keyword-only ones past every position), to tell a keyword repeating a positional.
+    order = {
+        p.name: i if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else len(params) for i, p in enumerate(params)
+    }
+    return signature, positional, defaults, order
 
 
 def bind_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -71,13 +75,17 @@ def bind_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
     Raises TypeError as the call itself would for arguments that do not fit the signature.
     """
-    signature, positional, defaults, names = _parameters(name)
-    bound = {**defaults, **dict(zip(positional, args, strict=False)), **kwargs}
-    if (
-        len(args) > len(positional)
-        or len(bound) != len(names)
-        or not kwargs.keys() <= names
-        or (kwargs.keys() & set(positional[: len(args)]))
-    ):
-        signature.bind(None, *args, **kwargs)  # raises the TypeError the call deserves
+    signature, positional, defaults, order = _parameters(name)
+    bound = defaults.copy()
+    count = len(args)
+    if count:
+        if count > len(positional):
+            signature.bind(None, *args, **kwargs)  # raises the TypeError the call deserves
+        bound.update(zip(positional, args, strict=False))
+    for key, value in kwargs.items():
+        if order.get(key, -1) < count:  # unknown, or given positionally too
+            signature.bind(None, *args, **kwargs)
+        bound[key] = value
+    if len(bound) != len(order):  # a required parameter is missing
+        signature.bind(None, *args, **kwargs)
     return bound

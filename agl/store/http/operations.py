@@ -401,6 +401,7 @@ _WIRE_TYPES: dict[tuple[str, str], Any] = {("get_many_span_sequence_ids", "rollo
 """Parameters whose JSON form is not their Python type: (rollout, attempt) pairs travel as objects."""
 
 
+@functools.cache
 def path_parameters(path: str) -> tuple[str, ...]:
     """The `{names}` of a path pattern, in order."""
     return tuple(s[1:-1] for s in path.strip("/").split("/") if s.startswith("{"))
@@ -420,11 +421,12 @@ def parameter_types(store_method: str) -> dict[str, Any]:
     return typing.get_type_hints(getattr(LightningStore, store_method), include_extras=True)
 
 
-def wire_parameters(route: StoreRoute) -> list[inspect.Parameter]:
+@functools.cache
+def wire_parameters(route: StoreRoute) -> tuple[inspect.Parameter, ...]:
     """The parameters of the route's store method that travel outside the path, in signature order."""
     signature = inspect.signature(getattr(LightningStore, route.store_method))
     skipped = {"self", *path_parameters(route.path), *PYTHON_ONLY.get(route.store_method, ())}
-    return [p for p in signature.parameters.values() if p.name not in skipped]
+    return tuple(p for p in signature.parameters.values() if p.name not in skipped)
 
 
 def _is_union(tp: Any) -> bool:
