@@ -2,7 +2,9 @@
 
 The document is built from the app's own route table and from the pydantic models its handlers validate with, so a
 route or a field cannot be added without appearing here: a registered route with no entry in `OPERATIONS` fails the
-build, and the tests check the document against the route table both ways.
+build, and the tests check the document against the route table both ways. The store's routes and their request
+models come from `agl.store.http.operations` (the models from `LightningStore`'s signatures); only the app's own
+routes (health, this document, the dashboard) are described here.
 """
 
 from __future__ import annotations

@@ -387,7 +387,8 @@ _MODEL_NAMES = {
     "query_workers": "WorkerSearch",
     "update_worker": "WorkerBody",
 }
-"""The name of each method's request model (as the OpenAPI document and docs/http.md show it)."""
+"""The name of each method's request model (as the OpenAPI document and docs/http.md show it); a method not listed
+gets `<MethodName>Body`."""
 
 PYTHON_ONLY: dict[str, tuple[str, ...]] = {"query_rollouts": ("status", "rollout_ids")}
 """Parameters the wire does not carry: deprecated spellings the Python method still accepts."""
@@ -477,7 +478,9 @@ def request_model(route: StoreRoute) -> type[BaseModel]:
     model = _MODELS.get(route.store_method)
     if model is None:
         fields: dict[str, Any] = {p.name: _field(route, p) for p in wire_parameters(route)}
-        model = create_model(_MODEL_NAMES[route.store_method], __module__=__name__, **fields)
+        default_name = "".join(part.title() for part in route.store_method.split("_")) + "Body"
+        name = _MODEL_NAMES.get(route.store_method, default_name)
+        model = create_model(name, __module__=__name__, **fields)
         _MODELS[route.store_method] = model
     return model
 
