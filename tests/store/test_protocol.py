@@ -11,26 +11,20 @@ import typing
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from agl.store.base import LightningStore
 from agl.store.client import LightningStoreClient
-from agl.store.delegation import PROTOCOL_METHODS, bind_arguments
+from agl.store.delegation import PROTOCOL_METHODS
 from agl.store.engine import StoreEngine
 from agl.store.http.operations import (
-    PYTHON_ONLY,
     STORE_ROUTES,
-    optional_parameters,
     parameter_types,
-    path_parameters,
-    request_model,
-    wire_parameters,
 )
 from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 from agl.store.sqlite import SqliteLightningStore
 from agl.store.threading import LightningStoreThreaded
-from agl.types.core import UNSET, EnqueueRolloutRequest
+from agl.types.core import EnqueueRolloutRequest
 
 IMPLEMENTATIONS: tuple[type[LightningStore], ...] = (
     StoreEngine,
@@ -91,17 +85,6 @@ def test_every_implementation_has_the_protocol_signatures(cls: type[LightningSto
     assert not {name: problems for name, problems in drift.items() if problems}, f"{cls.__name__} drifted"
 
 
-@pytest.mark.parametrize("cls", [LightningStoreServer, LightningStoreThreaded], ids=lambda c: c.__name__)
-def test_wrappers_restate_no_pass_through_method(cls: type[LightningStore]) -> None:
-    """The server and the threaded wrapper write only the methods with logic of their own; the rest are generated."""
-    written = {name for name in PROTOCOL_METHODS if name in vars(cls) and not hasattr(vars(cls)[name], "__wrapped__")}
-    assert written <= {"close", "statistics"}
-    for name in PROTOCOL_METHODS:
-        if name not in written:
-            assert inspect.unwrap(getattr(cls, name)) is getattr(LightningStore, name)
-            assert getattr(cls, name).__doc__ == getattr(LightningStore, name).__doc__
-
-
 def test_the_drift_check_notices_a_changed_parameter() -> None:
     """The check above fails for a wrapper whose signature differs from the protocol's in any one way."""
 
@@ -148,48 +131,6 @@ def test_every_protocol_method_has_a_route_or_a_reason() -> None:
     assert not routed & set(LOCAL_ONLY)
 
 
-@pytest.mark.parametrize("route", STORE_ROUTES, ids=lambda r: f"{r.http_method} {r.path}")
-def test_a_route_carries_exactly_its_methods_parameters(route: Any) -> None:
-    signature = inspect.signature(getattr(LightningStore, route.store_method))
-    parameters = {name: p for name, p in signature.parameters.items() if name != "self"}
-    in_path = path_parameters(route.path)
-    assert set(in_path) <= set(parameters), "a path names a parameter the method does not take"
-    outside = [
-        name for name in parameters if name not in in_path and name not in PYTHON_ONLY.get(route.store_method, ())
-    ]
-    assert [p.name for p in wire_parameters(route)] == outside
-    if route.carries == "raw":
-        assert len(outside) == 1, "a raw body is one parameter"
-    elif route.carries == "path":
-        assert all(parameters[name].default is not inspect.Parameter.empty for name in outside)
-    else:
-        model = request_model(route)
-        assert list(model.model_fields) == outside
-        for name, field in model.model_fields.items():
-            default = parameters[name].default
-            if default is inspect.Parameter.empty:
-                assert field.is_required(), name
-            else:
-                assert field.get_default() == (None if default is UNSET else default), name
-        assert set(optional_parameters(route)) == {n for n in outside if parameters[n].default is UNSET}
-
-
-def test_request_models_validate_what_the_method_takes() -> None:
-    """A value of the method's parameter type is accepted by the route's model and comes out unchanged."""
-    search = request_model(next(r for r in STORE_ROUTES if r.path == "/rollouts/search"))
-    parsed = search.model_validate_json(b'{"status_in": ["queuing"], "limit": 5, "start_time_from": 1.5}')
-    assert (parsed.status_in, parsed.limit, parsed.start_time_from) == (["queuing"], 5, 1.5)  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="status_in"):
-        search.model_validate_json(b'{"status_in": ["nonsense"]}')
-    with pytest.raises(ValueError, match="limit"):
-        search.model_validate_json(b'{"limit": 9223372036854775808}')
-
-
-def test_python_only_parameters_exist() -> None:
-    for method, names in PYTHON_ONLY.items():
-        assert set(names) <= set(inspect.signature(getattr(LightningStore, method)).parameters)
-
-
 def test_enqueue_request_items_are_enqueue_rollouts_parameters() -> None:
     """A batch enqueue's item (EnqueueRolloutRequest) has `enqueue_rollout`'s parameters, types and defaults."""
     signature = inspect.signature(LightningStore.enqueue_rollout)
@@ -206,26 +147,3 @@ def test_enqueue_request_items_are_enqueue_rollouts_parameters() -> None:
 
 def _strip(tp: Any) -> Any:
     return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
-
-
-def test_bind_arguments_fills_defaults_and_refuses_what_the_call_would() -> None:
-    assert bind_arguments("update_rollout", ("r1",), {"status": "failed"}) == {
-        "rollout_id": "r1",
-        "input": UNSET,
-        "mode": UNSET,
-        "resources_id": UNSET,
-        "status": "failed",
-        "config": UNSET,
-        "metadata": UNSET,
-    }
-    for args, kwargs in [((), {}), (("r",), {"bogus": 1}), (("r",) * 8, {}), (("r",), {"rollout_id": "r"})]:
-        with pytest.raises(TypeError):
-            bind_arguments("update_rollout", args, kwargs)
-
-
-def test_request_model_names_are_unique() -> None:
-    models: dict[str, type[BaseModel]] = {}
-    for route in STORE_ROUTES:
-        if route.carries in ("body", "query"):
-            model = request_model(route)
-            assert models.setdefault(model.__name__, model) is model
