@@ -17,12 +17,13 @@ answer None only for an unknown id, never for a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -30,8 +31,10 @@ import orjson
 import pydantic_core
 from pydantic import Field, TypeAdapter
 
-from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.base import LightningStore, LightningStoreCapabilities
+from agl.store.delegation import bind_arguments, forward_methods
 from agl.store.errors import NotFoundError
+from agl.store.http.operations import STORE_ROUTES, StoreRoute, path_parameters, wire_parameters
 from agl.store.http.servers import ServerSet, StoreEndpoint, split_server_addresses
 from agl.store.http.transport import HTTPResponse, decode_body
 from agl.store.http.wire import (
@@ -48,7 +51,6 @@ from agl.types.core import (
     UNSET,
     Attempt,
     AttemptedRollout,
-    AttemptStatus,
     EnqueueRolloutRequest,
     PaginatedResult,
     Rollout,
@@ -57,9 +59,8 @@ from agl.types.core import (
     RolloutStatus,
     TaskInput,
     Worker,
-    WorkerStatus,
 )
-from agl.types.resources import NamedResources, ResourcesUpdate
+from agl.types.resources import ResourcesUpdate
 from agl.types.tracer import Span, span_json
 
 __all__ = [
@@ -141,6 +142,13 @@ def _upstream_message(body: Mapping[str, Any]) -> str:
     last = lines[-1].strip() if lines else ""
     _, sep, message = last.partition(": ")
     return message if sep and message else (last or str(body.get("detail", "")))
+
+
+@functools.cache
+def _route(store_method: str) -> StoreRoute:
+    """The route the client calls `store_method` by: the POST one where there are two (no URL length limit)."""
+    routes = [route for route in STORE_ROUTES if route.store_method == store_method]
+    return next((route for route in routes if route.http_method == "POST"), routes[0])
 
 
 class LightningStoreClient(LightningStore):
@@ -437,12 +445,55 @@ class LightningStoreClient(LightningStore):
         if self._features is None and body is not None and len(body) > self.gzip_request_min_bytes > 0:
             await self._features_of_server()
 
-    # -- statistics --------------------------------------------------------------------------------------------
+    # -- the protocol through the route table ------------------------------------------------------------------
 
-    async def statistics(self) -> LightningStoreStatistics:
-        """The server store's statistics."""
-        result: LightningStoreStatistics = orjson.loads(await self._request("GET", "/statistics"))
-        return result
+    async def _invoke(
+        self,
+        store_method: str,
+        arguments: Mapping[str, Any],
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> bytes:
+        """Call `store_method` on the server by its route in `STORE_ROUTES`; the answer's (decoded) body.
+
+        `arguments` holds the method's parameters by name: those in the route's path fill it, the others travel
+        as the route carries them. An argument left at its default of None or UNSET is not sent (the server's
+        default is the same, and UNSET means "leave it as it is").
+        """
+        route = _route(store_method)
+        path = route.path
+        names = path_parameters(path)
+        if names:
+            path = path.format_map({name: _q(arguments[name]) for name in names})
+        values: dict[str, Any] = {}
+        for parameter in wire_parameters(route):
+            value = arguments[parameter.name]
+            if value is UNSET or (value is None and parameter.default is None):
+                continue
+            if isinstance(value, Sequence) and not isinstance(value, (str, bytes, list)):
+                value = list(value)  # a tuple or another sequence is a JSON list
+            values[parameter.name] = value
+        if route.carries == "query":
+            return await self._request(route.http_method, path, query=values, timeout=timeout)
+        payload: Any = None
+        if route.carries == "raw":
+            (payload,) = values.values()
+            if isinstance(payload, Mapping):
+                payload = dict(payload)
+        elif route.carries == "body" and (values or route.body_required):
+            payload = values
+        return await self._request(route.http_method, path, payload, idempotent=not route.writes, timeout=timeout)
+
+    async def _forward(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A protocol call without client-side logic of its own: sent by the table, answered by `_ANSWERS`."""
+        decode, absent_is_none = _ANSWERS[name]
+        try:
+            body = await self._invoke(name, bind_arguments(name, args, kwargs))
+        except NotFoundError:
+            if absent_is_none:  # a getter answers None for an unknown id, never for a failure
+                return None
+            raise
+        return decode(body)
 
     async def dashboard(self, route: str, query: Mapping[str, Any] | None = None) -> Any:
         """The JSON answer of the server's dashboard route `GET /v1/agl/dashboard/<route>` (AGL servers only).
@@ -452,28 +503,7 @@ class LightningStoreClient(LightningStore):
         """
         return orjson.loads(await self._request("GET", "/dashboard/" + route.lstrip("/"), query=query))
 
-    # -- rollouts and the queue --------------------------------------------------------------------------------
-
-    async def start_rollout(
-        self,
-        input: TaskInput,
-        mode: RolloutMode | None = None,
-        resources_id: str | None = None,
-        config: RolloutConfig | None = None,
-        metadata: dict[str, Any] | None = None,
-        worker_id: str | None = None,
-    ) -> AttemptedRollout:
-        """Create a rollout and its first attempt, both `preparing`, without queueing it."""
-        payload = {
-            "input": input,
-            "mode": mode,
-            "resources_id": resources_id,
-            "config": config,
-            "metadata": metadata,
-            "worker_id": worker_id,
-        }
-        body = await self._request("POST", "/rollouts", payload, idempotent=False)
-        return AttemptedRollout.model_validate_json(body)
+    # -- calls with client-side logic (the others are generated: see `_ANSWERS`) --------------------------------
 
     async def enqueue_rollout(
         self,
@@ -483,7 +513,7 @@ class LightningStoreClient(LightningStore):
         config: RolloutConfig | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Rollout:
-        """Create a `queuing` rollout at the tail of the queue."""
+        """Create a `queuing` rollout at the tail of the queue (a batch of one on the enqueue route)."""
         item = {"input": input, "mode": mode, "resources_id": resources_id, "config": config, "metadata": metadata}
         body = await self._request("POST", "/queues/rollouts/enqueue", {"rollouts": [item]}, idempotent=False)
         rollouts = _ROLLOUTS.validate_json(body)
@@ -495,8 +525,7 @@ class LightningStoreClient(LightningStore):
         """Enqueue several rollouts in one request; results in input order."""
         if not rollouts:
             return []
-        body = await self._request("POST", "/queues/rollouts/enqueue", {"rollouts": list(rollouts)}, idempotent=False)
-        return _ROLLOUTS.validate_json(body)
+        return _ROLLOUTS.validate_json(await self._invoke("enqueue_many_rollouts", {"rollouts": rollouts}))
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue, or None (also when the server cannot be reached)."""
@@ -509,11 +538,8 @@ class LightningStoreClient(LightningStore):
         """Claim up to `limit` rollouts; never raises: a failure is logged and yields `[]`."""
         if limit <= 0:
             return []
-        payload: dict[str, Any] = {"limit": limit}
-        if worker_id is not None:
-            payload["worker_id"] = worker_id
         try:
-            body = await self._request("POST", "/queues/rollouts/dequeue", payload, idempotent=False)
+            body = await self._invoke("dequeue_many_rollouts", {"limit": limit, "worker_id": worker_id})
             claimed = _ATTEMPTED_ROLLOUTS.validate_json(body)
         except Exception as exc:
             if isinstance(exc, PermissionError) or (self._dequeue_succeeded and not self._dequeue_warned):
@@ -524,12 +550,6 @@ class LightningStoreClient(LightningStore):
             return []
         self._dequeue_succeeded = True
         return claimed
-
-    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
-        """Create a new attempt for a rollout (a manual retry)."""
-        payload = {"worker_id": worker_id} if worker_id is not None else None
-        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}/attempts", payload, idempotent=False)
-        return AttemptedRollout.model_validate_json(body)
 
     async def query_rollouts(
         self,
@@ -548,115 +568,21 @@ class LightningStoreClient(LightningStore):
         status: Sequence[RolloutStatus] | None = None,
         rollout_ids: Sequence[str] | None = None,
     ) -> PaginatedResult[Rollout]:
-        """Rollouts matching the filters (with their latest attempt attached when they have one)."""
+        """Rollouts matching the filters (with their latest attempt attached when they have one).
+
+        `status` and `rollout_ids` are deprecated spellings of `status_in` and `rollout_id_in` (a warning is issued).
+        """
+        arguments = dict(locals())  # every parameter, as the route table reads them
         if status_in is None and status is not None:
             warnings.warn("query_rollouts(status=...) is deprecated; use status_in", DeprecationWarning, stacklevel=2)
-            status_in = status
+            arguments["status_in"] = status
         if rollout_id_in is None and rollout_ids is not None:
             warnings.warn(
                 "query_rollouts(rollout_ids=...) is deprecated; use rollout_id_in", DeprecationWarning, stacklevel=2
             )
-            rollout_id_in = rollout_ids
-        payload = {
-            "status_in": list(status_in) if status_in is not None else None,
-            "rollout_id_in": list(rollout_id_in) if rollout_id_in is not None else None,
-            "rollout_id_contains": rollout_id_contains,
-            "mode_in": list(mode_in) if mode_in is not None else None,
-            "start_time_from": start_time_from,
-            "start_time_to": start_time_to,
-            "filter_logic": filter_logic,
-            "sort_by": sort_by,
-            "sort_order": sort_order,
-            "limit": limit,
-            "offset": offset,
-        }
-        page: PaginatedResult[Rollout] = _ROLLOUT_PAGE.validate_json(
-            await self._request("POST", "/rollouts/search", payload)
-        )
+            arguments["rollout_id_in"] = rollout_ids
+        page: PaginatedResult[Rollout] = _ROLLOUT_PAGE.validate_json(await self._invoke("query_rollouts", arguments))
         return page
-
-    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
-        """The rollout (with its latest attempt when it has one), or None if the store has no such rollout."""
-        try:
-            body = await self._request("GET", f"/rollouts/{_q(rollout_id)}")
-        except NotFoundError:
-            return None
-        result: Rollout | None = _ROLLOUT.validate_json(body) if body != b"null" else None
-        return result
-
-    async def update_rollout(
-        self,
-        rollout_id: str,
-        input: TaskInput = UNSET,
-        mode: RolloutMode | None = UNSET,
-        resources_id: str | None = UNSET,
-        status: RolloutStatus = UNSET,
-        config: RolloutConfig = UNSET,
-        metadata: dict[str, Any] | None = UNSET,
-    ) -> Rollout:
-        """Replace the given (non-UNSET) fields of a rollout."""
-        fields = {
-            "input": input,
-            "mode": mode,
-            "resources_id": resources_id,
-            "status": status,
-            "config": config,
-            "metadata": metadata,
-        }
-        payload = {k: v for k, v in fields.items() if v is not UNSET}
-        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}", payload, idempotent=False)
-        result: Rollout = _ROLLOUT.validate_json(body)
-        return result
-
-    # -- attempts ----------------------------------------------------------------------------------------------
-
-    async def query_attempts(
-        self,
-        rollout_id: str,
-        *,
-        sort_by: str | None = "sequence_id",
-        sort_order: Literal["asc", "desc"] = "asc",
-        limit: int = -1,
-        offset: int = 0,
-    ) -> PaginatedResult[Attempt]:
-        """The attempts of a rollout (empty for an unknown rollout)."""
-        payload = {"sort_by": sort_by, "sort_order": sort_order, "limit": limit, "offset": offset}
-        body = await self._request("POST", f"/rollouts/{_q(rollout_id)}/attempts/search", payload)
-        page: PaginatedResult[Attempt] = _ATTEMPT_PAGE.validate_json(body)
-        return page
-
-    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
-        """The attempt with the highest sequence id, or None when the rollout has none (or is unknown)."""
-        try:
-            body = await self._request("GET", f"/rollouts/{_q(rollout_id)}/attempts/latest")
-        except NotFoundError:
-            return None
-        result: Attempt | None = _OPTIONAL_ATTEMPT.validate_json(body)
-        return result
-
-    async def update_attempt(
-        self,
-        rollout_id: str,
-        attempt_id: str,
-        status: AttemptStatus = UNSET,
-        worker_id: str = UNSET,
-        last_heartbeat_time: float = UNSET,
-        metadata: dict[str, Any] = UNSET,
-    ) -> Attempt:
-        """Set the given (non-UNSET) fields of an attempt (`attempt_id` may be "latest")."""
-        fields = {
-            "status": status,
-            "worker_id": worker_id,
-            "last_heartbeat_time": last_heartbeat_time,
-            "metadata": metadata,
-        }
-        payload = {k: v for k, v in fields.items() if v is not UNSET}
-        body = await self._request(
-            "POST", f"/rollouts/{_q(rollout_id)}/attempts/{_q(attempt_id)}", payload, idempotent=False
-        )
-        return Attempt.model_validate_json(body)
-
-    # -- spans -------------------------------------------------------------------------------------------------
 
     async def add_span(self, span: Span) -> Span | None:
         """Store a span; None when the attempt already has a span with that id.
@@ -700,166 +626,23 @@ class LightningStoreClient(LightningStore):
                 stored.append(result)
         return stored
 
-    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
-        """Allocate the next span sequence id of a rollout."""
-        payload = {"rollout_id": rollout_id, "attempt_id": attempt_id}
-        body = await self._request("POST", "/spans/next", payload, idempotent=False)
-        return int(orjson.loads(body)["sequence_id"])
-
     async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
         """Allocate one sequence id per (rollout, attempt) pair, in one request when the server can."""
         if not rollout_attempt_ids:
             return []
         if "span_sequence_batch" in await self._features_of_server():
-            payload = {"rollout_attempt_ids": [{"rollout_id": r, "attempt_id": a} for r, a in rollout_attempt_ids]}
-            body = await self._request("POST", "/spans/next/batch", payload, idempotent=False)
+            pairs = [{"rollout_id": r, "attempt_id": a} for r, a in rollout_attempt_ids]
+            body = await self._invoke("get_many_span_sequence_ids", {"rollout_attempt_ids": pairs})
             return [int(v) for v in orjson.loads(body)["sequence_ids"]]
         return [await self.get_next_span_sequence_id(r, a) for r, a in rollout_attempt_ids]
-
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        trace_id: str | None = None,
-        trace_id_contains: str | None = None,
-        span_id: str | None = None,
-        span_id_contains: str | None = None,
-        parent_id: str | None = None,
-        parent_id_contains: str | None = None,
-        name: str | None = None,
-        name_contains: str | None = None,
-        filter_logic: Literal["and", "or"] = "and",
-        limit: int = -1,
-        offset: int = 0,
-        sort_by: str | None = "sequence_id",
-        sort_order: Literal["asc", "desc"] = "asc",
-    ) -> PaginatedResult[Span]:
-        """Spans of a rollout: of one attempt, of the latest attempt ("latest"), or of all attempts (None)."""
-        filters = {
-            "attempt_id": attempt_id,
-            "trace_id": trace_id,
-            "trace_id_contains": trace_id_contains,
-            "span_id": span_id,
-            "span_id_contains": span_id_contains,
-            "parent_id": parent_id,
-            "parent_id_contains": parent_id_contains,
-            "name": name,
-            "name_contains": name_contains,
-        }
-        payload: dict[str, Any] = {"rollout_id": rollout_id}
-        payload.update((k, v) for k, v in filters.items() if v is not None)
-        payload.update(filter_logic=filter_logic, limit=limit, offset=offset, sort_by=sort_by, sort_order=sort_order)
-        page: PaginatedResult[Span] = _SPAN_PAGE.validate_json(await self._request("POST", "/spans/search", payload))
-        return page
-
-    # -- resources ---------------------------------------------------------------------------------------------
-
-    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
-        """Store a new resources snapshot (version 1); it becomes the latest."""
-        body = await self._request("POST", "/resources", dict(resources), idempotent=False)
-        return ResourcesUpdate.model_validate_json(body)
-
-    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
-        """Replace a snapshot's resources (version + 1), or create it; it becomes the latest."""
-        body = await self._request("POST", f"/resources/{_q(resources_id)}", dict(resources), idempotent=False)
-        return ResourcesUpdate.model_validate_json(body)
-
-    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
-        """A resources snapshot by id, or None when the store has none with that id."""
-        try:
-            body = await self._request("GET", f"/resources/{_q(resources_id)}")
-        except NotFoundError:
-            return None
-        result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
-        return result
-
-    async def get_latest_resources(self) -> ResourcesUpdate | None:
-        """The snapshot most recently added or updated, or None when there is none."""
-        try:
-            body = await self._request("GET", "/resources/latest")
-        except NotFoundError:
-            return None
-        result: ResourcesUpdate | None = _OPTIONAL_RESOURCES.validate_json(body)
-        return result
-
-    async def query_resources(
-        self,
-        *,
-        resources_id: str | None = None,
-        resources_id_contains: str | None = None,
-        sort_by: str | None = None,
-        sort_order: Literal["asc", "desc"] = "asc",
-        limit: int = -1,
-        offset: int = 0,
-    ) -> PaginatedResult[ResourcesUpdate]:
-        """Resources snapshots matching the id filters."""
-        query = {
-            "resources_id": resources_id,
-            "resources_id_contains": resources_id_contains,
-            "sort_by": sort_by,
-            "sort_order": sort_order,
-            "limit": limit,
-            "offset": offset,
-        }
-        page: PaginatedResult[ResourcesUpdate] = _RESOURCES_PAGE.validate_json(
-            await self._request("GET", "/resources", query=query)
-        )
-        return page
-
-    # -- workers -----------------------------------------------------------------------------------------------
-
-    async def update_worker(self, worker_id: str, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
-        """Record a worker heartbeat (creating the worker as `unknown` if new)."""
-        payload = None if heartbeat_stats is UNSET else {"heartbeat_stats": heartbeat_stats}
-        body = await self._request("POST", f"/workers/{_q(worker_id)}", payload, idempotent=False)
-        return Worker.model_validate_json(body)
-
-    async def get_worker_by_id(self, worker_id: str) -> Worker | None:
-        """A worker by id, or None when the store has no such worker."""
-        try:
-            body = await self._request("GET", f"/workers/{_q(worker_id)}")
-        except NotFoundError:
-            return None
-        result: Worker | None = _OPTIONAL_WORKER.validate_json(body)
-        return result
-
-    async def query_workers(
-        self,
-        *,
-        status_in: Sequence[WorkerStatus] | None = None,
-        worker_id_contains: str | None = None,
-        filter_logic: Literal["and", "or"] = "and",
-        sort_by: str | None = None,
-        sort_order: Literal["asc", "desc"] = "asc",
-        limit: int = -1,
-        offset: int = 0,
-    ) -> PaginatedResult[Worker]:
-        """Workers matching the filters."""
-        payload = {
-            "status_in": list(status_in) if status_in is not None else None,
-            "worker_id_contains": worker_id_contains,
-            "filter_logic": filter_logic,
-            "sort_by": sort_by,
-            "sort_order": sort_order,
-            "limit": limit,
-            "offset": offset,
-        }
-        page: PaginatedResult[Worker] = _WORKER_PAGE.validate_json(
-            await self._request("POST", "/workers/search", payload)
-        )
-        return page
-
-    # -- waiting -----------------------------------------------------------------------------------------------
 
     async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
         """The rollouts among `rollout_ids` that are finished by the deadline (the server waits; any timeout)."""
         if timeout is not None and timeout < 0:
             timeout = 0.0
         request_timeout = None if timeout is None else timeout + self.request_timeout
-        payload = {"rollout_ids": list(rollout_ids), "timeout": timeout}
-        body = await self._request("POST", "/waits/rollouts", payload, timeout=request_timeout)
-        return _ROLLOUTS.validate_json(body)
+        arguments = {"rollout_ids": rollout_ids, "timeout": timeout}
+        return _ROLLOUTS.validate_json(await self._invoke("wait_for_rollouts", arguments, timeout=request_timeout))
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -878,3 +661,39 @@ class LightningStoreClient(LightningStore):
                     loop.call_soon_threadsafe(pool.close)
             except Exception as exc:  # a foreign loop may be closing concurrently
                 logger.debug("closing a connection pool failed: %r", exc)
+
+
+def _optional_rollout(body: bytes) -> Rollout | None:
+    result: Rollout | None = _ROLLOUT.validate_json(body) if body != b"null" else None
+    return result
+
+
+def _sequence_id(body: bytes) -> int:
+    return int(orjson.loads(body)["sequence_id"])
+
+
+_ANSWERS: dict[str, tuple[Callable[[bytes], Any], bool]] = {
+    "statistics": (orjson.loads, False),
+    "start_rollout": (AttemptedRollout.model_validate_json, False),
+    "get_rollout_by_id": (_optional_rollout, True),
+    "update_rollout": (_ROLLOUT.validate_json, False),
+    "start_attempt": (AttemptedRollout.model_validate_json, False),
+    "query_attempts": (_ATTEMPT_PAGE.validate_json, False),
+    "get_latest_attempt": (_OPTIONAL_ATTEMPT.validate_json, True),
+    "update_attempt": (Attempt.model_validate_json, False),
+    "get_next_span_sequence_id": (_sequence_id, False),
+    "query_spans": (_SPAN_PAGE.validate_json, False),
+    "add_resources": (ResourcesUpdate.model_validate_json, False),
+    "update_resources": (ResourcesUpdate.model_validate_json, False),
+    "get_resources_by_id": (_OPTIONAL_RESOURCES.validate_json, True),
+    "get_latest_resources": (_OPTIONAL_RESOURCES.validate_json, True),
+    "query_resources": (_RESOURCES_PAGE.validate_json, False),
+    "update_worker": (Worker.model_validate_json, False),
+    "get_worker_by_id": (_OPTIONAL_WORKER.validate_json, True),
+    "query_workers": (_WORKER_PAGE.validate_json, False),
+}
+"""The protocol calls the client makes without logic of its own, each with how its answer is read and whether an
+unknown id (404) answers None. Their methods are generated (`LightningStore`'s signatures and docstrings); each is
+sent by its route in `STORE_ROUTES`."""
+
+forward_methods(LightningStoreClient, _ANSWERS)

@@ -8,19 +8,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
+from agl.store.delegation import forwards_protocol
 from agl.store.events import StoreEvents
 
 __all__ = ["LightningStoreThreaded"]
 
 T = TypeVar("T")
 
-_PROTOCOL_METHODS = [
-    name
-    for name, value in vars(LightningStore).items()
-    if not name.startswith("_") and asyncio.iscoroutinefunction(value) and name not in ("statistics", "close")
-]
 
-
+@forwards_protocol
 class LightningStoreThreaded(LightningStore):
     """Wraps a store so it can be called from any thread or event loop.
 
@@ -38,8 +34,6 @@ class LightningStoreThreaded(LightningStore):
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._serial: asyncio.Lock | None = None
-        for name in _PROTOCOL_METHODS:
-            setattr(self, name, self._forwarder(name))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store": self.store}
@@ -87,17 +81,10 @@ class LightningStoreThreaded(LightningStore):
         coro: Coroutine[Any, Any, T] = run()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
-    def _forwarder(self, name: str) -> Callable[..., Awaitable[Any]]:
+    async def _forward(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Make a protocol call on the wrapped store; `wait_for_rollouts` (only reads, may wait long) beside others."""
         method = getattr(self.store, name)
-
-        serialised = name != "wait_for_rollouts"
-
-        async def forward(*args: Any, **kwargs: Any) -> Any:
-            return await self._call(lambda: method(*args, **kwargs), serialised=serialised)
-
-        forward.__name__ = name
-        forward.__doc__ = getattr(LightningStore, name).__doc__
-        return forward
+        return await self._call(lambda: method(*args, **kwargs), serialised=name != "wait_for_rollouts")
 
     async def statistics(self) -> LightningStoreStatistics:
         """The wrapped store's statistics."""

@@ -18,33 +18,27 @@ import zlib
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import orjson
 import pydantic_core
-from pydantic import BaseModel, FailFast, Field, RootModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 from agl.store import idempotency
 from agl.store.base import LightningStore
 from agl.store.errors import NotFoundError
 from agl.store.http.cors import CorsPolicy
-from agl.store.http.limits import INT64_MAX, RequestLimits, bounded_errors, check_json, excerpt
+from agl.store.http.limits import RequestLimits, bounded_errors, check_json, excerpt
+from agl.store.http.operations import STORE_ROUTES, StoreRoute, list_fields, optional_parameters, request_model
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER, kind_of_exception
 from agl.store.insight import StoreInsight
 from agl.store.query import check_sort_field
 from agl.types.core import (
-    UNSET,
     Attempt,
-    AttemptStatus,
     EnqueueRolloutRequest,
     Rollout,
-    RolloutConfig,
-    RolloutMode,
-    RolloutStatus,
-    TaskInput,
     Worker,
-    WorkerStatus,
 )
 from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
@@ -155,116 +149,9 @@ T = TypeVar("T")
 
 
 # -- request bodies --------------------------------------------------------------------------------------------
-
-
-# Lists stop at their first invalid item (FailFast): a body of a million bad items costs one error, not a million.
-
-
-class _EnqueueBody(BaseModel):
-    rollouts: Annotated[list[EnqueueRolloutRequest], FailFast()]
-
-
-class _DequeueBody(BaseModel):
-    limit: Annotated[int, Field(le=INT64_MAX)] = 1
-    worker_id: str | None = None
-
-
-class _StartRolloutBody(BaseModel):
-    input: TaskInput
-    mode: RolloutMode | None = None
-    resources_id: str | None = None
-    config: RolloutConfig | None = None
-    metadata: dict[str, Any] | None = None
-    worker_id: str | None = None
-
-
-class _UpdateRolloutBody(BaseModel):
-    input: TaskInput = None
-    mode: RolloutMode | None = None
-    resources_id: str | None = None
-    status: RolloutStatus | None = None
-    config: RolloutConfig | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class _StartAttemptBody(BaseModel):
-    worker_id: str | None = None
-
-
-class _UpdateAttemptBody(BaseModel):
-    status: AttemptStatus | None = None
-    worker_id: str | None = None
-    last_heartbeat_time: float | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class _WorkerBody(BaseModel):
-    heartbeat_stats: dict[str, Any] | None = None
-
-
-class _NextSequenceBody(BaseModel):
-    rollout_id: str
-    attempt_id: str
-
-
-class _NextSequenceBatchBody(BaseModel):
-    rollout_attempt_ids: Annotated[list[_NextSequenceBody], FailFast()]
-
-
-class _SpanBatchBody(BaseModel):
-    spans: Annotated[list[Span], FailFast()]
-
-
-class _WaitBody(BaseModel):
-    rollout_ids: Annotated[list[str], FailFast()]
-    timeout: float | None = None
-
-
-class _Page(BaseModel):
-    limit: Annotated[int, Field(le=INT64_MAX)] = -1
-    offset: Annotated[int, Field(le=INT64_MAX)] = 0
-    sort_by: str | None = None
-    sort_order: Literal["asc", "desc"] = "asc"
-
-
-class _RolloutSearch(_Page):
-    status_in: list[RolloutStatus] | None = Field(default=None, fail_fast=True)
-    rollout_id_in: list[str] | None = Field(default=None, fail_fast=True)
-    rollout_id_contains: str | None = None
-    mode_in: list[RolloutMode] | None = Field(default=None, fail_fast=True)
-    start_time_from: float | None = None
-    start_time_to: float | None = None
-    filter_logic: Literal["and", "or"] = "and"
-
-
-class _AttemptSearch(_Page):
-    sort_by: str | None = "sequence_id"
-
-
-class _ResourcesSearch(_Page):
-    resources_id: str | None = None
-    resources_id_contains: str | None = None
-
-
-class _SpanSearch(_Page):
-    rollout_id: str
-    attempt_id: str | None = None
-    trace_id: str | None = None
-    trace_id_contains: str | None = None
-    span_id: str | None = None
-    span_id_contains: str | None = None
-    parent_id: str | None = None
-    parent_id_contains: str | None = None
-    name: str | None = None
-    name_contains: str | None = None
-    filter_logic: Literal["and", "or"] = "and"
-    sort_by: str | None = "sequence_id"
-
-
-class _WorkerSearch(_Page):
-    status_in: list[WorkerStatus] | None = Field(default=None, fail_fast=True)
-    worker_id_contains: str | None = None
-    filter_logic: Literal["and", "or"] = "and"
+#
+# The models of the store routes' bodies and query strings are generated from `LightningStore`'s signatures by
+# `agl.store.http.operations`; lists stop at their first invalid item there (a million bad items cost one error).
 
 
 class _RawResources(RootModel[dict[str, Any]]):
@@ -352,29 +239,29 @@ def _check_sequence_ids(spans: Sequence[Span], field: str) -> None:
             )
 
 
-_LIST_PARAMS = frozenset({"status_in", "rollout_id_in", "mode_in", "status", "mode"})
-
-
-def _parse_query(model: type[Any], request: Request, limits: RequestLimits = _DEFAULT_LIMITS) -> Any:
+def _parse_query(model: type[BaseModel], request: Request, limits: RequestLimits = _DEFAULT_LIMITS) -> Any:
     raw: dict[str, Any] = {}
+    lists = list_fields(model)
     for key, values in request.query().items():
-        raw[key] = values if key in _LIST_PARAMS else values[-1]
+        raw[key] = values if key in lists else values[-1]  # a repeated parameter is a list only where one is taken
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise HTTPError(422, _validation_detail(exc, "query", limits)) from None
 
 
-def _check_page(page: _Page, item_model: type[BaseModel]) -> None:
-    if page.sort_by is not None:
+def _check_page(args: dict[str, Any], item_model: type[BaseModel]) -> None:
+    """400 for a sort field `item_model` lacks, a limit below -1 or a negative offset (paging arguments in `args`)."""
+    sort_by, limit, offset = args["sort_by"], args["limit"], args["offset"]
+    if sort_by is not None:
         try:
-            check_sort_field(item_model, page.sort_by)
+            check_sort_field(item_model, sort_by)
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
-    if page.limit < -1:
-        raise HTTPError(400, f"limit must be greater than or equal to 0, or -1 for no limit; got {page.limit}")
-    if page.offset < 0:
-        raise HTTPError(400, f"offset must be greater than or equal to 0; got {page.offset}")
+    if limit < -1:
+        raise HTTPError(400, f"limit must be greater than or equal to 0, or -1 for no limit; got {limit}")
+    if offset < 0:
+        raise HTTPError(400, f"offset must be greater than or equal to 0; got {offset}")
 
 
 def _page_json(result: Any) -> bytes:
@@ -435,17 +322,25 @@ def _wants_minimal(request: Request) -> bool:
     return b"return=minimal" in request.headers.get(b"prefer", b"")
 
 
-def _set_fields(body: BaseModel, names: Sequence[str], *, nullable: frozenset[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    fields_set = body.model_fields_set
-    for name in names:
-        if name not in fields_set:
-            continue
-        value = getattr(body, name)
-        if value is None and name not in nullable:
-            raise HTTPError(400, f"{name} is invalid; it cannot be a null value.")
-        out[name] = value
-    return out
+def _arguments(params: dict[str, str], parsed: BaseModel, optional: dict[str, bool]) -> dict[str, Any]:
+    """The store method's keyword arguments: the path's `params` and the parsed fields.
+
+    A field of an `optional` parameter (one defaulting to UNSET: "leave it as it is") is passed only when the request
+    sets it, and null only where `optional[name]` allows it.
+    """
+    args: dict[str, Any] = {**params, **parsed.__dict__}
+    if optional:
+        fields_set = parsed.model_fields_set
+        for name, nullable in optional.items():
+            if name not in fields_set:
+                del args[name]
+            elif args[name] is None and not nullable:
+                raise HTTPError(400, f"{name} is invalid; it cannot be a null value.")
+    return args
+
+
+StoreHandler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
+"""The handler of a store route: the request and the store method's arguments read from its path, body or query."""
 
 
 # -- routing ---------------------------------------------------------------------------------------------------
@@ -1031,35 +926,10 @@ class StoreApp:
     def _register_routes(self) -> None:
         add = self._add
         add("GET", "/health", self._health, public=True)
-        add("POST", "/queues/rollouts/enqueue", self._enqueue, idempotent=False)
-        add("POST", "/queues/rollouts/dequeue", self._dequeue, idempotent=False)
-        add("POST", "/rollouts", self._start_rollout, idempotent=False)
-        add("GET", "/rollouts", self._get_rollouts)
-        add("POST", "/rollouts/search", self._search_rollouts)
-        add("GET", "/rollouts/{rollout_id}", self._get_rollout)
-        add("POST", "/rollouts/{rollout_id}", self._update_rollout, idempotent=False)
-        add("POST", "/rollouts/{rollout_id}/attempts", self._start_attempt, idempotent=False)
-        add("POST", "/rollouts/{rollout_id}/attempts/search", self._search_attempts)
-        add("GET", "/rollouts/{rollout_id}/attempts", self._get_attempts)
-        add("GET", "/rollouts/{rollout_id}/attempts/latest", self._latest_attempt)
-        add("POST", "/rollouts/{rollout_id}/attempts/{attempt_id}", self._update_attempt, idempotent=False)
-        add("GET", "/resources", self._get_resources)
-        add("POST", "/resources", self._add_resources, idempotent=False)
-        add("GET", "/resources/latest", self._latest_resources)
-        add("POST", "/resources/{resources_id}", self._update_resources, idempotent=False)
-        add("GET", "/resources/{resources_id}", self._resources_by_id)
-        add("POST", "/spans", self._add_span, idempotent=False)
-        add("POST", "/spans/batch", self._add_spans, idempotent=False)
-        add("GET", "/spans", self._get_spans)
-        add("POST", "/spans/search", self._search_spans)
-        add("POST", "/spans/next", self._next_sequence, idempotent=False)
-        add("POST", "/spans/next/batch", self._next_sequences, idempotent=False)
-        add("POST", "/waits/rollouts", self._wait)
-        add("GET", "/workers", self._get_workers)
-        add("POST", "/workers/search", self._search_workers)
-        add("GET", "/workers/{worker_id}", self._worker_by_id)
-        add("POST", "/workers/{worker_id}", self._update_worker, idempotent=False)
-        add("GET", "/statistics", self._statistics)
+        handlers = self._store_handlers()
+        for route in STORE_ROUTES:  # the store's routes come from one table: agl.store.http.operations
+            handler = self._bind(route, handlers[route.store_method])
+            add(route.http_method, route.path, handler, idempotent=not route.writes)
         add("GET", "/openapi.json", self._openapi, public=True)
         from agl.store.http.dashboard import DashboardRoutes
 
@@ -1068,6 +938,65 @@ class StoreApp:
         add("GET", "/dashboard/rollouts", dashboard.rollouts)
         add("GET", "/dashboard/rollouts/{rollout_id}", dashboard.rollout)
         add("GET", "/dashboard/workers", dashboard.workers)
+
+    def _bind(self, route: StoreRoute, handle: StoreHandler) -> Handler:
+        """The route's handler: reads the store method's arguments as the route carries them, then `handle`s them.
+
+        Plain functions returning `handle`'s coroutine (a refused request raises when called): no extra coroutine
+        per request.
+        """
+        if route.carries in ("raw", "path"):  # the raw body, if any, is the handler's to read
+
+            def by_path(request: Request) -> Awaitable[Response]:
+                return handle(request, request.params)
+
+            return by_path
+        model = request_model(route)
+        optional = optional_parameters(route)
+        if route.carries == "query":
+
+            def by_query(request: Request) -> Awaitable[Response]:
+                parsed = _parse_query(model, request, self.limits)
+                return handle(request, _arguments(request.params, parsed, optional))
+
+            return by_query
+        body_optional = not route.body_required
+
+        def by_body(request: Request) -> Awaitable[Response]:
+            parsed = _parse_body(model, request.body, self.limits, optional=body_optional)
+            return handle(request, _arguments(request.params, parsed, optional))
+
+        return by_body
+
+    def _store_handlers(self) -> dict[str, StoreHandler]:
+        """The handler of each store method that has a route (see `STORE_ROUTES`)."""
+        return {
+            "enqueue_many_rollouts": self._enqueue,
+            "dequeue_many_rollouts": self._dequeue,
+            "start_rollout": self._start_rollout,
+            "query_rollouts": self._query_rollouts,
+            "get_rollout_by_id": self._get_rollout,
+            "update_rollout": self._update_rollout,
+            "start_attempt": self._start_attempt,
+            "query_attempts": self._query_attempts,
+            "get_latest_attempt": self._latest_attempt,
+            "update_attempt": self._update_attempt,
+            "query_resources": self._query_resources,
+            "add_resources": self._add_resources,
+            "get_latest_resources": self._latest_resources,
+            "update_resources": self._update_resources,
+            "get_resources_by_id": self._resources_by_id,
+            "add_span": self._add_span,
+            "add_many_spans": self._add_spans,
+            "query_spans": self._query_spans,
+            "get_next_span_sequence_id": self._next_sequence,
+            "get_many_span_sequence_ids": self._next_sequences,
+            "wait_for_rollouts": self._wait,
+            "query_workers": self._query_workers,
+            "get_worker_by_id": self._worker_by_id,
+            "update_worker": self._update_worker,
+            "statistics": self._statistics,
+        }
 
     def route_table(self) -> list[tuple[str, str, bool]]:
         """Every route under `/v1/agl` as (method, path pattern such as `/rollouts/{rollout_id}`, public)."""
@@ -1114,20 +1043,20 @@ class StoreApp:
         now = time.monotonic()
         return [w for w, (seen, told) in self.drain_watchers.items() if not told and now - seen < recent]
 
-    async def _enqueue(self, request: Request) -> Response:
-        body: _EnqueueBody = _parse_body(_EnqueueBody, request.body, self.limits)
-        _check_items("rollouts", len(body.rollouts), self.limits)
-        if not body.rollouts:
+    async def _enqueue(self, request: Request, args: dict[str, Any]) -> Response:
+        rollouts: list[EnqueueRolloutRequest] = args["rollouts"]
+        _check_items("rollouts", len(rollouts), self.limits)
+        if not rollouts:
             return Response(201, b"[]")
-        if len(body.rollouts) == 1:
-            item = body.rollouts[0]
+        if len(rollouts) == 1:
+            item = rollouts[0]
             call = self.store.enqueue_rollout(item.input, item.mode, item.resources_id, item.config, item.metadata)
             return await _write(call, _created_list)
-        return await _write(self.store.enqueue_many_rollouts(body.rollouts), lambda many: _created(list(many)))
+        return await _write(self.store.enqueue_many_rollouts(rollouts), lambda many: _created(list(many)))
 
-    async def _dequeue(self, request: Request) -> Response:
-        body: _DequeueBody = _parse_body(_DequeueBody, request.body, self.limits, optional=True)
-        if body.limit > self.limits.max_batch_items:
+    async def _dequeue(self, request: Request, args: dict[str, Any]) -> Response:
+        limit: int = args["limit"]
+        if limit > self.limits.max_batch_items:
             raise HTTPError(
                 422,
                 [
@@ -1136,107 +1065,51 @@ class StoreApp:
                         "loc": ["body", "limit"],
                         "msg": f"limit must be at most {self.limits.max_batch_items} rollouts per dequeue "
                         "(max_batch_items)",
-                        "input": body.limit,
+                        "input": limit,
                     }
                 ],
             )
-        if body.limit <= 0:
+        if limit <= 0:
             return Response(200, b"[]")
-        if body.limit == 1:
-            call = self.store.dequeue_rollout(worker_id=body.worker_id)
+        if limit == 1:
+            call = self.store.dequeue_rollout(worker_id=args["worker_id"])
             return await _write(call, lambda claimed: Response(200, b"[]") if claimed is None else _ok_list(claimed))
-        many = self.store.dequeue_many_rollouts(limit=body.limit, worker_id=body.worker_id)
-        return await _write(many, lambda claimed: _ok(list(claimed)))
+        return await _write(self.store.dequeue_many_rollouts(**args), lambda claimed: _ok(list(claimed)))
 
-    async def _start_rollout(self, request: Request) -> Response:
-        body: _StartRolloutBody = _parse_body(_StartRolloutBody, request.body, self.limits)
-        call = self.store.start_rollout(
-            body.input, body.mode, body.resources_id, body.config, body.metadata, body.worker_id
-        )
-        return await _write(call, _created)
+    async def _start_rollout(self, request: Request, args: dict[str, Any]) -> Response:
+        return await _write(self.store.start_rollout(**args), _created)
 
-    async def _query_rollouts(self, search: _RolloutSearch) -> Response:
-        _check_page(search, Rollout)
-        if search.rollout_id_in is not None:
-            _check_items("rollout_id_in", len(search.rollout_id_in), self.limits)
-        result = await self.store.query_rollouts(
-            status_in=search.status_in,
-            rollout_id_in=search.rollout_id_in,
-            rollout_id_contains=search.rollout_id_contains,
-            mode_in=search.mode_in,
-            start_time_from=search.start_time_from,
-            start_time_to=search.start_time_to,
-            filter_logic=search.filter_logic,
-            sort_by=search.sort_by,
-            sort_order=search.sort_order,
-            limit=search.limit,
-            offset=search.offset,
-        )
-        return Response(200, _page_json(result))
+    async def _query_rollouts(self, request: Request, args: dict[str, Any]) -> Response:
+        _check_page(args, Rollout)
+        if args["rollout_id_in"] is not None:
+            _check_items("rollout_id_in", len(args["rollout_id_in"]), self.limits)
+        return Response(200, _page_json(await self.store.query_rollouts(**args)))
 
-    async def _get_rollouts(self, request: Request) -> Response:
-        return await self._query_rollouts(_parse_query(_RolloutSearch, request, self.limits))
-
-    async def _search_rollouts(self, request: Request) -> Response:
-        return await self._query_rollouts(_parse_body(_RolloutSearch, request.body, self.limits, optional=True))
-
-    async def _get_rollout(self, request: Request) -> Response:
-        rollout_id = request.params["rollout_id"]
-        rollout = await self.store.get_rollout_by_id(rollout_id)
+    async def _get_rollout(self, request: Request, args: dict[str, Any]) -> Response:
+        rollout = await self.store.get_rollout_by_id(**args)
         if rollout is None:
-            raise NotFoundError("rollout", rollout_id)
+            raise NotFoundError("rollout", args["rollout_id"])
         return _ok(rollout)
 
-    async def _update_rollout(self, request: Request) -> Response:
-        body: _UpdateRolloutBody = _parse_body(_UpdateRolloutBody, request.body, self.limits)
-        fields = _set_fields(
-            body,
-            ("input", "mode", "resources_id", "status", "config", "metadata"),
-            nullable=frozenset({"input", "mode", "resources_id", "metadata"}),
-        )
-        return await _write(self.store.update_rollout(request.params["rollout_id"], **fields), _ok)
+    async def _update_rollout(self, request: Request, args: dict[str, Any]) -> Response:
+        return await _write(self.store.update_rollout(**args), _ok)
 
-    async def _start_attempt(self, request: Request) -> Response:
-        body: _StartAttemptBody = _parse_body(_StartAttemptBody, request.body, self.limits, optional=True)
-        return await _write(self.store.start_attempt(request.params["rollout_id"], worker_id=body.worker_id), _created)
+    async def _start_attempt(self, request: Request, args: dict[str, Any]) -> Response:
+        return await _write(self.store.start_attempt(**args), _created)
 
-    async def _query_attempts(self, rollout_id: str, search: _AttemptSearch) -> Response:
-        _check_page(search, Attempt)
-        result = await self.store.query_attempts(
-            rollout_id, sort_by=search.sort_by, sort_order=search.sort_order, limit=search.limit, offset=search.offset
-        )
-        return Response(200, _page_json(result))
+    async def _query_attempts(self, request: Request, args: dict[str, Any]) -> Response:
+        _check_page(args, Attempt)
+        return Response(200, _page_json(await self.store.query_attempts(**args)))
 
-    async def _search_attempts(self, request: Request) -> Response:
-        search = _parse_body(_AttemptSearch, request.body, self.limits, optional=True)
-        return await self._query_attempts(request.params["rollout_id"], search)
+    async def _latest_attempt(self, request: Request, args: dict[str, Any]) -> Response:
+        return _ok(await self.store.get_latest_attempt(**args))
 
-    async def _get_attempts(self, request: Request) -> Response:
-        return await self._query_attempts(
-            request.params["rollout_id"], _parse_query(_AttemptSearch, request, self.limits)
-        )
+    async def _update_attempt(self, request: Request, args: dict[str, Any]) -> Response:
+        return await _write(self.store.update_attempt(**args), _ok)
 
-    async def _latest_attempt(self, request: Request) -> Response:
-        return _ok(await self.store.get_latest_attempt(request.params["rollout_id"]))
-
-    async def _update_attempt(self, request: Request) -> Response:
-        body: _UpdateAttemptBody = _parse_body(_UpdateAttemptBody, request.body, self.limits)
-        fields = _set_fields(body, ("status", "worker_id", "last_heartbeat_time", "metadata"), nullable=frozenset())
-        call = self.store.update_attempt(request.params["rollout_id"], request.params["attempt_id"], **fields)
-        return await _write(call, _ok)
-
-    async def _get_resources(self, request: Request) -> Response:
-        search: _ResourcesSearch = _parse_query(_ResourcesSearch, request, self.limits)
-        _check_page(search, ResourcesUpdate)
-        result = await self.store.query_resources(
-            resources_id=search.resources_id,
-            resources_id_contains=search.resources_id_contains,
-            sort_by=search.sort_by,
-            sort_order=search.sort_order,
-            limit=search.limit,
-            offset=search.offset,
-        )
-        return Response(200, _page_json(result))
+    async def _query_resources(self, request: Request, args: dict[str, Any]) -> Response:
+        _check_page(args, ResourcesUpdate)
+        return Response(200, _page_json(await self.store.query_resources(**args)))
 
     def _parse_resources(self, body: bytes) -> NamedResources:
         # In two steps, so a body of many bad resources costs one error: the mapping first, then each resource.
@@ -1251,20 +1124,20 @@ class StoreApp:
                 raise HTTPError(422, _validation_detail(exc, "body", self.limits)) from None
         return resources
 
-    async def _add_resources(self, request: Request) -> Response:
+    async def _add_resources(self, request: Request, args: dict[str, Any]) -> Response:
         return await _write(self.store.add_resources(self._parse_resources(request.body)), _created)
 
-    async def _update_resources(self, request: Request) -> Response:
+    async def _update_resources(self, request: Request, args: dict[str, Any]) -> Response:
         resources = self._parse_resources(request.body)
-        return await _write(self.store.update_resources(request.params["resources_id"], resources), _ok)
+        return await _write(self.store.update_resources(args["resources_id"], resources), _ok)
 
-    async def _latest_resources(self, request: Request) -> Response:
+    async def _latest_resources(self, request: Request, args: dict[str, Any]) -> Response:
         return _ok(await self.store.get_latest_resources())
 
-    async def _resources_by_id(self, request: Request) -> Response:
-        return _ok(await self.store.get_resources_by_id(request.params["resources_id"]))
+    async def _resources_by_id(self, request: Request, args: dict[str, Any]) -> Response:
+        return _ok(await self.store.get_resources_by_id(**args))
 
-    async def _add_span(self, request: Request) -> Response:
+    async def _add_span(self, request: Request, args: dict[str, Any]) -> Response:
         span = _parse_body(Span, request.body, self.limits)
         if not 0 <= span.sequence_id <= MAX_SEQUENCE_ID:
             _check_sequence_ids([span], "")
@@ -1273,108 +1146,61 @@ class StoreApp:
             return Response(201, b"true" if stored is not None else b"null", JSON, _MINIMAL_HEADERS)
         return _ok(stored, 201)
 
-    async def _add_spans(self, request: Request) -> Response:
-        body: _SpanBatchBody = _parse_body(_SpanBatchBody, request.body, self.limits)
-        _check_items("spans", len(body.spans), self.limits)
-        _check_sequence_ids(body.spans, "spans")
+    async def _add_spans(self, request: Request, args: dict[str, Any]) -> Response:
+        spans: list[Span] = args["spans"]
+        _check_items("spans", len(spans), self.limits)
+        _check_sequence_ids(spans, "spans")
         minimal = _wants_minimal(request)
-        if not body.spans:
+        if not spans:
             return Response(201, b"[]", JSON, _MINIMAL_HEADERS if minimal else None)
-        stored = list(await self.store.add_many_spans(body.spans))
+        stored = list(await self.store.add_many_spans(spans))
         if not minimal:
             return _ok(stored, 201)
         positions: dict[tuple[str, str, str], int] = {}
-        for index, span in enumerate(body.spans):
+        for index, span in enumerate(spans):
             positions.setdefault((span.rollout_id, span.attempt_id, span.span_id), index)
         indices = [positions[(s.rollout_id, s.attempt_id, s.span_id)] for s in stored]
         return Response(201, orjson.dumps(indices), JSON, _MINIMAL_HEADERS)
 
-    async def _query_spans(self, search: _SpanSearch) -> Response:
-        _check_page(search, Span)
-        result = await self.store.query_spans(
-            search.rollout_id,
-            search.attempt_id,
-            trace_id=search.trace_id,
-            trace_id_contains=search.trace_id_contains,
-            span_id=search.span_id,
-            span_id_contains=search.span_id_contains,
-            parent_id=search.parent_id,
-            parent_id_contains=search.parent_id_contains,
-            name=search.name,
-            name_contains=search.name_contains,
-            filter_logic=search.filter_logic,
-            limit=search.limit,
-            offset=search.offset,
-            sort_by=search.sort_by,
-            sort_order=search.sort_order,
-        )
-        return Response(200, _page_json(result))
+    async def _query_spans(self, request: Request, args: dict[str, Any]) -> Response:
+        _check_page(args, Span)
+        return Response(200, _page_json(await self.store.query_spans(**args)))
 
-    async def _get_spans(self, request: Request) -> Response:
-        return await self._query_spans(_parse_query(_SpanSearch, request, self.limits))
+    async def _next_sequence(self, request: Request, args: dict[str, Any]) -> Response:
+        return _ok({"sequence_id": await self.store.get_next_span_sequence_id(**args)})
 
-    async def _search_spans(self, request: Request) -> Response:
-        return await self._query_spans(_parse_body(_SpanSearch, request.body, self.limits))
-
-    async def _next_sequence(self, request: Request) -> Response:
-        body: _NextSequenceBody = _parse_body(_NextSequenceBody, request.body, self.limits)
-        sequence_id = await self.store.get_next_span_sequence_id(body.rollout_id, body.attempt_id)
-        return _ok({"sequence_id": sequence_id})
-
-    async def _next_sequences(self, request: Request) -> Response:
-        body: _NextSequenceBatchBody = _parse_body(_NextSequenceBatchBody, request.body, self.limits)
-        _check_items("rollout_attempt_ids", len(body.rollout_attempt_ids), self.limits)
-        pairs = [(item.rollout_id, item.attempt_id) for item in body.rollout_attempt_ids]
+    async def _next_sequences(self, request: Request, args: dict[str, Any]) -> Response:
+        items: list[Any] = args["rollout_attempt_ids"]
+        _check_items("rollout_attempt_ids", len(items), self.limits)
+        pairs = [(item.rollout_id, item.attempt_id) for item in items]
         ids = list(await self.store.get_many_span_sequence_ids(pairs)) if pairs else []
         return _ok({"sequence_ids": ids})
 
-    async def _wait(self, request: Request) -> Response:
-        body: _WaitBody = _parse_body(_WaitBody, request.body, self.limits)
-        _check_items("rollout_ids", len(body.rollout_ids), self.limits)
-        call = self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=body.timeout)
+    async def _wait(self, request: Request, args: dict[str, Any]) -> Response:
+        rollout_ids: list[str] = args["rollout_ids"]
+        _check_items("rollout_ids", len(rollout_ids), self.limits)
+        call = self.store.wait_for_rollouts(**args)
         finished, outcome = await self._until_answered(call, request.receive)
         if outcome == "disconnected":
             return Response(499, b'{"detail":"client disconnected"}')  # nobody reads it: the connection is gone
         if finished is None:  # the server is stopping: what has finished by now, as if the timeout had passed
-            finished = await self.store.wait_for_rollouts(rollout_ids=body.rollout_ids, timeout=0)
+            finished = await self.store.wait_for_rollouts(rollout_ids=rollout_ids, timeout=0)
         # Plain rollouts: drop an embedded attempt if the store attached one.
         return _ok(
             [r if type(r) is Rollout else Rollout.model_validate(r.model_dump(exclude={"attempt"})) for r in finished]
         )
 
-    async def _query_workers(self, search: _WorkerSearch) -> Response:
-        _check_page(search, Worker)
-        result = await self.store.query_workers(
-            status_in=search.status_in,
-            worker_id_contains=search.worker_id_contains,
-            filter_logic=search.filter_logic,
-            sort_by=search.sort_by,
-            sort_order=search.sort_order,
-            limit=search.limit,
-            offset=search.offset,
-        )
-        return Response(200, _page_json(result))
+    async def _query_workers(self, request: Request, args: dict[str, Any]) -> Response:
+        _check_page(args, Worker)
+        return Response(200, _page_json(await self.store.query_workers(**args)))
 
-    async def _get_workers(self, request: Request) -> Response:
-        return await self._query_workers(_parse_query(_WorkerSearch, request, self.limits))
+    async def _worker_by_id(self, request: Request, args: dict[str, Any]) -> Response:
+        return _ok(await self.store.get_worker_by_id(**args))
 
-    async def _search_workers(self, request: Request) -> Response:
-        return await self._query_workers(_parse_body(_WorkerSearch, request.body, self.limits, optional=True))
+    async def _update_worker(self, request: Request, args: dict[str, Any]) -> Response:
+        return _ok(await self.store.update_worker(**args))
 
-    async def _worker_by_id(self, request: Request) -> Response:
-        return _ok(await self.store.get_worker_by_id(request.params["worker_id"]))
-
-    async def _update_worker(self, request: Request) -> Response:
-        body: _WorkerBody = _parse_body(_WorkerBody, request.body, self.limits, optional=True)
-        if "heartbeat_stats" in body.model_fields_set:
-            if body.heartbeat_stats is None:
-                raise HTTPError(400, "heartbeat_stats is invalid; it cannot be a null value.")
-            stats: Any = body.heartbeat_stats
-        else:
-            stats = UNSET
-        return _ok(await self.store.update_worker(request.params["worker_id"], stats))
-
-    async def _statistics(self, request: Request) -> Response:
+    async def _statistics(self, request: Request, args: dict[str, Any]) -> Response:
         return _ok(dict(await self.store.statistics()))
 
 

@@ -2,7 +2,9 @@
 
 The document is built from the app's own route table and from the pydantic models its handlers validate with, so a
 route or a field cannot be added without appearing here: a registered route with no entry in `OPERATIONS` fails the
-build, and the tests check the document against the route table both ways.
+build, and the tests check the document against the route table both ways. The store's routes and their request
+models come from `agl.store.http.operations` (the models from `LightningStore`'s signatures); only the app's own
+routes (health, this document, the dashboard) are described here.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from agl.store.http import app as _app
 from agl.store.http.dashboard import _OverviewQuery, _RolloutsQuery
 from agl.store.http.limits import INT64_MAX, INT64_MIN
+from agl.store.http.operations import (
+    STORE_ROUTES,
+    Answer,
+    StoreRoute,
+    parameter_types,
+    request_model,
+    route_of,
+    wire_parameters,
+)
 from agl.store.http.wire import API_PREFIX, IDEMPOTENCY_HEADER
-from agl.types.core import Attempt, AttemptedRollout, Rollout, Worker
-from agl.types.resources import NamedResources, ResourcesUpdate
 from agl.types.tracer import Span
 
 if TYPE_CHECKING:
@@ -45,14 +54,6 @@ class _HealthAnswer(BaseModel):
     features: list[str]
 
 
-class _SequenceId(BaseModel):
-    sequence_id: int
-
-
-class _SequenceIds(BaseModel):
-    sequence_ids: list[int]
-
-
 class _ValidationItem(BaseModel):
     """One validation error: where (`loc`, starting with `body`, `query` or `store`), what and why."""
 
@@ -71,21 +72,6 @@ class ErrorBody(BaseModel):
     detail: str | list[_ValidationItem]
     error_type: str | None = None
     retryable: bool | None = None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A success answer: its status and what the body holds.
-
-    `kind` is `one` (the type itself), `list` (a JSON array of it), `page` (`items` of it plus `limit`, `offset`,
-    `total`), `nullable` (the type or null) or `object` (a JSON object described only in prose).
-    """
-
-    status: int
-    kind: str
-    type: Any = None
-    also: tuple[Any, ...] = ()
-    """Other shapes the same status may carry (e.g. the minimal answers asked for with `Prefer: return=minimal`)."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +96,24 @@ class Operation:
     tags: tuple[str, ...] = field(default=())
 
 
-def _page(item: Any) -> Answer:
-    return Answer(200, "page", item)
+def _store_operation(route: StoreRoute) -> Operation:
+    body: Any = None
+    if route.carries == "body":
+        body = request_model(route)
+    elif route.carries == "raw":
+        (parameter,) = wire_parameters(route)
+        body = parameter_types(route.store_method)[parameter.name]
+    return Operation(
+        route.summary,
+        route.answer,
+        body,
+        body_required=route.body_required,
+        query=request_model(route) if route.carries == "query" else None,
+        writes=route.writes,
+        prefer_minimal=route.prefer_minimal,
+        not_found=route.not_found,
+        tags=route.tags,
+    )
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -124,163 +126,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         tags=("health",),
     ),
     ("GET", "/openapi.json"): Operation("This document", Answer(200, "object"), tags=("health",)),
-    ("POST", "/queues/rollouts/enqueue"): Operation(
-        "Enqueue rollouts", Answer(201, "list", Rollout), _app._EnqueueBody, writes=True, tags=("rollouts",)
-    ),
-    ("POST", "/queues/rollouts/dequeue"): Operation(
-        "Claim up to `limit` queued rollouts, each with a new attempt",
-        Answer(200, "list", AttemptedRollout),
-        _app._DequeueBody,
-        body_required=False,
-        writes=True,
-        tags=("rollouts",),
-    ),
-    ("POST", "/rollouts"): Operation(
-        "Start a rollout with its first attempt running",
-        Answer(201, "one", AttemptedRollout),
-        _app._StartRolloutBody,
-        writes=True,
-        tags=("rollouts",),
-    ),
-    ("GET", "/rollouts"): Operation("Query rollouts", _page(Rollout), query=_app._RolloutSearch, tags=("rollouts",)),
-    ("POST", "/rollouts/search"): Operation(
-        "Query rollouts (filters in the body)",
-        _page(Rollout),
-        _app._RolloutSearch,
-        body_required=False,
-        tags=("rollouts",),
-    ),
-    ("GET", "/rollouts/{rollout_id}"): Operation(
-        "One rollout (404 when unknown)", Answer(200, "one", Rollout), not_found=True, tags=("rollouts",)
-    ),
-    ("POST", "/rollouts/{rollout_id}"): Operation(
-        "Update a rollout's fields",
-        Answer(200, "one", Rollout),
-        _app._UpdateRolloutBody,
-        writes=True,
-        not_found=True,
-        tags=("rollouts",),
-    ),
-    ("POST", "/rollouts/{rollout_id}/attempts"): Operation(
-        "Start a new attempt of a rollout",
-        Answer(201, "one", AttemptedRollout),
-        _app._StartAttemptBody,
-        body_required=False,
-        writes=True,
-        not_found=True,
-        tags=("attempts",),
-    ),
-    ("POST", "/rollouts/{rollout_id}/attempts/search"): Operation(
-        "Query a rollout's attempts (paging in the body)",
-        _page(Attempt),
-        _app._AttemptSearch,
-        body_required=False,
-        tags=("attempts",),
-    ),
-    ("GET", "/rollouts/{rollout_id}/attempts"): Operation(
-        "Query a rollout's attempts", _page(Attempt), query=_app._AttemptSearch, tags=("attempts",)
-    ),
-    ("GET", "/rollouts/{rollout_id}/attempts/latest"): Operation(
-        "A rollout's latest attempt (null when none)", Answer(200, "nullable", Attempt), tags=("attempts",)
-    ),
-    ("POST", "/rollouts/{rollout_id}/attempts/{attempt_id}"): Operation(
-        "Update an attempt (status, worker, heartbeat, metadata)",
-        Answer(200, "one", Attempt),
-        _app._UpdateAttemptBody,
-        writes=True,
-        not_found=True,
-        tags=("attempts",),
-    ),
-    ("GET", "/resources"): Operation(
-        "Query resource versions", _page(ResourcesUpdate), query=_app._ResourcesSearch, tags=("resources",)
-    ),
-    ("POST", "/resources"): Operation(
-        "Add a resource version (the body maps names to resources)",
-        Answer(201, "one", ResourcesUpdate),
-        NamedResources,
-        writes=True,
-        tags=("resources",),
-    ),
-    ("GET", "/resources/latest"): Operation(
-        "The latest resource version (null when none)", Answer(200, "nullable", ResourcesUpdate), tags=("resources",)
-    ),
-    ("POST", "/resources/{resources_id}"): Operation(
-        "Set the resources of a version id",
-        Answer(200, "one", ResourcesUpdate),
-        NamedResources,
-        writes=True,
-        not_found=True,
-        tags=("resources",),
-    ),
-    ("GET", "/resources/{resources_id}"): Operation(
-        "One resource version (null when unknown)", Answer(200, "nullable", ResourcesUpdate), tags=("resources",)
-    ),
-    ("POST", "/spans"): Operation(
-        "Add a span (null when it was already stored)",
-        Answer(201, "nullable", Span, also=(bool,)),
-        Span,
-        writes=True,
-        prefer_minimal=True,
-        not_found=True,
-        tags=("spans",),
-    ),
-    ("POST", "/spans/batch"): Operation(
-        "Add spans in one call (the stored ones are answered)",
-        Answer(201, "list", Span, also=(list[int],)),
-        _app._SpanBatchBody,
-        writes=True,
-        prefer_minimal=True,
-        not_found=True,
-        tags=("spans",),
-    ),
-    ("GET", "/spans"): Operation("Query a rollout's spans", _page(Span), query=_app._SpanSearch, tags=("spans",)),
-    ("POST", "/spans/search"): Operation(
-        "Query a rollout's spans (filters in the body)", _page(Span), _app._SpanSearch, tags=("spans",)
-    ),
-    ("POST", "/spans/next"): Operation(
-        "Reserve the next span sequence id of an attempt",
-        Answer(200, "one", _SequenceId),
-        _app._NextSequenceBody,
-        writes=True,
-        not_found=True,
-        tags=("spans",),
-    ),
-    ("POST", "/spans/next/batch"): Operation(
-        "Reserve one span sequence id for each (rollout, attempt)",
-        Answer(200, "one", _SequenceIds),
-        _app._NextSequenceBatchBody,
-        writes=True,
-        not_found=True,
-        tags=("spans",),
-    ),
-    ("POST", "/waits/rollouts"): Operation(
-        "Wait up to `timeout` seconds for rollouts to finish; answers the finished ones",
-        Answer(200, "list", Rollout),
-        _app._WaitBody,
-        tags=("rollouts",),
-    ),
-    ("GET", "/workers"): Operation("Query workers", _page(Worker), query=_app._WorkerSearch, tags=("workers",)),
-    ("POST", "/workers/search"): Operation(
-        "Query workers (filters in the body)",
-        _page(Worker),
-        _app._WorkerSearch,
-        body_required=False,
-        tags=("workers",),
-    ),
-    ("GET", "/workers/{worker_id}"): Operation(
-        "One worker (null when unknown)", Answer(200, "nullable", Worker), tags=("workers",)
-    ),
-    ("POST", "/workers/{worker_id}"): Operation(
-        "Record a worker's heartbeat (and its stats)",
-        Answer(200, "one", Worker),
-        _app._WorkerBody,
-        body_required=False,
-        writes=True,
-        tags=("workers",),
-    ),
-    ("GET", "/statistics"): Operation(
-        "Counters about the store's contents and resource use", Answer(200, "object"), tags=("store",)
-    ),
+    **{(route.http_method, route.path): _store_operation(route) for route in STORE_ROUTES},
     ("GET", "/dashboard/overview"): Operation(
         "The dashboard's overview", Answer(200, "object"), query=_OverviewQuery, tags=("dashboard",)
     ),
@@ -300,7 +146,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Every worker with its heartbeat age and last error", Answer(200, "object"), tags=("dashboard",)
     ),
 }
-"""Every route of `StoreApp`'s route table (method, path under `/v1/agl`) and what it takes and answers."""
+"""Every route of `StoreApp`'s route table (method, path under `/v1/agl`) and what it takes and answers: the store's
+routes as `agl.store.http.operations.STORE_ROUTES` describes them, and the app's own (health, this document, the
+dashboard)."""
 
 _ERROR_MEANINGS = {
     400: "Bad request: a value the store refused (the message says which and why); or, as text/plain from the HTTP "
@@ -485,13 +333,14 @@ def _bound_untyped_values(document: dict[str, Any], defs: dict[str, Any]) -> Non
 
 
 _BATCH_FIELDS = (
-    (_app._EnqueueBody, "rollouts"),
-    (_app._SpanBatchBody, "spans"),
-    (_app._NextSequenceBatchBody, "rollout_attempt_ids"),
-    (_app._WaitBody, "rollout_ids"),
-    (_app._RolloutSearch, "rollout_id_in"),
+    ("enqueue_many_rollouts", "rollouts"),
+    ("add_many_spans", "spans"),
+    ("get_many_span_sequence_ids", "rollout_attempt_ids"),
+    ("wait_for_rollouts", "rollout_ids"),
+    ("query_rollouts", "rollout_id_in"),
 )
-"""The request lists the app caps at `max_batch_items` (besides a resources snapshot and a dequeue's `limit`)."""
+"""The request lists the app caps at `max_batch_items` (besides a resources snapshot and a dequeue's `limit`), by
+store method and parameter."""
 
 
 def _apply_app_rules(document: dict[str, Any], defs: dict[str, Any], app: StoreApp) -> None:
@@ -514,12 +363,12 @@ def _apply_app_rules(document: dict[str, Any], defs: dict[str, Any], app: StoreA
     sequence_id = defs[Span.__name__]["properties"]["sequence_id"]
     sequence_id["minimum"], sequence_id["maximum"] = 0, _app.MAX_SEQUENCE_ID
     most = app.limits.max_batch_items
-    for model, name in _BATCH_FIELDS:
-        field_schema = defs[model.__name__]["properties"][name]
+    for method, name in _BATCH_FIELDS:
+        field_schema = defs[request_model(route_of(method)).__name__]["properties"][name]
         for option in field_schema.get("anyOf", [field_schema]):
             if option.get("type") == "array":
                 option["maxItems"] = most
-    defs[_app._DequeueBody.__name__]["properties"]["limit"]["maximum"] = most
+    defs[request_model(route_of("dequeue_many_rollouts")).__name__]["properties"]["limit"]["maximum"] = most
     for item in document["paths"].values():
         for op in item.values():
             for param in op.get("parameters", ()):
@@ -581,9 +430,6 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
         prop.pop("title", None)
         if "default" in prop and prop["default"] is None:
             del prop["default"]  # absent, not null: a query string has no null
-        if prop.get("type") == "array" and name not in _app._LIST_PARAMS:
-            # The app reads only the last value of a parameter that is not in its list set.
-            raise ValueError(f"{model.__name__}.{name} is a list but the app does not read it as one (_LIST_PARAMS)")
         param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
         if prop.get("type") == "array":
             param["style"] = "form"
