@@ -307,10 +307,44 @@ def _parse_body(model: type[Any], body: bytes, limits: RequestLimits, *, optiona
     refused = check_json(body, limits)
     if refused is not None:
         raise HTTPError(422, [refused])
+    validator = model.__pydantic_validator__
+    maybe_boolean = b"true" in body or b"false" in body  # rare on the hot path: only such bodies get a second look
     try:
-        return model.__pydantic_validator__.validate_json(body)  # model_validate_json minus its Python wrapper
+        parsed = validator.validate_json(body)  # model_validate_json minus its Python wrapper
     except ValidationError as exc:
-        raise HTTPError(422, _validation_detail(exc, "body", limits)) from None
+        errors = _booleans_as_numbers(validator, body) if maybe_boolean else []
+        errors += exc.errors(include_url=False, include_context=False)
+        raise HTTPError(422, _body_errors(errors, limits)) from None
+    if maybe_boolean:
+        errors = _booleans_as_numbers(validator, body)
+        if errors:
+            raise HTTPError(422, _body_errors(errors, limits))
+    return parsed
+
+
+_NUMBER_TYPES = frozenset({"int_type", "float_type"})
+
+
+def _booleans_as_numbers(validator: Any, body: bytes) -> list[Any]:
+    """Errors for each JSON boolean in an integer or number field (lax mode reads false as 0 and true as 1).
+
+    Only that conversion is refused: the other lax ones (a whole float or a numeric string for an integer, which
+    JSON Schema and Agent Lightning's clients allow) still pass, so the strict run's other errors are ignored.
+    """
+    try:
+        validator.validate_json(body, strict=True)
+    except ValidationError as exc:
+        return [
+            {**e, "msg": f"{e['msg']}: a boolean is not a number"}
+            for e in exc.errors(include_url=False, include_context=False)
+            if e["type"] in _NUMBER_TYPES and isinstance(e.get("input"), bool)
+        ]
+    return []
+
+
+def _body_errors(errors: list[Any], limits: RequestLimits) -> list[Any]:
+    detail = [{**err, "loc": ["body", *err.get("loc", ())]} for err in errors[: limits.max_validation_errors]]
+    return bounded_errors(detail, limits, total=len(errors))
 
 
 def _check_items(field: str, count: int, limits: RequestLimits, where: str = "body") -> None:
