@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hmac
 import logging
+import sys
 import time
 import traceback
 import zlib
@@ -76,11 +77,13 @@ _STATUS_CODES = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     409: "Conflict",
     413: "ContentTooLarge",
     414: "URITooLong",
     415: "UnsupportedMediaType",
     422: "RequestValidationError",
+    431: "RequestHeaderFieldsTooLarge",
 }
 """The `error_type` of an answer the app itself gives (not a store error): a name for its status."""
 
@@ -714,11 +717,17 @@ class StoreApp:
             return
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        headers: dict[bytes, bytes] = dict(scope["headers"])
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        headers: dict[bytes, bytes] = dict(raw_headers)
+        limits = self.limits
         try:
-            response = await self.handle(
-                method, raw_path.decode("latin-1"), scope.get("query_string", b""), headers, None, receive
-            )
+            # The head is checked before anything else (the HTTP server has parsed it but imposes no limit).
+            if len(raw_headers) > limits.max_header_count or _head_bytes(raw_headers) > limits.max_header_bytes:
+                response = self._head_too_large(method, raw_headers)
+            else:
+                response = await self.handle(
+                    method, raw_path.decode("latin-1"), scope.get("query_string", b""), headers, None, receive
+                )
         except Exception:  # a bug in the app: the client still gets an answer (store errors never get here)
             logger.exception("store server: unhandled error answering %s %s", method, raw_path)
             response = Response(500, b'{"detail":"Internal server error"}')
@@ -730,6 +739,23 @@ class StoreApp:
             head = [(b"content-type", response.content_type), (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
+
+    def _head_too_large(self, method: str, raw_headers: list[tuple[bytes, bytes]]) -> Response:
+        """The 431 answer to a request whose header lines are too many or too large (its body is never read)."""
+        limits = self.limits
+        if len(raw_headers) > limits.max_header_count:
+            detail = (
+                f"Request has {len(raw_headers)} header lines; at most {limits.max_header_count} are accepted "
+                "(max_header_count): send fewer headers"
+            )
+        else:
+            detail = (
+                f"Request headers are {_head_bytes(raw_headers)} bytes; at most {limits.max_header_bytes} are "
+                "accepted (max_header_bytes): send large values in the body"
+            )
+        if self.metrics is not None:
+            self.metrics.observe(OTHER_ROUTE, method, 431, 0.0)
+        return HTTPError(431, detail, _CLOSE).response()
 
     def begin_stop(self) -> None:
         """The server is stopping: answer requests that wait (wait_for_rollouts) now with what has finished.
@@ -825,21 +851,16 @@ class StoreApp:
                 raise HTTPError(
                     413, f"Request body is {size} bytes; the limit is {limit} bytes (max_body_bytes)", _CLOSE
                 )
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks = [body]
-            size = len(body)
-            while message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HTTPError(400, "client disconnected before sending the whole body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
-                chunks.append(chunk)
-            body = b"".join(chunks)
+        seconds = self.limits.body_timeout_seconds
+        try:
+            body = await _within(seconds, _receive_body(receive, limit))
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                408,
+                f"Request body did not arrive within {seconds:g} s of its head (body_timeout_seconds): send the body "
+                "right after the head",
+                _CLOSE,
+            ) from None
         encoding = headers.get(b"content-encoding")
         if encoding:
             body = self._decode_content(encoding, body)
@@ -1434,6 +1455,44 @@ def _store_metrics(store: LightningStore, collectors: Sequence[Any]) -> StoreMet
         logger.warning("prometheus_client is not installed: /metrics is off (pip install 'agl[server]')")
         return None
     return StoreMetrics(store, collectors)
+
+
+def _head_bytes(raw_headers: list[tuple[bytes, bytes]]) -> int:
+    return sum([len(name) + len(value) for name, value in raw_headers])
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    """The raw body from ASGI `receive`; HTTPError 413 once more than `limit` bytes arrived."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, call: Awaitable[T]) -> T:
+        """`await call`, cancelled with `TimeoutError` after `seconds`."""
+        async with asyncio.timeout(seconds):  # no extra task, unlike wait_for before 3.12
+            return await call
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(seconds: float, call: Awaitable[T]) -> T:
+        """`await call`, cancelled with `TimeoutError` after `seconds`."""
+        return await asyncio.wait_for(call, seconds)
 
 
 async def _disconnected(receive: Receive) -> None:

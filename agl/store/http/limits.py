@@ -36,6 +36,12 @@ class RequestLimits:
     filter by) and the `limit` of a dequeue; more → 422 naming the field."""
     max_url_bytes: int = 8192
     """Length of the request target (path and query string); longer → 414."""
+    max_header_bytes: int = 64 * 1024
+    """Total size of the request's header names and values; larger → 431 (and the connection closes)."""
+    max_header_count: int = 100
+    """Number of header lines in a request; more → 431 (and the connection closes)."""
+    body_timeout_seconds: float = 60.0
+    """Time to receive the whole body once the request head has arrived; longer → 408 (and the connection closes)."""
     max_validation_errors: int = 20
     """Errors listed in a 422 answer (the first ones); inputs are shown as excerpts of at most 80 characters."""
     max_error_bytes: int = 64 * 1024
@@ -52,6 +58,8 @@ class RequestLimits:
             "max_json_depth",
             "max_batch_items",
             "max_url_bytes",
+            "max_header_bytes",
+            "max_header_count",
             "max_validation_errors",
             "max_watchers",
             "max_watcher_id_bytes",
@@ -64,9 +72,10 @@ class RequestLimits:
             raise ValueError(f"max_json_depth must be between 1 and 200, got {self.max_json_depth!r}")
         if not isinstance(self.max_error_bytes, int) or self.max_error_bytes < 1024:
             raise ValueError(f"max_error_bytes must be an integer >= 1024, got {self.max_error_bytes!r}")
-        ttl = self.watcher_ttl_seconds
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < math.inf:
-            raise ValueError(f"watcher_ttl_seconds must be a positive number of seconds, got {ttl!r}")
+        for name in ("watcher_ttl_seconds", "body_timeout_seconds"):
+            seconds = getattr(self, name)
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
 
 
 def excerpt(value: Any) -> Any:
