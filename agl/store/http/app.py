@@ -12,7 +12,6 @@ import collections
 import contextlib
 import hmac
 import logging
-import sys
 import time
 import traceback
 import zlib
@@ -30,6 +29,7 @@ from agl.store import idempotency
 from agl.store.base import LightningStore
 from agl.store.errors import NotFoundError
 from agl.store.http.cors import CorsPolicy
+from agl.store.http.deadlines import BodyDeadlines, DeadlinePassed
 from agl.store.http.limits import INT64_MAX, RequestLimits, bounded_errors, check_json, excerpt
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER, kind_of_exception
 from agl.store.insight import StoreInsight
@@ -689,6 +689,7 @@ class StoreApp:
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
+        self._body_deadlines = BodyDeadlines(self.limits.body_timeout_seconds)
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._openapi_json: bytes | None = None
@@ -853,8 +854,8 @@ class StoreApp:
                 )
         seconds = self.limits.body_timeout_seconds
         try:
-            body = await _within(seconds, _receive_body(receive, limit))
-        except asyncio.TimeoutError:
+            body = await self._body_deadlines.run(_receive_body(receive, limit))
+        except DeadlinePassed:
             raise HTTPError(
                 408,
                 f"Request body did not arrive within {seconds:g} s of its head (body_timeout_seconds): send the body "
@@ -1479,20 +1480,6 @@ async def _receive_body(receive: Receive, limit: int) -> bytes:
             raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-if sys.version_info >= (3, 11):
-
-    async def _within(seconds: float, call: Awaitable[T]) -> T:
-        """`await call`, cancelled with `TimeoutError` after `seconds`."""
-        async with asyncio.timeout(seconds):  # no extra task, unlike wait_for before 3.12
-            return await call
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(seconds: float, call: Awaitable[T]) -> T:
-        """`await call`, cancelled with `TimeoutError` after `seconds`."""
-        return await asyncio.wait_for(call, seconds)
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +157,9 @@ def _shape(byte: int) -> int:
 _NUMBER_SHAPES = bytes(_shape(b) for b in range(256))
 """Digits → 0, e/E → e, + kept, every other byte → space: what a number's size can be read from."""
 _LONG_DIGITS = b"0" * 19  # int64 has 19 digits: only numbers at least this long can fall outside it
+_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?\d{19}")
+"""Where a JSON number of 19 digits or more can start: after a colon, comma or bracket (or first in the body). Runs of
+digits inside strings (hex ids such as `00000000000000000001`) follow a quote or a letter instead."""
 
 
 def _outside_strings(body: bytes) -> bytes:
@@ -221,7 +225,7 @@ def check_json(body: bytes, limits: RequestLimits, where: str = "body") -> dict[
             "msg": f"JSON nesting is deeper than {limits.max_json_depth} levels (max_json_depth); flatten the value",
         }
     shapes = body.translate(_NUMBER_SHAPES)
-    long_digits = _LONG_DIGITS in shapes
+    long_digits = _LONG_DIGITS in shapes and _LONG_NUMBER.search(body) is not None
     if not long_digits:
         # NaN, Infinity or an exponent (1e400 overflows a double): orjson refuses all three and is fast.
         if b"e0" not in shapes and b"e+" not in shapes and b"NaN" not in body and b"Infinity" not in body:
