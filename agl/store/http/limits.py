@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,9 +156,24 @@ def _shape(byte: int) -> int:
 _NUMBER_SHAPES = bytes(_shape(b) for b in range(256))
 """Digits → 0, e/E → e, + kept, every other byte → space: what a number's size can be read from."""
 _LONG_DIGITS = b"0" * 19  # int64 has 19 digits: only numbers at least this long can fall outside it
-_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?\d{19}")
-"""Where a JSON number of 19 digits or more can start: after a colon, comma or bracket (or first in the body). Runs of
-digits inside strings (hex ids such as `00000000000000000001`) follow a quote or a letter instead."""
+_WHITESPACE = b" \t\r\n"
+
+
+def _long_number(body: bytes, shapes: bytes) -> bool:
+    """Whether a run of 19 or more digits in `body` can be a JSON number: one that starts the body or follows a colon,
+    comma or bracket (whitespace and a minus sign between). Runs inside strings, such as hex ids
+    (`00000000000000000001`), follow a quote, a letter or a digit's neighbour instead and are skipped."""
+    at = shapes.find(_LONG_DIGITS)
+    while at >= 0:
+        before = body[:at].rstrip(_WHITESPACE) if at < 64 else body[at - 64 : at].rstrip(_WHITESPACE)
+        if before.endswith(b"-"):
+            before = before[:-1].rstrip(_WHITESPACE)
+        if not before or before[-1:] in (b":", b",", b"["):  # nothing before: the body's start (or only spaces)
+            return True
+        end = at + 19
+        end += len(shapes[end : end + 256]) - len(shapes[end : end + 256].lstrip(b"0"))
+        at = shapes.find(_LONG_DIGITS, end)
+    return False
 
 
 def _outside_strings(body: bytes) -> bytes:
@@ -225,7 +239,7 @@ def check_json(body: bytes, limits: RequestLimits, where: str = "body") -> dict[
             "msg": f"JSON nesting is deeper than {limits.max_json_depth} levels (max_json_depth); flatten the value",
         }
     shapes = body.translate(_NUMBER_SHAPES)
-    long_digits = _LONG_DIGITS in shapes and _LONG_NUMBER.search(body) is not None
+    long_digits = _LONG_DIGITS in shapes and _long_number(body, shapes)
     if not long_digits:
         # NaN, Infinity or an exponent (1e400 overflows a double): orjson refuses all three and is fast.
         if b"e0" not in shapes and b"e+" not in shapes and b"NaN" not in body and b"Infinity" not in body:
