@@ -3,10 +3,13 @@
 Cases (issue 14, Numbers): 4 MB and 8 MB invalid bodies (status, answer size, time, server RSS growth); 20 000
 distinct drain-watcher ids and 20 000 idempotency keys sent without the token (RSS growth); an unauthenticated
 request declaring a 50 MB body (time to its 401), once sending the body and once never sending it (status None:
-no answer within 5 s). Each case runs on a fresh server; `--repeats` runs each several
+no answer within 5 s). The request head: a 1 MiB and a 16 MiB header (431), 200 header lines (431), a 1 MiB and a
+16 MiB URL (400 from the HTTP server's URL parser beyond 64 KiB), a body stalled after its head (408 after
+`--body-timeout`, 2 s here), and a head that never ends (slowloris: whether the server still holds the connection
+after 10 s). Each case runs on a fresh server; `--repeats` runs each several
 times and the table shows the median and the range. A table goes to stdout, JSON to bench/results/hostile_inputs.json (`--out DIR`).
 
-    python bench/hostile_inputs.py [--repeats 3] [--quick]
+    python bench/hostile_inputs.py [--repeats 3] [--quick] [--only 'header']
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 @contextmanager
-def _server(token: bool) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def _server(token: bool, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("AGL_STORE_TOKEN", None)
     if token:
         env["AGL_STORE_TOKEN"] = TOKEN
-    cmd = [sys.executable, "-m", "agl.cli", "store", "--port", str(port), "--log-level", "ERROR"]
+    cmd = [sys.executable, "-m", "agl.cli", "store", "--port", str(port), "--log-level", "ERROR", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -210,6 +213,87 @@ def case_declared_body(size: int, send_body: bool = True, give_up: float = 30.0)
         return {"status": status, "seconds_to_answer": seconds, "body_bytes_sent_before": sent}
 
 
+def _send_and_time(port: int, raw: bytes, give_up: float) -> tuple[int | None, float, bool]:
+    """Send `raw` (as fast as the server takes it) and wait for an answer: (status, seconds, closed after it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up) as sock:
+        start = time.perf_counter()
+        try:
+            sock.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered (and closed) before the whole head was taken
+        data = b""
+        closed = False
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    closed = True
+                    break
+                data += chunk
+        except (TimeoutError, ConnectionResetError):
+            closed = not data
+        seconds = time.perf_counter() - start
+        status = int(data.split()[1]) if data.startswith(b"HTTP/") else None
+        if status is not None and not closed:
+            sock.settimeout(2)
+            try:
+                while sock.recv(65536):
+                    pass
+                closed = True
+            except TimeoutError:
+                closed = False
+            except ConnectionResetError:
+                closed = True
+        return status, seconds, closed
+
+
+def case_head(kind: str, size: int) -> dict[str, Any]:
+    """A request whose head is hostile: one huge header, many header lines or a huge URL."""
+    if kind == "header":
+        raw = b"GET /v1/agl/statistics HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * size + b"\r\n\r\n"
+    elif kind == "lines":
+        raw = b"GET /v1/agl/statistics HTTP/1.1\r\nhost: x\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(size))
+        raw += b"\r\n"
+    else:
+        raw = b"GET /v1/agl/rollouts?rollout_id_contains=" + b"x" * size + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+    with _server(token=False) as (proc, port):
+        rss, hwm = _status_kib(proc.pid, "VmRSS"), _status_kib(proc.pid, "VmHWM")
+        status, seconds, closed = _send_and_time(port, raw, give_up=120)
+        healthy = _exchange(port, [b"GET /v1/agl/health HTTP/1.1\r\nhost: x\r\n\r\n"])[0] == [200]
+        return {
+            "status": status,
+            "seconds": seconds,
+            "closed": closed,
+            "healthy_after": healthy,
+            "rss_growth_mib": (_status_kib(proc.pid, "VmRSS") - rss) / 1024,
+            "peak_rss_growth_mib": (_status_kib(proc.pid, "VmHWM") - hwm) / 1024,
+        }
+
+
+def case_stalled_body(body_timeout: float) -> dict[str, Any]:
+    """Head sent, then 10 of 100 declared body bytes, then nothing: the answer and when it comes."""
+    head = b"POST /v1/agl/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    with _server(False, "--body-timeout", str(body_timeout)) as (_proc, port):
+        status, seconds, closed = _send_and_time(port, head + b'{"input": ', give_up=body_timeout + 30)
+        return {"status": status, "seconds": seconds, "closed": closed, "body_timeout": body_timeout}
+
+
+def case_slowloris(hold: float) -> dict[str, Any]:
+    """A head that never ends (one header byte a second): whether the server still holds the connection after `hold`."""
+    with _server(token=False) as (_proc, port), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/agl/health HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        start = time.perf_counter()
+        open_ = True
+        while time.perf_counter() - start < hold:
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                open_ = False
+                break
+            time.sleep(1.0)
+        return {"status": None, "seconds": time.perf_counter() - start, "held_open": open_}
+
+
 def _summary(runs: list[dict[str, Any]], key: str) -> str:
     values = [r[key] for r in runs]
     med = statistics.median(values)
@@ -221,6 +305,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 MB bodies and 2 000 requests (a smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="JSON directory")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     mb = 1_000_000
     count = 2_000 if args.quick else 20_000
@@ -232,14 +317,27 @@ def main() -> None:
     cases[f"{count} idempotency keys, no token"] = lambda: case_many("keys", count)
     cases["50 MB declared body, no token"] = lambda: case_declared_body(50 * mb)
     cases["50 MB declared, body never sent"] = lambda: case_declared_body(50 * mb, send_body=False, give_up=5.0)
+    mib = 1 << 20
+    cases["1 MiB header"] = lambda: case_head("header", mib)
+    cases["200 header lines"] = lambda: case_head("lines", 200)
+    cases["1 MiB URL"] = lambda: case_head("url", mib)
+    if not args.quick:
+        cases["16 MiB header"] = lambda: case_head("header", 16 * mib)
+        cases["16 MiB URL"] = lambda: case_head("url", 16 * mib)
+    cases["body stalled after the head"] = lambda: case_stalled_body(2.0)
+    cases["head never ends (slowloris)"] = lambda: case_slowloris(3.0 if args.quick else 10.0)
     results: dict[str, list[dict[str, Any]]] = {}
     for name, run in cases.items():
+        if args.only not in name:
+            continue
         results[name] = [run() for _ in range(args.repeats)]
         print(f"done: {name}", file=sys.stderr)
     print(f"{'case':40} {'status':>8} {'answer bytes':>16} {'seconds':>22} {'RSS growth MiB':>22} {'peak MiB':>20}")
     for name, runs in results.items():
         first = runs[0]
         status = first.get("status", first.get("statuses"))
+        if "held_open" in first:
+            status = "held" if all(r["held_open"] for r in runs) else "closed"
         answer = _summary(runs, "answer_bytes") if "answer_bytes" in first else "-"
         seconds = _summary(runs, "seconds" if "seconds" in first else "seconds_to_answer")
         rss = _summary(runs, "rss_growth_mib") if "rss_growth_mib" in first else "-"

@@ -45,6 +45,12 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                        "limit of a dequeue (default 10000) → 422")  # fmt: skip
     group.add_argument("--max-url-bytes", type=_positive_int, default=8192, metavar="N",
                        help="longest request target, path and query (default 8192) → 414")  # fmt: skip
+    group.add_argument("--max-header-bytes", type=size, default=64 * 1024, metavar="SIZE",
+                       help="largest total of a request's header names and values (default 64KiB) → 431")  # fmt: skip
+    group.add_argument("--max-headers", type=_positive_int, default=100, metavar="N",
+                       help="most header lines in a request (default 100) → 431")  # fmt: skip
+    group.add_argument("--body-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                       help="time to receive a whole request body once its head arrived (default 60) → 408")  # fmt: skip
     group.add_argument("--max-validation-errors", type=_positive_int, default=20, metavar="N",
                        help="errors listed in a 422 answer (default 20)")  # fmt: skip
     group.add_argument("--max-watchers", type=_positive_int, default=10_000, metavar="N",
@@ -62,6 +68,9 @@ def limits_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             max_json_depth=args.max_json_depth,
             max_batch_items=args.max_batch_items,
             max_url_bytes=args.max_url_bytes,
+            max_header_bytes=args.max_header_bytes,
+            max_header_count=args.max_headers,
+            body_timeout_seconds=args.body_timeout,
             max_validation_errors=args.max_validation_errors,
             max_watchers=args.max_watchers,
             watcher_ttl_seconds=args.watcher_ttl,

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from agl.types.core import RolloutConfig, RolloutMode
+from agl.types.core import UNSET, RolloutConfig, RolloutMode
 
 __all__ = [
     "as_config",
@@ -106,7 +106,6 @@ def rollout_changes(
 ) -> dict[str, Any]:
     """The checked fields an `update_rollout` call sets (UNSET ones left out); `status` is checked, not included."""
     from agl.store import state
-    from agl.types.core import UNSET
 
     changes: dict[str, Any] = {}
     if input is not UNSET:
@@ -133,7 +132,6 @@ def rollout_changes(
 def check_attempt_update(*, status: Any, worker_id: Any, last_heartbeat_time: Any, metadata: Any) -> None:
     """ValueErrors naming the field for bad `update_attempt` arguments (UNSET ones are skipped)."""
     from agl.store import state
-    from agl.types.core import UNSET
 
     if status is not UNSET:
         state.check_attempt_status(status)

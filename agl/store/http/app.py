@@ -29,6 +29,7 @@ from agl.store import idempotency
 from agl.store.base import LightningStore
 from agl.store.errors import NotFoundError
 from agl.store.http.cors import CorsPolicy
+from agl.store.http.deadlines import BodyDeadlines, DeadlinePassed
 from agl.store.http.limits import RequestLimits, bounded_errors, check_json, excerpt
 from agl.store.http.operations import STORE_ROUTES, StoreRoute, list_fields, optional_parameters, request_model
 from agl.store.http.wire import API_PREFIX, FEATURES, REPLAYED_HEADER, kind_of_exception
@@ -70,11 +71,13 @@ _STATUS_CODES = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     409: "Conflict",
     413: "ContentTooLarge",
     414: "URITooLong",
     415: "UnsupportedMediaType",
     422: "RequestValidationError",
+    431: "RequestHeaderFieldsTooLarge",
 }
 """The `error_type` of an answer the app itself gives (not a store error): a name for its status."""
 
@@ -194,10 +197,44 @@ def _parse_body(model: type[Any], body: bytes, limits: RequestLimits, *, optiona
     refused = check_json(body, limits)
     if refused is not None:
         raise HTTPError(422, [refused])
+    validator = model.__pydantic_validator__
+    maybe_boolean = b"true" in body or b"false" in body  # rare on the hot path: only such bodies get a second look
     try:
-        return model.__pydantic_validator__.validate_json(body)  # model_validate_json minus its Python wrapper
+        parsed = validator.validate_json(body)  # model_validate_json minus its Python wrapper
     except ValidationError as exc:
-        raise HTTPError(422, _validation_detail(exc, "body", limits)) from None
+        errors = _booleans_as_numbers(validator, body) if maybe_boolean else []
+        errors += exc.errors(include_url=False, include_context=False)
+        raise HTTPError(422, _body_errors(errors, limits)) from None
+    if maybe_boolean:
+        errors = _booleans_as_numbers(validator, body)
+        if errors:
+            raise HTTPError(422, _body_errors(errors, limits))
+    return parsed
+
+
+_NUMBER_TYPES = frozenset({"int_type", "float_type"})
+
+
+def _booleans_as_numbers(validator: Any, body: bytes) -> list[Any]:
+    """Errors for each JSON boolean in an integer or number field (lax mode reads false as 0 and true as 1).
+
+    Only that conversion is refused: the other lax ones (a whole float or a numeric string for an integer, which
+    JSON Schema and Agent Lightning's clients allow) still pass, so the strict run's other errors are ignored.
+    """
+    try:
+        validator.validate_json(body, strict=True)
+    except ValidationError as exc:
+        return [
+            {**e, "msg": f"{e['msg']}: a boolean is not a number"}
+            for e in exc.errors(include_url=False, include_context=False)
+            if e["type"] in _NUMBER_TYPES and isinstance(e.get("input"), bool)
+        ]
+    return []
+
+
+def _body_errors(errors: list[Any], limits: RequestLimits) -> list[Any]:
+    detail = [{**err, "loc": ["body", *err.get("loc", ())]} for err in errors[: limits.max_validation_errors]]
+    return bounded_errors(detail, limits, total=len(errors))
 
 
 def _check_items(field: str, count: int, limits: RequestLimits, where: str = "body") -> None:
@@ -547,6 +584,7 @@ class StoreApp:
         """Set by the server's `begin_drain()`: the health route then tells runners the run is ending."""
         self.drain_watchers: collections.OrderedDict[str, tuple[float, bool]] = collections.OrderedDict()
         """Runner-side drain watchers (`GET /health?watcher=<id>`): when each last asked, and whether it was told."""
+        self._body_deadlines = BodyDeadlines(self.limits.body_timeout_seconds)
         self._idempotency = _IdempotencyCache(idempotency_ttl_seconds, idempotency_max_entries, idempotency_max_bytes)
         self._static: dict[tuple[str, str], _Route] = {}
         self._openapi_json: bytes | None = None
@@ -575,11 +613,17 @@ class StoreApp:
             return
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        headers: dict[bytes, bytes] = dict(scope["headers"])
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        headers: dict[bytes, bytes] = dict(raw_headers)
+        limits = self.limits
         try:
-            response = await self.handle(
-                method, raw_path.decode("latin-1"), scope.get("query_string", b""), headers, None, receive
-            )
+            # The head is checked before anything else (the HTTP server has parsed it but imposes no limit).
+            if len(raw_headers) > limits.max_header_count or _head_bytes(raw_headers) > limits.max_header_bytes:
+                response = self._head_too_large(method, raw_headers)
+            else:
+                response = await self.handle(
+                    method, raw_path.decode("latin-1"), scope.get("query_string", b""), headers, None, receive
+                )
         except Exception:  # a bug in the app: the client still gets an answer (store errors never get here)
             logger.exception("store server: unhandled error answering %s %s", method, raw_path)
             response = Response(500, b'{"detail":"Internal server error"}')
@@ -591,6 +635,23 @@ class StoreApp:
             head = [(b"content-type", response.content_type), (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
+
+    def _head_too_large(self, method: str, raw_headers: list[tuple[bytes, bytes]]) -> Response:
+        """The 431 answer to a request whose header lines are too many or too large (its body is never read)."""
+        limits = self.limits
+        if len(raw_headers) > limits.max_header_count:
+            detail = (
+                f"Request has {len(raw_headers)} header lines; at most {limits.max_header_count} are accepted "
+                "(max_header_count): send fewer headers"
+            )
+        else:
+            detail = (
+                f"Request headers are {_head_bytes(raw_headers)} bytes; at most {limits.max_header_bytes} are "
+                "accepted (max_header_bytes): send large values in the body"
+            )
+        if self.metrics is not None:
+            self.metrics.observe(OTHER_ROUTE, method, 431, 0.0)
+        return HTTPError(431, detail, _CLOSE).response()
 
     def begin_stop(self) -> None:
         """The server is stopping: answer requests that wait (wait_for_rollouts) now with what has finished.
@@ -686,21 +747,16 @@ class StoreApp:
                 raise HTTPError(
                     413, f"Request body is {size} bytes; the limit is {limit} bytes (max_body_bytes)", _CLOSE
                 )
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks = [body]
-            size = len(body)
-            while message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HTTPError(400, "client disconnected before sending the whole body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
-                chunks.append(chunk)
-            body = b"".join(chunks)
+        seconds = self.limits.body_timeout_seconds
+        try:
+            body = await self._body_deadlines.run(_receive_body(receive, limit))
+        except DeadlinePassed:
+            raise HTTPError(
+                408,
+                f"Request body did not arrive within {seconds:g} s of its head (body_timeout_seconds): send the body "
+                "right after the head",
+                _CLOSE,
+            ) from None
         encoding = headers.get(b"content-encoding")
         if encoding:
             body = self._decode_content(encoding, body)
@@ -1226,6 +1282,30 @@ def _store_metrics(store: LightningStore, collectors: Sequence[Any]) -> StoreMet
         logger.warning("prometheus_client is not installed: /metrics is off (pip install 'agl[server]')")
         return None
     return StoreMetrics(store, collectors)
+
+
+def _head_bytes(raw_headers: list[tuple[bytes, bytes]]) -> int:
+    return sum([len(name) + len(value) for name, value in raw_headers])
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    """The raw body from ASGI `receive`; HTTPError 413 once more than `limit` bytes arrived."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"Request body exceeds the limit of {limit} bytes (max_body_bytes)", _CLOSE)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -36,6 +36,12 @@ class RequestLimits:
     filter by) and the `limit` of a dequeue; more → 422 naming the field."""
     max_url_bytes: int = 8192
     """Length of the request target (path and query string); longer → 414."""
+    max_header_bytes: int = 64 * 1024
+    """Total size of the request's header names and values; larger → 431 (and the connection closes)."""
+    max_header_count: int = 100
+    """Number of header lines in a request; more → 431 (and the connection closes)."""
+    body_timeout_seconds: float = 60.0
+    """Time to receive the whole body once the request head has arrived; longer → 408 (and the connection closes)."""
     max_validation_errors: int = 20
     """Errors listed in a 422 answer (the first ones); inputs are shown as excerpts of at most 80 characters."""
     max_error_bytes: int = 64 * 1024
@@ -52,6 +58,8 @@ class RequestLimits:
             "max_json_depth",
             "max_batch_items",
             "max_url_bytes",
+            "max_header_bytes",
+            "max_header_count",
             "max_validation_errors",
             "max_watchers",
             "max_watcher_id_bytes",
@@ -64,9 +72,10 @@ class RequestLimits:
             raise ValueError(f"max_json_depth must be between 1 and 200, got {self.max_json_depth!r}")
         if not isinstance(self.max_error_bytes, int) or self.max_error_bytes < 1024:
             raise ValueError(f"max_error_bytes must be an integer >= 1024, got {self.max_error_bytes!r}")
-        ttl = self.watcher_ttl_seconds
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not 0 < ttl < math.inf:
-            raise ValueError(f"watcher_ttl_seconds must be a positive number of seconds, got {ttl!r}")
+        for name in ("watcher_ttl_seconds", "body_timeout_seconds"):
+            seconds = getattr(self, name)
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
 
 
 def excerpt(value: Any) -> Any:
@@ -147,6 +156,24 @@ def _shape(byte: int) -> int:
 _NUMBER_SHAPES = bytes(_shape(b) for b in range(256))
 """Digits → 0, e/E → e, + kept, every other byte → space: what a number's size can be read from."""
 _LONG_DIGITS = b"0" * 19  # int64 has 19 digits: only numbers at least this long can fall outside it
+_WHITESPACE = b" \t\r\n"
+
+
+def _long_number(body: bytes, shapes: bytes) -> bool:
+    """Whether a run of 19 or more digits in `body` can be a JSON number: one that starts the body or follows a colon,
+    comma or bracket (whitespace and a minus sign between). Runs inside strings, such as hex ids
+    (`00000000000000000001`), follow a quote, a letter or a digit's neighbour instead and are skipped."""
+    at = shapes.find(_LONG_DIGITS)
+    while at >= 0:
+        before = body[:at].rstrip(_WHITESPACE) if at < 64 else body[at - 64 : at].rstrip(_WHITESPACE)
+        if before.endswith(b"-"):
+            before = before[:-1].rstrip(_WHITESPACE)
+        if not before or before[-1:] in (b":", b",", b"["):  # nothing before: the body's start (or only spaces)
+            return True
+        end = at + 19
+        end += len(shapes[end : end + 256]) - len(shapes[end : end + 256].lstrip(b"0"))
+        at = shapes.find(_LONG_DIGITS, end)
+    return False
 
 
 def _outside_strings(body: bytes) -> bytes:
@@ -212,7 +239,7 @@ def check_json(body: bytes, limits: RequestLimits, where: str = "body") -> dict[
             "msg": f"JSON nesting is deeper than {limits.max_json_depth} levels (max_json_depth); flatten the value",
         }
     shapes = body.translate(_NUMBER_SHAPES)
-    long_digits = _LONG_DIGITS in shapes
+    long_digits = _LONG_DIGITS in shapes and _long_number(body, shapes)
     if not long_digits:
         # NaN, Infinity or an exponent (1e400 overflows a double): orjson refuses all three and is fast.
         if b"e0" not in shapes and b"e+" not in shapes and b"NaN" not in body and b"Infinity" not in body:

@@ -158,8 +158,10 @@ _ERROR_MEANINGS = {
     409: "Idempotency-Key reused with another body, or a stale attempt",
     413: "Body larger than the server's limit",
     414: "Path and query longer than the server's limit",
+    408: "The body did not arrive in time (the server's body timeout)",
     415: "Unsupported Content-Encoding",
     422: "The body or query does not match the schema (errors name the field)",
+    431: "Header lines too many or too large for the server's limits",
     507: "No room for more spans right now; retry later",
 }
 
@@ -178,7 +180,7 @@ def _app_routes(app: StoreApp) -> list[_RouteInfo]:
 def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
     # 414 for any request: a path and query over max_url_bytes; 400 (text/plain) from the HTTP server for any request
     # that is not valid HTTP/1.1.
-    codes: set[int] = {400, 414, *op.extra_errors}
+    codes: set[int] = {400, 414, 431, *op.extra_errors}
     if not route.public:
         codes.add(401)
     if op.body is not None or (op.query is not None and op.query_checked):
@@ -186,7 +188,7 @@ def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
     if op.not_found:
         codes.add(404)
     if route.method == "POST":
-        codes |= {400, 413, 415}  # a bad Content-Length or Idempotency-Key, a body too large, an unknown encoding
+        codes |= {400, 408, 413, 415}  # a bad Content-Length or Idempotency-Key, a slow or large body, an encoding
         if op.writes:
             codes.add(409)
     if op.prefer_minimal:

@@ -223,3 +223,24 @@ def test_agl_store_flags_set_the_limits() -> None:
     assert limits.max_url_bytes == RequestLimits().max_url_bytes
     with pytest.raises(SystemExit):
         limits_from_args(parser, parser.parse_args(["--max-json-depth", "300"]))
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        (b"99999999999999999999", True),
+        (b'  -99999999999999999999', True),
+        (b'{"a": [1, 18446744073709551616]}', True),
+        (b'{"a":' + b" " * 100 + b"-99999999999999999999}", True),
+        (b'{"a":\n\t12345678901234567890}', True),
+        (b'{"t": "' + b"0" * 40 + b'", "n": 99999999999999999999}', True),
+        (b'{"trace_id": "' + b"0" * 31 + b'1", "span_id": "0000000000000007"}', False),
+        (b'{"a": 9223372036854775807, "b": -9223372036854775808}', False),
+        (b'{"n": 1.99999999999999999999}', False),
+    ],
+)  # fmt: skip
+def test_long_digit_runs_are_numbers_only_where_a_number_can_start(body: bytes, refused: bool) -> None:
+    """Hex ids full of digits skip the slow exact check; a real 64-bit overflow anywhere is still found."""
+    from agl.store.http.limits import check_json
+
+    assert (check_json(body, RequestLimits()) is not None) is refused
