@@ -394,6 +394,11 @@ class SqliteDriver:
             None if path in ("", ":memory:") else ReaderPool(self._open_reader, _READER_THREADS, path)
         )
 
+    @property
+    def writer(self) -> GroupWriter[SqliteRows]:
+        """The writer thread (its `commits` and `writes` tell how writes were grouped)."""
+        return self._writer
+
     def _open_reader(self) -> SqliteRows:
         db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA synchronous = {self._synchronous}")

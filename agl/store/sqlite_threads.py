@@ -104,6 +104,10 @@ class GroupWriter(Generic[R]):
         self._queue: SimpleQueue[_Job | None] = SimpleQueue()
         self._state = threading.Lock()
         self._open = True
+        self.commits = 0
+        """Transactions committed so far (each a group of writes)."""
+        self.writes = 0
+        """Writes committed so far: `writes / commits` is the mean group size."""
         self._thread = threading.Thread(target=self._serve, name="agl-sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -117,6 +121,10 @@ class GroupWriter(Generic[R]):
             self._queue.put(job)
         result: T = await job.future
         return result
+
+    def queued(self) -> int:
+        """How many writes wait for the writer (roughly: the count may change meanwhile)."""
+        return self._queue.qsize()
 
     def close(self) -> None:
         """Finish the writes already queued, then stop the thread (the caller closes the connection)."""
@@ -205,6 +213,9 @@ class GroupWriter(Generic[R]):
                 for job in applied:
                     job.error = exc
                 applied = []
+        if applied:
+            self.commits += 1
+            self.writes += len(applied)
         hook = self.on_commit
         for job in applied:
             if job.events or job.finished:
