@@ -76,6 +76,10 @@ class ReadTransaction(Protocol):
     def latest_attempt(self, rollout_id: str) -> Attempt | None:
         """The rollout's attempt with the highest sequence id."""
 
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """The latest attempt of each rollout among `rollout_ids` that has one, by rollout id (one read for a
+        whole page, not one per rollout)."""
+
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
 

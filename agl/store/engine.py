@@ -502,7 +502,8 @@ class StoreEngine(LightningStore):
 
         def body(tx: ReadTransaction) -> tuple[list[Rollout], int]:
             page, total = tx.select_rollouts(query, sort_by, sort_order, limit, offset)
-            return [self._snapshot(tx, r, tx.latest_attempt(r.rollout_id)) for r in page], total
+            latest = tx.latest_attempts([r.rollout_id for r in page])
+            return [self._snapshot(tx, r, latest.get(r.rollout_id)) for r in page], total
 
         items, total = await self._driver.run_read(body)
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)

@@ -248,6 +248,16 @@ class MemoryDriver:
         record = self.records.get(rollout_id)
         return record.attempts[-1] if record is not None and record.attempts else None
 
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """Each rollout's latest attempt, for those that have one."""
+        records = self.records
+        out: dict[str, Attempt] = {}
+        for rollout_id in rollout_ids:
+            record = records.get(rollout_id)
+            if record is not None and record.attempts:
+                out[rollout_id] = record.attempts[-1]
+        return out
+
     def latest_sequence_id(self, rollout_id: str) -> int:
         """How many attempts the rollout has (sequence ids count from 1)."""
         record = self.records.get(rollout_id)

@@ -568,6 +568,21 @@ class SqliteRows:
         )
         return None if row is None else Attempt.model_validate_json(row[0])
 
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """Each rollout's latest attempt, a chunk of rollouts per query (SQLite returns `data` of the row holding
+        the group's MAX)."""
+        out: dict[str, Attempt] = {}
+        wanted = [rid for rid in dict.fromkeys(rollout_ids) if isinstance(rid, str)]
+        db = self.conn()
+        for chunk in _chunks(wanted):
+            for rid, _, data in db.execute(
+                f"SELECT rollout_id, MAX(sequence_id), data FROM attempts WHERE rollout_id IN ({_marks(len(chunk))}) "
+                "GROUP BY rollout_id",
+                tuple(chunk),
+            ):
+                out[rid] = Attempt.model_validate_json(data)
+        return out
+
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
         row = (
