@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import store_http  # noqa: E402  (the server process and the cycle clients are store_http's)
+import store_http  # the server process and the cycle clients are store_http's
 
 
 async def _fill(endpoint: str, rollouts: int) -> list[str]:

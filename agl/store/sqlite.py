@@ -3,20 +3,22 @@ restarts.
 
 Design
 ------
-* One connection owned by the store; every method does its work synchronously under one `threading.Lock` (calls
-  are short and no lock is ever held across an `await`), so the store is safe from several threads and event loops.
-* The database runs in WAL mode: readers never block the writer and the writer never blocks readers, also across
-  processes. Writes use `BEGIN IMMEDIATE` transactions; other processes wait up to `busy_timeout_seconds` for the
-  write lock. Every batch call (`enqueue_many_rollouts`, `dequeue_many_rollouts`, `add_many_spans`, ...) is one
-  transaction.
+* No call runs SQLite on the caller's event loop. One writer thread owns the write connection and commits in
+  groups: the writes queued while a commit is in flight are applied together in one transaction, each inside its
+  own savepoint (a failing write is rolled back alone and raises to its own caller), and one COMMIT (one fsync in
+  FULL) acknowledges them all. Reads run on reader threads, each with its own connection (`agl.store.sqlite_threads`).
+* The database runs in WAL mode: a reader sees the last committed state and never waits for a commit or its fsync,
+  and the writer never waits for readers, also across processes. Writes use `BEGIN IMMEDIATE` transactions; other
+  processes wait up to `busy_timeout_seconds` for the write lock. Every batch call (`enqueue_many_rollouts`,
+  `dequeue_many_rollouts`, `add_many_spans`, ...) is one write.
 * Every acknowledged write is committed before the method returns. `synchronous` decides what "committed" survives:
 
   - ``"FULL"`` (the default): SQLite fsyncs the WAL on every commit, so an acknowledged write survives a crash of
-    the process *and* a power loss or kernel panic. This costs one fsync per write call (well under a millisecond
-    on an SSD with a write cache, several on a slow disk).
+    the process *and* a power loss or kernel panic. This costs one fsync per commit, shared by the writes of its
+    group (well under a millisecond on an SSD with a write cache, several on a slow disk).
   - ``"NORMAL"``: in WAL mode a commit is durable across a crash of the process (the WAL is in the OS page cache)
-    but the last transactions may be rolled back by a power loss; the database itself is never corrupted. Roughly
-    an order of magnitude faster for small writes. Pass it when the host is trusted and throughput matters more.
+    but the last transactions may be rolled back by a power loss; the database itself is never corrupted. Faster
+    for small writes. Pass it when the host is trusted and throughput matters more.
 
   FULL is the default because the point of this backend is that an acknowledged rollout, span or status is never
   lost; the in-memory store is the fast option.
