@@ -206,7 +206,9 @@ async def test_a_reader_is_not_held_up_by_a_long_write_and_its_commit(store: Sql
     took = ended - started
     assert took > 0.05, f"the write took {took:.3f} s: too fast to show anything on this machine"
     during = [(s, e) for s, e in reads if s >= started and e <= ended]
-    # Reads answered while the write was in flight, each in a small part of the write's time.
+    # Reads answered while the write was in flight (inline, none would be), typically in a small part of its time
+    # (judged by the median: at load 25 one read can be descheduled for long whatever the store does).
     assert len(during) >= 5, (took, len(during))
-    assert max(e - s for s, e in during) < took / 3
+    latencies = sorted(e - s for s, e in during)
+    assert latencies[len(latencies) // 2] < took / 5, (took, latencies[len(latencies) // 2])
     assert (await store.statistics())["total_rollouts"] == 6_001
