@@ -85,6 +85,17 @@ def test_store_query_times_every_call_on_both_backends(tmp_path: Path) -> None:
     assert "300r-900s" in cached.name
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_store_stall_measures_every_phase(tmp_path: Path, backend: str) -> None:
+    args = ["--backend", backend, "--rollouts", "300", "--duration", "0.5", "--repeats", "1", "--k", "1"]
+    data = _run("store_stall.py", *args, out=tmp_path)
+    (sample,) = data["samples"]
+    assert set(sample) == {"reads", "reads + hog", "cycle", "cycle + hog"}
+    assert sample["reads"]["reads_per_s"] > 0 and sample["cycle"]["calls_per_s"] > 0
+    assert sample["reads + hog"]["hog_rows"] == 300
+
+
 def test_idempotency_cost_times_plain_and_keyed_enqueues(tmp_path: Path) -> None:
     data = _run("idempotency_cost.py", "--runs", "1", "--ops", "50", out=tmp_path)
     assert set(data["median_us"]) == {"plain", "keyed"}
