@@ -1,8 +1,20 @@
-"""Test-wide options: slow tests run only with --run-slow (CI passes it)."""
+"""Test-wide options: slow tests run only with --run-slow (CI passes it); the session's throwaway PostgreSQL server
+(tests/store/postgres_server.py), if a test started one, is stopped at the end."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_postgres_at_the_end() -> Iterator[None]:
+    """Stop and delete the throwaway PostgreSQL cluster after the session, also when tests failed."""
+    yield
+    from tests.store.postgres_server import stop_postgres_cluster
+
+    stop_postgres_cluster()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
