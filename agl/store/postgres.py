@@ -840,7 +840,7 @@ class PostgresDriver:
                     delay = 0.2
                     while not self._closed.is_set():
                         finished: list[str] = []
-                        for note in conn.notifies(timeout=0.5, stop_after=256):
+                        for note in conn.notifies(timeout=0.1, stop_after=256):
                             finished.extend(note.payload.split())
                         if finished:
                             self.on_commit([], finished)
