@@ -8,6 +8,17 @@ from collections.abc import Iterator
 import pytest
 
 
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """The DSN (libpq URL) of a database of this test's own on the session's throwaway PostgreSQL server, holding
+    the store's empty tables; skips without PostgreSQL (fails with AGL_REQUIRE_POSTGRES=1). Stores and `agl store
+    --backend postgres --dsn ...` processes given it share that one database."""
+    from tests.store.postgres_server import fresh_database
+
+    with fresh_database() as dsn:
+        yield dsn
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_postgres_at_the_end() -> Iterator[None]:
     """Stop and delete the throwaway PostgreSQL cluster after the session, also when tests failed."""

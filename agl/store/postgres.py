@@ -761,7 +761,8 @@ class PostgresDriver:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(connect_timeout))) as conn:
                 _migrate(conn, self.where)
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            # libpq's message names host and port, never the password; one line for the log.
+            reason = " ".join(str(exc).split()) or type(exc).__name__
             raise PostgresStoreError(f"cannot connect to PostgreSQL at {self.where}: {reason}") from None
         except psycopg.Error as exc:
             raise PostgresStoreError(f"cannot use PostgreSQL database {self.where}: {exc}") from exc
