@@ -169,6 +169,9 @@ async def measure(store: LightningStore, repeats: int) -> dict[str, list[float]]
     for status in STATUSES:
         out[f"count {status}"] = await _timed(lambda s=status: store.query_rollouts(status_in=[s], limit=0), repeats)
     for status in STATUSES:
+        # The call: a status's first 50 in insertion order (the queue's order for queued rollouts).
+        out[f"page {status}"] = await _timed(lambda s=status: store.query_rollouts(status_in=[s], limit=50), repeats)
+    for status in STATUSES:
         out[f"page {status}, start desc"] = await _timed(
             lambda s=status: store.query_rollouts(status_in=[s], sort_by="start_time", sort_order="desc", limit=50),
             repeats,

@@ -3,7 +3,13 @@
 A driver is storage only: it reads and writes rows of rollouts, attempts, spans, resources and workers, keeps the
 queue and the counters, and answers the indexed queries, all inside transactions it provides. Every rule (state
 machines, retries, the health scan, dequeue order, fencing, sequence ids, filters and pages, events, waiting) lives
-in the engine, which calls the driver from any thread and never nests two transactions.
+in the engine, which calls the driver from any thread and event loop and never nests two transactions.
+
+The engine hands each transaction's work to the driver as a synchronous closure (`run_read` / `run_write`), and the
+driver decides where it runs: the in-memory driver runs it at once on the caller (no thread hop), the SQLite driver
+on its writer thread or a reader connection's thread, a pooled database driver on a thread of its pool. A closure
+runs in a copy of the caller's `contextvars` context (the idempotency key of an HTTP request travels that way) and
+never awaits; it may run on any thread, so it touches only the transaction and values it was given.
 
 Objects a transaction returns are the engine's to change: it changes them and hands them back with a `put_*` call
 in the same write transaction. A driver that holds live objects (the in-memory one) returns them directly and
@@ -13,27 +19,37 @@ gives the caller copies through `detach`; a driver that reads rows returns fresh
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from agl.store.events import StoreEvent
+from agl.store.inputs import INT64_MAX, INT64_MIN
 from agl.store.query import RolloutFilter
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
 from agl.types.tracer import Span
 
-__all__ = ["CommitHook", "EncodedSpan", "ReadTransaction", "StorageDriver", "WriteTransaction"]
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "CommitHook",
+    "EncodedSpan",
+    "ReadTransaction",
+    "StorageDriver",
+    "WriteTransaction",
+]
 
 EncodedSpan = tuple[Span, bytes, int]
 """A span ready to store: the span, the JSON kept for it, and the bytes it counts against a memory budget."""
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
 
 CommitHook = Callable[[list[StoreEvent], list[str]], None]
-"""Called by a driver after a write transaction committed, before the next write may start (so in commit order):
-the events the transaction collected and the rollouts it finished."""
+"""Called by a driver after a write transaction committed, in commit order and before that write's `run_write`
+returns: the events the transaction collected and the rollouts it finished. It may be called on any thread."""
 
 
 class ReadTransaction(Protocol):
@@ -59,6 +75,10 @@ class ReadTransaction(Protocol):
 
     def latest_attempt(self, rollout_id: str) -> Attempt | None:
         """The rollout's attempt with the highest sequence id."""
+
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """The latest attempt of each rollout among `rollout_ids` that has one, by rollout id (one read for a
+        whole page, not one per rollout)."""
 
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
@@ -128,7 +148,7 @@ class WriteTransaction(ReadTransaction, Protocol):
 
     def allocate_span_sequence_ids(self, counts: Mapping[str, int]) -> dict[str, int]:
         """Advance each rollout's span counter by its count; returns each rollout's first new id. An unknown
-        rollout raises ValueError and advances nothing."""
+        rollout raises ValueError, and so does a counter that would pass `INT64_MAX`; either advances nothing."""
 
     def reserve_span_bytes(self, size: int) -> None:
         """Make room for `size` more span bytes, or raise `StoreFullError` (drivers without a budget: nothing)."""
@@ -159,14 +179,24 @@ class StorageDriver(Protocol):
     def bind(self, on_commit: CommitHook) -> None:
         """Set what to call after each committed write transaction."""
 
-    def read(self) -> AbstractContextManager[ReadTransaction]:
-        """A context manager giving a `ReadTransaction`."""
+    async def run_read(self, body: Callable[[ReadTransaction], T]) -> T:
+        """`body(tx)` in a read transaction that sees one consistent state; its result or exception.
 
-    def write(self) -> AbstractContextManager[WriteTransaction]:
-        """A context manager giving a `WriteTransaction`; it commits on normal exit."""
+        Where it runs is the driver's choice (inline, or a reader thread so a long read never holds up the caller's
+        event loop); it runs in a copy of the caller's context.
+        """
+
+    async def run_write(self, body: Callable[[WriteTransaction], T]) -> T:
+        """`body(tx)` in a write transaction; its result once the write has committed (and the commit hook ran),
+        or its exception, with the write's changes rolled back where the driver can roll back.
+
+        A driver may commit several callers' writes together, but each one's changes stand or fall alone: one
+        body's exception rolls back only that body's changes. Where it runs is the driver's choice; it runs in a
+        copy of the caller's context.
+        """
 
     def encode_span(self, span: Span, payload: bytes | None) -> EncodedSpan:
         """`span` ready to store (`payload`: JSON `span` was just validated from, which may be kept as it is)."""
 
     def close(self) -> None:
-        """Release what the driver holds."""
+        """Release what the driver holds (writes already handed to it are finished first)."""

@@ -5,8 +5,10 @@ span sequence ids, query arguments, filters and pages (`agl.store.query`), worke
 resources, status-change events and waiting for rollouts are all here; a backend (`InMemoryLightningStore`,
 `SqliteLightningStore`) is a driver plus its public constructor.
 
-Events and waiter wake-ups of a write are collected in its transaction and delivered once it has committed, in
-commit order (the driver calls back before the next write starts).
+Each transaction's work is a synchronous closure handed to the driver (`run_read` / `run_write`), which decides
+where it runs (inline for memory, off the event loop for SQLite); nothing in a closure awaits. Events and waiter
+wake-ups of a write are collected in its transaction and delivered once it has committed, in commit order (the
+driver calls back before that write's `run_write` returns).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
@@ -31,6 +34,7 @@ from agl.store.inputs import (
     assign,
     build_model,
     check_attempt_update,
+    check_int64,
     check_mode,
     check_worker_id,
     new_id,
@@ -279,25 +283,31 @@ class StoreEngine(LightningStore):
         return rollout
 
     # -- the health scan ----------------------------------------------------------------------------------------
-    def _maybe_scan(self, now: float, *, force: bool = False) -> None:
+    async def _maybe_scan(self, now: float, *, force: bool = False) -> None:
         """Apply the health rules to the watched rollouts, unless a scan ran within the debounce."""
         last = self._last_scan
         if not force and self._scan_debounce > 0 and last is not None and now - last < self._scan_debounce:
             return
         self._last_scan = now
-        # Judged in a read transaction first: most scans change nothing and then take no write lock.
-        with self._driver.read() as tx:
+
+        def judge(tx: ReadTransaction) -> list[str]:
             if not tx.any_watched():
-                return
-            due = [rollout.rollout_id for rollout, _, _ in self._health_verdicts(tx, now)]
+                return []
+            return [rollout.rollout_id for rollout, _, _ in self._health_verdicts(tx, now)]
+
+        # Judged in a read transaction first: most scans change nothing and then take no write lock.
+        due = await self._driver.run_read(judge)
         if not due:
             return
-        with self._driver.write() as wtx:  # judged again under the write lock: the rows may have moved meanwhile
-            for rollout, attempt, verdict in self._health_verdicts(wtx, now, due):
+
+        def apply(tx: WriteTransaction) -> None:  # judged again in the write: the rows may have moved meanwhile
+            for rollout, attempt, verdict in self._health_verdicts(tx, now, due):
                 self._apply_attempt_status(
-                    wtx, rollout, attempt, verdict[0], now, latest=True, rollout_status=verdict[1]
+                    tx, rollout, attempt, verdict[0], now, latest=True, rollout_status=verdict[1]
                 )
-                wtx.put_attempt(attempt)
+                tx.put_attempt(attempt)
+
+        await self._driver.run_write(apply)
 
     def _health_verdicts(
         self, tx: ReadTransaction, now: float, rollout_ids: Sequence[str] | None = None
@@ -322,7 +332,7 @@ class StoreEngine(LightningStore):
 
     async def run_health_checks(self) -> None:
         """Apply the timeout / unresponsive / claim-timeout rules to claimed rollouts now, whatever the debounce."""
-        self._maybe_scan(self._clock(), force=True)
+        await self._maybe_scan(self._clock(), force=True)
 
     # -- rollouts and the queue ---------------------------------------------------------------------------------
     async def start_rollout(
@@ -337,12 +347,15 @@ class StoreEngine(LightningStore):
         """Create a rollout and its first attempt, both `preparing`, without queueing it."""
         check_worker_id(worker_id)
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Rollout:
             tx.replay_kept(now)
             rollout = self._new_rollout(tx, input, mode, resources_id, config, metadata, "preparing", now)
-            started = self._attempt_in(tx, rollout, worker_id, now)
-        return started  # type: ignore[return-value]
+            return self._attempt_in(tx, rollout, worker_id, now)
+
+        result = await self._driver.run_write(body)
+        return result  # type: ignore[return-value]  # the snapshots carry their attempt
 
     async def enqueue_rollout(
         self,
@@ -354,12 +367,15 @@ class StoreEngine(LightningStore):
     ) -> Rollout:
         """Create a `queuing` rollout at the tail of the queue."""
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Rollout:
             tx.replay_kept(now)
             rollout = tx.detach(self._new_rollout(tx, input, mode, resources_id, config, metadata, "queuing", now))
             tx.keep_answer(rollout, now)
-        return rollout
+            return rollout
+
+        return await self._driver.run_write(body)
 
     async def enqueue_many_rollouts(self, rollouts: Sequence[EnqueueRolloutRequest]) -> Sequence[Rollout]:
         """Enqueue several rollouts in order, all or none; results in input order."""
@@ -370,22 +386,26 @@ class StoreEngine(LightningStore):
         for r in requests:
             check_mode(r.mode)
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> list[Rollout]:
             tx.replay_kept(now)
             enqueued = [
                 tx.detach(self._new_rollout(tx, r.input, r.mode, r.resources_id, config, r.metadata, "queuing", now))
                 for r, config in zip(requests, configs, strict=True)
             ]
             tx.keep_answer(enqueued, now)
-        return enqueued
+            return enqueued
+
+        return await self._driver.run_write(body)
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         """Claim the rollout at the head of the queue with a new attempt, or None when the queue is empty."""
         check_worker_id(worker_id)
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Rollout | None:
             tx.replay_kept(now)
             claimed = self._claim(tx, worker_id, now)
             if claimed is None:
@@ -396,7 +416,10 @@ class StoreEngine(LightningStore):
             self._sync_worker(tx, attempt, now, dequeued=True)
             snapshot = self._snapshot(tx, rollout, attempt)
             tx.keep_answer(snapshot, now)
-        return snapshot  # type: ignore[return-value]
+            return snapshot
+
+        result = await self._driver.run_write(body)
+        return result  # type: ignore[return-value]  # the snapshots carry their attempt
 
     async def dequeue_many_rollouts(
         self, *, limit: int = 1, worker_id: str | None = None
@@ -406,8 +429,9 @@ class StoreEngine(LightningStore):
         if limit <= 0:
             return []
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> list[Rollout]:
             tx.replay_kept(now)
             claimed: list[tuple[Rollout, Attempt]] = []
             while len(claimed) < limit:
@@ -423,17 +447,23 @@ class StoreEngine(LightningStore):
             snapshots = [self._snapshot(tx, rollout, attempt) for rollout, attempt in claimed]
             if snapshots:
                 tx.keep_answer(snapshots, now)
-        return snapshots  # type: ignore[return-value]
+            return snapshots
+
+        result = await self._driver.run_write(body)
+        return result  # type: ignore[return-value]  # the snapshots carry their attempt
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         """Create a new attempt for any rollout (a manual retry that ignores `max_attempts`)."""
         check_worker_id(worker_id)
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Rollout:
             tx.replay_kept(now)
-            started = self._attempt_in(tx, self._rollout(tx, rollout_id), worker_id, now)
-        return started  # type: ignore[return-value]
+            return self._attempt_in(tx, self._rollout(tx, rollout_id), worker_id, now)
+
+        result = await self._driver.run_write(body)
+        return result  # type: ignore[return-value]  # the snapshots carry their attempt
 
     async def query_rollouts(
         self,
@@ -468,18 +498,25 @@ class StoreEngine(LightningStore):
         check_sort_order(sort_order)
         if sort_by is not None:
             check_sort_field(Rollout, sort_by)
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
+        await self._maybe_scan(self._clock())
+
+        def body(tx: ReadTransaction) -> tuple[list[Rollout], int]:
             page, total = tx.select_rollouts(query, sort_by, sort_order, limit, offset)
-            items = [self._snapshot(tx, r, tx.latest_attempt(r.rollout_id)) for r in page]
+            latest = tx.latest_attempts([r.rollout_id for r in page])
+            return [self._snapshot(tx, r, latest.get(r.rollout_id)) for r in page], total
+
+        items, total = await self._driver.run_read(body)
         return PaginatedResult[Rollout].model_construct(items=items, limit=limit, offset=offset, total=total)
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
         """The rollout (with its latest attempt when it has one), or None if unknown."""
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
+        await self._maybe_scan(self._clock())
+
+        def body(tx: ReadTransaction) -> Rollout | None:
             rollout = tx.get_rollout(rollout_id)
             return None if rollout is None else self._snapshot(tx, rollout, tx.latest_attempt(rollout_id))
+
+        return await self._driver.run_read(body)
 
     async def update_rollout(
         self,
@@ -496,8 +533,9 @@ class StoreEngine(LightningStore):
             input=input, mode=mode, resources_id=resources_id, status=status, config=config, metadata=metadata
         )
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Rollout:
             tx.replay_kept(now)
             rollout = self._rollout(tx, rollout_id)
             old_status, old_mode = rollout.status, rollout.mode
@@ -511,7 +549,9 @@ class StoreEngine(LightningStore):
                 tx.put_rollout(rollout, self._watched(rollout), old_status, old_mode)
             updated = tx.detach(rollout)
             tx.keep_answer(updated, now)
-        return updated
+            return updated
+
+        return await self._driver.run_write(body)
 
     # -- attempts -----------------------------------------------------------------------------------------------
     async def query_attempts(
@@ -525,17 +565,19 @@ class StoreEngine(LightningStore):
     ) -> PaginatedResult[Attempt]:
         """The attempts of a rollout (empty for an unknown rollout)."""
         check_page(limit, offset)
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
-            attempts = [tx.detach(a) for a in tx.attempts(rollout_id)]
+        await self._maybe_scan(self._clock())
+        attempts = await self._driver.run_read(lambda tx: [tx.detach(a) for a in tx.attempts(rollout_id)])
         return paginate(sort_items(attempts, Attempt, sort_by, sort_order), limit, offset)
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
         """The attempt with the highest sequence id, or None."""
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
+        await self._maybe_scan(self._clock())
+
+        def body(tx: ReadTransaction) -> Attempt | None:
             latest = tx.latest_attempt(rollout_id)
             return None if latest is None else tx.detach(latest)
+
+        return await self._driver.run_read(body)
 
     async def update_attempt(
         self,
@@ -554,8 +596,9 @@ class StoreEngine(LightningStore):
             status=status, worker_id=worker_id, last_heartbeat_time=last_heartbeat_time, metadata=metadata
         )
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> Attempt:
             tx.replay_kept(now)
             rollout = self._rollout(tx, rollout_id)
             latest = tx.latest_attempt(rollout_id)
@@ -588,7 +631,9 @@ class StoreEngine(LightningStore):
             tx.put_attempt(attempt)
             updated = tx.detach(attempt)
             tx.keep_answer(updated, now)
-        return updated
+            return updated
+
+        return await self._driver.run_write(body)
 
     # -- spans --------------------------------------------------------------------------------------------------
     def _locate(self, tx: ReadTransaction, rollout_id: str, attempt_id: str) -> tuple[Rollout, Attempt, bool]:
@@ -621,64 +666,69 @@ class StoreEngine(LightningStore):
         if new != rollout.status:
             self._set_rollout_status(tx, rollout, new, now, rollout.status)
 
-    def _add_encoded(self, groups: dict[tuple[str, str], list[EncodedSpan]], size: int) -> list[Span]:
+    async def _add_encoded(self, groups: dict[tuple[str, str], list[EncodedSpan]], size: int) -> list[Span]:
         """Store spans grouped by (rollout, attempt) in one transaction.
 
         Each rollout's span counter is raised to the group's highest sequence id first, and stays raised when the
         batch is then refused: an unknown rollout or attempt refuses the whole batch with ValueError.
         """
         now = self._clock()
-        error: ValueError | None = None
-        stored: list[Span] = []
-        with self._driver.write() as tx:
+
+        def body(tx: WriteTransaction) -> list[Span] | ValueError:
             for (rollout_id, _), group in groups.items():
                 tx.raise_span_counter(rollout_id, max(span.sequence_id for span, _, _ in group))
             try:
                 located = [(self._locate(tx, rid, aid), group) for (rid, aid), group in groups.items()]
             except ValueError as exc:
-                error = exc  # raised after the commit, so the counters stay raised
-            else:
-                tx.reserve_span_bytes(size)
-                for (rollout, attempt, latest), group in located:
-                    kept = tx.insert_spans(group)
-                    if kept:
-                        self._spans_arrived(tx, rollout, attempt, latest, now)
-                        stored.extend(kept)
-        if error is not None:
-            raise error
-        return stored
+                return exc  # raised after the commit, so the counters stay raised
+            tx.reserve_span_bytes(size)
+            stored: list[Span] = []
+            for (rollout, attempt, latest), group in located:
+                kept = tx.insert_spans(group)
+                if kept:
+                    self._spans_arrived(tx, rollout, attempt, latest, now)
+                    stored.extend(kept)
+            return stored
 
-    def _add_one(self, encoded: EncodedSpan) -> Span | None:
+        result = await self._driver.run_write(body)
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+    async def _add_one(self, encoded: EncodedSpan) -> Span | None:
         """`_add_encoded` for one span, without its grouping: the store's most frequent write."""
         span = encoded[0]
         rollout_id = span.rollout_id
         now = self._clock()
-        error: ValueError | None = None
-        stored: list[Span] = []
-        with self._driver.write() as tx:
+
+        def body(tx: WriteTransaction) -> bool | ValueError:
             tx.raise_span_counter(rollout_id, span.sequence_id)
             try:
                 rollout, attempt, latest = self._locate(tx, rollout_id, span.attempt_id)
             except ValueError as exc:
-                error = exc  # raised after the commit, so the counter stays raised
-            else:
-                tx.reserve_span_bytes(encoded[2])
-                stored = tx.insert_spans((encoded,))
-                if stored:
-                    self._spans_arrived(tx, rollout, attempt, latest, now)
-        if error is not None:
-            raise error
-        return span if stored else None
+                return exc  # raised after the commit, so the counter stays raised
+            tx.reserve_span_bytes(encoded[2])
+            if not tx.insert_spans((encoded,)):
+                return False
+            self._spans_arrived(tx, rollout, attempt, latest, now)
+            return True
+
+        result = await self._driver.run_write(body)
+        if isinstance(result, ValueError):
+            raise result
+        return span if result else None
 
     async def add_span(self, span: Span) -> Span | None:
         """Store a span; returns None when a span with the same id already exists for that attempt."""
         if not isinstance(span, Span):
             span = Span.model_validate(span)
-        return self._add_one(self._driver.encode_span(span, None))
+        check_int64("sequence_id", span.sequence_id)
+        return await self._add_one(self._driver.encode_span(span, None))
 
     async def add_span_json(self, span: Span, payload: bytes) -> Span | None:
         """`add_span` for a span just validated from `payload`; a driver keeping JSON may keep `payload` as it is."""
-        return self._add_one(self._driver.encode_span(span, payload))
+        check_int64("sequence_id", span.sequence_id)
+        return await self._add_one(self._driver.encode_span(span, payload))
 
     async def add_many_spans(self, spans: Sequence[Span]) -> Sequence[Span]:
         """Store several spans in one transaction, all validated first; returns those stored, grouped by attempt.
@@ -691,23 +741,23 @@ class StoreEngine(LightningStore):
         size = 0
         for item in spans:
             span = item if isinstance(item, Span) else Span.model_validate(item)
+            check_int64("sequence_id", span.sequence_id)
             encoded = encode(span, None)
             size += encoded[2]
             groups.setdefault((span.rollout_id, span.attempt_id), []).append(encoded)
-        return self._add_encoded(groups, size)
+        return await self._add_encoded(groups, size)
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         """Allocate the next span sequence id of a rollout (one counter per rollout, first id 1)."""
-        with self._driver.write() as tx:
-            return tx.allocate_span_sequence_ids({rollout_id: 1})[rollout_id]
+        first = await self._driver.run_write(lambda tx: tx.allocate_span_sequence_ids({rollout_id: 1}))
+        return first[rollout_id]
 
     async def get_many_span_sequence_ids(self, rollout_attempt_ids: Sequence[tuple[str, str]]) -> Sequence[int]:
         """Allocate one sequence id per (rollout, attempt) pair, consecutive per rollout in request order."""
         counts: dict[str, int] = {}
         for rollout_id, _ in rollout_attempt_ids:
             counts[rollout_id] = counts.get(rollout_id, 0) + 1
-        with self._driver.write() as tx:
-            next_id = tx.allocate_span_sequence_ids(counts)
+        next_id = await self._driver.run_write(lambda tx: tx.allocate_span_sequence_ids(counts))
         out: list[int] = []
         for rollout_id, _ in rollout_attempt_ids:
             out.append(next_id[rollout_id])
@@ -746,26 +796,31 @@ class StoreEngine(LightningStore):
             name_contains=name_contains,
             filter_logic=filter_logic,
         )
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
-            if attempt_id == "latest":
+        await self._maybe_scan(self._clock())
+
+        def body(tx: ReadTransaction) -> PaginatedResult[Span]:
+            wanted = attempt_id
+            if wanted == "latest":
                 latest = tx.latest_attempt(rollout_id)
                 if latest is None:
                     return paginate([], limit, offset)
-                attempt_id = latest.attempt_id
-            payloads = tx.span_payloads(rollout_id, attempt_id)
-        # Parsed outside the transaction: every caller gets its own copies.
-        spans = [Span.model_validate_json(p) for p in payloads]
-        if predicate is not None:
-            spans = [s for s in spans if predicate(s)]
-        return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)
+                wanted = latest.attempt_id
+            # Parsed, filtered and paged in the closure: a large read runs where the driver runs reads (off the
+            # caller's event loop for a database), and every caller gets its own copies.
+            spans = [Span.model_validate_json(p) for p in tx.span_payloads(rollout_id, wanted)]
+            if predicate is not None:
+                spans = [s for s in spans if predicate(s)]
+            return paginate(sort_items(spans, Span, sort_by, sort_order), limit, offset)
+
+        return await self._driver.run_read(body)
 
     # -- resources ----------------------------------------------------------------------------------------------
     async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
         """Store a new resources snapshot (version 1); it becomes the latest."""
         validated = _named_resources_adapter.validate_python(resources)
         now = self._clock()
-        with self._driver.write() as tx:
+
+        def body(tx: WriteTransaction) -> ResourcesUpdate:
             tx.replay_kept(now)
             update = ResourcesUpdate(
                 resources_id=new_id("rs-", 6), create_time=now, update_time=now, version=1, resources=validated
@@ -773,7 +828,9 @@ class StoreEngine(LightningStore):
             tx.put_resources(update)
             update = tx.detach(update)
             tx.keep_answer(update, now)
-        return update
+            return update
+
+        return await self._driver.run_write(body)
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         """Replace a snapshot's resources (version + 1), or create it with version 1; it becomes the latest."""
@@ -781,8 +838,9 @@ class StoreEngine(LightningStore):
             raise ValueError(f"resources_id must be a non-empty string, got {resources_id!r}")
         validated = _named_resources_adapter.validate_python(resources)
         now = self._clock()
-        self._maybe_scan(now)
-        with self._driver.write() as tx:
+        await self._maybe_scan(now)
+
+        def body(tx: WriteTransaction) -> ResourcesUpdate:
             tx.replay_kept(now)
             old = tx.get_resources(resources_id)
             update = ResourcesUpdate(
@@ -795,20 +853,28 @@ class StoreEngine(LightningStore):
             tx.put_resources(update)  # an update keeps the snapshot's insertion position
             update = tx.detach(update)
             tx.keep_answer(update, now)
-        return update
+            return update
+
+        return await self._driver.run_write(body)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
         """A resources snapshot by id, or None."""
-        with self._driver.read() as tx:
+
+        def body(tx: ReadTransaction) -> ResourcesUpdate | None:
             update = tx.get_resources(resources_id)
             return None if update is None else tx.detach(update)
 
+        return await self._driver.run_read(body)
+
     async def get_latest_resources(self) -> ResourcesUpdate | None:
         """The snapshot most recently added or updated, or None."""
-        with self._driver.read() as tx:
+
+        def body(tx: ReadTransaction) -> ResourcesUpdate | None:
             latest = tx.latest_resources_id()
             update = None if latest is None else tx.get_resources(latest)
             return None if update is None else tx.detach(update)
+
+        return await self._driver.run_read(body)
 
     async def query_resources(
         self,
@@ -823,8 +889,7 @@ class StoreEngine(LightningStore):
         """Resources snapshots matching the id filters, in insertion order unless sorted."""
         check_page(limit, offset)
         predicate = compile_filter({"resources_id": {"exact": resources_id, "contains": resources_id_contains}})
-        with self._driver.read() as tx:
-            items = _matching(tx, tx.all_resources(), predicate)
+        items = await self._driver.run_read(lambda tx: _matching(tx, tx.all_resources(), predicate))
         return paginate(sort_items(items, ResourcesUpdate, sort_by, sort_order), limit, offset)
 
     # -- workers ------------------------------------------------------------------------------------------------
@@ -837,14 +902,16 @@ class StoreEngine(LightningStore):
         fields: dict[str, Any] = {"last_heartbeat_time": self._clock()}
         if heartbeat_stats is not UNSET:
             fields["heartbeat_stats"] = dict(heartbeat_stats) if heartbeat_stats is not None else None
-        with self._driver.write() as tx:
-            return tx.detach(self._write_worker(tx, worker_id, fields))
+        return await self._driver.run_write(lambda tx: tx.detach(self._write_worker(tx, worker_id, fields)))
 
     async def get_worker_by_id(self, worker_id: str) -> Worker | None:
         """A worker by id, or None."""
-        with self._driver.read() as tx:
+
+        def body(tx: ReadTransaction) -> Worker | None:
             worker = tx.get_worker(worker_id)
             return None if worker is None else tx.detach(worker)
+
+        return await self._driver.run_read(body)
 
     async def query_workers(
         self,
@@ -860,9 +927,8 @@ class StoreEngine(LightningStore):
         """Workers matching the filters."""
         check_page(limit, offset)
         predicate = worker_filter(status_in=status_in, worker_id_contains=worker_id_contains, filter_logic=filter_logic)
-        self._maybe_scan(self._clock())
-        with self._driver.read() as tx:
-            items = _matching(tx, tx.all_workers(), predicate)
+        await self._maybe_scan(self._clock())
+        items = await self._driver.run_read(lambda tx: _matching(tx, tx.all_workers(), predicate))
         return paginate(sort_items(items, Worker, sort_by, sort_order), limit, offset)
 
     # -- waiting ------------------------------------------------------------------------------------------------
@@ -872,14 +938,13 @@ class StoreEngine(LightningStore):
         done = await self.wait_for_rollouts(rollout_ids=[rollout_id], timeout=timeout)
         return done[0] if done else None
 
-    def _wake_every(self) -> float | None:
+    async def _wake_every(self) -> float | None:
         """How long a waiter may sleep before it must look again: the driver's poll for other processes' writes,
         and a scan slice while some rollout has health rules (they fire only when someone scans)."""
         poll = self._driver.poll_seconds
         if poll is not None:
             return poll
-        with self._driver.read() as tx:
-            watched = tx.any_watched()
+        watched = await self._driver.run_read(lambda tx: tx.any_watched())
         return max(self._scan_debounce, 0.25) if watched else None
 
     async def wait_for_rollouts(self, *, rollout_ids: list[str], timeout: float | None = None) -> list[Rollout]:
@@ -894,21 +959,26 @@ class StoreEngine(LightningStore):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         registered: dict[asyncio.Future[None], str] = {}
+        statuses: dict[str, str] = {}
         try:
-            self._maybe_scan(self._clock())
+            await self._maybe_scan(self._clock())
             if timeout != 0:
-                with self._driver.read() as tx:
-                    statuses = tx.rollout_statuses(rollout_ids)
-                    with self._waiters_lock:
-                        for rollout_id, status in statuses.items():
-                            if status not in state.FINISHED_STATUSES:
-                                registered[self._waiters.add(rollout_id, loop)] = rollout_id
-            pending = dict(registered)
+                # Registered before the statuses are read, so a rollout finishing in between still wakes us (the
+                # read may run on another thread while writes commit); then the finished and unknown ones go.
+                with self._waiters_lock:
+                    for rollout_id in dict.fromkeys(r for r in rollout_ids if isinstance(r, str)):
+                        registered[self._waiters.add(rollout_id, loop)] = rollout_id
+                statuses = await self._driver.run_read(lambda tx: tx.rollout_statuses(list(registered.values())))
+            pending = {
+                future: rollout_id
+                for future, rollout_id in registered.items()
+                if rollout_id in statuses and statuses[rollout_id] not in state.FINISHED_STATUSES
+            }
             while pending:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     break
-                wake = self._wake_every()
+                wake = await self._wake_every()
                 if remaining is not None:
                     wake = remaining if wake is None else min(wake, remaining)
                 done, _ = await asyncio.wait(set(pending), timeout=wake)
@@ -916,9 +986,8 @@ class StoreEngine(LightningStore):
                     pending.pop(future, None)
                 if pending:
                     # Another process may have finished them, or a health rule may have fired.
-                    self._maybe_scan(self._clock())
-                    with self._driver.read() as tx:
-                        statuses = tx.rollout_statuses(list(pending.values()))
+                    await self._maybe_scan(self._clock())
+                    statuses = await self._driver.run_read(partial(_statuses, ids=list(pending.values())))
                     for future, rollout_id in list(pending.items()):
                         if statuses.get(rollout_id) in state.FINISHED_STATUSES:
                             pending.pop(future)
@@ -927,13 +996,20 @@ class StoreEngine(LightningStore):
                 with self._waiters_lock:
                     for future, rollout_id in registered.items():
                         self._waiters.discard(rollout_id, future)
-        with self._driver.read() as tx:
+
+        def body(tx: ReadTransaction) -> list[Rollout]:
             found = tx.get_rollouts(rollout_ids)
             return [
                 tx.detach(found[rid])
                 for rid in rollout_ids
                 if isinstance(rid, str) and rid in found and found[rid].status in state.FINISHED_STATUSES
             ]
+
+        return await self._driver.run_read(body)
+
+
+def _statuses(tx: ReadTransaction, ids: list[str]) -> dict[str, str]:
+    return tx.rollout_statuses(ids)
 
 
 def _matching(tx: ReadTransaction, items: Iterable[Any], predicate: Callable[[Any], bool] | None) -> list[Any]:

@@ -11,9 +11,12 @@ from pydantic import BaseModel
 from agl.types.core import RolloutConfig, RolloutMode
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
     "as_config",
     "as_metadata",
     "build_model",
+    "check_int64",
     "check_mode",
     "check_worker_id",
     "copy_model",
@@ -25,6 +28,17 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 _MODES = ("train", "val", "test")
+
+INT64_MAX = 2**63 - 1
+"""The largest integer a store keeps in an integer column (SQLite's INTEGER, PostgreSQL's BIGINT)."""
+INT64_MIN = -(2**63)
+"""The smallest such integer."""
+
+
+def check_int64(field: str, value: int) -> None:
+    """Raise a ValueError naming `field` when `value` is outside signed 64-bit, so it never reaches a database."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{field} must be a signed 64-bit integer ({INT64_MIN}..{INT64_MAX}); got {value}")
 
 
 def new_id(prefix: str, nbytes: int) -> str:

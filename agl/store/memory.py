@@ -15,16 +15,16 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from agl.store import state
 from agl.store.base import LightningStoreStatistics
 from agl.store.budget import MemoryBudget
-from agl.store.driver import CommitHook, EncodedSpan, M
+from agl.store.driver import CommitHook, EncodedSpan, M, ReadTransaction, WriteTransaction
 from agl.store.engine import StoreEngine
 from agl.store.errors import NotFoundError, StoreFullError
 from agl.store.events import StoreEvent
-from agl.store.inputs import copy_model
+from agl.store.inputs import INT64_MAX, copy_model
 from agl.store.query import RolloutFilter
 from agl.store.rollout_index import RolloutIndex
 from agl.store.spill import MIN_SPILL_BYTES, SpanSpill, remove_stale_spills_once
@@ -35,6 +35,8 @@ from agl.types.tracer import Span, span_json
 __all__ = ["InMemoryLightningStore"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _RolloutRecord:
@@ -190,6 +192,16 @@ class MemoryDriver:
         """The lock, held for writing; collected events and finished rollouts go to the hook afterwards."""
         return self._writer
 
+    async def run_read(self, body: Callable[[ReadTransaction], T]) -> T:
+        """`body(self)` under the lock, at once on the caller (memory reads never wait on I/O)."""
+        with self._reader as tx:
+            return body(tx)
+
+    async def run_write(self, body: Callable[[WriteTransaction], T]) -> T:
+        """`body(self)` under the lock, at once on the caller; what it changed before an exception stays changed."""
+        with self._writer as tx:
+            return body(tx)
+
     def encode_span(self, span: Span, payload: bytes | None) -> EncodedSpan:
         """The span, its JSON (`payload` kept as it is when given) and the bytes it counts against the budget."""
         if payload is None:
@@ -235,6 +247,16 @@ class MemoryDriver:
         """The rollout's latest attempt."""
         record = self.records.get(rollout_id)
         return record.attempts[-1] if record is not None and record.attempts else None
+
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """Each rollout's latest attempt, for those that have one."""
+        records = self.records
+        out: dict[str, Attempt] = {}
+        for rollout_id in rollout_ids:
+            record = records.get(rollout_id)
+            if record is not None and record.attempts:
+                out[rollout_id] = record.attempts[-1]
+        return out
 
     def latest_sequence_id(self, rollout_id: str) -> int:
         """How many attempts the rollout has (sequence ids count from 1)."""
@@ -371,9 +393,11 @@ class MemoryDriver:
     def allocate_span_sequence_ids(self, counts: Mapping[str, int]) -> dict[str, int]:
         """Advance each rollout's counter by its count (every rollout checked first); each first new id."""
         records = self.records
-        for rollout_id in counts:
+        for rollout_id, count in counts.items():
             if rollout_id not in records:
                 raise NotFoundError("rollout", rollout_id)
+            if records[rollout_id].span_seq + count > INT64_MAX:
+                raise ValueError(f"span sequence ids of rollout {rollout_id} are exhausted (they stop at {INT64_MAX})")
         first: dict[str, int] = {}
         for rollout_id, count in counts.items():
             record = records[rollout_id]

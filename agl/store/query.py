@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from agl.store.inputs import INT64_MAX as _INT64_MAX
 from agl.types.core import FilterOptions, PaginatedResult
 
 __all__ = [
@@ -239,10 +240,10 @@ def sort_items(items: list[T], model: type[BaseModel], sort_by: str | None, sort
 
 def check_page(limit: int, offset: int) -> None:
     """Raise a ValueError unless `limit` is -1 (all) or ≥ 0 and `offset` ≥ 0."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < -1:
-        raise ValueError(f"limit must be an integer >= 0, or -1 for no limit; got {limit!r}")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValueError(f"offset must be an integer >= 0; got {offset!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not -1 <= limit <= _INT64_MAX:
+        raise ValueError(f"limit must be an integer in 0..{_INT64_MAX}, or -1 for no limit; got {limit!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= _INT64_MAX:
+        raise ValueError(f"offset must be an integer in 0..{_INT64_MAX}; got {offset!r}")
 
 
 def paginate(items: Sequence[T], limit: int, offset: int, total: int | None = None) -> PaginatedResult[T]:
@@ -280,9 +281,13 @@ def _check_modes(mode_in: Any) -> list[str] | None:
 def _check_time(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # an int too large for a float is refused like infinity
+        number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number of epoch seconds (or None), got {value!r}")
-    return float(value)
+    return number
 
 
 def check_rollout_window(

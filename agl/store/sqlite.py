@@ -43,10 +43,8 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
@@ -54,11 +52,13 @@ from pydantic_core import PydanticSerializationError
 from agl.store import idempotency, state
 from agl.store import sqlite_rollout_query as rollout_sql
 from agl.store.base import LightningStoreStatistics
-from agl.store.driver import CommitHook, EncodedSpan, M
+from agl.store.driver import CommitHook, EncodedSpan, M, ReadTransaction, WriteTransaction
 from agl.store.engine import StoreEngine
 from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
+from agl.store.inputs import INT64_MAX
 from agl.store.query import RolloutFilter, sort_items
+from agl.store.sqlite_threads import GroupWriter, ReaderPool
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
 from agl.types.tracer import Span
@@ -74,6 +74,8 @@ _IN_CHUNK = 500
 """Ids per `IN (...)` query."""
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA", "OFF"]
+
+T = TypeVar("T")
 
 
 class SqliteStoreError(RuntimeError):
@@ -347,54 +349,15 @@ def _no_hook(events: list[StoreEvent], finished: list[str]) -> None:
     return None
 
 
-class _Transaction:
-    """A transaction of the SQLite driver: its lock held and a SQLite transaction open (`BEGIN IMMEDIATE` to write,
-    a WAL snapshot to read); after a committed write, what it collected goes to the engine."""
-
-    __slots__ = ("_driver", "_write")
-
-    def __init__(self, driver: SqliteDriver, write: bool) -> None:
-        self._driver = driver
-        self._write = write
-
-    def __enter__(self) -> SqliteDriver:
-        driver = self._driver
-        driver.lock.acquire()
-        try:
-            driver.conn().execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
-        except BaseException:
-            driver.lock.release()
-            raise
-        return driver
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        driver = self._driver
-        db = driver.conn()
-        if not self._write:
-            try:
-                db.execute("COMMIT")
-            finally:
-                driver.lock.release()
-            return
-        events, finished = driver.events, driver.finished
-        driver.events, driver.finished = [], []
-        try:
-            if kind is not None:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                return
-            db.execute("COMMIT")
-            if events or finished:
-                # Only committed changes are reported; under the lock, so listeners see them in commit order.
-                driver.on_commit(events, finished)
-        finally:
-            driver.lock.release()
+_READER_THREADS = 2
+"""Reader connections (each on its own thread): reads beside one long query still find one free."""
 
 
 class SqliteDriver:
-    """The SQLite store's storage: one connection, rows as pydantic JSON next to the columns queries need.
+    """The SQLite store's storage: a writer thread committing writes in groups on its connection, reader threads
+    with their own connections (WAL snapshots), rows as pydantic JSON next to the columns queries need.
 
-    It is its own transaction object (`read()` / `write()`); see `agl.store.driver`.
+    See `agl.store.driver` for the interface and `agl.store.sqlite_threads` for the threads.
     """
 
     poll_seconds: float | None = _POLL_SECONDS
@@ -408,45 +371,57 @@ class SqliteDriver:
         claim_timeout: float | None,
     ) -> None:
         self.path = path
-        self.lock = threading.Lock()
         self.on_commit: CommitHook = _no_hook
-        self.events: list[StoreEvent] = []
-        self.finished: list[str] = []
-        self._reader = _Transaction(self, False)
-        self._writer = _Transaction(self, True)
-        self._db: sqlite3.Connection | None = _connect(path, synchronous, busy_timeout)
-        with self.read():
-            count, total, oldest = (
-                self.conn()
-                .execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created) FROM idempotency_keys")
-                .fetchone()
-            )
-        self.kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
-        if claim_timeout is not None:
-            # Rows written with the claim timeout off are not marked for the health scan; mark them now.
-            db = self.conn()
-            if db.execute("SELECT 1 FROM rollouts WHERE status = 'preparing' AND watched = 0 LIMIT 1").fetchone():
-                with self.write():
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        db = _connect(path, synchronous, busy_timeout)
+        try:
+            count, total, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(created) FROM idempotency_keys"
+            ).fetchone()
+            if claim_timeout is not None:
+                # Rows written with the claim timeout off are not marked for the health scan; mark them now.
+                if db.execute("SELECT 1 FROM rollouts WHERE status = 'preparing' AND watched = 0 LIMIT 1").fetchone():
                     db.execute("UPDATE rollouts SET watched = 1 WHERE status = 'preparing' AND watched = 0")
+        except BaseException:
+            db.close()
+            raise
+        self.kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
+        self._rows = SqliteRows(db, path, self.kept_keys)
+        self._writer: GroupWriter[SqliteRows] = GroupWriter(self._rows, self._committed, path)
+        # A private in-memory database exists on its one connection only: its reads go through the writer.
+        self._readers: ReaderPool[SqliteRows] | None = (
+            None if path in ("", ":memory:") else ReaderPool(self._open_reader, _READER_THREADS, path)
+        )
 
-    def conn(self) -> sqlite3.Connection:
-        """The open connection (RuntimeError once closed)."""
-        if self._db is None:
-            raise RuntimeError(f"SqliteLightningStore on {self.path} is closed")
-        return self._db
+    @property
+    def writer(self) -> GroupWriter[SqliteRows]:
+        """The writer thread (its `commits` and `writes` tell how writes were grouped)."""
+        return self._writer
+
+    def _open_reader(self) -> SqliteRows:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return SqliteRows(db, self.path, self.kept_keys)
+
+    def _committed(self, events: list[StoreEvent], finished: list[str]) -> None:
+        self.on_commit(events, finished)
 
     # -- the driver ---------------------------------------------------------------------------------------------
     def bind(self, on_commit: CommitHook) -> None:
         """Set what to call after each committed write transaction."""
         self.on_commit = on_commit
 
-    def read(self) -> _Transaction:
-        """A read transaction: a consistent snapshot that never blocks writers (WAL)."""
-        return self._reader
+    async def run_read(self, body: Callable[[ReadTransaction], T]) -> T:
+        """`body` on a reader thread in one WAL snapshot: it never waits for a commit, and no event loop waits for
+        it."""
+        if self._readers is None:
+            return await self._writer.run(body)
+        return await self._readers.run(body)
 
-    def write(self) -> _Transaction:
-        """A write transaction (`BEGIN IMMEDIATE`), committed on normal exit and rolled back on an exception."""
-        return self._writer
+    async def run_write(self, body: Callable[[WriteTransaction], T]) -> T:
+        """`body` on the writer thread, committed with the writes queued beside it (each in its own savepoint)."""
+        return await self._writer.run(body)
 
     @staticmethod
     def encode_span(span: Span, payload: bytes | None) -> EncodedSpan:
@@ -455,11 +430,36 @@ class SqliteDriver:
         return span, data, len(data)
 
     def close(self) -> None:
-        """Close the database (checkpointing the WAL); later calls raise RuntimeError."""
-        with self.lock:
-            db, self._db = self._db, None
-            if db is not None:
-                db.close()
+        """Finish queued writes and reads, then close every connection (checkpointing the WAL); later calls raise
+        RuntimeError."""
+        if self._readers is not None:
+            self._readers.close()
+        self._writer.close()
+        self._rows.close()
+
+
+class SqliteRows:
+    """A transaction over one connection of the SQLite store: the rows as pydantic JSON next to the columns queries
+    need (see `agl.store.driver`'s `WriteTransaction`). Used by one thread at a time."""
+
+    def __init__(self, db: sqlite3.Connection, path: str, kept_keys: idempotency.RetentionTracker) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = db
+        self.kept_keys = kept_keys
+        self.events: list[StoreEvent] = []
+        self.finished: list[str] = []
+
+    def conn(self) -> sqlite3.Connection:
+        """The open connection (RuntimeError once closed)."""
+        if self._db is None:
+            raise RuntimeError(f"SqliteLightningStore on {self.path} is closed")
+        return self._db
+
+    def close(self) -> None:
+        """Close the connection."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     # -- reads --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -567,6 +567,21 @@ class SqliteDriver:
             .fetchone()
         )
         return None if row is None else Attempt.model_validate_json(row[0])
+
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """Each rollout's latest attempt, a chunk of rollouts per query (SQLite returns `data` of the row holding
+        the group's MAX)."""
+        out: dict[str, Attempt] = {}
+        wanted = [rid for rid in dict.fromkeys(rollout_ids) if isinstance(rid, str)]
+        db = self.conn()
+        for chunk in _chunks(wanted):
+            for rid, _, data in db.execute(
+                f"SELECT rollout_id, MAX(sequence_id), data FROM attempts WHERE rollout_id IN ({_marks(len(chunk))}) "
+                "GROUP BY rollout_id",
+                tuple(chunk),
+            ):
+                out[rid] = Attempt.model_validate_json(data)
+        return out
 
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
@@ -747,16 +762,20 @@ class SqliteDriver:
         """Advance each rollout's counter by its count; each first new id (an unknown rollout rolls back all)."""
         first: dict[str, int] = {}
         for rollout_id, count in counts.items():
+            # Guarded in SQL: past 2**63-1 SQLite would turn the counter into a float.
             row = (
                 self.conn()
                 .execute(
-                    "UPDATE span_counters SET counter = counter + ? WHERE rollout_id = ? RETURNING counter",
-                    (count, rollout_id),
+                    "UPDATE span_counters SET counter = counter + ? WHERE rollout_id = ? AND counter <= ? "
+                    "RETURNING counter",
+                    (count, rollout_id, INT64_MAX - count),
                 )
                 .fetchone()
             )
             if row is None:
-                raise NotFoundError("rollout", rollout_id)
+                if self.get_rollout(rollout_id) is None:
+                    raise NotFoundError("rollout", rollout_id)
+                raise ValueError(f"span sequence ids of rollout {rollout_id} are exhausted (they stop at {INT64_MAX})")
             first[rollout_id] = int(row[0]) - count + 1
         return first
 
@@ -949,13 +968,17 @@ class SqliteLightningStore(StoreEngine):
 
     async def statistics(self) -> SqliteStoreStatistics:
         """Row counts of every collection, uptime, and the size of the database and WAL files."""
-        with self._sqlite.read() as driver:
-            db = driver.conn()
+
+        def count(tx: ReadTransaction) -> list[int]:
+            assert isinstance(tx, SqliteRows)
+            db = tx.conn()
             counted = dict(db.execute("SELECT name, value FROM counters").fetchall())
-            counts = [
+            return [
                 counted[table] if table in counted else db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                 for table in ("rollouts", "attempts", "spans", "resources", "workers")
             ]
+
+        counts = await self._sqlite.run_read(count)
         return SqliteStoreStatistics(
             name=type(self).__name__,
             total_rollouts=counts[0],
