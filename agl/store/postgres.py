@@ -26,13 +26,18 @@ Design
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
+import random
 import re
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
@@ -41,10 +46,11 @@ from pydantic_core import PydanticSerializationError
 from agl.store import idempotency, state
 from agl.store import postgres_rollout_query as rollout_sql
 from agl.store.base import LightningStoreStatistics
-from agl.store.driver import CommitHook, EncodedSpan, M
+from agl.store.driver import CommitHook, EncodedSpan, M, ReadTransaction, WriteTransaction
 from agl.store.engine import StoreEngine
 from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
+from agl.store.inputs import INT64_MAX
 from agl.store.query import RolloutFilter, sort_items
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
@@ -65,6 +71,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SCHEMA = "agl"
 """The database schema holding the store's tables."""
 
@@ -79,6 +87,9 @@ _NOTIFY_PAYLOAD = 7000
 
 _MIGRATION_LOCK = 0x61676C5F6D6967
 """The advisory lock key held while migrating ('agl_mig')."""
+
+_RETRIES = 8
+"""How often a write that PostgreSQL rolled back to break a deadlock between servers is run again."""
 
 
 class PostgresStoreError(RuntimeError):
@@ -418,6 +429,15 @@ class _Transaction:
         )
         return None if data is None else Attempt.model_validate_json(data)
 
+    def latest_attempts(self, rollout_ids: Sequence[str]) -> dict[str, Attempt]:
+        """Each rollout's latest attempt, in one query for the whole list."""
+        rows = self.run(
+            f"SELECT DISTINCT ON (rollout_id) rollout_id, data FROM {SCHEMA}.attempts WHERE rollout_id = ANY(%s) "
+            "ORDER BY rollout_id, sequence_id DESC",
+            (self._ids(rollout_ids),),
+        )
+        return {rid: Attempt.model_validate_json(data) for rid, data in rows}
+
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
         found = self._one(f"SELECT max(sequence_id) FROM {SCHEMA}.attempts WHERE rollout_id = %s", (rollout_id,))
@@ -604,12 +624,14 @@ class _Transaction:
                 if "\x00" in rollout_id
                 else self._one(
                     f"UPDATE {SCHEMA}.span_counters SET counter = counter + %s WHERE rollout_id = %s "
-                    "RETURNING counter",
-                    (count, rollout_id),
+                    "AND counter <= %s RETURNING counter",
+                    (count, rollout_id, INT64_MAX - count),
                 )
             )
             if found is None:
-                raise NotFoundError("rollout", rollout_id)
+                if self.get_rollout(rollout_id) is None:
+                    raise NotFoundError("rollout", rollout_id)
+                raise ValueError(f"span sequence ids of rollout {rollout_id} are exhausted (they stop at {INT64_MAX})")
             first[rollout_id] = int(found) - count + 1
         return first
 
@@ -753,6 +775,8 @@ class PostgresDriver:
         self.commit_lock = threading.Lock()
         self._connect_timeout = connect_timeout
         self._closed = threading.Event()
+        # Transactions run here, never on an event loop: one thread per pooled connection.
+        self._executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="agl-pg")
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
         self.listening = threading.Event()
@@ -799,12 +823,45 @@ class PostgresDriver:
         """Set what to call after each committed write transaction (and for rollouts other servers finished)."""
         self.on_commit = on_commit
 
+    async def run_read(self, body: Callable[[ReadTransaction], T]) -> T:
+        """`body` in a read transaction (one REPEATABLE READ snapshot) on a thread of the driver's pool."""
+        return await self._run(body, False)
+
+    async def run_write(self, body: Callable[[WriteTransaction], T]) -> T:
+        """`body` in a write transaction on a thread of the driver's pool; run again (up to a few times) when
+        PostgreSQL rolls it back to break a deadlock with another server's write."""
+        return await self._run(body, True)
+
+    async def _run(self, body: Callable[[Any], T], write: bool) -> T:
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, context.run, self._transact, body, write
+        )
+
+    def _transact(self, body: Callable[[Any], T], write: bool) -> T:
+        """`body(tx)` in one transaction (on the calling thread)."""
+        import psycopg
+
+        pending = idempotency.current_write()
+        kept_before = pending.kept if pending is not None else None
+        for attempt in range(_RETRIES + 1):
+            try:
+                with _Transaction(self, write) as tx:
+                    return body(tx)
+            except psycopg.errors.TransactionRollback:  # deadlock or serialization failure: nothing was written
+                if attempt == _RETRIES:
+                    raise
+                if pending is not None:
+                    pending.kept = kept_before  # the answer kept by the rolled-back run is gone with it
+                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+        raise AssertionError("unreachable")
+
     def read(self) -> _Transaction:
-        """A read transaction: one snapshot (REPEATABLE READ)."""
+        """A read transaction on the calling thread: one snapshot (REPEATABLE READ)."""
         return _Transaction(self, False)
 
     def write(self) -> _Transaction:
-        """A write transaction (READ COMMITTED, row locks on what it reads to change), committed on normal exit and
+        """A write transaction on the calling thread (READ COMMITTED, row locks on what it reads to change), committed on normal exit and
         rolled back on an exception."""
         return _Transaction(self, True)
 
@@ -815,7 +872,9 @@ class PostgresDriver:
         return span, data, len(data)
 
     def close(self) -> None:
-        """Stop the listener and close the pool; later calls raise RuntimeError."""
+        """Finish the transactions handed over, stop the listener and close the pool; later calls raise
+        RuntimeError."""
+        self._executor.shutdown(wait=True)
         self._closed.set()
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -942,12 +1001,15 @@ class PostgresLightningStore(StoreEngine):
 
     async def statistics(self) -> PostgresStoreStatistics:
         """Row counts of every collection, uptime, and the size of the database."""
-        with self._pg.read() as tx:
-            row = tx.run(
+
+        def count(tx: Any) -> Any:
+            return tx.run(
                 f"SELECT (SELECT count(*) FROM {SCHEMA}.rollouts), (SELECT count(*) FROM {SCHEMA}.attempts), "
                 f"(SELECT count(*) FROM {SCHEMA}.spans), (SELECT count(*) FROM {SCHEMA}.resources), "
                 f"(SELECT count(*) FROM {SCHEMA}.workers), pg_database_size(current_database())"
             ).fetchone()
+
+        row = await self._pg.run_read(count)
         assert row is not None
         return PostgresStoreStatistics(
             name=type(self).__name__,
