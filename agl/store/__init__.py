@@ -42,6 +42,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
-    from agl.store.server import LightningStoreServer
     from agl.store.postgres import PostgresLightningStore
+    from agl.store.server import LightningStoreServer
     from agl.store.sqlite import SqliteLightningStore

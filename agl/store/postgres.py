@@ -34,8 +34,8 @@ import random
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -194,7 +194,7 @@ def _migrate_to_1(cur: psycopg.Cursor[Any]) -> None:
         )""",
     ]
     for sql in statements:
-        cur.execute(sql)  # type: ignore[arg-type]  # our own constant text
+        cur.execute(sql)
 
 
 MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [_migrate_to_1]
@@ -350,7 +350,7 @@ class _Transaction:
         import psycopg
 
         try:
-            return cur.execute(sql, params, prepare=True)  # type: ignore[arg-type]
+            return cur.execute(sql, params, prepare=True)
         except psycopg.errors.NumericValueOutOfRange as exc:
             raise ValueError(f"an integer is outside the 64-bit range the store keeps: {exc}") from exc
         except psycopg.DataError as exc:
@@ -456,9 +456,7 @@ class _Transaction:
         """The rollout's attempts by sequence id."""
         if not isinstance(rollout_id, str) or "\x00" in rollout_id:
             return []
-        rows = self.run(
-            f"SELECT data FROM {SCHEMA}.attempts WHERE rollout_id = %s ORDER BY sequence_id", (rollout_id,)
-        )
+        rows = self.run(f"SELECT data FROM {SCHEMA}.attempts WHERE rollout_id = %s ORDER BY sequence_id", (rollout_id,))
         return [Attempt.model_validate_json(data) for (data,) in rows]
 
     def span_payloads(self, rollout_id: str, attempt_id: str | None) -> list[bytes]:
@@ -478,9 +476,7 @@ class _Transaction:
         """A resources snapshot by id."""
         if not isinstance(resources_id, str) or "\x00" in resources_id:
             return None
-        data = self._one(
-            f"SELECT data FROM {SCHEMA}.resources WHERE resources_id = %s{self._lock}", (resources_id,)
-        )
+        data = self._one(f"SELECT data FROM {SCHEMA}.resources WHERE resources_id = %s{self._lock}", (resources_id,))
         return None if data is None else ResourcesUpdate.model_validate_json(data)
 
     def all_resources(self) -> list[ResourcesUpdate]:
@@ -671,7 +667,9 @@ class _Transaction:
             return
         created, fingerprint, status, content_type, headers, body = row
         pairs = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in json.loads(headers))
-        first = idempotency.KeptAnswer(int(fingerprint), int(status), bytes(body), content_type.encode("latin-1"), pairs)
+        first = idempotency.KeptAnswer(
+            int(fingerprint), int(status), bytes(body), content_type.encode("latin-1"), pairs
+        )
         tracker = self._driver.kept_keys
         if now - float(created) <= tracker.retention.max_age_seconds:
             raise idempotency.AnswerAlreadyKept(pending.key, first)
@@ -952,7 +950,9 @@ class PostgresLightningStore(StoreEngine):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if max_connections < min_connections:
-            raise ValueError(f"max_connections ({max_connections}) must be at least min_connections ({min_connections})")
+            raise ValueError(
+                f"max_connections ({max_connections}) must be at least min_connections ({min_connections})"
+            )
         self._dsn = dsn
         self._options: dict[str, Any] = {
             "min_connections": min_connections,
@@ -1022,4 +1022,3 @@ class PostgresLightningStore(StoreEngine):
             dsn=self._pg.where,
             database_bytes=int(row[5]),
         )
-

@@ -91,7 +91,9 @@ def test_an_empty_database_is_migrated_once_by_stores_opening_together() -> None
             t.join()
         try:
             assert errors == []
-            assert _sql(dsn, f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+            assert _sql(dsn, f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'") == [
+                (str(SCHEMA_VERSION),)
+            ]
         finally:
             for store in stores:
                 asyncio.run(store.close())
