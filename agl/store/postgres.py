@@ -846,8 +846,9 @@ class PostgresDriver:
             try:
                 with _Transaction(self, write) as tx:
                     return body(tx)
-            except psycopg.errors.TransactionRollback:  # deadlock or serialization failure: nothing was written
-                if attempt == _RETRIES:
+            except psycopg.Error as exc:
+                # SQLSTATE class 40 (deadlock detected, serialization failure): rolled back, nothing was written.
+                if not (exc.sqlstate or "").startswith("40") or attempt == _RETRIES:
                     raise
                 if pending is not None:
                     pending.kept = kept_before  # the answer kept by the rolled-back run is gone with it

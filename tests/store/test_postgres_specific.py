@@ -11,7 +11,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,3 +276,31 @@ async def test_processes_claiming_together_take_each_rollout_once_and_number_spa
         assert all(page.total == 1 for page in attempts)  # one attempt each: no rollout claimed twice
     finally:
         await check.close()
+
+
+async def test_a_write_rolled_back_to_break_a_deadlock_runs_again(postgres_dsn: str) -> None:
+    store = open_store(postgres_dsn)
+    try:
+        await store.update_worker("w-a")
+        await store.update_worker("w-b")
+        runs = {"w-a": 0, "w-b": 0}
+        both_hold_one = threading.Barrier(2)
+
+        def locking(first: str, second: str) -> Callable[[Any], str]:
+            def body(tx: Any) -> str:
+                runs[first] += 1
+                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (first,))
+                if runs[first] == 1:
+                    both_hold_one.wait(timeout=10)  # each holds one row and now asks for the other's
+                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (second,))
+                return first
+
+            return body
+
+        done = await asyncio.gather(
+            store._pg.run_write(locking("w-a", "w-b")), store._pg.run_write(locking("w-b", "w-a"))
+        )
+        assert sorted(done) == ["w-a", "w-b"]
+        assert runs["w-a"] + runs["w-b"] == 3  # PostgreSQL rolled one back; it ran again and committed
+    finally:
+        await store.close()
