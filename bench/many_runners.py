@@ -6,12 +6,14 @@ live in a few worker processes (`--procs`); the server is a real `agl store` pro
 `--server agentlightning --al-python PY`). All rollouts are enqueued before the clock starts; the run ends when every
 one has succeeded. Then every rollout is checked: exactly one attempt succeeded (duplicates and losses are errors).
 
-Several servers of one database: `--servers N` starts N `agl store` processes on one SQLite file and gives every
+Several servers of one database: `--servers N` starts N `agl store` processes on one SQLite file or PostgreSQL
+database (`--backend postgres`: a throwaway local server with fsync on, or `--dsn`) and gives every
 runner all their URLs (the client spreads its calls over them); `--store-url URL,URL,...` runs against servers
 started elsewhere (e.g. two on one PostgreSQL; their CPU and memory are then not measured), on an empty store.
 
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend memory sqlite
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend sqlite --servers 2
+    .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend postgres --servers 2
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --store-url http://h:4747,http://h:4748
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 2000 --server agentlightning \\
         --al-python .venv-agentlightning/bin/python
@@ -138,7 +140,9 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
     out.put({"latencies": stats["latencies"], "errors": stats["errors"], "done": stats["done"]})
 
 
-def _start_server(kind: str, backend: str, port: int, workdir: Path, al_python: str | None) -> subprocess.Popen[bytes]:
+def _start_server(
+    kind: str, backend: str, port: int, workdir: Path, al_python: str | None, dsn: str | None = None
+) -> subprocess.Popen[bytes]:
     log = (workdir / f"server-{port}.log").open("wb")
     if kind == "agentlightning":
         assert al_python, "--server agentlightning needs --al-python"
@@ -150,6 +154,9 @@ def _start_server(kind: str, backend: str, port: int, workdir: Path, al_python: 
     args += ["--log-level", "WARNING", "--backend", backend]
     if backend == "sqlite":
         args += ["--path", str(workdir / "store.db")]
+    elif backend == "postgres":
+        assert dsn, "--backend postgres needs a database"
+        args += ["--dsn", dsn]
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_fd_limit)
 
 
@@ -235,15 +242,24 @@ def _profile(pid: int, seconds: float, workdir: Path) -> list[tuple[str, float]]
 def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="agl-many-runners-"))
     servers: list[subprocess.Popen[bytes]] = []
+    cluster = None
     try:
+        dsn = args.dsn
+        if kind == "agl" and backend == "postgres" and not dsn:
+            # A throwaway PostgreSQL server with fsync on (commits as durable as a real deployment's).
+            sys.path.insert(0, str(REPO))
+            from tests.store.postgres_server import PostgresCluster
+
+            cluster = PostgresCluster(fsync=True).start()
+            dsn = cluster.create_database("agl_many_runners")
         if kind == "external":
             url = args.store_url
         else:
             urls = []
-            for _ in range(args.servers if kind == "agl" else 1):  # one SQLite file (workdir) for every server
+            for _ in range(args.servers if kind == "agl" else 1):  # one database (file or DSN) for every server
                 port = _free_port()
                 urls.append(f"http://127.0.0.1:{port}")
-                servers.append(_start_server(kind, backend, port, workdir, args.al_python))
+                servers.append(_start_server(kind, backend, port, workdir, args.al_python, dsn))
             for one_url, server in zip(urls, servers, strict=True):
                 _wait_healthy(one_url, server)
             url = ",".join(urls)  # the client takes several servers as one comma-separated string
@@ -278,6 +294,8 @@ def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]
                 server.kill()
                 server.wait(5)
         shutil.rmtree(workdir, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
 
 
 def _measure(
@@ -377,7 +395,8 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=1000)
     parser.add_argument("--rollouts", type=int, default=20000)
     parser.add_argument("--procs", type=int, default=4, help="worker processes the runners are spread over")
-    parser.add_argument("--backend", nargs="+", default=["memory", "sqlite"], choices=["memory", "sqlite"])
+    parser.add_argument("--backend", nargs="+", default=["memory", "sqlite"], choices=["memory", "sqlite", "postgres"])
+    parser.add_argument("--dsn", help="with --backend postgres: the database (default: a throwaway local server)")
     parser.add_argument("--server", choices=["agl", "agentlightning", "both"], default="agl")
     parser.add_argument("--al-python", help="Python of a virtualenv with agentlightning==0.3.0")
     parser.add_argument("--al-rollouts", type=int, default=2000, help="rollouts for the (slower) upstream server")
@@ -393,7 +412,9 @@ def main() -> None:
     if args.servers < 1:
         parser.error(f"--servers must be at least 1, got {args.servers}")
     if args.servers > 1 and (args.server != "agl" or "memory" in args.backend):
-        parser.error("--servers N > 1 shares one database: give --server agl --backend sqlite (memory is per process)")
+        parser.error(
+            "--servers N > 1 shares one database: give --server agl --backend sqlite or postgres (memory is per process)"
+        )
     _raise_fd_limit()
     plan: list[tuple[str, str]] = []
     if args.store_url:

@@ -12,6 +12,7 @@ stdout, JSON (with every repeat) to bench/results/.
 
     .venv/bin/python bench/store_http.py                # K = 1, 4, 16; both cycles; 5 s each; medians of 3
     .venv/bin/python bench/store_http.py --k 4 --duration 10 --mode single --repeats 1
+    .venv/bin/python bench/store_http.py --backend postgres --k 4 --mode single   # a throwaway PostgreSQL server
 
 Agent Lightning 0.3.0 side by side (its own server and its own client, run by the Python of a side virtualenv that
 has `agentlightning==0.3.0`; see bench/README.md):
@@ -70,6 +71,10 @@ def _serve(
         from agl.store.sqlite import SqliteLightningStore
 
         store = SqliteLightningStore(db_path, synchronous=synchronous)  # type: ignore[arg-type]
+    elif backend == "postgres":  # db_path is the database's DSN
+        from agl.store.postgres import PostgresLightningStore
+
+        store = PostgresLightningStore(db_path)
     else:
         store = InMemoryLightningStore(thread_safe=True)
     server = LightningStoreServer(store, host="127.0.0.1", port=0, metrics=metrics)
@@ -443,13 +448,21 @@ def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) ->
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     db_dir = tempfile.mkdtemp(prefix="agl-bench-sqlite-")
+    cluster = None
+    where = os.path.join(db_dir, "store.db")
+    if args.backend == "postgres":
+        where = args.dsn
+        if not where:
+            # A throwaway server with fsync on: commits are as durable as a real deployment's.
+            from tests.store.postgres_server import PostgresCluster
+
+            cluster = PostgresCluster(fsync=True).start()
+            where = cluster.create_database("agl_bench")
     server = ctx.Process(
-        target=_serve,
-        args=(child, args.backend, os.path.join(db_dir, "store.db"), args.sqlite_synchronous),
-        name="agl-bench-store-server",
+        target=_serve, args=(child, args.backend, where, args.sqlite_synchronous), name="agl-bench-store-server"
     )
-    server.start()
     try:
+        server.start()
         if not parent.poll(60):
             raise RuntimeError("the benchmark server did not start within 60 s")
         port = parent.recv()
@@ -465,6 +478,8 @@ def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) ->
         import shutil
 
         shutil.rmtree(db_dir, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,7 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration; medians reported (default 3)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--port", type=int, help="use a server already listening on 127.0.0.1:PORT (for profiling)")
-    parser.add_argument("--backend", choices=("memory", "sqlite"), default="memory", help="AGL server's store")
+    parser.add_argument(
+        "--backend", choices=("memory", "sqlite", "postgres"), default="memory", help="AGL server's store"
+    )
+    parser.add_argument(
+        "--dsn", help="with --backend postgres: the database (default: a throwaway local server, fsync on)"
+    )
     parser.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument(
         "--server",

@@ -1,8 +1,31 @@
-"""Test-wide options: slow tests run only with --run-slow (CI passes it)."""
+"""Test-wide options: slow tests run only with --run-slow (CI passes it); the session's throwaway PostgreSQL server
+(tests/store/postgres_server.py), if a test started one, is stopped at the end."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """The DSN (libpq URL) of a database of this test's own on the session's throwaway PostgreSQL server, holding
+    the store's empty tables; skips without PostgreSQL (fails with AGL_REQUIRE_POSTGRES=1). Stores and `agl store
+    --backend postgres --dsn ...` processes given it share that one database."""
+    from tests.store.postgres_server import fresh_database
+
+    with fresh_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_postgres_at_the_end() -> Iterator[None]:
+    """Stop and delete the throwaway PostgreSQL cluster after the session, also when tests failed."""
+    yield
+    from tests.store.postgres_server import stop_postgres_cluster
+
+    stop_postgres_cluster()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

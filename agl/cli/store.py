@@ -32,9 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback --host without a token (anyone who can reach it can read and change "
                         "the store)")  # fmt: skip
-    parser.add_argument("--backend", choices=["memory", "sqlite", "mongo"], default="memory",
-                        help="memory (default) or sqlite (durable); mongo is Agent Lightning's and not provided")  # fmt: skip
+    parser.add_argument("--backend", choices=["memory", "sqlite", "postgres", "mongo"], default="memory",
+                        help="memory (default), sqlite (durable, one file) or postgres (durable, several servers may "
+                        "share one database); mongo is Agent Lightning's and not provided")  # fmt: skip
     parser.add_argument("--path", default=None, help="database file (required with --backend sqlite)")
+    parser.add_argument("--dsn", default=None, metavar="URL",
+                        help="PostgreSQL database, e.g. postgresql://user@host:5432/db (with --backend postgres; "
+                        "default: $AGL_STORE_DSN); prefer a password in ~/.pgpass or $PGPASSWORD to one in the URL, "
+                        "which `ps` shows")  # fmt: skip
+    parser.add_argument("--pg-pool-size", type=int, default=8, metavar="N",
+                        help="most connections this server opens to PostgreSQL (default 8)")  # fmt: skip
     parser.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="FULL survives power loss, NORMAL survives a process crash (default: FULL)")  # fmt: skip
     parser.add_argument("--memory-budget", type=memory_size(), default=None, metavar="SIZE",
@@ -73,8 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend == "sqlite" and not args.path:
         parser.error("--backend sqlite needs --path FILE (the database file to create or resume)")
-    if args.backend == "memory" and args.path:
+    if args.backend != "sqlite" and args.path:
         parser.error("--path is only for --backend sqlite")
+    if args.backend == "postgres":
+        args.dsn = args.dsn or os.environ.get("AGL_STORE_DSN") or None
+        if not args.dsn:
+            parser.error("--backend postgres needs --dsn postgresql://user@host:5432/dbname (or $AGL_STORE_DSN)")
+        if args.pg_pool_size < 1:
+            parser.error(f"--pg-pool-size {args.pg_pool_size}: give the most connections to open, 1 or more")
+    elif args.dsn:
+        parser.error("--dsn is only for --backend postgres")
     if args.backend == "mongo" or args.mongo_uri is not None:
         parser.error("the MongoDB backend is Agent Lightning's and AGL does not provide it: use --backend sqlite "
                      "--path FILE for a durable store")  # fmt: skip
@@ -119,6 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 synchronous=args.sqlite_synchronous,
                 claim_timeout_seconds=args.claim_timeout,
             )
+        elif args.backend == "postgres":
+            from agl.store.postgres import PostgresLightningStore, PostgresStoreError
+
+            try:
+                store = PostgresLightningStore(
+                    args.dsn, claim_timeout_seconds=args.claim_timeout, max_connections=args.pg_pool_size
+                )
+            except (PostgresStoreError, ImportError) as exc:  # unreachable, refused, or psycopg not installed
+                logger.error("agl store could not start: %s", exc)
+                return 1
+            where = store.dsn
         else:
             from agl.store.memory import InMemoryLightningStore
 
@@ -143,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits=limits,
         )
         server.insecure = args.insecure or server.insecure
-        logger.info("Serving a %s store (%s)", args.backend, args.path or "in memory")
+        if args.backend != "postgres":
+            where = args.path or "in memory"
+        logger.info("Serving a %s store (%s)", args.backend, where)
         server.serve(drain_timeout=args.drain_timeout)
     except InsecureBindError as exc:  # the name given resolved to loopback, the address bound is not
         logger.error("agl store: %s", exc)

@@ -1,7 +1,7 @@
 """The store: the one shared state of AGL (rollouts, attempts, spans, resources, workers).
 
-`LightningStoreClient` / `LightningStoreServer` (optional dependencies) and `SqliteLightningStore` are imported on
-first use.
+`LightningStoreClient` / `LightningStoreServer` (optional dependencies), `SqliteLightningStore` and
+`PostgresLightningStore` (needs the `postgres` extra) are imported on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "LightningStoreServer",
     "LightningStoreStatistics",
     "LightningStoreThreaded",
+    "PostgresLightningStore",
     "SqliteLightningStore",
 ]
 
@@ -28,6 +29,7 @@ _LAZY = {
     "LightningStoreClient": "agl.store.client_server",
     "LightningStoreServer": "agl.store.client_server",
     "SqliteLightningStore": "agl.store.sqlite",
+    "PostgresLightningStore": "agl.store.postgres",
 }
 
 
@@ -40,5 +42,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from agl.store.client import LightningStoreClient
+    from agl.store.postgres import PostgresLightningStore
     from agl.store.server import LightningStoreServer
     from agl.store.sqlite import SqliteLightningStore

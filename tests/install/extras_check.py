@@ -5,6 +5,7 @@
     python tests/install/extras_check.py train      # pip install 'agl[train]'
     python tests/install/extras_check.py cli        # pip install 'agl[cli]'
     python tests/install/extras_check.py ray        # pip install 'agl[ray]'
+    python tests/install/extras_check.py postgres   # pip install 'agl[postgres]'
 
 Exits non-zero with a message on the first failure.
 """
@@ -98,6 +99,22 @@ def check_cli() -> None:
         assert "usage" in _agl_command(command, "--help")
 
 
+def check_postgres() -> None:
+    import psycopg  # noqa: F401 - the postgres extra's driver
+    import psycopg_pool  # noqa: F401
+
+    import agl.store
+    from agl.store.postgres import PostgresStoreError
+
+    # The store class loads, reaches for the database and says where it failed (no server is needed for this).
+    try:
+        agl.store.PostgresLightningStore("postgresql://check:s3cret@127.0.0.1:1/agl", connect_timeout_seconds=2)
+    except PostgresStoreError as exc:
+        assert "postgresql://check:***@127.0.0.1:1/agl" in str(exc) and "s3cret" not in str(exc), str(exc)
+    else:
+        raise AssertionError("a store on an unreachable database did not raise PostgresStoreError")
+
+
 def main(extra: str) -> None:
     if extra == "server":
         asyncio.run(check_server())
@@ -111,8 +128,10 @@ def main(extra: str) -> None:
         check_train(agl.RayExecutionStrategy(n_runners=2, num_cpus=2))
     elif extra == "cli":
         check_cli()
+    elif extra == "postgres":
+        check_postgres()
     else:
-        raise SystemExit(f"unknown extra {extra!r}: use server, tracing, train, cli or ray")
+        raise SystemExit(f"unknown extra {extra!r}: use server, tracing, train, cli, ray or postgres")
     print(f"extra {extra!r} OK")
 
 

@@ -94,10 +94,33 @@ async def http_sqlite_backend(clock: FakeClock, **options: Any) -> AsyncIterator
         yield client
 
 
+@asynccontextmanager
+async def postgres_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
+    """The PostgreSQL store on a fresh database of the session's throwaway cluster (skips without PostgreSQL)."""
+    from agl.store.postgres import PostgresLightningStore
+    from tests.store.postgres_server import fresh_database
+
+    with fresh_database() as dsn:
+        store = PostgresLightningStore(dsn, clock=clock, scan_debounce_seconds=0, **options)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@asynccontextmanager
+async def http_postgres_backend(clock: FakeClock, **options: Any) -> AsyncIterator[LightningStore]:
+    """The PostgreSQL store over HTTP."""
+    async with postgres_backend(clock, **options) as store, _served(store) as client:
+        yield client
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "threaded": threaded_memory_backend,
     "http": http_backend,
     "sqlite": sqlite_backend,
     "http-sqlite": http_sqlite_backend,
+    "postgres": postgres_backend,
+    "http-postgres": http_postgres_backend,
 }
