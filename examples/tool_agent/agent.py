@@ -108,7 +108,8 @@ def _client(base_url: str) -> Any:
 
     client = _clients.get("default")
     if client is None:
-        client = _clients["default"] = AsyncOpenAI(base_url=base_url, api_key="agl-local", max_retries=0)
+        # A long timeout: on a shared CPU one batch of episodes can take minutes.
+        client = _clients["default"] = AsyncOpenAI(base_url=base_url, api_key="agl-local", max_retries=0, timeout=1800)
     return client.with_options(base_url=base_url)
 
 
