@@ -62,6 +62,7 @@ async def two_turn_agent(task: dict[str, Any], llm: LLM) -> float:
 def test_grpo_trains_on_every_call_of_multi_turn_rollouts() -> None:
     tokenizer = tiny_tokenizer()
     model = tiny_model(len(tokenizer))
+    model.config.max_position_embeddings = 1024  # the tool instructions make the prompts longer than 256 tokens
     server = ModelServer(model, tokenizer, model_name="tiny", max_batch_size=16)
     config = GRPOConfig(
         steps=2, tasks_per_step=2, group_size=4, max_new_tokens=6, temperature=1.0, eval_every=0, eval_size=0,
