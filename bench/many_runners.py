@@ -6,7 +6,13 @@ live in a few worker processes (`--procs`); the server is a real `agl store` pro
 `--server agentlightning --al-python PY`). All rollouts are enqueued before the clock starts; the run ends when every
 one has succeeded. Then every rollout is checked: exactly one attempt succeeded (duplicates and losses are errors).
 
+Several servers of one database: `--servers N` starts N `agl store` processes on one SQLite file and gives every
+runner all their URLs (the client spreads its calls over them); `--store-url URL,URL,...` runs against servers
+started elsewhere (e.g. two on one PostgreSQL; their CPU and memory are then not measured), on an empty store.
+
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend memory sqlite
+    .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --backend sqlite --servers 2
+    .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 20000 --store-url http://h:4747,http://h:4748
     .venv/bin/python bench/many_runners.py --runners 1000 --rollouts 2000 --server agentlightning \\
         --al-python .venv-agentlightning/bin/python
 
@@ -133,7 +139,7 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
 
 
 def _start_server(kind: str, backend: str, port: int, workdir: Path, al_python: str | None) -> subprocess.Popen[bytes]:
-    log = (workdir / "server.log").open("wb")
+    log = (workdir / f"server-{port}.log").open("wb")
     if kind == "agentlightning":
         assert al_python, "--server agentlightning needs --al-python"
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": ""}
@@ -228,11 +234,19 @@ def _profile(pid: int, seconds: float, workdir: Path) -> list[tuple[str, float]]
 
 def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="agl-many-runners-"))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = _start_server(kind, backend, port, workdir, args.al_python)
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_healthy(url, server)
+        if kind == "external":
+            url = args.store_url
+        else:
+            urls = []
+            for _ in range(args.servers if kind == "agl" else 1):  # one SQLite file (workdir) for every server
+                port = _free_port()
+                urls.append(f"http://127.0.0.1:{port}")
+                servers.append(_start_server(kind, backend, port, workdir, args.al_python))
+            for one_url, server in zip(urls, servers, strict=True):
+                _wait_healthy(one_url, server)
+            url = ",".join(urls)  # the client takes several servers as one comma-separated string
         ids = asyncio.run(_enqueue(url, args.rollouts))
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
@@ -246,7 +260,7 @@ def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]
         for proc in procs:
             proc.start()
         try:
-            return _measure(args, kind, backend, url, server, ids, procs, out, stop_flag, start_at, workdir)
+            return _measure(args, kind, backend, url, servers, ids, procs, out, stop_flag, start_at, workdir)
         finally:
             stop_flag.value = 1
             for proc in procs:
@@ -254,11 +268,15 @@ def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]
                 if proc.is_alive():
                     proc.kill()
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for server in servers:
+            if server.poll() is None:
+                server.send_signal(signal.SIGINT)
+        for server in servers:
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -267,7 +285,7 @@ def _measure(
     kind: str,
     backend: str,
     url: str,
-    server: subprocess.Popen[bytes],
+    servers: list[subprocess.Popen[bytes]],
     ids: list[str],
     procs: list[Any],
     out: Any,
@@ -277,11 +295,18 @@ def _measure(
 ) -> dict[str, Any]:
     """Watch the run until every rollout succeeded (or the timeout), then collect the workers' figures and audit."""
     if True:
-        server_ps = psutil.Process(server.pid)
+        server_ps = [psutil.Process(server.pid) for server in servers]
+
+        def cpu_seconds() -> float:
+            return sum(t.user + t.system for t in (p.cpu_times() for p in server_ps))
+
+        def rss() -> int:
+            return sum(p.memory_info().rss for p in server_ps)
+
         time.sleep(max(0.0, start_at - time.time()))
-        cpu_start = server_ps.cpu_times()
+        cpu_start = cpu_seconds()
         started = time.monotonic()
-        rss_peak = server_ps.memory_info().rss
+        rss_peak = rss()
         profile: list[tuple[str, float]] = []
         from agl.store.client import LightningStoreClient
 
@@ -296,9 +321,9 @@ def _measure(
                 await client.close()
 
         while True:
-            if args.profile and not profile and time.monotonic() - started > 2:
-                profile = _profile(server.pid, 8, workdir)
-            rss_peak = max(rss_peak, server_ps.memory_info().rss)
+            if args.profile and servers and not profile and time.monotonic() - started > 2:
+                profile = _profile(servers[0].pid, 8, workdir)
+            rss_peak = max(rss_peak, rss())
             count = asyncio.run(succeeded())
             if args.verbose:
                 print(f"  {time.monotonic() - started:6.1f}s {count} succeeded", file=sys.stderr, flush=True)
@@ -306,7 +331,7 @@ def _measure(
                 break
             time.sleep(0.5)
         elapsed = time.monotonic() - started
-        cpu_end = server_ps.cpu_times()
+        cpu_end = cpu_seconds()
         stop_flag.value = 1
         results = [out.get(timeout=120) for _ in procs]
         for proc in procs:
@@ -315,7 +340,7 @@ def _measure(
     latencies = {c: sorted(x for r in results for x in r["latencies"][c]) for c in CALLS}
     errors = [e for r in results for e in r["errors"]]
     done = sum(r["done"] for r in results)
-    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    cpu = cpu_end - cpu_start if servers else None
     calls = sum(len(v) for v in latencies.values())
 
     def pct(values: list[float], q: float) -> float | None:
@@ -323,7 +348,8 @@ def _measure(
 
     return {
         "server": kind,
-        "backend": backend if kind == "agl" else "memory",
+        "backend": backend if kind == "agl" else "memory" if kind == "agentlightning" else "?",
+        "servers": len(servers) if servers else len(url.split(",")),
         "runners": args.runners,
         "rollouts": len(ids),
         "completed_by_runners": done,
@@ -335,11 +361,15 @@ def _measure(
         "error_samples": errors[:5],
         "audit": audit,
         "server_cpu_s": cpu,
-        "server_cpu_per_call_us": cpu / calls * 1e6 if calls else None,
-        "server_cpu_share": cpu / elapsed,
-        "server_rss_peak_mib": rss_peak / 2**20,
+        "server_cpu_per_call_us": cpu / calls * 1e6 if calls and cpu is not None else None,
+        "server_cpu_share": cpu / elapsed if cpu is not None else None,
+        "server_rss_peak_mib": rss_peak / 2**20 if servers else None,
         "profile_top": profile,
     }
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
@@ -351,17 +381,26 @@ def main() -> None:
     parser.add_argument("--server", choices=["agl", "agentlightning", "both"], default="agl")
     parser.add_argument("--al-python", help="Python of a virtualenv with agentlightning==0.3.0")
     parser.add_argument("--al-rollouts", type=int, default=2000, help="rollouts for the (slower) upstream server")
+    parser.add_argument("--servers", type=int, default=1,
+                        help="agl store processes on one database (several need --backend sqlite)")  # fmt: skip
+    parser.add_argument("--store-url", help="run against these servers (URLs separated by commas) instead")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--verbose", action="store_true", help="print progress every half second")
     parser.add_argument("--profile", action="store_true", help="sample the server with py-spy for 8 s")
     parser.add_argument("--out", default="bench/results/many_runners.json")
     args = parser.parse_args()
+    if args.servers < 1:
+        parser.error(f"--servers must be at least 1, got {args.servers}")
+    if args.servers > 1 and (args.server != "agl" or "memory" in args.backend):
+        parser.error("--servers N > 1 shares one database: give --server agl --backend sqlite (memory is per process)")
     _raise_fd_limit()
     plan: list[tuple[str, str]] = []
-    if args.server in ("agl", "both"):
+    if args.store_url:
+        plan.append(("external", "?"))
+    elif args.server in ("agl", "both"):
         plan += [("agl", b) for b in args.backend]
-    if args.server in ("agentlightning", "both"):
+    if args.server in ("agentlightning", "both") and not args.store_url:
         plan.append(("agentlightning", "memory"))
     rows: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
@@ -379,7 +418,7 @@ def main() -> None:
             )
     print()
     header = (
-        f"{'server':>14} {'backend':>7} {'runners':>7} {'rollouts/s':>10} {'dequeue p50/p99':>16} "
+        f"{'server':>14} {'backend':>7} {'srvs':>4} {'runners':>7} {'rollouts/s':>10} {'dequeue p50/p99':>16} "
         f"{'add_span p50/p99':>17} {'update p50/p99':>15} {'errors':>6} {'srv CPU':>7} {'µs/call':>7} {'RSS MiB':>7}"
     )
     print(header)
@@ -390,15 +429,19 @@ def main() -> None:
 
     for row in rows:
         print(
-            f"{row['server']:>14} {row['backend']:>7} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
+            f"{row['server']:>14} {row['backend']:>7} {row['servers']:>4} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
             f"{cell(row, 'dequeue'):>16} {cell(row, 'add_span'):>17} {cell(row, 'update_attempt'):>15} {row['errors']:>6} "
-            f"{row['server_cpu_share']:>7.2f} {row['server_cpu_per_call_us'] or 0:>7.0f} {row['server_rss_peak_mib']:>7.0f}"
+            f"{_num(row['server_cpu_share'], 2):>7} {_num(row['server_cpu_per_call_us'], 0):>7} "
+            f"{_num(row['server_rss_peak_mib'], 0):>7}"
         )
-    by_config: dict[tuple[str, str], list[float]] = {}
+    by_config: dict[tuple[str, str, int], list[float]] = {}
     for row in rows:
-        by_config.setdefault((row["server"], row["backend"]), []).append(row["rollouts_per_s"])
-    for (kind, backend), values in by_config.items():
-        print(f"median {kind} {backend}: {statistics.median(values):.1f} rollouts/s over {len(values)} run(s)")
+        by_config.setdefault((row["server"], row["backend"], row["servers"]), []).append(row["rollouts_per_s"])
+    for (kind, backend, n_servers), values in by_config.items():
+        print(
+            f"median {kind} {backend} x{n_servers} server(s): {statistics.median(values):.1f} rollouts/s over "
+            f"{len(values)} run(s) (all: {', '.join(f'{v:.1f}' for v in values)})"
+        )
     for row in rows:
         if row["profile_top"]:
             print(f"\nserver profile ({row['server']} {row['backend']}), share of samples under each frame:")

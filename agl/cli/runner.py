@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run N runner processes of an agent on this machine; they take rollouts from the store at "
         "--store until it drains (Ctrl+C or SIGTERM stops them at once).",
     )
-    parser.add_argument("--store", required=True, metavar="URL", help="the store server, e.g. http://10.0.0.5:4747")
+    parser.add_argument("--store", required=True, action="append", metavar="URL",
+                        help="the store server, e.g. http://10.0.0.5:4747; several servers of one database: "
+                        "repeat --store or separate the URLs by commas (calls are spread over them and fail over "
+                        "when one dies)")  # fmt: skip
     parser.add_argument("--agent", required=True, metavar="MODULE:NAME",
                         help="the agent: a LitAgent instance, a LitAgent class (built with no arguments) or a "
                         "@rollout function, as MODULE:NAME importable from the working directory")  # fmt: skip
@@ -74,13 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n_runners < 1:
         parser.error(f"--n-runners must be at least 1, got {args.n_runners}")
-    url = urlsplit(args.store)
-    if url.scheme != "http" or not url.hostname or url.path not in ("", "/"):
-        parser.error(f"--store must be http://HOST:PORT (the server's base address), got {args.store!r}")
-    try:
-        port = url.port or 80
-    except ValueError:
-        parser.error(f"--store has an invalid port: {args.store!r}")
+    stores = [part.strip() for value in args.store for part in value.split(",")]
+    for store in stores:
+        url = urlsplit(store)
+        if url.scheme != "http" or not url.hostname or url.path not in ("", "/"):
+            parser.error(f"--store must be http://HOST:PORT (the server's base address), got {store!r}")
+        try:
+            _ = url.port
+        except ValueError:
+            parser.error(f"--store has an invalid port: {store!r}")
+    if len(set(s.rstrip("/") for s in stores)) < len(stores):
+        parser.error(f"--store lists a server twice: {', '.join(stores)}")
     from agl.store.exposure import TokenError, resolve_token
     from agl.store.http.wire import TOKEN_ENV
 
@@ -106,13 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agl.trainer import Trainer
 
     strategy = ClientServerExecutionStrategy(
-        role="runner",
-        server_host=url.hostname,
-        server_port=port,
-        n_runners=args.n_runners,
-        server_wait_timeout=args.wait,
+        role="runner", n_runners=args.n_runners, server_wait_timeout=args.wait, store_url=stores
     )
-    logger.info("running %d runner(s) of %s against %s", args.n_runners, args.agent, args.store)
+    logger.info("running %d runner(s) of %s against %s", args.n_runners, args.agent, ", ".join(stores))
     try:
         Trainer(strategy=strategy).fit(agent)
     except ConnectionError as exc:

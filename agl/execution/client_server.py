@@ -197,8 +197,10 @@ def _runner_process_main(
     port: int,
     cleanup_timeout: float,
     metrics_port: int | None = None,
+    store_url: str | None = None,
 ) -> None:
-    """Entry point of a runner process (module level, so it pickles for `spawn`)."""
+    """Entry point of a runner process (module level, so it pickles for `spawn`); `store_url` (the servers, separated
+    by commas) replaces `host`/`port` when given."""
     name = multiprocessing.current_process().name
     code = 0
     try:
@@ -210,7 +212,7 @@ def _runner_process_main(
                     logger.debug("%s: stopped before the store server was ready", name)
                     return
                 port = opened
-            address = _server_address(host, port)
+            address = store_url or _server_address(host, port)
         run_bundle(
             lambda: _runner_coroutine(runner, store, address, worker_id, stop_evt, metrics_port),
             name=name,
@@ -309,6 +311,9 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             the store's, from the store server this process starts (`/metrics`).
         server_wait_timeout: with role `runner`, seconds to wait for the store server to answer before failing with
             a `ConnectionError` naming its address (runners may start before the server); None waits without limit.
+        store_url: with role `runner`, the store server(s) to use instead of `server_host`/`server_port`: a URL
+            (`http://HOST:PORT`), or several servers of one database as a list or separated by commas; each runner's
+            client spreads its calls over them and fails over when one dies.
 
     After `execute()`, `launcher_metrics` holds the lifecycle metrics of the run (None when off).
     """
@@ -332,6 +337,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         metrics_port: int | None = None,
         metrics: bool = True,
         server_wait_timeout: float | None = 60.0,
+        store_url: str | Sequence[str] | None = None,
     ) -> None:
         from agl.env_var import LightningEnvVar, resolve_current_role, resolve_int_env_var, resolve_str_env_var
 
@@ -384,6 +390,17 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
                 f"server_wait_timeout must be None or a non-negative number of seconds, got {server_wait_timeout!r}"
             )
         self.server_wait_timeout = None if server_wait_timeout is None else float(server_wait_timeout)
+        self.store_urls: tuple[str, ...] = ()
+        """The servers runners use (role `runner`), when given by `store_url`."""
+        if store_url is not None:
+            if self.role != "runner":
+                raise ValueError(
+                    f"store_url is for role='runner' (runners of a store served elsewhere), got role={self.role!r}: "
+                    "the algorithm side serves the store itself at server_host:server_port"
+                )
+            from agl.store.http.servers import split_server_addresses
+
+            self.store_urls = split_server_addresses(store_url)
         self.launcher_metrics: LauncherMetrics | None = None
 
     def __repr__(self) -> str:
@@ -395,7 +412,9 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
 
     @property
     def server_address(self) -> str:
-        """The URL runners use to reach the store server."""
+        """The URL runners use to reach the store server (with several `store_url`s: all, separated by commas)."""
+        if self.store_urls:
+            return ",".join(self.store_urls)
         return _server_address(self.server_host, self.server_port)
 
     # -- entry ---------------------------------------------------------------------------------------------------
@@ -475,9 +494,10 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         cleanup = self.terminate_timeout / 2  # a child must be done cleaning up before the next step comes
 
         metrics_port = self.metrics_port
+        store_url = ",".join(self.store_urls) or None
 
         def make_args(worker_id: int) -> tuple[Any, ...]:
-            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port)
+            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url)
 
         return ProcessSupervisor(
             ctx,
@@ -598,7 +618,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
         watcher: DrainWatcher | None = None
         address = self.server_address
         if self.managed_store:
-            if self.server_port == 0:
+            if self.server_port == 0 and not self.store_urls:
                 raise ValueError("role='runner' needs the server's port; server_port=0 only works with role='both'")
             if not self._await_server(address, stop_evt):
                 logger.info("the store server at %s is draining; nothing to run", address)
@@ -628,19 +648,24 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
                 watcher.stop()
 
     def _await_server(self, address: str, stop_evt: ExecutionEvent) -> bool:
-        """Wait until the store server answers its health route; False if it is already draining.
+        """Wait until a store server at `address` (several: separated by commas) answers its health route; False if
+        one is already draining.
 
-        Raises `ConnectionError` when it has not answered within `server_wait_timeout`.
+        Raises `ConnectionError` when none has answered within `server_wait_timeout`.
         """
         from agl.execution.drain import health_url
 
-        url = health_url(address)
+        urls = [health_url(a) for a in address.split(",")]
+        url = ", ".join(urls)
         limit = self.server_wait_timeout
         started = last_log = time.monotonic()
         while not stop_evt.is_set():
-            status = probe_status(url, timeout=2.0 if limit is None else max(0.1, min(2.0, limit)))
-            if status is not None:
-                return status != DRAINING_STATUS
+            timeout = 2.0 if limit is None else max(0.1, min(2.0, limit))
+            statuses = [probe_status(u, timeout=timeout) for u in urls]
+            if DRAINING_STATUS in statuses:
+                return False
+            if any(status is not None for status in statuses):
+                return True
             now = time.monotonic()
             if limit is not None and now - started >= limit:
                 raise ConnectionError(

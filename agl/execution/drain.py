@@ -3,7 +3,8 @@
 The algorithm side calls `request_drain(server)` when it is done; from then on the store server answers
 `GET /v1/agl/health` with `{"status": "draining"}`. A `DrainWatcher` in each runner-only process polls that route
 and sets the process's stop event when it sees the answer, so every runner finishes its rollout and exits cleanly,
-exactly as local runners do when the shared stop event is set.
+exactly as local runners do when the shared stop event is set. With several servers of one database, a runner
+stops when any server it reaches says draining (the run is ending); a server it cannot reach says nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from agl.execution._loop import run_bundle
@@ -95,17 +97,26 @@ def probe_status(url: str, timeout: float = 2.0) -> str | None:
 
 
 class DrainWatcher:
-    """A daemon thread that sets `event` once the store server at `server_address` reports draining.
+    """A daemon thread that sets `event` once the store server at `server_address` (or any of several: a list, or
+    URLs separated by commas) reports draining.
 
     It polls every `interval` seconds; failures to reach the server are logged at debug level and retried (the
     server may not be up yet, or may already be gone: that alone is not a stop). `stop()` ends the thread.
     """
 
-    def __init__(self, server_address: str, event: ExecutionEvent, interval: float = 0.5, timeout: float = 2.0) -> None:
+    def __init__(
+        self, server_address: str | Sequence[str], event: ExecutionEvent, interval: float = 0.5, timeout: float = 2.0
+    ) -> None:
+        from agl.store.http.servers import split_server_addresses
+
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval!r}")
-        # The id lets the server tell when every watcher has heard that it drains, before it stops.
-        self.url = f"{health_url(server_address)}?watcher={os.urandom(8).hex()}"
+        # The id lets each server tell when every watcher has heard that it drains, before it stops.
+        watcher = os.urandom(8).hex()
+        self.urls = [f"{health_url(address)}?watcher={watcher}" for address in split_server_addresses(server_address)]
+        """The health route of every server, with this watcher's id."""
+        self.url = self.urls[0]
+        """The (first) server's health route, with this watcher's id."""
         self.event = event
         self.interval = interval
         self.timeout = timeout
@@ -128,8 +139,15 @@ class DrainWatcher:
             thread.join(self.timeout + 1.0)
 
     def probe(self) -> str | None:
-        """Ask the server once for its status (`"ok"`, `"draining"`, …); None if it cannot be reached."""
-        return probe_status(self.url, self.timeout)
+        """Ask the servers once for their status: `"draining"` if one says so, else the first answer (`"ok"`, …);
+        None if none can be reached."""
+        answer: str | None = None
+        for url in self.urls:
+            status = probe_status(url, self.timeout)
+            if status == DRAINING_STATUS:
+                return status
+            answer = answer or status
+        return answer
 
     def poll_once(self) -> bool:
         """Ask the server once; True if it reports draining."""

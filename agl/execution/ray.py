@@ -74,10 +74,13 @@ def _check_urls(store_url: str | Sequence[str] | None) -> tuple[str, ...]:
     urls = (store_url,) if isinstance(store_url, str) else tuple(store_url)
     if not urls:
         raise ValueError("store_url must be a URL or a non-empty list of URLs (http://HOST:PORT), got an empty list")
+    urls = tuple(part.strip() for url in urls for part in (url.split(",") if isinstance(url, str) else [url]))
     for url in urls:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"store_url must be http://HOST:PORT (the store server's base address), got {url!r}")
-    return tuple(url.rstrip("/") for url in urls)
+    from agl.store.http.servers import split_server_addresses
+
+    return split_server_addresses(urls)
 
 
 @dataclass
@@ -120,8 +123,9 @@ class RayExecutionStrategy(ExecutionStrategy):
         placement_group: co-locate the runners: one of `PLACEMENT_STRATEGIES` (a group of `n_runners` bundles with
             the runner's resources is created and removed by the run) or a `PlacementGroup` you made (runner `i`
             takes bundle `i % bundles`).
-        store_url: the store server's address (or one per runner group: runner `i` uses `store_url[i % len]`);
-            None serves the store given to `execute` from this process. The algorithm uses the first URL.
+        store_url: the store server's address, or several servers of one database (a list, or URLs separated by
+            commas): every runner and the algorithm then spread their calls over them and fail over when one dies.
+            None serves the store given to `execute` from this process.
         server_host: where this process serves the store; None: 127.0.0.1 for a local cluster, else this node's IP.
         server_port: the store server's port (0: a free one).
         token: the store's bearer token; None reads `AGL_STORE_TOKEN`, else one is generated when the server listens
@@ -356,7 +360,7 @@ class _RayRun:
             record = _Runner(worker_id, actor)
             record.ready_ref = actor.ready.remote()
             record.run_ref = actor.run.remote(
-                runner_ref, addresses[worker_id % len(addresses)], self.token, self.s.graceful_timeout, cleanup,
+                runner_ref, ",".join(addresses), self.token, self.s.graceful_timeout, cleanup,
                 self.s.drain_poll_interval,
             )  # fmt: skip
             self.runners.append(record)
@@ -435,7 +439,7 @@ class _RayRun:
             self._start_actors(runner, addresses)
             self.monitor = threading.Thread(target=self._watch, name="agl-ray-monitor", daemon=True)
             self.monitor.start()
-            self._run_algorithm(algorithm, addresses[0])
+            self._run_algorithm(algorithm, ",".join(addresses))
         except BaseException:
             handling_error = True
             raise

@@ -91,7 +91,8 @@ class RunnerActor:
         cleanup_timeout: float,
         drain_poll_interval: float,
     ) -> RunnerReport:
-        """Run the runner bundle against the store at `address` until stopped; the bundle's exception propagates."""
+        """Run the runner bundle against the store at `address` (several servers: separated by commas) until stopped;
+        the bundle's exception propagates."""
         name = f"runner-{self.worker_id}"
         watcher = DrainWatcher(address, self.event, interval=drain_poll_interval)
         # A runner (re)started after the run began to drain must not claim anything: ask once before starting.

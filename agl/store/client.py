@@ -1,13 +1,17 @@
 """`LightningStoreClient`: the whole `LightningStore` protocol over HTTP, against an AGL or Agent Lightning 0.3 server.
 
-Requests go over pooled keep-alive connections (one pool per event loop). Failed calls are retried as the 0.3
-client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
+Requests go over pooled keep-alive connections (one pool per server and event loop). Failed calls are retried as the
+0.3 client does (connection errors, timeouts, 408 and 5xx; with a health probe before each retry), and calls that are
 not idempotent carry an `Idempotency-Key` header so an AGL server answers a retry with the first result instead of
-running the call twice (`add_span` needs none: the store keeps one span per id). Errors come back as exceptions,
-by the error table of `agl.store.http.wire`: a store error is raised again as its own class (`NotFoundError`,
-`StaleAttemptError`, `StoreFullError`, ...; each also a `StoreHTTPError`), other 4xx → `StoreRequestError` (a
-ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries → `StoreServerError`, unreachable →
-`StoreUnavailableError` (a ConnectionError). Getters answer None only for an unknown id, never for a failure.
+running the call twice (`add_span` needs none: the store keeps one span per id). Given several servers of one
+database, the client spreads its calls over them and, when one cannot be reached, retries the call on another at once
+(`agl.store.http.servers`).
+
+Errors come back as exceptions, by the error table of `agl.store.http.wire`: a store error is raised again as its own
+class (`NotFoundError`, `StaleAttemptError`, `StoreFullError`, ...; each also a `StoreHTTPError`), other 4xx →
+`StoreRequestError` (a ValueError), 401/403 → `StoreAuthError` (a PermissionError), 5xx after all tries →
+`StoreServerError`, unreachable → `StoreUnavailableError` (a ConnectionError, naming every server tried). Getters
+answer None only for an unknown id, never for a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import asyncio
 import itertools
 import logging
 import os
-import threading
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -29,12 +32,8 @@ from pydantic import Field, TypeAdapter
 
 from agl.store.base import LightningStore, LightningStoreCapabilities, LightningStoreStatistics
 from agl.store.errors import NotFoundError
-from agl.store.http.transport import (
-    ConnectionPool,
-    HTTPResponse,
-    decode_body,
-    parse_server_address,
-)
+from agl.store.http.servers import ServerSet, StoreEndpoint, split_server_addresses
+from agl.store.http.transport import HTTPResponse, decode_body
 from agl.store.http.wire import (
     API_PREFIX,
     TOKEN_ENV,
@@ -149,20 +148,26 @@ class LightningStoreClient(LightningStore):
 
     Args:
         server_address: the server's base URL, e.g. `http://127.0.0.1:4747` (kept as `server_address_root`;
-            `server_address` is the API base, `<root>/v1/agl`).
+            `server_address` is the API base, `<root>/v1/agl`). Several servers of one database: a list of URLs, or
+            one string with the URLs separated by commas; calls are then spread over them in turn, and a call
+            that cannot reach one is sent to another at once (see `failover_probe_seconds`).
         token: bearer token; defaults to the AGL_STORE_TOKEN environment variable.
-        retry_delays: seconds to sleep before the 2nd, 3rd, … try of a failed call (empty = one try).
+        retry_delays: seconds to sleep before the 2nd, 3rd, … round of tries of a failed call (empty = one round).
+            A round tries each server at most once, those not left out first.
         health_retry_delays: delays between health probes run after a failure (empty = no probe).
         request_timeout: seconds a single request may take (`wait_for_rollouts` adds its own timeout to it).
         connection_timeout: seconds to establish a connection.
-        max_connections: open connections per event loop.
+        max_connections: open connections per server and event loop.
         gzip_request_min_bytes: request bodies larger than this are sent gzipped (0 = never), to servers that list
             gzip among their features (AGL's do; Agent Lightning's reject compressed bodies, so they get plain ones).
+        failover_probe_seconds: with several servers, how long one that could not be reached (refused, reset, no
+            answer within `request_timeout`) is left out before a call tries it again; doubled after each further
+            failure, at most 30 s. Answers, even errors (401, 4xx, 5xx), never leave a server out.
     """
 
     def __init__(
         self,
-        server_address: str,
+        server_address: str | Sequence[str],
         token: str | None = None,
         *,
         retry_delays: Sequence[float] = (1.0, 2.0, 5.0),
@@ -171,14 +176,19 @@ class LightningStoreClient(LightningStore):
         connection_timeout: float = 5.0,
         max_connections: int = 64,
         gzip_request_min_bytes: int = 64 * 1024,
+        failover_probe_seconds: float = 2.0,
     ) -> None:
         if request_timeout <= 0 or connection_timeout <= 0:
             raise ValueError(
                 f"request_timeout and connection_timeout must be positive, got {request_timeout}, {connection_timeout}"
             )
-        _, host, port, tls, prefix = parse_server_address(server_address)
-        self.server_address_root = server_address.rstrip("/")
-        """The address given, without a trailing slash (`http://host:port`)."""
+        if not failover_probe_seconds > 0:
+            raise ValueError(f"failover_probe_seconds must be positive, got {failover_probe_seconds!r}")
+        addresses = split_server_addresses(server_address)
+        self.server_addresses = addresses
+        """Every server's base URL, in the order given (one for a single server)."""
+        self.server_address_root = addresses[0]
+        """The (first) address given, without a trailing slash (`http://host:port`)."""
         self.server_address = self.server_address_root + API_PREFIX
         """The base URL of the store API, `<server_address_root>/v1/agl` (as Agent Lightning's client has it)."""
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
@@ -188,23 +198,11 @@ class LightningStoreClient(LightningStore):
         self.connection_timeout = float(connection_timeout)
         self.max_connections = max_connections
         self.gzip_request_min_bytes = gzip_request_min_bytes
-        self._host = host
-        self._port = port
-        self._tls = tls
-        self._base = prefix + API_PREFIX
-        default_port = 443 if tls else 80
-        self._host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port != default_port else "")
-        static = f"host: {self._host_header}\r\naccept-encoding: gzip\r\n"
+        self.failover_probe_seconds = float(failover_probe_seconds)
+        static = "accept-encoding: gzip\r\n"
         if self.token:
             static += f"authorization: Bearer {self.token}\r\n"
-        self._static_headers = static.encode("latin-1")
-        self._heads: dict[tuple[str, str, bool], bytes] = {}
-        self._lock = threading.Lock()
-        self._pools: dict[int, tuple[asyncio.AbstractEventLoop, ConnectionPool]] = {}
-        self._last_pool: ConnectionPool | None = None  # the pool of the loop that called last: no lookup per call
-        # Every span is sent to the same route: its request line and headers are looked up once.
-        self._span_target = self._base + "/spans"
-        self._span_head = self._head("POST", self._span_target, True)
+        self._servers = ServerSet(addresses, static.encode("latin-1"), self.failover_probe_seconds)
         self._features: frozenset[str] | None = None
         self._gzip_requests = False  # set once the server's features are known and include gzip
         self._dequeue_succeeded = False
@@ -213,8 +211,9 @@ class LightningStoreClient(LightningStore):
     # -- pickling ----------------------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        addresses = self.server_addresses
         return {
-            "server_address": self.server_address_root,
+            "server_address": addresses[0] if len(addresses) == 1 else list(addresses),
             "token": self.token,
             "retry_delays": self.retry_delays,
             "health_retry_delays": self.health_retry_delays,
@@ -222,6 +221,7 @@ class LightningStoreClient(LightningStore):
             "connection_timeout": self.connection_timeout,
             "max_connections": self.max_connections,
             "gzip_request_min_bytes": self.gzip_request_min_bytes,
+            "failover_probe_seconds": self.failover_probe_seconds,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -236,56 +236,14 @@ class LightningStoreClient(LightningStore):
         return LightningStoreCapabilities(thread_safe=True, async_safe=True, zero_copy=True, otlp_traces=True)
 
     def otlp_traces_endpoint(self) -> str:
-        """The server's OTLP/HTTP traces URL."""
-        return f"{self.server_address_root}/v1/traces"
+        """The server's OTLP/HTTP traces URL (with several servers: of one that is up, in turn)."""
+        return f"{self._servers.pick().address}/v1/traces"
 
     # -- transport ---------------------------------------------------------------------------------------------
 
-    def _pool(self) -> ConnectionPool:
-        loop = asyncio.get_running_loop()
-        pool = self._last_pool
-        if pool is not None and pool.loop is loop and not pool.closed:
-            return pool
-        entry = self._pools.get(id(loop))
-        if entry is not None and entry[0] is loop and not entry[1].closed:
-            self._last_pool = entry[1]
-            return entry[1]
-        with self._lock:
-            for key, (other, _) in list(self._pools.items()):
-                if other.is_closed():
-                    del self._pools[key]
-            pool = ConnectionPool(
-                self._host,
-                self._port,
-                tls=self._tls,
-                connect_timeout=self.connection_timeout,
-                max_connections=self.max_connections,
-            )
-            self._pools[id(loop)] = (loop, pool)
-            self._last_pool = pool
-            return pool
-
-    def _head(self, method: str, target: str, minimal: bool) -> bytes:
-        """The request line and the headers every request to `target` carries (made once per target)."""
-        heads = self._heads
-        head = heads.get((method, target, minimal))
-        if head is None:
-            head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target.encode("latin-1"), self._static_headers)
-            if minimal:
-                head += b"prefer: return=minimal\r\n"
-            if len(heads) >= 256:  # paths with ids come and go; the hot static ones are re-added at once
-                heads.clear()
-            heads[(method, target, minimal)] = head
-        return head
-
-    def _serialize(self, method: str, target: str, body: bytes | None, key: bytes | None, minimal: bool) -> bytes:
-        head = self._head(method, target, minimal)
-        if key is not None:
-            head += b"idempotency-key: %s\r\n" % key
-        return self._with_body(head, body)
-
     def _with_body(self, head: bytes, body: bytes | None) -> bytes:
-        """The whole request: `head`, the body's headers and the body (gzipped when large)."""
+        """`head`, then the body's headers and the body (gzipped when large); with an empty `head`, the part of a
+        request that is the same whichever server it goes to."""
         if body is None:
             return head + b"\r\n"
         if self._gzip_requests and len(body) > self.gzip_request_min_bytes:
@@ -294,20 +252,18 @@ class LightningStoreClient(LightningStore):
             head += b"content-encoding: gzip\r\n"
         return b"%scontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (head, len(body), body)
 
-    async def _send(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None,
-        key: bytes | None,
-        timeout: float | None,
-        minimal: bool = False,
-    ) -> HTTPResponse:
-        return await self._pool().request(self._serialize(method, target, body, key, minimal), timeout)
+    def _send_to(
+        self, server: StoreEndpoint, method: str, target: str, tail: bytes, timeout: float | None, minimal: bool
+    ) -> Any:
+        """Send a request to `server` (a coroutine): its head for `target`, then `tail` (see `_with_body`)."""
+        pool = server.pool(self.connection_timeout, self.max_connections)
+        return pool.request(server.head(method, API_PREFIX + target, minimal) + tail, timeout)
 
-    def _error(self, response: HTTPResponse, method: str, target: str) -> tuple[StoreHTTPError, bool]:
+    def _error(
+        self, response: HTTPResponse, method: str, server: StoreEndpoint, target: str
+    ) -> tuple[StoreHTTPError, bool]:
         """The exception for an error answer (by the error table, else by status) and whether to retry the call."""
-        url = f"{self.server_address_root}{target}"
+        url = f"{server.address}{API_PREFIX}{target}"
         detail, fields = _error_body(response)
         status = response.status
         kind = kind_of_answer(status, fields)
@@ -321,17 +277,17 @@ class LightningStoreClient(LightningStore):
             return StoreRequestError(status, detail, method, url), status in _RETRY_STATUSES
         return StoreServerError(status, detail, method, url), True
 
-    async def _healthy(self) -> bool:
+    async def _healthy(self, server: StoreEndpoint) -> bool:
         if not self.health_retry_delays:
             return True
-        target = f"{self._base}/health"
+        tail = self._with_body(b"", None)
         for delay in (*self.health_retry_delays, 0.0):
             try:
-                response = await self._send("GET", target, None, None, self.connection_timeout)
+                response = await self._send_to(server, "GET", "/health", tail, self.connection_timeout, False)
                 if response.status == 200:
                     return True
             except Exception as exc:
-                logger.debug("health probe of %s failed: %r", self.server_address_root, exc)
+                logger.debug("health probe of %s failed: %r", server.address, exc)
             if delay:
                 await asyncio.sleep(delay)
         return False
@@ -366,63 +322,105 @@ class LightningStoreClient(LightningStore):
         minimal: bool = False,
     ) -> HTTPResponse:
         """Send a request with the retry matrix of the 0.3 client; the successful response, body decoded."""
-        target = self._base + path
+        target = path
         if query:
             target += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
         body = raw_body if raw_body is not None else (pydantic_core.to_json(payload) if payload is not None else None)
         if method == "POST" and body is None:
             body = b""
-        key = None if idempotent else _new_key()
+        key = b"" if idempotent else b"idempotency-key: %s\r\n" % _new_key()
         await self._learn_gzip(body)
         request_timeout: float | None = self.request_timeout if timeout is _DEFAULT else timeout
-        return await self._exchange(
-            method, path, target, self._serialize(method, target, body, key, minimal), request_timeout
-        )
+        return await self._exchange(method, target, self._with_body(key, body), request_timeout, minimal)
 
-    async def _exchange(self, method: str, path: str, target: str, data: bytes, timeout: float | None) -> HTTPResponse:
-        """Send the serialized request `data` with the retry matrix; the successful response, body decoded."""
+    async def _exchange(
+        self, method: str, target: str, tail: bytes, timeout: float | None, minimal: bool = False
+    ) -> HTTPResponse:
+        """Send a request (`target` under the API base; `tail` as `_with_body` makes it) with the retry matrix; the
+        successful response, body decoded."""
+        servers = self._servers
+        server = servers.single or servers.pick()
         try:  # the first try, kept short: nearly every call ends here
-            response = await self._pool().request(data, timeout)
+            response = await self._send_to(server, method, target, tail, timeout, minimal)
         except _TRANSIENT_ERRORS as exc:
-            logger.debug("%s %s failed (try 1): %r", method, target, exc)
+            logger.debug("%s %s%s failed (try 1): %r", method, server.address, target, exc)
+            servers.failed(server, exc)
             first: BaseException = exc
         else:
+            if server.down_until:
+                servers.answered(server)
             if response.status < 300:
                 return _decoded(response)
-            first = self._failure(response, method, target)
-        return await self._retry(method, path, target, data, timeout, first)
+            first = self._failure(response, method, server, target)
+        return await self._retry(method, target, tail, timeout, minimal, server, first)
 
-    def _failure(self, response: HTTPResponse, method: str, target: str) -> StoreHTTPError:
+    def _failure(self, response: HTTPResponse, method: str, server: StoreEndpoint, target: str) -> StoreHTTPError:
         """The error for a non-2xx answer; raised at once unless it is worth another try (returned)."""
-        error, retry = self._error(response, method, target)
+        error, retry = self._error(response, method, server, target)
         if not retry:
             raise error
-        logger.debug("%s %s answered %d", method, target, response.status)
+        logger.debug("%s %s%s answered %d", method, server.address, target, response.status)
         return error
 
     async def _retry(
-        self, method: str, path: str, target: str, data: bytes, timeout: float | None, last: BaseException
+        self,
+        method: str,
+        target: str,
+        tail: bytes,
+        timeout: float | None,
+        minimal: bool,
+        server: StoreEndpoint,
+        last: BaseException,
     ) -> HTTPResponse:
-        """The retry matrix of the 0.3 client, after a first try failed with `last`."""
-        for attempt, delay in enumerate(self.retry_delays, start=2):
-            if isinstance(last, StoreHTTPError) and not await self._healthy():
-                # The server answers but is unhealthy: give up. (Unreachable: keep trying; it may be restarting.)
-                break
-            await asyncio.sleep(delay)
+        """The retry matrix of the 0.3 client, after a first try on `server` failed with `last`: rounds of tries
+        separated by `retry_delays`, each round trying every server at most once (failing over needs no sleep)."""
+        servers = self._servers
+        errors: dict[StoreEndpoint, BaseException] = {server: last}  # the last error of each server, for the message
+        tried = [server]  # in this round
+        delays = iter(self.retry_delays)
+        attempt = 1
+        while True:
+            if isinstance(last, StoreHTTPError) and not await self._healthy(server):
+                # The server answers but is unhealthy: give up on it. (Unreachable: keep trying; it may be
+                # restarting.) With one server that ends the call, as the 0.3 client does.
+                if servers.single is not None:
+                    break
+                servers.failed(server, last)
+            following = servers.next_untried(tried)
+            if following is None:
+                delay = next(delays, None)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                tried.clear()
+                following = servers.next_untried(tried)
+                assert following is not None
+            server = following
+            tried.append(server)
+            attempt += 1
             try:
-                response = await self._pool().request(data, timeout)
+                response = await self._send_to(server, method, target, tail, timeout, minimal)
             except _TRANSIENT_ERRORS as exc:
-                last = exc
-                logger.debug("%s %s failed (try %d): %r", method, target, attempt, exc)
+                last = errors[server] = exc
+                servers.failed(server, exc)
+                logger.debug("%s %s%s failed (try %d): %r", method, server.address, target, attempt, exc)
                 continue
+            if server.down_until:
+                servers.answered(server)
             if response.status < 300:
                 response.retried = True
                 return _decoded(response)
-            last = self._failure(response, method, target)
+            last = errors[server] = self._failure(response, method, server, target)
         if isinstance(last, StoreHTTPError):
             raise last
+        if servers.single is not None:
+            raise StoreUnavailableError(
+                f"store server {server.address} did not answer {method} {target}: {last!r}"
+            ) from last
+        tries = "; ".join(f"{s.address}: {e!r}" for s, e in errors.items())
         raise StoreUnavailableError(
-            f"store server {self.server_address_root} did not answer {method} {path}: {last!r}"
+            f"no store server answered {method} {target} ({attempt} tries over {len(servers.endpoints)} servers; "
+            f"last error of each: {tries})"
         ) from last
 
     async def _features_of_server(self) -> frozenset[str]:
@@ -671,8 +669,8 @@ class LightningStoreClient(LightningStore):
         body = span_json(span)
         if self._features is None and len(body) > self.gzip_request_min_bytes > 0:
             await self._features_of_server()
-        data = self._with_body(self._span_head, body)  # what _call sends, minus its generic steps
-        response = await self._exchange("POST", "/spans", self._span_target, data, self.request_timeout)
+        tail = self._with_body(b"", body)  # what _call sends, minus its generic steps
+        response = await self._exchange("POST", "/spans", tail, self.request_timeout, True)
         if response.headers.get(b"preference-applied") == b"return=minimal":
             stored = span if response.body == b"true" else None
         else:
@@ -690,6 +688,8 @@ class LightningStoreClient(LightningStore):
             parts = [span_json(s) if isinstance(s, Span) else pydantic_core.to_json(s) for s in spans]  # dicts too
             body = b'{"spans":[%s]}' % b",".join(parts)
             response = await self._call("POST", "/spans/batch", raw_body=body, idempotent=False, minimal=True)
+            if response.retried:  # as add_span: a try whose answer was lost (maybe to another server) stored them
+                return spans
             if response.headers.get(b"preference-applied") == b"return=minimal":
                 return [spans[i] for i in orjson.loads(response.body)]
             return _SPANS.validate_json(response.body)
@@ -865,10 +865,7 @@ class LightningStoreClient(LightningStore):
 
     async def close(self) -> None:
         """Close every pooled connection, on every event loop that used this client."""
-        with self._lock:
-            pools = list(self._pools.values())
-            self._pools.clear()
-            self._last_pool = None
+        pools = [entry for server in self._servers for entry in server.take_pools()]
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

@@ -62,6 +62,9 @@ def test_agents_load_as_instances_or_classes(agent_dir: Path) -> None:
         (["--store", "127.0.0.1:4747", "--agent", "a:b"], "--store must be http://HOST:PORT"),
         (["--store", "http://127.0.0.1:4747/v1/agl", "--agent", "a:b"], "--store must be http://HOST:PORT"),
         (["--store", "http://127.0.0.1:4747", "--agent", "a:b", "--n-runners", "0"], "--n-runners must be"),
+        (["--store", "http://127.0.0.1:4747,127.0.0.1:4748", "--agent", "a:b"], "got '127.0.0.1:4748'"),
+        (["--store", "http://127.0.0.1:4747", "--store", "http://127.0.0.1:4747/", "--agent", "a:b"], "twice"),
+        (["--store", "http://127.0.0.1:4747,", "--agent", "a:b"], "got ''"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_flag(

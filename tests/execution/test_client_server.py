@@ -116,6 +116,31 @@ def test_role_runner_talks_to_a_server_elsewhere(n_runners: int) -> None:
     assert asyncio.run(unused.query_rollouts()).total == 0
 
 
+@pytest.mark.parametrize("n_runners", [1, 2])
+def test_role_runner_with_several_store_urls_uses_the_one_that_answers(n_runners: int) -> None:
+    backing = InMemoryLightningStore()
+    server = LightningStoreServer(backing, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        for i in range(n_runners):
+            asyncio.run(backing.enqueue_rollout(input={"i": i}))
+        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every call fails over to the server
+        strategy = cs(role="runner", store_url=f"{dead},{server.endpoint}", n_runners=n_runners)
+        assert strategy.server_address == f"{dead},{server.endpoint}"
+        strategy.execute(bundles.algorithm_raises, bundles.runner_claims_one, InMemoryLightningStore())
+    finally:
+        server.stop()
+    assert statuses(backing) == ["succeeded"] * n_runners
+
+
+def test_store_url_is_for_role_runner_and_checked() -> None:
+    with pytest.raises(ValueError, match="store_url is for role='runner'"):
+        cs(role="both", store_url="http://127.0.0.1:4747")
+    with pytest.raises(ValueError, match="lists http://a:1 twice"):
+        cs(role="runner", store_url=["http://a:1", "http://a:1"])
+    assert cs(role="runner", store_url=["http://a:1", "http://b:2/"]).store_urls == ("http://a:1", "http://b:2")
+
+
 def test_role_runner_needs_a_port() -> None:
     with pytest.raises(ValueError, match="needs the server's port"):
         cs(role="runner", server_port=0).execute(

@@ -86,6 +86,17 @@ def test_watcher_keeps_going_while_the_server_is_unreachable() -> None:
     assert not event.is_set()
 
 
+def test_with_several_servers_any_one_draining_stops_and_an_unreachable_one_says_nothing(stub: HealthStub) -> None:
+    event = ThreadingEvent()
+    with DrainWatcher(f"http://127.0.0.1:9,{stub.address}", event, interval=0.05, timeout=0.2) as watcher:
+        assert watcher.probe() == "ok"
+        time.sleep(0.2)
+        assert not event.is_set()
+        stub.status = "draining"
+        assert event.wait(2.0)
+    assert watcher.urls[0].startswith("http://127.0.0.1:9/v1/agl/health?watcher=")
+
+
 def test_request_drain_calls_begin_drain_when_the_store_has_it() -> None:
     class Drainable:
         drained = False

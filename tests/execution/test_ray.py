@@ -172,6 +172,40 @@ def test_a_store_given_by_url_is_used_by_the_algorithm_and_the_runners(ray_clust
 
 
 @pytest.mark.slow
+def test_several_store_urls_go_whole_to_the_algorithm_and_every_runner(
+    ray_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    from agl.store.sqlite import SqliteLightningStore
+    from tests.store.http.test_failover import ENQUEUE_ROUTE, _count
+
+    servers = []
+    seen: list[LightningStore] = []
+
+    async def algorithm(store: LightningStore, event: ExecutionEvent) -> None:
+        seen.append(store)
+        await bundles.algorithm_enqueue_and_wait(store, event)  # three enqueues, spread over both servers
+
+    try:
+        for _ in range(2):  # two servers of one SQLite file
+            server = LightningStoreServer(SqliteLightningStore(tmp_path / "one.db"), host="127.0.0.1", port=0,
+                                          token="s3cret-token")  # fmt: skip
+            server.start()
+            servers.append(server)
+        urls = [s.endpoint for s in servers]
+        fast(n_runners=2, store_url=urls, token="s3cret-token").execute(
+            algorithm, bundles.runner_claims, InMemoryLightningStore()
+        )
+        dequeues = [_count(url, "/v1/agl/queues/rollouts/dequeue", "s3cret-token") for url in urls]
+        enqueues = [_count(url, ENQUEUE_ROUTE, "s3cret-token") for url in urls]
+        assert isinstance(seen[0], LightningStoreClient) and seen[0].server_addresses == tuple(urls)
+        assert min(dequeues) > 0 and min(enqueues) > 0, (dequeues, enqueues)
+        assert [r.status for r in asyncio.run(seen[0].query_rollouts())] == ["succeeded"] * 3
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.slow
 def test_a_runner_actor_that_dies_mid_rollout_is_restarted_and_every_rollout_completes_once(
     ray_cluster: dict[str, Any], tmp_path: Path
 ) -> None:
