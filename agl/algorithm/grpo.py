@@ -5,8 +5,11 @@ One step, top to bottom (`GRPO._step`):
 2. wait for them; runners run the agent, whose LLM calls go through the LLM proxy to the model server, so each call
    is stored as a span with its prompt/response token ids and log-probs, and the agent's reward as a reward span;
 3. turn each rollout's spans into (prompt ids, response ids, old log-probs) with `LlmProxyTraceToTriplet`; every
-   LLM call of a rollout gets the rollout's final reward (multi-turn agents give several calls per rollout);
-4. advantages = reward normalised within the task's group; loss = clipped policy gradient (+ optional KL to the
+   LLM call of a rollout gets the rollout's final reward (multi-turn agents give several calls per rollout; a
+   call's prompt holds the earlier turns and tool results, which are conditioning only: just the call's own
+   response tokens are trained);
+4. advantages = reward normalised within the task's group, each rollout counted once however many calls it made,
+   and given to every call of the rollout; loss = clipped policy gradient (+ optional KL to the
    initial model); one optimizer step over the batch (gradient accumulation in micro-batches);
 5. the model server serves the new weights, published as a resources update that names the weights version.
 Every `eval_every` steps (and before the first and after the last) the validation tasks run greedily and the mean
@@ -99,6 +102,8 @@ class _Sample:
     old_logprobs: list[float] | None
     reward: float
     group: Any
+    trajectory: str = ""
+    """The rollout the sample's LLM call belongs to (a multi-turn rollout gives one sample per call)."""
 
 
 class GRPO(Algorithm):
@@ -199,9 +204,10 @@ class GRPO(Algorithm):
             seconds=0.0,
             weights_version=version,
         )
-        from agl.algorithm.grpo_math import group_advantages
+        from agl.algorithm.grpo_math import trajectory_advantages
 
-        advantages = group_advantages(rewards, [s.group for s in samples]) if samples else None
+        groups, trajectories = [s.group for s in samples], [s.trajectory for s in samples]
+        advantages = trajectory_advantages(rewards, groups, trajectories) if samples else None
         log.extra["rollout_seconds"] = round(time.monotonic() - started, 3)
         if advantages is not None and bool((advantages != 0).any()):
             update_started = time.monotonic()
@@ -328,10 +334,9 @@ class GRPO(Algorithm):
                 response_ids = list(triplet.response.get("token_ids") or [])
                 if not prompt_ids or not response_ids:
                     continue
+                logprobs = triplet.response.get("logprobs")
                 samples.append(
-                    _Sample(
-                        prompt_ids, response_ids, triplet.response.get("logprobs"), float(reward), group_of[rollout_id]
-                    )
+                    _Sample(prompt_ids, response_ids, logprobs, float(reward), group_of[rollout_id], rollout_id)
                 )
         return samples
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LossStats", "group_advantages", "grpo_loss", "pad_batch", "response_logprobs"]
+__all__ = ["LossStats", "group_advantages", "grpo_loss", "pad_batch", "response_logprobs", "trajectory_advantages"]
 
 
 def group_advantages(rewards: Sequence[float], groups: Sequence[Any], eps: float = 1e-6) -> torch.Tensor:
@@ -31,6 +31,28 @@ def group_advantages(rewards: Sequence[float], groups: Sequence[Any], eps: float
         std = group_values.std(unbiased=False) if len(indices) > 1 else torch.tensor(0.0)
         out[indices] = (group_values - group_values.mean()) / (std + eps)
     return out
+
+
+def trajectory_advantages(
+    rewards: Sequence[float], groups: Sequence[Any], trajectories: Sequence[Any], eps: float = 1e-6
+) -> torch.Tensor:
+    """Per-sample advantages when a trajectory (rollout) gives several samples (one per LLM call).
+
+    Each trajectory counts once in its group's mean and standard deviation, however many calls it made, and every
+    sample of the trajectory gets the trajectory's advantage. With one sample per trajectory this is
+    `group_advantages`. All samples of a trajectory must carry its reward and group.
+    """
+    if not len(rewards) == len(groups) == len(trajectories):
+        raise ValueError("rewards, groups and trajectories must have the same length")
+    first: dict[Any, int] = {}
+    for index, trajectory in enumerate(trajectories):
+        seen = first.setdefault(trajectory, index)
+        if rewards[seen] != rewards[index] or groups[seen] != groups[index]:
+            raise ValueError(f"trajectory {trajectory!r} has samples with different rewards or groups")
+    order = list(first)
+    per_trajectory = group_advantages([rewards[first[t]] for t in order], [groups[first[t]] for t in order], eps)
+    position = {t: i for i, t in enumerate(order)}
+    return per_trajectory[[position[t] for t in trajectories]]
 
 
 def pad_batch(

@@ -24,6 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agl.llm.detokenize import TokenInfo
 from agl.llm.engine import SequenceEvent
 from agl.llm.sampling import SamplingParams
+from agl.llm.tools import (
+    ParsedCalls,
+    ToolSpecError,
+    check_tools,
+    parse_tool_calls,
+    render_tools_for_template,
+    template_knows_tools,
+    tool_names,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,6 +43,8 @@ __all__ = [
     "CompletionRequest",
     "RequestError",
     "chat_chunk",
+    "chat_final_chunk",
+    "chat_message",
     "chat_prompt_ids",
     "chat_response",
     "completion_chunk",
@@ -108,6 +119,7 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("messages")
@@ -118,8 +130,21 @@ class ChatCompletionRequest(_SamplingFields):
                 raise ValueError(f"message {i} has no 'role' string")
         return messages
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+            raise ValueError("must be 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}")
+        return choice
+
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def callable_tools(self) -> set[str] | None:
+        """The tool names whose calls the completion is parsed for (None: leave the text as it is)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return tool_names(self.tools)
 
 
 class CompletionRequest(_SamplingFields):
@@ -165,8 +190,16 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, request: ChatCompletionR
     messages = [_plain_message(i, m) for i, m in enumerate(request.messages)]
     kwargs: dict[str, Any] = dict(request.chat_template_kwargs or {})
     kwargs.setdefault("add_generation_prompt", True)
-    if request.tools:
-        kwargs["tools"] = request.tools
+    try:
+        if request.tools:
+            check_tools(request.tools)
+        if template_knows_tools(tokenizer.chat_template):
+            if request.tools:
+                kwargs["tools"] = request.tools
+        elif request.tools or any(m.get("tool_calls") or m.get("content") is None for m in messages):
+            messages = render_tools_for_template(messages, request.tools)
+    except ToolSpecError as exc:
+        raise RequestError(exc.message, param=exc.param) from None
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as exc:  # jinja raises for messages its template rejects
@@ -291,6 +324,15 @@ def _completion_logprobs(
     return result
 
 
+def chat_message(choice: ChoiceState, tools: set[str] | None) -> tuple[dict[str, Any], str | None]:
+    """The assistant message of a finished choice and its finish reason (`"tool_calls"` when it calls tools)."""
+    parsed: ParsedCalls | None = parse_tool_calls(choice.text, tools) if tools else None
+    if parsed is None:
+        return {"role": "assistant", "content": choice.text}, choice.finish_reason
+    message = {"role": "assistant", "content": parsed.content, "tool_calls": parsed.tool_calls}
+    return message, "tool_calls" if choice.finish_reason == "stop" else choice.finish_reason
+
+
 def chat_response(
     response_id: str,
     model: str,
@@ -299,8 +341,10 @@ def chat_response(
     info: TokenInfo,
     with_logprobs: bool,
     created: int | None = None,
+    tools: set[str] | None = None,
 ) -> dict[str, Any]:
-    """A complete `chat.completion` object."""
+    """A complete `chat.completion` object; with `tools`, calls written in the text become `tool_calls`."""
+    messages = [chat_message(c, tools) for c in choices]
     return {
         "id": response_id,
         "object": "chat.completion",
@@ -309,12 +353,12 @@ def chat_response(
         "choices": [
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message,
                 "logprobs": _chat_logprobs(info, c.token_ids, c.logprobs, c.top_logprobs) if with_logprobs else None,
-                "finish_reason": c.finish_reason,
+                "finish_reason": finish_reason,
                 "token_ids": c.token_ids,
             }
-            for c in choices
+            for c, (message, finish_reason) in zip(choices, messages, strict=True)
         ],
         "usage": usage(len(prompt_ids), sum(len(c.token_ids) for c in choices)),
         "prompt_token_ids": prompt_ids,
@@ -351,6 +395,43 @@ def chat_chunk(
         "created": created,
         "model": model,
         "choices": [choice],
+    }
+
+
+def chat_final_chunk(
+    response_id: str,
+    model: str,
+    created: int,
+    choice: ChoiceState,
+    info: TokenInfo,
+    with_logprobs: bool,
+    tools: set[str],
+) -> dict[str, Any]:
+    """One chunk holding a whole finished choice, for streams that offer tools.
+
+    Whether the text is a tool call is known only at its end, so such streams hold each choice back and send it
+    as one delta: `content` and, when the text calls tools, `tool_calls` (each with its `index`).
+    """
+    message, finish_reason = chat_message(choice, tools)
+    delta: dict[str, Any] = {"content": message["content"]}
+    if "tool_calls" in message:
+        delta["tool_calls"] = [{"index": j, **call} for j, call in enumerate(message["tool_calls"])]
+    entry: dict[str, Any] = {
+        "index": choice.index,
+        "delta": delta,
+        "logprobs": _chat_logprobs(info, choice.token_ids, choice.logprobs, choice.top_logprobs)
+        if with_logprobs and choice.token_ids
+        else None,
+        "finish_reason": finish_reason,
+        "token_ids": list(choice.token_ids),
+        "weights_version": choice.weights_version,
+    }
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [entry],
     }
 
 

@@ -40,6 +40,7 @@ from agl.llm.protocol import (
     CompletionRequest,
     RequestError,
     chat_chunk,
+    chat_final_chunk,
     chat_prompt_ids,
     chat_response,
     completion_chunk,
@@ -289,14 +290,16 @@ class ModelServer:
         except RequestError as exc:
             return _json(error_body(exc.message, param=exc.param), 400)
         response_id, created = new_id("chatcmpl"), int(time.time())
+        tools = req.callable_tools()
         if req.stream:
-            return _sse(self._chat_stream(response_id, created, prompt, params, req.n, req.logprobs))
+            return _sse(self._chat_stream(response_id, created, prompt, params, req.n, req.logprobs, tools))
         choices = await self._collect([prompt], params, req.n)
         failed = next((c.error for c in choices if c.finish_reason == "error"), None)
         if failed:
             return _json(error_body(failed, kind="server_error"), 500)
         info = self.token_info
-        return _json(chat_response(response_id, self.model_name, prompt, choices, info, req.logprobs, created))
+        body = chat_response(response_id, self.model_name, prompt, choices, info, req.logprobs, created, tools)
+        return _json(body)
 
     async def _completions(self, request: Request) -> Response:
         try:
@@ -378,7 +381,14 @@ class ModelServer:
         return choices
 
     async def _chat_stream(
-        self, response_id: str, created: int, prompt: list[int], params: Any, n: int, with_logprobs: bool
+        self,
+        response_id: str,
+        created: int,
+        prompt: list[int],
+        params: Any,
+        n: int,
+        with_logprobs: bool,
+        tools: set[str] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         name, info = self.model_name, self.token_info
         for i in range(n):
@@ -387,13 +397,19 @@ class ModelServer:
                 opening["prompt_token_ids"] = prompt
             yield opening
         generated = 0
+        held = [ChoiceState(index=i) for i in range(n)]  # with tools, each choice is sent whole when it ends
         async for _, batch in self._events([prompt], params, n):
             for event in batch:
                 if event.finish_reason == "error":
                     yield error_body(event.error or "generation failed", kind="server_error")
                     return
                 generated += len(event.token_ids)
-                yield chat_chunk(response_id, name, created, event.index, event, info, with_logprobs)
+                if tools is None:
+                    yield chat_chunk(response_id, name, created, event.index, event, info, with_logprobs)
+                    continue
+                held[event.index].add(event)
+                if event.finish_reason is not None:
+                    yield chat_final_chunk(response_id, name, created, held[event.index], info, with_logprobs, tools)
         yield {
             "id": response_id,
             "object": "chat.completion.chunk",
