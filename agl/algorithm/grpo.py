@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -139,6 +138,8 @@ class GRPO(Algorithm):
             continues after its step, with its history and best score; the optimizer's moments start afresh and
             the KL reference is the resumed model.
         checkpoint_extra: recorded in every checkpoint's state (e.g. how the caller split its tasks).
+        deadline: a `time.monotonic()` instant; no step starts that would end after it, with the evaluations and
+            checkpoint that may follow it (overrides `config.max_seconds`, which counts from `run()`).
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class GRPO(Algorithm):
         llm_resource_name: str = "main_llm",
         resume: CheckpointState | None = None,
         checkpoint_extra: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -161,6 +163,8 @@ class GRPO(Algorithm):
         self.llm_resource_name = llm_resource_name
         self.resume = resume
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.deadline = deadline
+        self._save_seconds = 0.0
         self.history: list[StepLog] = [StepLog(**h) for h in resume.history] if resume is not None else []
         self.stop_reason = ""
         """Why training ended: "steps", "early stop", "time budget" (set by `run()`)."""
@@ -211,12 +215,15 @@ class GRPO(Algorithm):
                 parameter.requires_grad_(False)
         await self.proxy.start()
         try:
-            await self._train(train_dataset, val_dataset, model, optimizer, reference, began)
+            deadline = self.deadline
+            if deadline is None and cfg.max_seconds:
+                deadline = began + cfg.max_seconds
+            await self._train(train_dataset, val_dataset, model, optimizer, reference, deadline)
         finally:
             await self.proxy.stop()
 
     async def _train(
-        self, train_dataset: Any, val_dataset: Any, model: Any, optimizer: Any, reference: Any, began: float
+        self, train_dataset: Any, val_dataset: Any, model: Any, optimizer: Any, reference: Any, deadline: float | None
     ) -> None:
         from agl.algorithm.grpo_math import learning_rate_at
 
@@ -245,7 +252,7 @@ class GRPO(Algorithm):
                 if cfg.early_stop_patience and stale >= cfg.early_stop_patience:
                     self.stop_reason = "early stop"
                     break
-            if step < cfg.steps and cfg.max_seconds and not self._time_for_another_step(began, evaluated < step):
+            if step < cfg.steps and deadline is not None and not self._time_for_another_step(deadline):
                 self.stop_reason = "time budget"
                 break
         if evaluating and evaluated < step:
@@ -253,13 +260,15 @@ class GRPO(Algorithm):
         if evaluating and cfg.keep_best and self.best is not None and self.best[2] != self.server.weights_version:
             await self._end_on_best(val, step, model)
 
-    def _time_for_another_step(self, began: float, eval_due: bool) -> bool:
-        """Whether one more step, the evaluation it may need and a final re-evaluation fit in `max_seconds`."""
+    def _time_for_another_step(self, deadline: float) -> bool:
+        """Whether one more step, then an evaluation, a final re-evaluation and a checkpoint, end by `deadline`.
+
+        Each cost is the largest of its last three: on a shared machine the next one is often slower.
+        """
         trains = [h.seconds for h in self.history if h.kind == "train"][-3:]
         evals = [h.seconds for h in self.history if h.kind == "eval"][-3:]
-        need = statistics.median(trains) if trains else 0.0
-        need += (statistics.median(evals) if evals else 0.0) * (1 + int(eval_due))
-        return time.monotonic() - began + need <= self.config.max_seconds
+        need = max(trains, default=0.0) + 2 * max(evals, default=0.0) + self._save_seconds
+        return time.monotonic() + need <= deadline
 
     async def _consider(self, score: float, step: int, model: Any) -> bool:
         """Note an evaluated score; on a new best keep a copy of the weights (and write `best/`). True if new best."""
@@ -305,6 +314,7 @@ class GRPO(Algorithm):
         started = time.monotonic()
         directory = f"{self.config.checkpoint_dir}/{name}"
         await asyncio.to_thread(save_checkpoint, directory, self.server.model, self.server.tokenizer, state, weights)
+        self._save_seconds = max(self._save_seconds, time.monotonic() - started)
         logger.info(
             "wrote the %s checkpoint (step %d) to %s in %.1f s", name, step, directory, time.monotonic() - started
         )

@@ -105,10 +105,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         default_gguf_path()  # a clear error now, naming the pip command, if the model package is missing
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = 0.0
-    if args.time_budget:
-        # What GRPO may use: the budget minus start-up so far and a margin for the reports at the end.
-        budget = max(1.0, args.time_budget - (time.monotonic() - started) - 10.0)
     config = GRPOConfig(
         steps=args.steps,
         tasks_per_step=args.tasks_per_step,
@@ -125,13 +121,19 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         early_stop_patience=args.patience,
         keep_best=True,
         checkpoint_dir=str(out),
-        max_seconds=budget,
         seed=args.seed,
     )
     train, held_out = split_tasks(int(split["max_value"]), int(split["eval_size"]), int(split["seed"]))
     progress = Progress(args.steps, resumed_from=resume.weights_version if resume is not None else None)
+    # The whole demo's budget, from its start; the margin covers the reports and shutdown after training.
+    deadline = started + args.time_budget - 15.0 if args.time_budget else None
     algorithm = GRPO(
-        config, model=model, on_log=progress, resume=resume, checkpoint_extra={"split": split, "kind": "agl demo"}
+        config,
+        model=model,
+        on_log=progress,
+        resume=resume,
+        checkpoint_extra={"split": split, "kind": "agl demo"},
+        deadline=deadline,
     )
     trainer = Trainer(
         algorithm=algorithm,
@@ -153,7 +155,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     history = algorithm.history
     settings = {**asdict(config), "runners": args.runners, "concurrency": args.concurrency, "model": model,
                 "resume": args.resume, "split": split, "seconds": seconds, "stop_reason": algorithm.stop_reason,
-                "load_average_start": load_at_start, "load_average_end": _load_average()}  # fmt: skip
+                "time_budget": args.time_budget, "load_average_start": load_at_start, "load_average_end": _load_average()}  # fmt: skip
     json_path, png_path = out / "demo_log.json", out / "reward_curve.png"
     write_json(json_path, history, settings)
     write_png(png_path, history, f"AGL demo: GRPO on SmolLM2-135M (seed {args.seed})")
