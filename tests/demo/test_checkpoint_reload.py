@@ -84,8 +84,8 @@ def test_a_trained_checkpoint_reloads_and_scores_the_same(tmp_path: Path) -> Non
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         with server.exclusive():
             for task in train[:4]:
-                prompt = tokenizer.apply_chat_template(messages_for(task), add_generation_prompt=True)
-                prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+                text = tokenizer.apply_chat_template(messages_for(task), add_generation_prompt=True, tokenize=False)
+                prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
                 answer = tokenizer(str(task["a"] + task["b"]), add_special_tokens=False)["input_ids"]
                 ids = torch.tensor([prompt + answer])
                 labels = torch.tensor([[-100] * len(prompt) + answer])
