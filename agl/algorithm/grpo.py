@@ -12,6 +12,11 @@ One step, top to bottom (`GRPO._step`):
 Every `eval_every` steps (and before the first and after the last) the validation tasks run greedily and the mean
 reward is the success rate.
 
+Stability (all optional, see `GRPOConfig`): a learning-rate schedule, KL to the starting model, early stopping
+after evaluations without a new best, a time budget, and `keep_best`: the run ends on the best-scoring weights,
+restored and evaluated again. Checkpoints (`checkpoint_dir`) are Hugging Face directories
+(`agl.algorithm.grpo_checkpoint`), and a run can resume from one.
+
 The model server and the proxy run in this (the algorithm's) process: training updates the served model in place
 between steps, while no batch is generating.
 """
