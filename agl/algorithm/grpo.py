@@ -15,6 +15,11 @@ One step, top to bottom (`GRPO._step`):
 Every `eval_every` steps (and before the first and after the last) the validation tasks run greedily and the mean
 reward is the success rate.
 
+Stability (all optional, see `GRPOConfig`): a learning-rate schedule, KL to the starting model, early stopping
+after evaluations without a new best, a time budget, and `keep_best`: the run ends on the best-scoring weights,
+restored and evaluated again. Checkpoints (`checkpoint_dir`) are Hugging Face directories
+(`agl.algorithm.grpo_checkpoint`), and a run can resume from one.
+
 The model server and the proxy run in this (the algorithm's) process: training updates the served model in place
 between steps, while no batch is generating.
 """
@@ -34,6 +39,7 @@ from typing import Any
 
 from agl.adapter.triplet import LlmProxyTraceToTriplet
 from agl.algorithm.base import Algorithm
+from agl.algorithm.grpo_checkpoint import CheckpointState
 from agl.emitter.reward import find_final_reward
 from agl.types.core import EnqueueRolloutRequest, RolloutMode
 from agl.types.resources import ProxyLLM
@@ -63,6 +69,20 @@ class GRPOConfig:
     seed: int = 0
     rollout_timeout: float = 600.0
     """Seconds to wait for one step's (or one evaluation's) rollouts before giving up on the stragglers."""
+    lr_schedule: str = "constant"
+    """`constant`, `linear` or `cosine` decay to `learning_rate * min_lr_ratio` at the last step."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    early_stop_patience: int = 0
+    """Stop after this many evaluations in a row without a new best held-out score (0: never stop early)."""
+    keep_best: bool = False
+    """End on the weights with the best held-out score (restored and evaluated again), not the last ones."""
+    checkpoint_dir: str | None = None
+    """Write Hugging Face checkpoints here: `best/` at each new best held-out score, `last/` when the run ends
+    on restored best weights (the weights it trained to, to continue from)."""
+    max_seconds: float = 0.0
+    """Start no new step when it (with the evaluations still due) would end after this many seconds of `run()`,
+    model loading included (0: no limit)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "tasks_per_step", "group_size", "micro_batch_size", "max_new_tokens"):
@@ -76,6 +96,13 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.learning_rate must be positive, got {self.learning_rate}")
         if self.eval_every < 0 or self.eval_size < 0:
             raise ValueError("GRPOConfig.eval_every and eval_size must be >= 0")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"GRPOConfig.lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"GRPOConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("warmup_steps", "early_stop_patience", "max_seconds", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GRPOConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -117,6 +144,12 @@ class GRPO(Algorithm):
         server: an already-built `ModelServer` to train instead (started if it is not running).
         on_log: called with each `StepLog` as it is made (progress bars, JSON logs).
         llm_resource_name: the resource name the agent finds its LLM under.
+        resume: the state of the checkpoint `model` names (`agl.algorithm.grpo_checkpoint.read_state`): training
+            continues after its step, with its history and best score; the optimizer's moments start afresh and
+            the KL reference is the resumed model.
+        checkpoint_extra: recorded in every checkpoint's state (e.g. how the caller split its tasks).
+        deadline: a `time.monotonic()` instant; no step starts that would end after it, with the evaluations and
+            checkpoint that may follow it (overrides `config.max_seconds`, which counts from `run()`).
     """
 
     def __init__(
@@ -127,6 +160,9 @@ class GRPO(Algorithm):
         server: Any = None,
         on_log: Callable[[StepLog], None] | None = None,
         llm_resource_name: str = "main_llm",
+        resume: CheckpointState | None = None,
+        checkpoint_extra: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -135,9 +171,20 @@ class GRPO(Algorithm):
         self.proxy: Any = None
         self.on_log = on_log
         self.llm_resource_name = llm_resource_name
-        self.history: list[StepLog] = []
+        self.resume = resume
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.deadline = deadline
+        self._save_seconds = 0.0
+        self.history: list[StepLog] = [StepLog(**h) for h in resume.history] if resume is not None else []
+        self.stop_reason = ""
+        """Why training ended: "steps", "early stop", "time budget" (set by `run()`)."""
+        self.best: tuple[float, int, str] | None = None
+        """(held-out score, step, weights version) of the best weights seen, once evaluated."""
+        self._best_weights: Any = None
+        self._start_step = resume.step if resume is not None else 0
         self._adapter = LlmProxyTraceToTriplet()
-        self._rng = random.Random(config.seed)
+        seed = config.seed if self._start_step == 0 else config.seed * 100_003 + self._start_step
+        self._rng = random.Random(seed)
 
     # -- the run ----------------------------------------------------------------------------------------------
     async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> None:
@@ -150,9 +197,11 @@ class GRPO(Algorithm):
         from agl.llm.server import ModelServer
 
         cfg = self.config
+        began = time.monotonic()
         torch.manual_seed(cfg.seed)
         if self.server is None:
-            self.server = ModelServer.from_path(self.model_path, max_batch_size=64)
+            version = self.resume.weights_version if self.resume is not None else "0"
+            self.server = ModelServer.from_path(self.model_path, max_batch_size=64, weights_version=version)
         if not self.server.is_running:
             self.server.start()
         name = self.server.model_name
@@ -176,17 +225,109 @@ class GRPO(Algorithm):
                 parameter.requires_grad_(False)
         await self.proxy.start()
         try:
-            val = list(val_dataset)[: cfg.eval_size] if val_dataset is not None else []
-            if val and cfg.eval_every:
-                await self._evaluate(val, step=0)
-            train = list(train_dataset)
-            for step in range(1, cfg.steps + 1):
-                tasks = [train[self._rng.randrange(len(train))] for _ in range(cfg.tasks_per_step)]
-                await self._step(step, tasks, model, optimizer, reference)
-                if val and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    await self._evaluate(val, step=step)
+            deadline = self.deadline
+            if deadline is None and cfg.max_seconds:
+                deadline = began + cfg.max_seconds
+            await self._train(train_dataset, val_dataset, model, optimizer, reference, deadline)
         finally:
             await self.proxy.stop()
+
+    async def _train(
+        self, train_dataset: Any, val_dataset: Any, model: Any, optimizer: Any, reference: Any, deadline: float | None
+    ) -> None:
+        from agl.algorithm.grpo_math import learning_rate_at
+
+        cfg = self.config
+        val = list(val_dataset)[: cfg.eval_size] if val_dataset is not None else []
+        evaluating = bool(val and cfg.eval_every)
+        if self.resume is not None and self.resume.score is not None:
+            self.best = (self.resume.score, self.resume.step, self.resume.weights_version)
+        if evaluating:
+            await self._consider(await self._evaluate(val, step=self._start_step), self._start_step, model)
+        train = list(train_dataset)
+        step, evaluated, stale = self._start_step, self._start_step, 0
+        self.stop_reason = "steps"
+        for step in range(self._start_step + 1, cfg.steps + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(
+                    step, cfg.steps, cfg.learning_rate, schedule=cfg.lr_schedule,
+                    warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio,
+                )  # fmt: skip
+            tasks = [train[self._rng.randrange(len(train))] for _ in range(cfg.tasks_per_step)]
+            await self._step(step, tasks, model, optimizer, reference)
+            if evaluating and (step % cfg.eval_every == 0 or step == cfg.steps):
+                evaluated = step
+                improved = await self._consider(await self._evaluate(val, step=step), step, model)
+                stale = 0 if improved else stale + 1
+                if cfg.early_stop_patience and stale >= cfg.early_stop_patience:
+                    self.stop_reason = "early stop"
+                    break
+            if step < cfg.steps and deadline is not None and not self._time_for_another_step(deadline):
+                self.stop_reason = "time budget"
+                break
+        if evaluating and evaluated < step:
+            await self._consider(await self._evaluate(val, step=step), step, model)
+        if evaluating and cfg.keep_best and self.best is not None and self.best[2] != self.server.weights_version:
+            await self._end_on_best(val, step, model)
+
+    def _time_for_another_step(self, deadline: float) -> bool:
+        """Whether one more step, then an evaluation, a final re-evaluation and a checkpoint, end by `deadline`.
+
+        Each cost is the largest of its last three: on a shared machine the next one is often slower.
+        """
+        trains = [h.seconds for h in self.history if h.kind == "train"][-3:]
+        evals = [h.seconds for h in self.history if h.kind == "eval"][-3:]
+        need = max(trains, default=0.0) + 2 * max(evals, default=0.0) + self._save_seconds
+        return time.monotonic() + need <= deadline
+
+    async def _consider(self, score: float, step: int, model: Any) -> bool:
+        """Note an evaluated score; on a new best keep a copy of the weights (and write `best/`). True if new best."""
+        from agl.algorithm.grpo_checkpoint import clone_state_dict
+
+        if self.best is not None and score <= self.best[0]:
+            return False
+        self.best = (score, step, self.server.weights_version)
+        if self.config.keep_best:
+            self._best_weights = clone_state_dict(model)
+        if self.config.checkpoint_dir is not None:
+            await self._save("best", step, score, self._best_weights)
+        return True
+
+    async def _end_on_best(self, val: Sequence[Any], step: int, model: Any) -> None:
+        """Write `last/`, serve the best weights again and evaluate them: the run's final score is theirs."""
+        assert self.best is not None
+        last_version = self.server.weights_version
+        last_score = next((h.reward_mean for h in reversed(self.history) if h.kind == "eval"), None)
+        if self.config.checkpoint_dir is not None:
+            await self._save("last", step, last_score, None)
+        score, _, version = self.best
+        if self._best_weights is None:  # resumed from a checkpoint that is still the best: reload it
+            from agl.llm.server import load_state_dict_file
+
+            assert self.model_path is not None
+            self._best_weights = await asyncio.to_thread(load_state_dict_file, self.model_path)
+        await asyncio.to_thread(self.server.update_weights, self._best_weights, version)
+        await self._evaluate(val, step=step, extra={"final": True, "restored_from": last_version, "best": score})
+
+    async def _save(self, name: str, step: int, score: float | None, weights: Any) -> None:
+        from agl.algorithm.grpo_checkpoint import CheckpointState, save_checkpoint
+
+        assert self.config.checkpoint_dir is not None
+        state = CheckpointState(
+            step=step,
+            weights_version=self.server.weights_version,
+            score=score,
+            history=[asdict(h) for h in self.history],
+            config=asdict(self.config),
+            extra=self.checkpoint_extra,
+        )
+        started = time.monotonic()
+        directory = f"{self.config.checkpoint_dir}/{name}"
+        await asyncio.to_thread(save_checkpoint, directory, self.server.model, self.server.tokenizer, state, weights)
+        self._save_seconds = max(self._save_seconds, time.monotonic() - started)
+        logger.info(
+            "wrote the %s checkpoint (step %d) to %s in %.1f s", name, step, directory, time.monotonic() - started
+        )
 
     async def _step(self, step: int, tasks: Sequence[Any], model: Any, optimizer: Any, reference: Any) -> None:
         cfg = self.config
@@ -269,7 +410,8 @@ class GRPO(Algorithm):
             model.eval()
         return totals
 
-    async def _evaluate(self, val: Sequence[Any], step: int) -> None:
+    async def _evaluate(self, val: Sequence[Any], step: int, extra: dict[str, Any] | None = None) -> float:
+        """Run the validation tasks greedily on the served weights; returns (and records) the success rate."""
         started = time.monotonic()
         version = self.server.weights_version
         resources_id = await self._publish(version, temperature=0.0, kind="eval")
@@ -285,8 +427,10 @@ class GRPO(Algorithm):
                 samples=len(val),
                 seconds=time.monotonic() - started,
                 weights_version=version,
+                extra=dict(extra or {}),
             )
         )
+        return rate
 
     # -- helpers ----------------------------------------------------------------------------------------------
     async def _publish(self, version: str, *, temperature: float, kind: str) -> str:

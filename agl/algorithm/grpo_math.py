@@ -5,13 +5,23 @@ Pure torch functions (torch is imported lazily by the caller's import of this mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["LossStats", "group_advantages", "grpo_loss", "pad_batch", "response_logprobs", "trajectory_advantages"]
+__all__ = [
+    "SCHEDULES",
+    "LossStats",
+    "group_advantages",
+    "grpo_loss",
+    "learning_rate_at",
+    "pad_batch",
+    "response_logprobs",
+    "trajectory_advantages",
+]
 
 
 def group_advantages(rewards: Sequence[float], groups: Sequence[Any], eps: float = 1e-6) -> torch.Tensor:
@@ -140,3 +150,25 @@ def grpo_loss(
             mean_ratio=float((ratio * weights).sum() / count),
         )
     return loss, stats
+
+
+def learning_rate_at(step: int, total_steps: int, peak: float, *, schedule: str = "constant",
+                     warmup_steps: int = 0, min_ratio: float = 0.0) -> float:  # fmt: skip
+    """The learning rate of optimizer step `step` (1-based) of `total_steps`.
+
+    A linear warm-up from `peak / (warmup_steps + 1)` over the first `warmup_steps` steps, then `"constant"` (stay at
+    `peak`), `"linear"` or `"cosine"` decay from `peak` at the end of warm-up to `peak * min_ratio` at `total_steps`.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if step <= warmup_steps:
+        return peak * step / (warmup_steps + 1)
+    if schedule == "constant" or total_steps <= warmup_steps + 1:
+        return peak
+    progress = min(1.0, (step - warmup_steps - 1) / (total_steps - warmup_steps - 1))
+    shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * (min_ratio + (1.0 - min_ratio) * shape)
+
+
+SCHEDULES = ("constant", "linear", "cosine")
+"""The learning-rate schedules `learning_rate_at` knows."""

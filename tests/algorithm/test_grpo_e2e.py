@@ -113,3 +113,68 @@ def test_grpo_config_rejects_bad_values() -> None:
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match="learning_rate"):
         GRPOConfig(learning_rate=0)
+
+
+def _fit(algorithm: GRPO, tasks: list[dict[str, Any]]) -> None:
+    trainer = Trainer(
+        algorithm=algorithm,
+        n_runners=1,
+        strategy={"type": "cs", "server_port": 0, "graceful_timeout": 5.0},
+        tracer=DummyTracer(),
+        runner={"type": "agl.runner.agent.LitAgentRunner", "concurrency": 8, "poll_interval": 0.2},
+    )
+    trainer.fit(parity_agent, tasks[:8], val_dataset=tasks[8:])
+
+
+@pytest.mark.slow  # two runs with runner processes: ~1 min on a quiet machine, several under load
+def test_grpo_ends_on_its_best_checkpoint_and_resumes_from_it(tmp_path: Any) -> None:
+    from agl.algorithm.grpo_checkpoint import find_checkpoint, read_state
+    from agl.llm.server import load_state_dict_file
+
+    tokenizer = tiny_tokenizer()
+    server = ModelServer(tiny_model(len(tokenizer)), tokenizer, model_name="tiny", max_batch_size=16)
+    config = GRPOConfig(
+        steps=4, tasks_per_step=2, group_size=4, max_new_tokens=6, temperature=1.0, eval_every=1, eval_size=6,
+        micro_batch_size=8, learning_rate=3e-3, seed=5, rollout_timeout=120, keep_best=True, early_stop_patience=2,
+        lr_schedule="cosine", checkpoint_dir=str(tmp_path),
+    )  # fmt: skip
+    algorithm = GRPO(config, server=server, checkpoint_extra={"note": "e2e"})
+    tasks = [{"prompt": f"Say {i} words.", "stream": False} for i in range(14)]
+    try:
+        _fit(algorithm, tasks)
+        served = {k: v.clone() for k, v in server.model.state_dict().items()}
+    finally:
+        server.stop()
+
+    evals = [h for h in algorithm.history if h.kind == "eval"]
+    scored = [h for h in evals if not h.extra.get("final")]
+    best = max(scored, key=lambda h: h.reward_mean)  # the first of equal scores is the one kept
+    assert algorithm.best == (best.reward_mean, best.step, best.weights_version)
+    assert algorithm.stop_reason in ("steps", "early stop")
+    if algorithm.stop_reason == "early stop":
+        assert [h.reward_mean for h in scored[-2:]] <= [best.reward_mean] * 2 and len(scored) < 5
+    final = evals[-1]
+    assert final.weights_version == best.weights_version and final.reward_mean == best.reward_mean
+    restored = bool(final.extra.get("final"))
+    assert restored == (best is not scored[-1]) == (tmp_path / "last").is_dir()
+
+    checkpoint = find_checkpoint(tmp_path)
+    state = read_state(checkpoint)
+    assert (state.step, state.score, state.weights_version) == (best.step, best.reward_mean, best.weights_version)
+    assert state.extra == {"note": "e2e"} and state.config["keep_best"] is True
+    saved = load_state_dict_file(checkpoint)
+    assert all(torch.equal(served[name], tensor) for name, tensor in saved.items())  # it ended on best/
+
+    resumed = GRPO(
+        GRPOConfig(**{**state.config, "steps": state.step + 2, "early_stop_patience": 0}),
+        model=str(checkpoint),
+        resume=state,
+    )
+    try:
+        _fit(resumed, tasks)
+    finally:
+        resumed.server.stop()
+    new = resumed.history[len(state.history) :]
+    assert new[0].kind == "eval" and new[0].step == state.step and new[0].weights_version == state.weights_version
+    assert new[0].reward_mean == state.score  # the reloaded checkpoint scores what it scored when saved
+    assert [h.step for h in new if h.kind == "train"] == [state.step + 1, state.step + 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -100,3 +101,18 @@ def test_kl_term_is_zero_at_the_reference_and_positive_away_from_it() -> None:
 def test_loss_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="same shape"):
         grpo_loss(torch.zeros(1, 2), torch.zeros(1, 3), torch.zeros(1), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_learning_rate_schedules() -> None:
+    from agl.algorithm.grpo_math import learning_rate_at
+
+    assert [learning_rate_at(s, 5, 1.0) for s in range(1, 6)] == [1.0] * 5
+    assert [learning_rate_at(s, 5, 1.0, schedule="linear") for s in range(1, 6)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    cosine = [learning_rate_at(s, 5, 2.0, schedule="cosine", min_ratio=0.1) for s in range(1, 6)]
+    assert cosine[0] == pytest.approx(2.0) and cosine[2] == pytest.approx(1.1) and cosine[-1] == pytest.approx(0.2)
+    assert all(a > b for a, b in itertools.pairwise(cosine))
+    warm = [learning_rate_at(s, 6, 1.0, schedule="linear", warmup_steps=2) for s in range(1, 7)]
+    assert warm == pytest.approx([1 / 3, 2 / 3, 1.0, 2 / 3, 1 / 3, 0.0])
+    assert learning_rate_at(1, 1, 1.0, schedule="cosine") == 1.0  # one step: no room to decay
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_at(1, 5, 1.0, schedule="step")
