@@ -134,6 +134,7 @@ def test_apo_searches_publishes_versions_and_keeps_the_best(critic: Any) -> None
         n_runners=2,
         tracer=DummyTracer(),
         strategy={"type": "shm", "main_thread": "algorithm"},
+        runner={"type": "agl.runner.agent.LitAgentRunner", "concurrency": 4, "poll_interval": 0.2},
         initial_resources={"prompt_template": seed, "other": PromptTemplate(template="kept", engine="f-string")},
     )
     tasks = [{"threshold": t} for t in (2, 6, 10, 14, 18, 22, 26, 30)]
