@@ -40,9 +40,10 @@ def load_tasks(path: Path = HERE / "tasks.jsonl") -> list[dict[str, Any]]:
 
 
 def score(reply: str, answer: int) -> float:
-    """1.0 when the first integer of the reply is the answer."""
-    numbers = _INT.findall(reply)
-    return 1.0 if numbers and int(numbers[0]) == answer else 0.0
+    """1.0 when the last integer on the reply's first line is the answer ("18 + 15 = 33" counts)."""
+    first_line = reply.strip().split("\n", 1)[0] if reply.strip() else ""
+    numbers = _INT.findall(first_line)
+    return 1.0 if numbers and int(numbers[-1]) == answer else 0.0
 
 
 @agl.rollout
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gradient-batch-size", type=int, default=4)
     parser.add_argument("--val-batch-size", type=int, default=8)
     parser.add_argument("--val-size", type=int, default=16, help="validation tasks (the last ones of tasks.jsonl)")
-    parser.add_argument("--critic-max-tokens", type=int, default=96)
+    parser.add_argument("--critic-max-tokens", type=int, default=64)
     parser.add_argument("--critic-model", default=None, help="use this model at OPENAI_BASE_URL as the critic")
     parser.add_argument("--runners", type=int, default=2, help="runner processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.short:
         args.rounds, args.beam_width, args.branch_factor = 1, 1, 1
-        args.gradient_batch_size, args.val_batch_size, args.val_size, args.critic_max_tokens = 2, 4, 4, 48
+        args.gradient_batch_size, args.val_batch_size, args.val_size, args.critic_max_tokens = 2, 2, 4, 32
     if args.critic_model is not None and not os.environ.get("OPENAI_BASE_URL"):
         raise SystemExit("--critic-model needs OPENAI_BASE_URL (and usually OPENAI_API_KEY) to say where it is served")
     agl.setup_logging("WARNING")
@@ -128,14 +129,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with local_model_server() as (model_name, base_url):
         proxy = agl.LLMProxy(
             model_list=[
-                {"model_name": model_name, "litellm_params": {"model": f"hosted_vllm/{model_name}", "api_base": base_url}}
+                {
+                    "model_name": model_name,
+                    "litellm_params": {"model": f"hosted_vllm/{model_name}", "api_base": base_url},
+                }
             ],
             host="127.0.0.1",
         )
         critic: dict[str, Any] = (
             {"gradient_model": args.critic_model, "apply_edit_model": args.critic_model}
             if args.critic_model is not None
-            else {"base_url": base_url, "api_key": "local", "gradient_model": model_name, "apply_edit_model": model_name}
+            else {
+                "base_url": base_url,
+                "api_key": "local",
+                "gradient_model": model_name,
+                "apply_edit_model": model_name,
+            }
         )
         algorithm = agl.APO(
             **critic,

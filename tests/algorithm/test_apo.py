@@ -42,7 +42,11 @@ def test_placeholders_as_written_and_malformed_templates() -> None:
 
 def test_critic_prompts_carry_the_template_outcomes_and_placeholders() -> None:
     outcome = RolloutOutcome(
-        "ro-1", {"a": 2}, "succeeded", 0.0, [[{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "5"}]]
+        "ro-1",
+        {"a": 2},
+        "succeeded",
+        0.0,
+        [[{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "5"}]],
     )
     text = critique_messages("Add {a}.", [outcome])[1]["content"]
     assert "Add {a}." in text and '{"a": 2}' in text and "reward: 0" in text and "assistant: 5" in text
@@ -59,7 +63,7 @@ def test_constructor_checks_arguments_and_the_endpoint(monkeypatch: pytest.Monke
         APO(base_url="http://127.0.0.1:1/v1", beam_width=0)
     with pytest.raises(ValueError, match="http://"):
         APO(base_url="127.0.0.1:1/v1")
-    with pytest.raises(TypeError, match="chat.completions.create"):
+    with pytest.raises(TypeError, match=r"chat\.completions\.create"):
         APO(object())
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
     assert APO().chat.base_url == "http://127.0.0.1:9/v1"
@@ -97,7 +101,9 @@ def critic() -> Iterator[Any]:
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
-    server = ModelServer(tiny_model(len(tokenizer), max_positions=4096), tokenizer, model_name="tiny-critic", max_batch_size=16)
+    server = ModelServer(
+        tiny_model(len(tokenizer), max_positions=4096), tokenizer, model_name="tiny-critic", max_batch_size=16
+    )
     server.start()
     try:
         yield server
@@ -149,7 +155,9 @@ def test_apo_searches_publishes_versions_and_keeps_the_best(critic: Any) -> None
     # The kept prompt is the one with the highest whole-validation score among those measured (ties: earliest).
     best_score = max(e.score for e in full)
     assert algorithm.best_score == best_score
-    assert algorithm.best is not None and algorithm.best.version == next(e for e in full if e.score == best_score).version
+    assert (
+        algorithm.best is not None and algorithm.best.version == next(e for e in full if e.score == best_score).version
+    )
     # Scores are the agent's real rewards: recompute each one from the prompt's length.
     by_version = {c.version: c for c in algorithm.candidates}
     for evaluation in full:

