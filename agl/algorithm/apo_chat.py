@@ -79,7 +79,9 @@ class CriticChat:
         return text
 
     async def _post(self, body: dict[str, Any]) -> Any:
-        import httpx
+        from agl.optional import import_optional
+
+        httpx = import_optional("httpx", "apo", "APO's critic calls (without an async_openai_client)")
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         url = f"{self.base_url}/chat/completions"
