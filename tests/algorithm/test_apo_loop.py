@@ -97,6 +97,8 @@ def test_apo_searches_publishes_versions_and_keeps_the_best(critic: Any) -> None
         resources = list(await store.query_resources(resources_id_contains="apo-"))
         latest = await store.get_latest_resources()
         val_rollouts = [r for r in await store.query_rollouts() if r.mode == "val"]
+        versions = {c.resources_id: c.version for c in algorithm.candidates}
+        assert all(r.metadata["apo_version"] == versions[r.resources_id] for r in val_rollouts)
         return resources, latest, len(val_rollouts)
 
     resources, latest, n_val = asyncio.run(snapshots())
