@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             diversity_temperature=1.0,
             rollout_batch_timeout=1800,
             seed=args.seed,
+            on_log=lambda e: print(
+                f"round {e.round}: {e.version} on {len(e.rewards)} {e.scope} tasks: {e.score:.3f} ({e.seconds:.0f} s)",
+                flush=True,
+            ),
         )
         trainer = agl.Trainer(
             algorithm=algorithm,
