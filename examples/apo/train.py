@@ -1,6 +1,6 @@
 """Optimise an agent's system prompt with `agl.APO`, all on this machine.
 
-The agent answers arithmetic questions (tasks.jsonl: 24 for training, 16 for validation) with SmolLM2-135M served
+The agent answers arithmetic questions (tasks.jsonl: 24 for training, up to 16 for validation) with SmolLM2-135M served
 by AGL's local model server; its reward is 1 for the right number. APO searches over the system prompt: it runs
 the agent, asks a critic model (by default the same local server) what in the prompt explains the misses, asks
 for an edited prompt, and keeps the edits that score best on the validation tasks.
@@ -99,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="one round, one edit, 4 validation tasks (a smoke run)")
     parser.add_argument("--rounds", type=int, default=2, help="beam search rounds")
-    parser.add_argument("--beam-width", type=int, default=2)
+    parser.add_argument("--beam-width", type=int, default=1)
     parser.add_argument("--branch-factor", type=int, default=2)
-    parser.add_argument("--gradient-batch-size", type=int, default=4)
-    parser.add_argument("--val-batch-size", type=int, default=8)
-    parser.add_argument("--val-size", type=int, default=16, help="validation tasks (the last ones of tasks.jsonl)")
-    parser.add_argument("--critic-max-tokens", type=int, default=64)
+    parser.add_argument("--gradient-batch-size", type=int, default=2)
+    parser.add_argument("--val-batch-size", type=int, default=4)
+    parser.add_argument("--val-size", type=int, default=8, help="validation tasks (taken from the last 16 of tasks.jsonl)")
+    parser.add_argument("--critic-max-tokens", type=int, default=48)
     parser.add_argument("--critic-model", default=None, help="use this model at OPENAI_BASE_URL as the critic")
     parser.add_argument("--runners", type=int, default=2, help="runner processes")
     parser.add_argument("--seed", type=int, default=0)
