@@ -111,3 +111,21 @@ def test_apo_searches_publishes_versions_and_keeps_the_best(critic: Any) -> None
     assert latest.resources["prompt_template"] == algorithm.best.prompt_template
     val_batches = [e for e in algorithm.history if e.scope == "val-batch"]
     assert n_val == 8 * len(full) + 4 * len(val_batches)
+
+
+def test_critic_chat_through_httpx_and_an_openai_client(critic: Any) -> None:
+    from agl.algorithm.apo_chat import CriticChat, CriticError
+
+    messages = [{"role": "user", "content": "Improve this prompt: Add."}]
+    via_httpx = CriticChat(base_url=critic.base_url)
+    text = asyncio.run(via_httpx.complete("tiny-critic", messages, temperature=0.0, max_tokens=6))
+    assert isinstance(text, str) and text
+    openai = pytest.importorskip("openai")
+
+    async def with_client() -> str:
+        async with openai.AsyncOpenAI(base_url=critic.base_url, api_key="local", max_retries=0) as client:
+            return await CriticChat(client).complete("tiny-critic", messages, temperature=0.0, max_tokens=6)
+
+    assert asyncio.run(with_client()) == text  # greedy: the same reply either way
+    with pytest.raises(CriticError, match="answered 400"):
+        asyncio.run(via_httpx.complete("tiny-critic", messages, temperature=0.0, max_tokens=10**6))
