@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branch-factor", type=int, default=2)
     parser.add_argument("--gradient-batch-size", type=int, default=2)
     parser.add_argument("--val-batch-size", type=int, default=4)
-    parser.add_argument("--val-size", type=int, default=8, help="validation tasks (taken from the last 16 of tasks.jsonl)")
+    parser.add_argument(
+        "--val-size", type=int, default=8, help="validation tasks (taken from the last 16 of tasks.jsonl)"
+    )
     parser.add_argument("--critic-max-tokens", type=int, default=48)
     parser.add_argument("--critic-model", default=None, help="use this model at OPENAI_BASE_URL as the critic")
     parser.add_argument("--runners", type=int, default=2, help="runner processes")
