@@ -128,8 +128,6 @@ def test_encode_object_and_upstream_parameter_names() -> None:
 
 
 def test_placeholders_raise_naming_what_to_use() -> None:
-    with pytest.raises(NotImplementedError, match="issue 17"):
-        agl.APO()
     with pytest.raises(NotImplementedError, match="GRPO"):
         agl.VERL()
     with pytest.raises(NotImplementedError, match="OtelTracer"):

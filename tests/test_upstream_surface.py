@@ -569,7 +569,8 @@ UPSTREAM_SIGNATURES = {
     ".algorithm.utils:batch_iter_over_dataset": "dataset, batch_size",
     ".algorithm.utils:with_llm_proxy": "required=False, auto_start=True",
     ".algorithm.utils:with_store": "func",
-    ".algorithm:APO": "*args, **kwargs",
+    # Written from upstream's source (its module needs openai and poml, which the listing environment lacked).
+    ".algorithm:APO": "async_openai_client, *, gradient_model='gpt-5-mini', apply_edit_model='gpt-4.1-mini', diversity_temperature=1.0, gradient_batch_size=4, val_batch_size=16, beam_width=4, branch_factor=4, beam_rounds=3, rollout_batch_timeout=3600.0, run_initial_validation=True, _poml_trace=False",
     ".algorithm:VERL": "*args, **kwargs",
     ".cli.store:main": "argv=None",
     ".cli.vllm:main": "argv=None",
@@ -1248,7 +1249,6 @@ NOT_SIGNATURE_CHECKED = {
     "agentlightning.types.tracer.SpanRecordingContext",
     # provided only to raise NotImplementedError naming the replacement (see docs/compatibility.md).
     "agentlightning.tracer.agentops.AgentOpsTracer",
-    "agentlightning.algorithm.apo.APO",
     "agentlightning.algorithm.verl.VERL",
     "agentlightning.tracer.weave.WeaveTracer",
 }

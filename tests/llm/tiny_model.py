@@ -38,8 +38,8 @@ def tiny_tokenizer() -> Any:
     return tokenizer
 
 
-def tiny_model(vocab_size: int, seed: int = 0) -> Any:
-    """A 2-layer Llama with hidden size 32, random weights (fp32, eval mode)."""
+def tiny_model(vocab_size: int, seed: int = 0, max_positions: int = 256) -> Any:
+    """A 2-layer Llama with hidden size 32, random weights (fp32, eval mode), for contexts of `max_positions`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,7 +50,7 @@ def tiny_model(vocab_size: int, seed: int = 0) -> Any:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         eos_token_id=2,
         pad_token_id=0,
         bos_token_id=None,
