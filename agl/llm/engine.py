@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agl.llm.detokenize import IncrementalText
+from agl.llm.device import model_device
 from agl.llm.sampling import SamplingParams, make_generator, sample_token
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "GenerationEngine",
     "GenerationRequest",
     "SequenceEvent",
+    "left_padded_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ class _Sequence:
 
 
 class GenerationEngine:
-    """Batched generation on CPU for one Hugging Face causal LM (see the module docstring).
+    """Batched generation for one Hugging Face causal LM on its device, CPU or CUDA (see the module docstring).
 
     Args:
         model: the model; the engine only reads it, except in `update_weights()`.
@@ -324,13 +326,8 @@ class GenerationEngine:
         version = self.weights_version
         sequences = [_Sequence(request, i, self.tokenizer) for request in batch for i in range(request.n)]
         prompts = [seq.request.prompt_ids for seq in sequences]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention[row, width - len(prompt) :] = 1
-        positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+        device = model_device(self.model)
+        input_ids, attention, positions = left_padded_batch(prompts, self.pad_token_id, device)
         cache = DynamicCache(config=self.model.config)
         self.stats.batches += 1
         self.stats.requests += len(batch)
@@ -350,15 +347,15 @@ class GenerationEngine:
                     self._abort([live[row] for row in keep], "the model server is shutting down")
                     break
                 if len(keep) < len(live):
-                    index = torch.tensor(keep, dtype=torch.long)
+                    index = torch.tensor(keep, dtype=torch.long, device=device)
                     cache.batch_select_indices(index)
                     attention = attention[index]
                     positions = positions[index]
                     live = [live[row] for row in keep]
                     next_ids = [next_ids[row] for row in keep]
-                attention = torch.cat([attention, torch.ones((len(live), 1), dtype=torch.long)], dim=-1)
+                attention = torch.cat([attention, attention.new_ones((len(live), 1))], dim=-1)
                 positions = positions[:, -1:] + 1
-                tokens = torch.tensor(next_ids, dtype=torch.long).unsqueeze(-1)
+                tokens = torch.tensor(next_ids, dtype=torch.long, device=device).unsqueeze(-1)
                 logits = self._forward(tokens, attention, positions, cache)
         self.stats.generate_seconds += time.perf_counter() - started
 
@@ -373,7 +370,7 @@ class GenerationEngine:
     def _forward(
         self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, cache: Any
     ) -> torch.Tensor:
-        """The fp32 logits of the last position of every row."""
+        """The fp32 logits of the last position of every row, on CPU (where sampling runs; see `_step`)."""
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -384,7 +381,9 @@ class GenerationEngine:
         if self._keeps_logits:
             kwargs["logits_to_keep"] = 1
         output = self.model(**kwargs)
-        logits: torch.Tensor = output.logits[:, -1, :].float()
+        # One copy per step to the CPU: sampling uses each sequence's seeded CPU generator, so a seed picks the same
+        # token for the same logits on any device.
+        logits: torch.Tensor = output.logits[:, -1, :].float().cpu()
         return logits
 
     def _step(self, live: Sequence[_Sequence], logits: torch.Tensor, version: str) -> tuple[list[int], list[bool]]:
@@ -430,6 +429,25 @@ class GenerationEngine:
             if batch_events:
                 _deliver(seq.request, batch_events)
         return next_ids, finished
+
+
+def left_padded_batch(
+    prompts: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask, position_ids)` for prompts left-padded to one width, on `device`.
+
+    Built on the CPU and moved in one copy per tensor (not one small copy per prompt).
+    """
+    import torch
+
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros((len(prompts), width), dtype=torch.long, device="cpu")
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long, device="cpu")
+        attention[row, width - len(prompt) :] = 1
+    positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+    return input_ids.to(device), attention.to(device), positions.to(device)
 
 
 def _deliver(request: GenerationRequest, events: list[SequenceEvent]) -> None:

@@ -1,4 +1,4 @@
-"""Load a causal language model for CPU training and generation, from local files only.
+"""Load a causal language model for training and generation, on CPU or a CUDA GPU, from local files only.
 
 `load_model()` accepts:
 
@@ -93,26 +93,51 @@ def default_gguf_path() -> Path:
 
 def load_model(
     path_or_gguf: str | os.PathLike[str] | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     *,
+    device: str | torch.device | None = "auto",
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `(model, tokenizer)` on CPU, in evaluation mode, with gradients enabled on the parameters.
+    """Load `(model, tokenizer)` on `device`, in evaluation mode, with gradients enabled on the parameters.
 
     Args:
         path_or_gguf: `None` or `"smollm2"` for the default SmolLM2-135M-Instruct, a `.gguf` file, or a Hugging Face
             model directory.
-        dtype: parameter dtype (default `torch.float32`, which training on CPU needs).
+        dtype: parameter dtype, a `torch.dtype` or a name (`agl.llm.device.resolve_dtype`); default: fp32 on CPU,
+            bf16 (fp16 where bf16 is unsupported) on CUDA. Pass `torch.float32` to train on CUDA.
+        device: `"auto"` (CUDA when available, else CPU), `"cpu"`, `"cuda"` or `"cuda:N"`
+            (`agl.llm.device.resolve_device`).
         cache: for a GGUF file, keep a converted copy so later loads skip de-quantization.
         cache_dir: where converted copies live (default `model_cache_dir()`).
 
     Raises:
         ModelNotFoundError: the path does not exist, is not a model, or the default model's package is missing.
+        agl.llm.device.DeviceError: CUDA asked for where there is none, or an unknown device or dtype name.
     """
+    from agl.llm.device import resolve_device, resolve_dtype
+
+    # Checked before any loading, so a wrong option fails in milliseconds, not after a 30 s conversion.
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
+    model, tokenizer = _load(path_or_gguf, target_dtype, cache=cache, cache_dir=cache_dir)
+    return _to_device(model, target_device), tokenizer
+
+
+def _to_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
     import torch
 
-    dtype = torch.float32 if dtype is None else dtype
+    torch.nn.Module.to(model, device=device)  # in place; a no-op for tensors already there
+    return model
+
+
+def _load(
+    path_or_gguf: str | os.PathLike[str] | None,
+    dtype: torch.dtype,
+    *,
+    cache: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if path_or_gguf is None or str(path_or_gguf) == DEFAULT_MODEL:
         source = default_gguf_path()
     else:

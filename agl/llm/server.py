@@ -1,4 +1,4 @@
-"""`ModelServer`: an OpenAI-compatible HTTP server for a local Hugging Face causal LM on CPU.
+"""`ModelServer`: an OpenAI-compatible HTTP server for a local Hugging Face causal LM, on CPU or a CUDA GPU.
 
 Routes:
 
@@ -13,7 +13,8 @@ Routes:
 Concurrent requests are batched by `agl.llm.engine.GenerationEngine`; weight updates happen between batches
 (requests already generating finish on the old weights, queued ones use the new ones; none is dropped).
 
-Run standalone: `python -m agl.llm.server --model PATH --port N` (no `--model`: SmolLM2-135M-Instruct).
+Run standalone: `python -m agl.llm.server --model PATH --port N [--device auto|cpu|cuda|cuda:N] [--dtype ...]` (no
+`--model`: SmolLM2-135M-Instruct).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from agl.asgi_serving import AsgiServer
 from agl.llm.detokenize import TokenInfo
+from agl.llm.device import DEVICE_HELP, DeviceError, resolve_device, resolve_dtype
 from agl.llm.engine import GenerationEngine, GenerationRequest, SequenceEvent
 from agl.llm.protocol import (
     ChatCompletionRequest,
@@ -71,7 +73,7 @@ class ModelServer:
     """Serve `model` with `tokenizer` over an OpenAI-compatible API, from a background thread.
 
     Args:
-        model: a Hugging Face causal LM (e.g. from `agl.llm.model.load_model`), on CPU.
+        model: a Hugging Face causal LM (e.g. from `agl.llm.model.load_model`), on the device it should run on.
         tokenizer: its tokenizer.
         host: the interface to listen on.
         port: the port (0 picks a free one; read it back from `.port` after `start()`).
@@ -125,11 +127,21 @@ class ModelServer:
         self._serving: AsgiServer | None = None
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> ModelServer:
-        """Load a model with `agl.llm.model.load_model` (default: SmolLM2) and make a server for it."""
+    def from_path(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> ModelServer:
+        """Load a model with `agl.llm.model.load_model` (default: SmolLM2) on `device` in `dtype` and serve it.
+
+        `device` and `dtype` are `load_model`'s (`"auto"`: CUDA when available; dtype default per device).
+        """
         from agl.llm.model import load_model
 
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, dtype, device=device)
         return cls(model, tokenizer, **kwargs)
 
     # -- addresses -------------------------------------------------------------------------------------------------
@@ -533,14 +545,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="the model id to report (default: from the model)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-window", type=float, default=0.02, help="seconds to gather a batch")
+    parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP} (default auto)")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16 or fp16 on CUDA), float32, bfloat16 or float16"
+    )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from agl.llm.model import ModelNotFoundError
 
     try:
+        # Options are checked before the model loads, so a wrong --device fails at once.
+        device = resolve_device(args.device, option="--device")
+        dtype = resolve_dtype(args.dtype, device, option="--dtype")
         server = ModelServer.from_path(
             args.model,
+            device=device,
+            dtype=dtype,
             host=args.host,
             port=args.port,
             model_name=args.name,
@@ -548,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_window=args.batch_window,
             log_level=args.log_level,
         )
-    except (ModelNotFoundError, ModuleNotFoundError) as exc:
+    except (ModelNotFoundError, ModuleNotFoundError, DeviceError) as exc:
         print(f"error: {exc}", flush=True)
         return 2
     stop = threading.Event()
@@ -557,7 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortInUseError as exc:
         print(f"error: {exc}", flush=True)
         return 2
-    print(f"serving {server.model_name} at {server.base_url}", flush=True)
+    print(
+        f"serving {server.model_name} at {server.base_url} on {device} ({str(dtype).removeprefix('torch.')})",
+        flush=True,
+    )
     with _signals_stop(stop):
         try:
             while not stop.wait(0.5):
