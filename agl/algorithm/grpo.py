@@ -83,6 +83,12 @@ class GRPOConfig:
     max_seconds: float = 0.0
     """Start no new step when it (with the evaluations still due) would end after this many seconds of `run()`,
     model loading included (0: no limit)."""
+    device: str = "auto"
+    """Where GRPO loads the model it trains and serves: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or
+    `cuda:N`. Ignored when GRPO is given a `server` (training happens where its model is)."""
+    dtype: str = "auto"
+    """The trained model's dtype: `auto` is float32 on every device (updates at GRPO's learning rates round away in
+    bf16 weights); `bfloat16`/`float16` halve the memory at that risk. Ignored when GRPO is given a `server`."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "tasks_per_step", "group_size", "micro_batch_size", "max_new_tokens"):
@@ -200,8 +206,14 @@ class GRPO(Algorithm):
         began = time.monotonic()
         torch.manual_seed(cfg.seed)
         if self.server is None:
+            from agl.llm.device import resolve_device, resolve_dtype
+
             version = self.resume.weights_version if self.resume is not None else "0"
-            self.server = ModelServer.from_path(self.model_path, max_batch_size=64, weights_version=version)
+            device = resolve_device(cfg.device, option="GRPOConfig.device")
+            dtype = resolve_dtype(cfg.dtype, device, training=True, option="GRPOConfig.dtype")
+            self.server = ModelServer.from_path(
+                self.model_path, device=device, dtype=dtype, max_batch_size=64, weights_version=version
+            )
         if not self.server.is_running:
             self.server.start()
         name = self.server.model_name
@@ -365,12 +377,18 @@ class GRPO(Algorithm):
     def _update(
         self, samples: list[_Sample], advantages: Any, model: Any, optimizer: Any, reference: Any
     ) -> dict[str, float]:
-        """One optimizer step over all samples (micro-batched), with the served model paused."""
+        """One optimizer step over all samples (micro-batched), with the served model paused.
+
+        Every tensor of the step is made on the model's device; only the returned statistics are Python floats.
+        """
         import torch
 
         from agl.algorithm.grpo_math import grpo_loss, pad_batch, response_logprobs
+        from agl.llm.device import model_device
 
         cfg = self.config
+        device = model_device(model)
+        advantages = advantages.to(device)
         pad_id = int(getattr(self.server.tokenizer, "pad_token_id", None) or 0)
         totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         with self.server.exclusive():
@@ -379,13 +397,17 @@ class GRPO(Algorithm):
             n = len(samples)
             for start in range(0, n, cfg.micro_batch_size):
                 chunk = samples[start : start + cfg.micro_batch_size]
-                ids, attention, mask = pad_batch([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id)
+                ids, attention, mask = pad_batch(
+                    [s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id, device=device
+                )
                 new_logp = response_logprobs(model, ids, attention)
                 old_logp = new_logp.detach().clone()
                 for row, sample in enumerate(chunk):
                     if sample.old_logprobs is not None and len(sample.old_logprobs) == len(sample.response_ids):
                         begin = len(sample.prompt_ids)
-                        old_logp[row, begin : begin + len(sample.response_ids)] = torch.tensor(sample.old_logprobs)
+                        old_logp[row, begin : begin + len(sample.response_ids)] = torch.tensor(
+                            sample.old_logprobs, dtype=old_logp.dtype, device=device
+                        )
                 ref_logp = None
                 if reference is not None:
                     with torch.no_grad():

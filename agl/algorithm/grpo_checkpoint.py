@@ -46,13 +46,16 @@ class CheckpointState:
 
 
 def clone_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of the model's weights; tensors that share storage (tied embeddings) stay shared."""
+    """A detached CPU copy of the model's weights; tensors that share storage (tied embeddings) stay shared.
+
+    On the CPU so a kept copy (GRPO's best weights) costs host memory, not the GPU memory training needs.
+    """
     copies: dict[int, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         key = tensor.data_ptr()
         if key not in copies:
-            copies[key] = tensor.detach().clone()
+            copies[key] = tensor.detach().to("cpu", copy=True)
         out[name] = copies[key]
     return out
 

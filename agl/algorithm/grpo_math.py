@@ -27,18 +27,19 @@ __all__ = [
 def group_advantages(rewards: Sequence[float], groups: Sequence[Any], eps: float = 1e-6) -> torch.Tensor:
     """Each reward minus its group's mean, divided by the group's standard deviation (+eps).
 
-    A group whose rewards are all equal gets advantages of zero: it carries no learning signal.
+    A group whose rewards are all equal gets advantages of zero: it carries no learning signal. The result is on the
+    CPU (a few floats); the update moves it to the model's device.
     """
     if len(rewards) != len(groups):
         raise ValueError(f"rewards ({len(rewards)}) and groups ({len(groups)}) must have the same length")
-    values = torch.tensor(list(rewards), dtype=torch.float32)
+    values = torch.tensor(list(rewards), dtype=torch.float32, device="cpu")
     out = torch.zeros_like(values)
     members: dict[Any, list[int]] = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
     for indices in members.values():
         group_values = values[indices]
-        std = group_values.std(unbiased=False) if len(indices) > 1 else torch.tensor(0.0)
+        std = group_values.std(unbiased=False) if len(indices) > 1 else torch.tensor(0.0, device="cpu")
         out[indices] = (group_values - group_values.mean()) / (std + eps)
     return out
 
@@ -66,21 +67,26 @@ def trajectory_advantages(
 
 
 def pad_batch(
-    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    device: torch.device | str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask`, and a `response_mask` marking each row's response tokens."""
+    """Right-padded `input_ids`, `attention_mask`, and a `response_mask` marking each row's response tokens, on
+    `device` (built on the CPU, then moved in one copy per tensor). `device` is required: the model's device."""
     if len(prompts) != len(responses):
         raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) must have the same length")
     rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool, device="cpu")
     for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device="cpu")
         attention[i, : len(row)] = 1
         response_mask[i, len(prompt) : len(row)] = True
-    return input_ids, attention, response_mask
+    return input_ids.to(device), attention.to(device), response_mask.to(device)
 
 
 def response_logprobs(model: Any, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

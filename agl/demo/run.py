@@ -21,9 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The `agl demo` options."""
     parser = argparse.ArgumentParser(
         prog="agl demo",
-        description="Train SmolLM2-135M-Instruct with GRPO to add numbers, through the whole AGL loop, on CPU.",
+        description="Train SmolLM2-135M-Instruct with GRPO to add numbers, through the whole AGL loop, on CPU or a CUDA GPU.",
     )
     parser.add_argument("--model", default=None, help="model path (.gguf file or HF directory); default: SmolLM2")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help='where the model trains and generates: "auto" (CUDA when available, else CPU), "cpu", "cuda" or '
+        '"cuda:N" (default auto; docs/gpu.md)',
+    )
     parser.add_argument(
         "--resume",
         default=None,
@@ -81,6 +87,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from agl.trainer.trainer import Trainer
 
     setup(args.log_level)
+    from agl.llm.device import resolve_device
+
+    device = resolve_device(args.device, option="--device")  # a wrong --device fails now, before any loading
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars over the demo's own
     if args.model is not None and args.resume is not None:
         raise ValueError("give --model or --resume, not both (--resume loads the checkpoint's weights)")
@@ -122,6 +131,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         keep_best=True,
         checkpoint_dir=str(out),
         seed=args.seed,
+        device=str(device),
     )
     train, held_out = split_tasks(int(split["max_value"]), int(split["eval_size"]), int(split["seed"]))
     progress = Progress(args.steps, resumed_from=resume.weights_version if resume is not None else None)
@@ -146,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     first = f"from step {resume.step} " if resume is not None else ""
     print(
         f"AGL demo: GRPO on {name}, {first}to step {args.steps}, {args.tasks_per_step}×{args.group_size} rollouts "
-        f"per step, {args.runners} runners (cs strategy), seed {args.seed}",
+        f"per step, {args.runners} runners (cs strategy), seed {args.seed}, on {device}",
         flush=True,
     )
     trainer.fit(arithmetic_agent, train, val_dataset=held_out)

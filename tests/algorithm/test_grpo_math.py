@@ -22,7 +22,7 @@ def test_group_advantages_normalise_within_each_group() -> None:
 
 
 def test_pad_batch_marks_response_tokens() -> None:
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6, 7]], pad_id=0)
+    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6, 7]], pad_id=0, device="cpu")
     assert ids.tolist() == [[1, 2, 4, 0], [3, 5, 6, 7]]
     assert attention.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert mask.tolist() == [[False, False, True, False], [False, True, True, True]]
@@ -78,7 +78,7 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region() -> None:
 def test_positive_advantage_pushes_the_token_probability_up() -> None:
     torch.manual_seed(0)
     model = _Bigram()
-    ids, attention, mask = pad_batch([[1]], [[3]], pad_id=0)
+    ids, attention, mask = pad_batch([[1]], [[3]], pad_id=0, device="cpu")
     before = float(response_logprobs(model, ids, attention)[0, 1])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(5):

@@ -126,6 +126,21 @@ def test_unknown_model_path_is_a_clear_error(tmp_path: Path) -> None:
     assert "nope.gguf" in proc.stdout and "does not exist" in proc.stdout
 
 
+@pytest.mark.parametrize(("device", "message"), [("cuda", "asks for a CUDA GPU"), ("gpu", "is not a device")])
+def test_a_device_it_cannot_use_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str, message: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("checks the error raised where CUDA is absent")
+    from agl.demo.run import main
+
+    assert main(["--device", device, "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert f"--device={device!r}" in out and message in out
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_agl_demo_runs_end_to_end_on_smollm2(tmp_path: Path) -> None:
     pytest.importorskip("torch")

@@ -1,0 +1,103 @@
+"""GRPO on a chosen device: the update step makes every tensor on the model's device; a wrong device fails early.
+
+Run on the CPU only (no GPU here). Device propagation is checked by running the update under `torch.device("meta")`
+as the default device with the model on the CPU: a tensor made without naming the model's device lands on "meta"
+and the step fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from agl.algorithm.grpo import GRPO, GRPOConfig, _Sample  # noqa: E402
+from agl.algorithm.grpo_checkpoint import clone_state_dict  # noqa: E402
+from agl.algorithm.grpo_math import group_advantages, pad_batch, response_logprobs  # noqa: E402
+from agl.llm.device import DeviceError  # noqa: E402
+from agl.llm.server import ModelServer  # noqa: E402
+from tests.llm.tiny_model import tiny_model, tiny_tokenizer  # noqa: E402
+
+
+def make_samples(model: Any, tokenizer: Any) -> list[_Sample]:
+    """Two groups of two samples with the model's own log-probs as the old ones (as the model server reports)."""
+    prompts = ["What is 12 + 7?", "Hello, world!"]
+    responses = [" 19", " 20", " How are you", " today"]
+    samples = []
+    for i, response in enumerate(responses):
+        prompt_ids = tokenizer(prompts[i // 2])["input_ids"]
+        response_ids = tokenizer(response)["input_ids"]
+        ids = torch.tensor([prompt_ids + response_ids])
+        with torch.no_grad():
+            logp = response_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt_ids) :].tolist()
+        samples.append(_Sample(prompt_ids, response_ids, logp, float(i % 2), i // 2, f"r{i}"))
+    return samples
+
+
+def test_pad_batch_builds_on_the_given_device() -> None:
+    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="meta")
+    assert {t.device.type for t in (ids, attention, mask)} == {"meta"}
+    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="cpu")
+    assert ids.device.type == "cpu" and ids.tolist() == [[1, 2, 4], [3, 5, 6]]
+
+
+def test_update_step_on_cpu_makes_every_tensor_on_the_models_device() -> None:
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(len(tokenizer))
+    config = GRPOConfig(device="cpu", micro_batch_size=3, kl_coef=0.1, learning_rate=1e-2)
+    algorithm = GRPO(config, server=ModelServer(model, tokenizer))
+    samples = make_samples(model, tokenizer)
+    advantages = group_advantages([s.reward for s in samples], [s.group for s in samples])
+    reference = copy.deepcopy(model).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, foreach=True)
+    before = clone_state_dict(model)
+    # The first step creates the optimizer's state (AdamW makes its step counters on the default device).
+    first = algorithm._update(samples, advantages, model, optimizer, reference)
+    assert all(isinstance(v, float) for v in first.values())
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy still equals the reference
+    after_first = clone_state_dict(model)
+    assert any(not torch.equal(before[k], after_first[k]) for k in before)
+
+    seen: set[Any] = set()
+
+    def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.update(v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in (model, reference)]
+    try:
+        with torch.device("meta"):
+            second = algorithm._update(samples, advantages, model, optimizer, reference)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {torch.device("cpu")}
+    assert all(isinstance(v, float) for v in second.values()) and second["kl"] > 0.0
+    after_second = clone_state_dict(model)
+    assert any(not torch.equal(after_first[k], after_second[k]) for k in before)
+    assert not model.training  # handed back to the server in eval mode
+
+
+def test_grpo_config_defaults_to_auto_and_fp32_training() -> None:
+    config = GRPOConfig()
+    assert (config.device, config.dtype) == ("auto", "auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
+def test_grpo_asked_for_cuda_without_a_gpu_fails_before_loading() -> None:
+    algorithm = GRPO(GRPOConfig(device="cuda:0"), model="/no/such/model")
+    with pytest.raises(DeviceError) as caught:
+        asyncio.run(algorithm.run([{"a": 1, "b": 2}]))
+    assert "GRPOConfig.device='cuda:0'" in str(caught.value) and "GRPOConfig.device=cpu" in str(caught.value)
+    assert algorithm.server is None
+
+
+def test_grpo_refuses_an_unknown_dtype_before_loading() -> None:
+    algorithm = GRPO(GRPOConfig(device="cpu", dtype="int8"), model="/no/such/model")
+    with pytest.raises(DeviceError, match=re.escape("GRPOConfig.dtype='int8'")):
+        asyncio.run(algorithm.run([{"a": 1, "b": 2}]))
