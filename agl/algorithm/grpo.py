@@ -89,9 +89,11 @@ class GRPOConfig:
     dtype: str = "auto"
     """The trained model's dtype: `auto` is float32 on every device (updates at GRPO's learning rates round away in
     bf16 weights); `bfloat16`/`float16` halve the memory at that risk. Ignored when GRPO is given a `server`."""
+    max_batch_size: int = 64
+    """The most sequences the model server GRPO starts generates together (`ModelServer(max_batch_size=...)`)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "tasks_per_step", "group_size", "micro_batch_size", "max_new_tokens"):
+        for name in ("steps", "tasks_per_step", "group_size", "micro_batch_size", "max_new_tokens", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GRPOConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -200,20 +202,12 @@ class GRPO(Algorithm):
         import torch
 
         from agl.llm.proxy import LLMProxy
-        from agl.llm.server import ModelServer
 
         cfg = self.config
         began = time.monotonic()
         torch.manual_seed(cfg.seed)
         if self.server is None:
-            from agl.llm.device import resolve_device, resolve_dtype
-
-            version = self.resume.weights_version if self.resume is not None else "0"
-            device = resolve_device(cfg.device, option="GRPOConfig.device")
-            dtype = resolve_dtype(cfg.dtype, device, training=True, option="GRPOConfig.dtype")
-            self.server = ModelServer.from_path(
-                self.model_path, device=device, dtype=dtype, max_batch_size=64, weights_version=version
-            )
+            self.server = self.load_server()
         if not self.server.is_running:
             self.server.start()
         name = self.server.model_name
@@ -243,6 +237,23 @@ class GRPO(Algorithm):
             await self._train(train_dataset, val_dataset, model, optimizer, reference, deadline)
         finally:
             await self.proxy.stop()
+
+    def load_server(self) -> Any:
+        """The `ModelServer` (not started) for the model GRPO trains, on `config.device` in `config.dtype`.
+
+        `run()` calls it when GRPO was given no `server`. Raises `agl.llm.device.DeviceError` for a device or dtype
+        that cannot be used, before reading the model.
+        """
+        from agl.llm.device import resolve_device, resolve_dtype
+        from agl.llm.server import ModelServer
+
+        cfg = self.config
+        version = self.resume.weights_version if self.resume is not None else "0"
+        device = resolve_device(cfg.device, option="GRPOConfig.device")
+        dtype = resolve_dtype(cfg.dtype, device, training=True, option="GRPOConfig.dtype")
+        return ModelServer.from_path(
+            self.model_path, device=device, dtype=dtype, max_batch_size=cfg.max_batch_size, weights_version=version
+        )
 
     async def _train(
         self, train_dataset: Any, val_dataset: Any, model: Any, optimizer: Any, reference: Any, deadline: float | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ pytest.importorskip("transformers")
 from agl.algorithm.grpo import GRPO, GRPOConfig, _Sample  # noqa: E402
 from agl.algorithm.grpo_checkpoint import clone_state_dict  # noqa: E402
 from agl.algorithm.grpo_math import group_advantages, pad_batch, response_logprobs  # noqa: E402
-from agl.llm.device import DeviceError  # noqa: E402
+from agl.llm.device import DeviceError, model_device  # noqa: E402
 from agl.llm.server import ModelServer  # noqa: E402
 from tests.llm.tiny_model import tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -83,9 +84,19 @@ def test_update_step_on_cpu_makes_every_tensor_on_the_models_device() -> None:
     assert not model.training  # handed back to the server in eval mode
 
 
-def test_grpo_config_defaults_to_auto_and_fp32_training() -> None:
-    config = GRPOConfig()
-    assert (config.device, config.dtype) == ("auto", "auto")
+def test_grpo_loads_its_server_on_the_configured_device_dtype_and_batch_size(tmp_path: Path) -> None:
+    assert (GRPOConfig().device, GRPOConfig().dtype, GRPOConfig().max_batch_size) == ("auto", "auto", 64)
+    tokenizer = tiny_tokenizer()
+    tiny_model(len(tokenizer)).save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    server = GRPO(GRPOConfig(device="cpu", max_batch_size=7), model=str(tmp_path)).load_server()
+    assert not server.is_running  # run() starts it
+    assert model_device(server.model) == torch.device("cpu") and server.model.dtype == torch.float32
+    assert server.engine.max_batch_size == 7
+    half = GRPO(GRPOConfig(device="cpu", dtype="bfloat16"), model=str(tmp_path)).load_server()
+    assert half.model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        GRPOConfig(max_batch_size=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
