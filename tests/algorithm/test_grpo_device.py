@@ -112,3 +112,25 @@ def test_grpo_refuses_an_unknown_dtype_before_loading() -> None:
     algorithm = GRPO(GRPOConfig(device="cpu", dtype="int8"), model="/no/such/model")
     with pytest.raises(DeviceError, match=re.escape("GRPOConfig.dtype='int8'")):
         asyncio.run(algorithm.run([{"a": 1, "b": 2}]))
+
+
+def test_micro_batch_size_changes_memory_not_the_update() -> None:
+    """The same samples give the same step with micro-batches of 1 and of 4 (docs/gpu.md relies on this)."""
+    tokenizer = tiny_tokenizer()
+    results = []
+    for micro in (1, 4):
+        model = tiny_model(len(tokenizer))
+        # Plain SGD without clipping: the weight change is the gradient itself (Adam would hide its scale).
+        config = GRPOConfig(device="cpu", micro_batch_size=micro, kl_coef=0.1, max_grad_norm=1e9)
+        algorithm = GRPO(config, server=ModelServer(model, tokenizer))
+        samples = make_samples(model, tokenizer)
+        advantages = group_advantages([s.reward for s in samples], [s.group for s in samples])
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        stats = algorithm._update(samples, advantages, model, optimizer, copy.deepcopy(model).eval())
+        results.append((stats, clone_state_dict(model)))
+    (stats_1, weights_1), (stats_4, weights_4) = results
+    start = clone_state_dict(tiny_model(len(tokenizer)))
+    assert stats_1["loss"] == pytest.approx(stats_4["loss"], abs=1e-6)
+    assert any(not torch.equal(start[name], weights_1[name]) for name in start)
+    for name, tensor in weights_1.items():
+        torch.testing.assert_close(tensor - start[name], weights_4[name] - start[name], atol=1e-6, rtol=1e-4)
