@@ -87,9 +87,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from agl.trainer.trainer import Trainer
 
     setup(args.log_level)
-    from agl.llm.device import resolve_device
-
-    device = resolve_device(args.device, option="--device")  # a wrong --device fails now, before any loading
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars over the demo's own
     if args.model is not None and args.resume is not None:
         raise ValueError("give --model or --resume, not both (--resume loads the checkpoint's weights)")
@@ -112,6 +109,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             )
     elif args.model is None:
         default_gguf_path()  # a clear error now, naming the pip command, if the model package is missing
+    from agl.llm.device import resolve_device
+
+    device = resolve_device(args.device, option="--device")  # a wrong --device fails now, before any loading
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = GRPOConfig(
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run_demo(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"agl demo failed: {exc}")  # once: not also through the logger
         return 1
     return 0

@@ -52,9 +52,13 @@ def resolve_device(device: str | torch.device | None = "auto", *, option: str = 
     """The `torch.device` that `device` names (see the module docstring); `None` means `"auto"`.
 
     `option` is how the caller's user spells the setting (e.g. `"--device"`), so the error names it.
-    Raises `DeviceError` for an unknown name and for a CUDA device torch cannot use here.
+    Raises `DeviceError` for an unknown name and for a CUDA device torch cannot use here, and ImportError naming
+    the extra to install when torch is missing.
     """
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(f"{option} needs torch, which is not installed: pip install 'agl[llm]'") from exc
 
     if isinstance(device, torch.device):
         name = str(device)

@@ -58,6 +58,7 @@ def test_mask_dsn_hides_the_password(dsn: str, masked: str) -> None:
 
 
 def test_unreachable_database_is_a_clear_error_without_the_password() -> None:
+    pytest.importorskip("psycopg", reason="needs the postgres extra (psycopg) to try the connection")
     with pytest.raises(PostgresStoreError) as caught:
         PostgresLightningStore("postgresql://bob:s3cret@127.0.0.1:1/agl", connect_timeout_seconds=2)
     message = str(caught.value)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
 from agl.store.client import LightningStoreClient
 from agl.store.http.wire import REPLAYED_HEADER
@@ -78,6 +79,7 @@ def test_a_keyed_enqueue_retried_on_the_other_server_creates_one_rollout(postgre
 
 
 def test_an_unreachable_database_stops_agl_store_with_one_line_naming_it_without_the_password() -> None:
+    pytest.importorskip("psycopg", reason="needs the postgres extra (psycopg) to try the connection")
     port = free_port()
     proc = start("--port", str(port), "--backend", "postgres", "--dsn", "postgresql://bob:s3cret@127.0.0.1:1/agl")
     out, _ = proc.communicate(timeout=60)
