@@ -17,7 +17,15 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=list(BACKENDS), ids=list(BACKENDS))
+# PostgreSQL through the HTTP server repeats the in-process PostgreSQL and the HTTP runs' coverage at the highest
+# cost per test: it runs with the slow tests (CI), keeping the default run short.
+_SLOW_BACKENDS = {"http-postgres"}
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_BACKENDS else name for name in BACKENDS],
+    ids=list(BACKENDS),
+)
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[LightningStore]:
     """A fresh, empty store of each backend, reading time from `clock` and scanning health on every call."""
     factory = BACKENDS[request.param]

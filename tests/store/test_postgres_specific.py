@@ -213,13 +213,14 @@ async def test_a_keyed_write_retried_on_another_store_gets_the_first_answer(post
 
 _CLAIMER = textwrap.dedent(
     """
-    import asyncio, json, sys
+    import asyncio, json, sys, time
     from agl.store.postgres import PostgresLightningStore
 
     async def main() -> None:
         store = PostgresLightningStore(sys.argv[1], max_connections=2)
         claimed, sequence_ids = [], []
         try:
+            await asyncio.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # all three start claiming together
             while True:
                 got = await store.dequeue_many_rollouts(limit=3, worker_id=sys.argv[2])
                 if not got:
@@ -243,9 +244,10 @@ async def test_processes_claiming_together_take_each_rollout_once_and_number_spa
         target = queued[0]
     finally:
         await store.close()
+    go = str(time.time() + 6.0)  # after every claimer has imported and connected, even on a busy machine
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, postgres_dsn, f"w-{i}", target],
+            [sys.executable, "-c", _CLAIMER, postgres_dsn, f"w-{i}", target, go],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
