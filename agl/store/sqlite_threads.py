@@ -87,7 +87,26 @@ def _closed(name: str) -> RuntimeError:
     return RuntimeError(f"SqliteLightningStore on {name} is closed")
 
 
-class GroupWriter(Generic[R]):
+class _JobQueue:
+    """What the writer and the reader pool share: a queue of closures for their threads, closed once."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
+        self._state = threading.Lock()
+        self._open = True
+
+    async def _submit(self, body: Callable[[Any], T]) -> T:
+        job = _Job(body, asyncio.get_running_loop())
+        with self._state:
+            if not self._open:
+                raise _closed(self._name)
+            self._queue.put(job)
+        result: T = await job.future
+        return result
+
+
+class GroupWriter(_JobQueue, Generic[R]):
     """The writer thread: runs write closures on `rows` (its connection), committing queued ones together.
 
     Args:
@@ -98,12 +117,9 @@ class GroupWriter(Generic[R]):
     """
 
     def __init__(self, rows: R, on_commit: Callable[[list[Any], list[str]], None], name: str) -> None:
+        super().__init__(name)
         self._rows = rows
         self.on_commit = on_commit
-        self._name = name
-        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._state = threading.Lock()
-        self._open = True
         self.commits = 0
         """Transactions committed so far (each a group of writes)."""
         self.writes = 0
@@ -114,13 +130,7 @@ class GroupWriter(Generic[R]):
     async def run(self, body: Callable[[R], T]) -> T:
         """`body(rows)` in a write transaction; its result once committed, or its exception (its changes rolled
         back)."""
-        job = _Job(body, asyncio.get_running_loop())
-        with self._state:
-            if not self._open:
-                raise _closed(self._name)
-            self._queue.put(job)
-        result: T = await job.future
-        return result
+        return await self._submit(body)
 
     def queued(self) -> int:
         """How many writes wait for the writer (roughly: the count may change meanwhile)."""
@@ -226,7 +236,7 @@ class GroupWriter(Generic[R]):
         _hand_back(group)
 
 
-class ReaderPool(Generic[R]):
+class ReaderPool(_JobQueue, Generic[R]):
     """Reader threads, each with its own read connection (from `open_rows`), running read closures.
 
     Args:
@@ -236,11 +246,8 @@ class ReaderPool(Generic[R]):
     """
 
     def __init__(self, open_rows: Callable[[], R], threads: int, name: str) -> None:
+        super().__init__(name)
         self._open_rows = open_rows
-        self._name = name
-        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._state = threading.Lock()
-        self._open = True
         self._connections: list[sqlite3.Connection] = []
         self._threads = [
             threading.Thread(target=self._serve, name=f"agl-sqlite-reader-{i}", daemon=True) for i in range(threads)
@@ -250,13 +257,7 @@ class ReaderPool(Generic[R]):
 
     async def run(self, body: Callable[[R], T]) -> T:
         """`body(rows)` in a read transaction (one snapshot) on a reader thread; its result or exception."""
-        job = _Job(body, asyncio.get_running_loop())
-        with self._state:
-            if not self._open:
-                raise _closed(self._name)
-            self._queue.put(job)
-        result: T = await job.future
-        return result
+        return await self._submit(body)
 
     def close(self) -> None:
         """Finish the reads already queued, stop the threads and close their connections."""
