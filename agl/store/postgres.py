@@ -26,8 +26,6 @@ Design
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import logging
 import random
@@ -35,7 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +49,7 @@ from agl.store.engine import StoreEngine
 from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
 from agl.store.inputs import INT64_MAX
+from agl.store.postgres_threads import TransactionThreads
 from agl.store.query import RolloutFilter, sort_items
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
@@ -773,8 +772,6 @@ class PostgresDriver:
         self.commit_lock = threading.Lock()
         self._connect_timeout = connect_timeout
         self._closed = threading.Event()
-        # Transactions run here, never on an event loop: one thread per pooled connection.
-        self._executor = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="agl-pg")
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
         self.listening = threading.Event()
@@ -806,6 +803,10 @@ class PostgresDriver:
             # Rows written with the claim timeout off are not marked for the health scan; mark them now.
             with self.write() as wtx:
                 wtx.run(f"UPDATE {SCHEMA}.rollouts SET watched = TRUE WHERE status = 'preparing' AND NOT watched")
+        # Transactions run here, never on an event loop: one thread per pooled connection.
+        self._threads = TransactionThreads(
+            max_connections, "agl-pg", f"PostgresLightningStore on {self.where} is closed"
+        )
         if listen:
             self._listener = threading.Thread(target=self._listen, name="agl-pg-listen", daemon=True)
             self._listener.start()
@@ -831,10 +832,7 @@ class PostgresDriver:
         return await self._run(body, True)
 
     async def _run(self, body: Callable[[Any], T], write: bool) -> T:
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, context.run, self._transact, body, write
-        )
+        return await self._threads.run(partial(self._transact, body, write))
 
     def _transact(self, body: Callable[[Any], T], write: bool) -> T:
         """`body(tx)` in one transaction (on the calling thread)."""
@@ -873,7 +871,7 @@ class PostgresDriver:
     def close(self) -> None:
         """Finish the transactions handed over, stop the listener and close the pool; later calls raise
         RuntimeError."""
-        self._executor.shutdown(wait=True)
+        self._threads.close()
         self._closed.set()
         listener, self._listener = self._listener, None
         if listener is not None:
