@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -268,6 +269,15 @@ def _text(value: str, field: str) -> str:
     return value
 
 
+def _value_error(exc: psycopg.DataError) -> ValueError:
+    """The ValueError for a value PostgreSQL (or psycopg, adapting it) refuses."""
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.NumericValueOutOfRange):
+        return ValueError(f"an integer is outside the 64-bit range the store keeps: {exc}")
+    return ValueError(f"a value cannot be stored in PostgreSQL: {exc}")
+
+
 def _no_hook(events: list[StoreEvent], finished: list[str]) -> None:
     return None
 
@@ -294,7 +304,7 @@ def _finished_payloads(rollout_ids: Sequence[str]) -> list[str]:
 class _Transaction:
     """One transaction on a pooled connection: the driver's reads (row-locking inside a write) and writes."""
 
-    __slots__ = ("_conn", "_cur", "_driver", "_write", "events", "finished")
+    __slots__ = ("_conn", "_cur", "_driver", "_pipe_cm", "_write", "events", "finished")
 
     def __init__(self, driver: PostgresDriver, write: bool) -> None:
         self._driver = driver
@@ -303,17 +313,22 @@ class _Transaction:
         self.finished: list[str] = []
         self._conn: psycopg.Connection[Any] | None = None
         self._cur: psycopg.Cursor[Any] | None = None
+        self._pipe_cm: AbstractContextManager[psycopg.Pipeline] | None = None
 
     def __enter__(self) -> _Transaction:
         pool = self._driver.pool()
         conn = pool.getconn()
         try:
+            # Pipeline mode: statements whose results are not needed yet (BEGIN, plain writes, COMMIT) travel with
+            # the next statement that is read, so a transaction costs a round trip per read, not per statement.
+            self._pipe_cm = conn.pipeline()
+            self._pipe_cm.__enter__()
             cur = conn.cursor()
             cur.execute(
                 "BEGIN ISOLATION LEVEL READ COMMITTED" if self._write else "BEGIN ISOLATION LEVEL REPEATABLE READ"
             )
         except BaseException:
-            pool.putconn(conn)
+            self._release(pool, conn)
             raise
         self._conn, self._cur = conn, cur
         return self
@@ -324,36 +339,64 @@ class _Transaction:
         self._conn = self._cur = None
         driver = self._driver
         try:
-            if kind is not None or not self._write:
-                if not conn.closed and not conn.broken:
-                    cur.execute("ROLLBACK" if kind is not None else "COMMIT")
-                return
-            if self.finished:
+            if kind is not None:
+                return  # rolled back by _release
+            if self._write and self.finished:
                 for payload in _finished_payloads(self.finished):
                     cur.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, payload))
-            if self.events or self.finished:
+            if self._write and (self.events or self.finished):
                 # Under the lock, so this process's listeners see its commits in commit order.
                 with driver.commit_lock:
-                    cur.execute("COMMIT")
+                    self._commit(cur)
                     driver.on_commit(self.events, self.finished)
             else:
-                cur.execute("COMMIT")
+                self._commit(cur)
         finally:
             cur.close()
-            driver.pool().putconn(conn)  # a broken connection is discarded by the pool
+            self._release(driver.pool(), conn)
+
+    def _commit(self, cur: psycopg.Cursor[Any]) -> None:
+        """Send COMMIT with what is still queued, leave pipeline mode and wait for all of it: an error of any queued
+        statement is raised here (and `_release` rolls the transaction back)."""
+        cur.execute("COMMIT")
+        cm, self._pipe_cm = self._pipe_cm, None
+        assert cm is not None
+        cm.__exit__(None, None, None)
+
+    def _release(self, pool: psycopg_pool.ConnectionPool[Any], conn: psycopg.Connection[Any]) -> None:
+        """Leave pipeline mode, roll back what an error left open, and give the connection back to the pool (which
+        discards a broken one)."""
+        import psycopg
+
+        cm, self._pipe_cm = self._pipe_cm, None
+        try:
+            if cm is not None:
+                try:
+                    cm.__exit__(None, None, None)
+                except psycopg.Error:
+                    pass  # the error of a queued statement, already raised to the caller or superseded by its own
+            if (
+                not conn.closed
+                and not conn.broken
+                and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            ):
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the pool checks the connection and discards it if it is unusable
+        finally:
+            pool.putconn(conn)
 
     def run(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> psycopg.Cursor[Any]:
-        """Execute `sql` (our own text) in this transaction; values PostgreSQL rejects raise ValueError."""
+        """Queue `sql` (our own text) in this transaction; it is sent with the next statement whose rows are read
+        (fetch from the returned cursor) or with the commit. Values PostgreSQL rejects raise ValueError."""
         cur = self._cur
         assert cur is not None, "the transaction is not open"
         import psycopg
 
         try:
             return cur.execute(sql, params, prepare=True)
-        except psycopg.errors.NumericValueOutOfRange as exc:
-            raise ValueError(f"an integer is outside the 64-bit range the store keeps: {exc}") from exc
         except psycopg.DataError as exc:
-            raise ValueError(f"a value cannot be stored in PostgreSQL: {exc}") from exc
+            raise _value_error(exc) from exc
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.run(sql, params).fetchone()
@@ -847,6 +890,9 @@ class PostgresDriver:
             except psycopg.Error as exc:
                 # SQLSTATE class 40 (deadlock detected, serialization failure): rolled back, nothing was written.
                 if not (exc.sqlstate or "").startswith("40") or attempt == _RETRIES:
+                    # A value PostgreSQL refused in a statement whose answer came later (pipeline mode).
+                    if isinstance(exc, psycopg.DataError):
+                        raise _value_error(exc) from exc
                     raise
                 if pending is not None:
                     pending.kept = kept_before  # the answer kept by the rolled-back run is gone with it

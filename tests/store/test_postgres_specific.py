@@ -292,10 +292,11 @@ async def test_a_write_rolled_back_to_break_a_deadlock_runs_again(postgres_dsn: 
         def locking(first: str, second: str) -> Callable[[Any], str]:
             def body(tx: Any) -> str:
                 runs[first] += 1
-                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (first,))
+                # fetchone: the statement runs now (the driver sends a statement once its answer is needed).
+                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (first,)).fetchone()
                 if runs[first] == 1:
                     both_hold_one.wait(timeout=10)  # each holds one row and now asks for the other's
-                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (second,))
+                tx.run(f"SELECT 1 FROM {SCHEMA}.workers WHERE worker_id = %s FOR UPDATE", (second,)).fetchone()
                 return first
 
             return body
@@ -305,5 +306,37 @@ async def test_a_write_rolled_back_to_break_a_deadlock_runs_again(postgres_dsn: 
         )
         assert sorted(done) == ["w-a", "w-b"]
         assert runs["w-a"] + runs["w-b"] == 3  # PostgreSQL rolled one back; it ran again and committed
+    finally:
+        await store.close()
+
+
+# -- statements sent together (pipeline mode) ---------------------------------------------------------------------
+
+
+async def test_a_queued_statement_that_fails_at_commit_rolls_the_whole_write_back(postgres_dsn: str) -> None:
+    import psycopg
+
+    store = PostgresLightningStore(postgres_dsn, max_connections=1)  # one connection: it must stay usable
+    try:
+
+        def duplicate(tx: Any) -> None:
+            # Neither statement's answer is read: both travel with the COMMIT, where the second one fails.
+            tx.run(f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ('pipeline-test', 'first')")
+            tx.run(f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ('pipeline-test', 'second')")
+
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await store._pg.run_write(duplicate)
+        assert _sql(postgres_dsn, f"SELECT value FROM {SCHEMA}.meta WHERE key = 'pipeline-test'") == []
+
+        def refused_value(tx: Any) -> None:
+            tx.run(f"UPDATE {SCHEMA}.span_counters SET counter = counter + 1")
+            tx.run("SELECT 1 / 0")  # a data error (class 22) whose answer comes with the commit
+
+        with pytest.raises(ValueError, match="cannot be stored in PostgreSQL"):
+            await store._pg.run_write(refused_value)
+        # The one connection went back to the pool clean: ordinary calls go on.
+        for index in range(3):
+            await store.update_worker(f"w-{index}")
+        assert [w.worker_id for w in (await store.query_workers()).items] == ["w-0", "w-1", "w-2"]
     finally:
         await store.close()
