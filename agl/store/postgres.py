@@ -304,7 +304,7 @@ def _finished_payloads(rollout_ids: Sequence[str]) -> list[str]:
 class _Transaction:
     """One transaction on a pooled connection: the driver's reads (row-locking inside a write) and writes."""
 
-    __slots__ = ("_conn", "_cur", "_driver", "_pipe_cm", "_write", "events", "finished")
+    __slots__ = ("_conn", "_cur", "_driver", "_latest_seq", "_locked", "_pipe_cm", "_write", "events", "finished")
 
     def __init__(self, driver: PostgresDriver, write: bool) -> None:
         self._driver = driver
@@ -314,6 +314,10 @@ class _Transaction:
         self._conn: psycopg.Connection[Any] | None = None
         self._cur: psycopg.Cursor[Any] | None = None
         self._pipe_cm: AbstractContextManager[psycopg.Pipeline] | None = None
+        # Rollouts whose row this write has locked, and their highest attempt sequence id once read: attempts are
+        # only added under their rollout's lock, so while this transaction holds it the value cannot change.
+        self._locked: set[str] = set()
+        self._latest_seq: dict[str, int] = {}
 
     def __enter__(self) -> _Transaction:
         pool = self._driver.pool()
@@ -418,7 +422,11 @@ class _Transaction:
         if not isinstance(rollout_id, str) or "\x00" in rollout_id:
             return None
         data = self._one(f"SELECT data FROM {SCHEMA}.rollouts WHERE rollout_id = %s{self._lock}", (rollout_id,))
-        return None if data is None else Rollout.model_validate_json(data)
+        if data is None:
+            return None
+        if self._write:
+            self._locked.add(rollout_id)
+        return Rollout.model_validate_json(data)
 
     @staticmethod
     def _ids(rollout_ids: Sequence[str]) -> list[str]:
@@ -482,17 +490,32 @@ class _Transaction:
 
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""
+        known = self._latest_seq.get(rollout_id)
+        if known is not None:
+            return known
         found = self._one(f"SELECT max(sequence_id) FROM {SCHEMA}.attempts WHERE rollout_id = %s", (rollout_id,))
         return int(found) if found is not None else 0
 
     def get_attempt(self, rollout_id: str, attempt_id: str) -> Attempt | None:
-        """An attempt by id."""
+        """An attempt by id (inside a write that holds the rollout's lock, read with the rollout's highest attempt
+        sequence id, which `latest_sequence_id` then answers without a query)."""
         if not isinstance(attempt_id, str) or "\x00" in attempt_id or "\x00" in rollout_id:
             return None
-        data = self._one(
-            f"SELECT data FROM {SCHEMA}.attempts WHERE rollout_id = %s AND attempt_id = %s", (rollout_id, attempt_id)
-        )
-        return None if data is None else Attempt.model_validate_json(data)
+        if rollout_id not in self._locked:
+            data = self._one(
+                f"SELECT data FROM {SCHEMA}.attempts WHERE rollout_id = %s AND attempt_id = %s",
+                (rollout_id, attempt_id),
+            )
+            return None if data is None else Attempt.model_validate_json(data)
+        row = self.run(
+            f"SELECT data, (SELECT max(sequence_id) FROM {SCHEMA}.attempts WHERE rollout_id = %s) "
+            f"FROM {SCHEMA}.attempts WHERE rollout_id = %s AND attempt_id = %s",
+            (rollout_id, rollout_id, attempt_id),
+        ).fetchone()
+        if row is None:
+            return None
+        self._latest_seq[rollout_id] = int(row[1])
+        return Attempt.model_validate_json(row[0])
 
     def attempts(self, rollout_id: str) -> list[Attempt]:
         """The rollout's attempts by sequence id."""
@@ -603,6 +626,7 @@ class _Transaction:
             position, data = row
             self.run(f"DELETE FROM {SCHEMA}.queue WHERE position = %s", (position,))
             rollout = Rollout.model_validate_json(data)
+            self._locked.add(rollout.rollout_id)
             if rollout.status not in state.QUEUING_STATUSES:
                 logger.warning("Skipping stale queue entry %s (no longer waiting in the queue)", rollout.rollout_id)
                 continue
@@ -610,6 +634,7 @@ class _Transaction:
 
     def insert_attempt(self, attempt: Attempt) -> None:
         """Insert an attempt row."""
+        self._latest_seq.pop(attempt.rollout_id, None)
         self.run(
             f"INSERT INTO {SCHEMA}.attempts (rollout_id, attempt_id, sequence_id, data) VALUES (%s, %s, %s, %s)",
             (attempt.rollout_id, attempt.attempt_id, attempt.sequence_id, _dump(attempt)),
