@@ -252,6 +252,7 @@ def run_one(args: argparse.Namespace, kind: str, backend: str) -> dict[str, Any]
 
             cluster = PostgresCluster(fsync=True).start()
             dsn = cluster.create_database("agl_many_runners")
+            args.db_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
         if kind == "external":
             url = args.store_url
         else:
@@ -321,8 +322,11 @@ def _measure(
         def rss() -> int:
             return sum(p.memory_info().rss for p in server_ps)
 
+        db_pid = getattr(args, "db_pid", None)  # a PostgreSQL server this run started: its processes' CPU too
+
         time.sleep(max(0.0, start_at - time.time()))
         cpu_start = cpu_seconds()
+        db_start = _tree_cpu(db_pid) if db_pid else {}
         started = time.monotonic()
         rss_peak = rss()
         profile: list[tuple[str, float]] = []
@@ -350,6 +354,7 @@ def _measure(
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         cpu_end = cpu_seconds()
+        db_cpu = sum(c - db_start.get(pid, 0.0) for pid, c in _tree_cpu(db_pid).items()) if db_pid else None
         stop_flag.value = 1
         results = [out.get(timeout=120) for _ in procs]
         for proc in procs:
@@ -382,8 +387,25 @@ def _measure(
         "server_cpu_per_call_us": cpu / calls * 1e6 if calls and cpu is not None else None,
         "server_cpu_share": cpu / elapsed if cpu is not None else None,
         "server_rss_peak_mib": rss_peak / 2**20 if servers else None,
+        "db_cpu_share": db_cpu / elapsed if db_cpu is not None else None,
+        "db_cpu_per_call_us": db_cpu / calls * 1e6 if calls and db_cpu is not None else None,
         "profile_top": profile,
     }
+
+
+def _tree_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and its children (a PostgreSQL server: postmaster and backends)."""
+    out: dict[int, float] = {}
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                out[proc.pid] = sum(proc.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    return out
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -441,6 +463,7 @@ def main() -> None:
     header = (
         f"{'server':>14} {'backend':>7} {'srvs':>4} {'runners':>7} {'rollouts/s':>10} {'dequeue p50/p99':>16} "
         f"{'add_span p50/p99':>17} {'update p50/p99':>15} {'errors':>6} {'srv CPU':>7} {'µs/call':>7} {'RSS MiB':>7}"
+        f" {'db CPU':>6} {'db µs/call':>10}"
     )
     print(header)
 
@@ -453,7 +476,8 @@ def main() -> None:
             f"{row['server']:>14} {row['backend']:>7} {row['servers']:>4} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
             f"{cell(row, 'dequeue'):>16} {cell(row, 'add_span'):>17} {cell(row, 'update_attempt'):>15} {row['errors']:>6} "
             f"{_num(row['server_cpu_share'], 2):>7} {_num(row['server_cpu_per_call_us'], 0):>7} "
-            f"{_num(row['server_rss_peak_mib'], 0):>7}"
+            f"{_num(row['server_rss_peak_mib'], 0):>7} {_num(row.get('db_cpu_share'), 2):>6} "
+            f"{_num(row.get('db_cpu_per_call_us'), 0):>10}"
         )
     by_config: dict[tuple[str, str, int], list[float]] = {}
     for row in rows:

@@ -297,8 +297,10 @@ def run_one(
     warmup: float,
     impl: str = "agl",
     own_path: list[str] | None = None,
+    db_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run K client processes for `duration` seconds in one mode and summarise."""
+    """Run K client processes for `duration` seconds in one mode and summarise (`db_pid`: a PostgreSQL server's
+    postmaster, whose processes' CPU per call is reported too)."""
     import psutil
 
     ctx = mp.get_context("spawn")
@@ -313,10 +315,12 @@ def run_one(
     server_proc = psutil.Process(server_pid)
     barrier.wait()
     server_cpu0 = sum(server_proc.cpu_times()[:2])
+    db_cpu0 = _tree_cpu(db_pid) if db_pid else {}
     wall_start = time.perf_counter()
     outs = [results.get(timeout=duration + warmup + 120) for _ in procs]
     wall = time.perf_counter() - wall_start
     server_cpu = sum(server_proc.cpu_times()[:2]) - server_cpu0
+    db_cpu = sum(cpu - db_cpu0.get(pid, 0.0) for pid, cpu in _tree_cpu(db_pid).items()) if db_pid else None
     for proc in procs:
         proc.join(30)
     rss = psutil.Process(server_pid).memory_info().rss
@@ -352,7 +356,25 @@ def run_one(
         "server_rss_mib": rss / 2**20,
         "server_cpu_us_per_call": 1e6 * server_cpu / max(calls, 1),
         "client_cpu_us_per_call": 1e6 * sum(out["cpu"] for out in outs) / max(calls, 1),
+        **({} if db_cpu is None else {"db_cpu_us_per_call": 1e6 * db_cpu / max(calls, 1)}),
     }
+
+
+def _tree_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and its children (a PostgreSQL server: postmaster and backends)."""
+    import psutil
+
+    out: dict[int, float] = {}
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                out[proc.pid] = sum(proc.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    return out
 
 
 def _median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -379,7 +401,9 @@ def _repeat(
         for k in ks:
             samples = []
             for index in range(args.repeats):
-                sample = run_one(endpoint, pid, k, mode, args.duration, args.warmup, impl, own_path)
+                sample = run_one(
+                    endpoint, pid, k, mode, args.duration, args.warmup, impl, own_path, getattr(args, "db_pid", None)
+                )
                 print(
                     f"  {impl} {mode} K={k} repeat {index + 1}/{args.repeats}: {sample['calls_per_s']:.0f} calls/s, "
                     f"p99 {sample['p99_ms']:.2f} ms",
@@ -458,6 +482,7 @@ def _run_agl(ks: list[int], modes: tuple[str, ...], args: argparse.Namespace) ->
 
             cluster = PostgresCluster(fsync=True).start()
             where = cluster.create_database("agl_bench")
+            args.db_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
     server = ctx.Process(
         target=_serve, args=(child, args.backend, where, args.sqlite_synchronous), name="agl-bench-store-server"
     )
@@ -499,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument(
+        "--db-pid", type=int, help="with --dsn: the PostgreSQL postmaster's pid, to report its CPU per call too"
+    )
+    parser.add_argument(
         "--server",
         choices=("agl", "agentlightning", "both"),
         default="agl",
@@ -537,6 +565,9 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{'server':<15} {'cycle':<8} {'K':>3} {'calls/s':>9} {'cycles/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'server RSS MiB':>15} {'srv CPU us/call':>16} {'cli CPU us/call':>16}"
     )
+    with_db = any("db_cpu_us_per_call" in row for row in rows)
+    if with_db:
+        header += f" {'db CPU us/call':>15}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -544,6 +575,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{row['server']:<15} {row['mode']:<8} {row['k']:>3} {row['calls_per_s']:>9.0f} {row['cycles_per_s']:>9.0f} "
             f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['server_rss_mib']:>15.1f} "
             f"{row['server_cpu_us_per_call']:>16.0f} {row['client_cpu_us_per_call']:>16.0f}"
+            + (f" {row.get('db_cpu_us_per_call', float('nan')):>15.0f}" if with_db else "")
         )
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
