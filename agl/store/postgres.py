@@ -304,7 +304,18 @@ def _finished_payloads(rollout_ids: Sequence[str]) -> list[str]:
 class _Transaction:
     """One transaction on a pooled connection: the driver's reads (row-locking inside a write) and writes."""
 
-    __slots__ = ("_conn", "_cur", "_driver", "_latest_seq", "_locked", "_pipe_cm", "_write", "events", "finished")
+    __slots__ = (
+        "_conn",
+        "_cur",
+        "_driver",
+        "_key_check",
+        "_latest_seq",
+        "_locked",
+        "_pipe_cm",
+        "_write",
+        "events",
+        "finished",
+    )
 
     def __init__(self, driver: PostgresDriver, write: bool) -> None:
         self._driver = driver
@@ -318,6 +329,8 @@ class _Transaction:
         # only added under their rollout's lock, so while this transaction holds it the value cannot change.
         self._locked: set[str] = set()
         self._latest_seq: dict[str, int] = {}
+        # The lookup of this write's idempotency key, sent but not yet judged (see `replay_kept`).
+        self._key_check: tuple[psycopg.Cursor[Any], idempotency.PendingWrite, float] | None = None
 
     def __enter__(self) -> _Transaction:
         pool = self._driver.pool()
@@ -362,6 +375,8 @@ class _Transaction:
     def _commit(self, cur: psycopg.Cursor[Any]) -> None:
         """Send COMMIT with what is still queued, leave pipeline mode and wait for all of it: an error of any queued
         statement is raised here (and `_release` rolls the transaction back)."""
+        if self._key_check is not None:
+            self._judge_key()  # a write that sent nothing after its key lookup
         cur.execute("COMMIT")
         cm, self._pipe_cm = self._pipe_cm, None
         assert cm is not None
@@ -398,9 +413,12 @@ class _Transaction:
         import psycopg
 
         try:
-            return cur.execute(sql, params, prepare=True)
+            cur.execute(sql, params, prepare=True)
         except psycopg.DataError as exc:
             raise _value_error(exc) from exc
+        if self._key_check is not None:
+            self._judge_key()  # one round trip for the key lookup and this statement
+        return cur
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.run(sql, params).fetchone()
@@ -721,15 +739,30 @@ class _Transaction:
     # -- idempotency keys (inside a write transaction) ------------------------------------------------------------
     def replay_kept(self, now: float) -> None:
         """First step of a keyed write: raise `AnswerAlreadyKept` when its key already has a live answer (a retry
-        of a write committed before, by any server), so nothing runs again; forget the key when it is past its age."""
+        of a write committed before, by any server), so nothing runs again; forget the key when it is past its age.
+
+        The lookup travels with the write's next statement: its answer is judged as soon as that statement is
+        sent (before the write reads anything), or before the commit."""
         pending = idempotency.current_write()
         if pending is None or pending.encode is None:
             return
-        row = self.run(
+        conn = self._conn
+        assert conn is not None, "the transaction is not open"
+        cur = conn.cursor()
+        cur.execute(
             f"SELECT created, fingerprint, status, content_type, headers, body FROM {SCHEMA}.idempotency_keys "
             "WHERE key = %s",
             (_text(pending.key, "Idempotency-Key"),),
-        ).fetchone()
+            prepare=True,
+        )
+        self._key_check = (cur, pending, now)
+
+    def _judge_key(self) -> None:
+        """Read the key lookup's answer (sent by `replay_kept`) and act on it."""
+        assert self._key_check is not None
+        cur, pending, now = self._key_check
+        self._key_check = None
+        row = cur.fetchone()
         if row is None:
             return
         created, fingerprint, status, content_type, headers, body = row
@@ -740,7 +773,9 @@ class _Transaction:
         tracker = self._driver.kept_keys
         if now - float(created) <= tracker.retention.max_age_seconds:
             raise idempotency.AnswerAlreadyKept(pending.key, first)
-        self.run(f"DELETE FROM {SCHEMA}.idempotency_keys WHERE key = %s", (pending.key,))  # expired, not yet pruned
+        # Expired, not yet pruned. On the lookup's own cursor: the statement just sent on the main one may be a
+        # read whose rows its caller is about to fetch.
+        cur.execute(f"DELETE FROM {SCHEMA}.idempotency_keys WHERE key = %s", (pending.key,), prepare=True)
         tracker.entries -= 1
         tracker.bytes -= len(first.body)
 

@@ -211,6 +211,74 @@ async def test_a_keyed_write_retried_on_another_store_gets_the_first_answer(post
         await b.close()
 
 
+def _keyed(key: str, body: bytes) -> Any:
+    """A keyed request whose answer is `body` (the HTTP layer's encoder, reduced to what these tests compare)."""
+    manager = idempotency.keyed_request(key, 7)
+    pending = manager.__enter__()
+    pending.encode = lambda result: (200, body, b"application/json", ())
+    return manager
+
+
+async def test_a_retried_status_update_gets_its_first_answer_not_a_stale_refusal(postgres_dsn: str) -> None:
+    # The key lookup travels with the write's first read; it must be judged before the engine acts on that read
+    # (here the rollout already succeeded, which would refuse a new "succeeded" as stale).
+    a, b = open_store(postgres_dsn), open_store(postgres_dsn)
+    try:
+        claimed = await a.start_rollout({"x": 1})
+        assert claimed.attempt is not None
+        manager = _keyed("update-1", b'"first"')
+        try:
+            await a.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+        finally:
+            manager.__exit__(None, None, None)
+        manager = _keyed("update-1", b'"second"')
+        try:
+            with pytest.raises(idempotency.AnswerAlreadyKept) as caught:
+                await b.update_attempt(claimed.rollout_id, claimed.attempt.attempt_id, status="succeeded")
+        finally:
+            manager.__exit__(None, None, None)
+        assert caught.value.answer.body == b'"first"'
+        # A keyed write that reads nothing after the lookup (a new resources snapshot) is judged before its commit.
+        manager = _keyed("resources-1", b'"kept"')
+        try:
+            await a.add_resources(sample_resources())
+        finally:
+            manager.__exit__(None, None, None)
+        manager = _keyed("resources-1", b'"unused"')
+        try:
+            with pytest.raises(idempotency.AnswerAlreadyKept):
+                await b.add_resources(sample_resources())
+        finally:
+            manager.__exit__(None, None, None)
+        assert (await b.query_resources()).total == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_expired_key_runs_its_write_anew(postgres_dsn: str) -> None:
+    clock = FakeClock()
+    retention = idempotency.IdempotencyRetention(max_age_seconds=60)
+    store = PostgresLightningStore(postgres_dsn, clock=clock, scan_debounce_seconds=0, idempotency_retention=retention)
+    try:
+        manager = _keyed("enqueue-old", b'"first"')
+        try:
+            first = await store.enqueue_rollout({"x": 1})
+        finally:
+            manager.__exit__(None, None, None)
+        clock.advance(61)
+        manager = _keyed("enqueue-old", b'"again"')
+        try:
+            again = await store.enqueue_rollout({"x": 1})
+        finally:
+            manager.__exit__(None, None, None)
+        assert again.rollout_id != first.rollout_id
+        kept = _sql(postgres_dsn, f"SELECT body FROM {SCHEMA}.idempotency_keys WHERE key = 'enqueue-old'")
+        assert [bytes(row[0]) for row in kept] == [b'"again"']  # the expired answer was replaced, not duplicated
+    finally:
+        await store.close()
+
+
 _CLAIMER = textwrap.dedent(
     """
     import asyncio, json, sys, time
