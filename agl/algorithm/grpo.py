@@ -394,7 +394,7 @@ class GRPO(Algorithm):
         """
         import torch
 
-        from agl.algorithm.grpo_math import grpo_loss, pad_batch, response_logprobs
+        from agl.algorithm.grpo_math import grpo_loss, response_token_logprobs
         from agl.llm.device import model_device
 
         cfg = self.config
@@ -408,21 +408,19 @@ class GRPO(Algorithm):
             n = len(samples)
             for start in range(0, n, cfg.micro_batch_size):
                 chunk = samples[start : start + cfg.micro_batch_size]
-                ids, attention, mask = pad_batch(
-                    [s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id, device=device
-                )
-                new_logp = response_logprobs(model, ids, attention)
+                prompts = [s.prompt_ids for s in chunk]
+                responses = [s.response_ids for s in chunk]
+                new_logp, mask = response_token_logprobs(model, prompts, responses, pad_id, device=device)
                 old_logp = new_logp.detach().clone()
                 for row, sample in enumerate(chunk):
                     if sample.old_logprobs is not None and len(sample.old_logprobs) == len(sample.response_ids):
-                        begin = len(sample.prompt_ids)
-                        old_logp[row, begin : begin + len(sample.response_ids)] = torch.tensor(
+                        old_logp[row, : len(sample.response_ids)] = torch.tensor(
                             sample.old_logprobs, dtype=old_logp.dtype, device=device
                         )
                 ref_logp = None
                 if reference is not None:
                     with torch.no_grad():
-                        ref_logp = response_logprobs(reference, ids, attention)
+                        ref_logp, _ = response_token_logprobs(reference, prompts, responses, pad_id, device=device)
                 loss, stats = grpo_loss(
                     new_logp,
                     old_logp,

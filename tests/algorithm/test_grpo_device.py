@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from agl.algorithm.grpo import GRPO, GRPOConfig, _Sample  # noqa: E402
 from agl.algorithm.grpo_checkpoint import clone_state_dict  # noqa: E402
-from agl.algorithm.grpo_math import group_advantages, pad_batch, response_logprobs  # noqa: E402
+from agl.algorithm.grpo_math import group_advantages, response_token_logprobs  # noqa: E402
 from agl.llm.device import DeviceError, model_device  # noqa: E402
 from agl.llm.server import ModelServer  # noqa: E402
 from tests.llm.tiny_model import tiny_model, tiny_tokenizer  # noqa: E402
@@ -34,18 +34,10 @@ def make_samples(model: Any, tokenizer: Any) -> list[_Sample]:
     for i, response in enumerate(responses):
         prompt_ids = tokenizer(prompts[i // 2])["input_ids"]
         response_ids = tokenizer(response)["input_ids"]
-        ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
-            logp = response_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt_ids) :].tolist()
+            logp = response_token_logprobs(model, [prompt_ids], [response_ids], 0, device="cpu")[0][0].tolist()
         samples.append(_Sample(prompt_ids, response_ids, logp, float(i % 2), i // 2, f"r{i}"))
     return samples
-
-
-def test_pad_batch_builds_on_the_given_device() -> None:
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="meta")
-    assert {t.device.type for t in (ids, attention, mask)} == {"meta"}
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="cpu")
-    assert ids.device.type == "cpu" and ids.tolist() == [[1, 2, 4], [3, 5, 6]]
 
 
 def test_update_step_on_cpu_makes_every_tensor_on_the_models_device() -> None:
