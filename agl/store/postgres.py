@@ -9,7 +9,9 @@ Design
 * Transactions come from a `psycopg_pool.ConnectionPool` of ordinary (synchronous) connections. Writes run at READ
   COMMITTED and lock what they change: reading a rollout, a worker or the watched rollouts inside a write takes
   their row locks (`FOR UPDATE`), so two servers changing one rollout take turns and each sees the other's commit.
-  Reads run at REPEATABLE READ, one consistent snapshot per call.
+  Reads run at REPEATABLE READ, one consistent snapshot per call. Each transaction runs on one of the driver's
+  worker threads (`agl.store.postgres_threads`) in psycopg's pipeline mode: a statement is sent with the next one
+  whose rows are read, so a transaction waits for the database once per read, not once per statement.
 * Claiming locks the queue entry and its rollout with `SELECT ... FOR UPDATE SKIP LOCKED`: servers claiming at once
   each take a different rollout and never wait for each other. Span sequence ids come from `UPDATE ... RETURNING` on
   a per-rollout counter row, attempt sequence ids are allocated under the rollout's row lock (and unique per
