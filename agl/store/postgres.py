@@ -307,6 +307,7 @@ class _Transaction:
     """One transaction on a pooled connection: the driver's reads (row-locking inside a write) and writes."""
 
     __slots__ = (
+        "_begun",
         "_conn",
         "_cur",
         "_driver",
@@ -327,6 +328,7 @@ class _Transaction:
         self._conn: psycopg.Connection[Any] | None = None
         self._cur: psycopg.Cursor[Any] | None = None
         self._pipe_cm: AbstractContextManager[psycopg.Pipeline] | None = None
+        self._begun = False
         # Rollouts whose row this write has locked, and their highest attempt sequence id once read: attempts are
         # only added under their rollout's lock, so while this transaction holds it the value cannot change.
         self._locked: set[str] = set()
@@ -343,9 +345,6 @@ class _Transaction:
             self._pipe_cm = conn.pipeline()
             self._pipe_cm.__enter__()
             cur = conn.cursor()
-            cur.execute(
-                "BEGIN ISOLATION LEVEL READ COMMITTED" if self._write else "BEGIN ISOLATION LEVEL REPEATABLE READ"
-            )
         except BaseException:
             self._release(pool, conn)
             raise
@@ -379,7 +378,8 @@ class _Transaction:
         statement is raised here (and `_release` rolls the transaction back)."""
         if self._key_check is not None:
             self._judge_key()  # a write that sent nothing after its key lookup
-        cur.execute("COMMIT")
+        if self._begun:  # a transaction that ran no statement needs neither BEGIN nor COMMIT
+            cur.execute("COMMIT")
         cm, self._pipe_cm = self._pipe_cm, None
         assert cm is not None
         cm.__exit__(None, None, None)
@@ -414,6 +414,8 @@ class _Transaction:
         assert cur is not None, "the transaction is not open"
         import psycopg
 
+        if not self._begun:
+            self._begin(cur)
         try:
             cur.execute(sql, params, prepare=True)
         except psycopg.DataError as exc:
@@ -421,6 +423,12 @@ class _Transaction:
         if self._key_check is not None:
             self._judge_key()  # one round trip for the key lookup and this statement
         return cur
+
+    def _begin(self, cur: psycopg.Cursor[Any]) -> None:
+        """BEGIN, sent right before the first statement (so both reach the server together, and a transaction that
+        runs nothing costs nothing)."""
+        cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED" if self._write else "BEGIN ISOLATION LEVEL REPEATABLE READ")
+        self._begun = True
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self.run(sql, params).fetchone()
@@ -748,8 +756,10 @@ class _Transaction:
         pending = idempotency.current_write()
         if pending is None or pending.encode is None:
             return
-        conn = self._conn
-        assert conn is not None, "the transaction is not open"
+        conn, main = self._conn, self._cur
+        assert conn is not None and main is not None, "the transaction is not open"
+        if not self._begun:
+            self._begin(main)
         cur = conn.cursor()
         cur.execute(
             f"SELECT created, fingerprint, status, content_type, headers, body FROM {SCHEMA}.idempotency_keys "
