@@ -314,6 +314,7 @@ class _Transaction:
         "_key_check",
         "_latest_seq",
         "_locked",
+        "_pipe",
         "_pipe_cm",
         "_write",
         "events",
@@ -328,6 +329,7 @@ class _Transaction:
         self._conn: psycopg.Connection[Any] | None = None
         self._cur: psycopg.Cursor[Any] | None = None
         self._pipe_cm: AbstractContextManager[psycopg.Pipeline] | None = None
+        self._pipe: psycopg.Pipeline | None = None
         self._begun = False
         # Rollouts whose row this write has locked, and their highest attempt sequence id once read: attempts are
         # only added under their rollout's lock, so while this transaction holds it the value cannot change.
@@ -343,7 +345,7 @@ class _Transaction:
             # Pipeline mode: statements whose results are not needed yet (BEGIN, plain writes, COMMIT) travel with
             # the next statement that is read, so a transaction costs a round trip per read, not per statement.
             self._pipe_cm = conn.pipeline()
-            self._pipe_cm.__enter__()
+            self._pipe = self._pipe_cm.__enter__()
             cur = conn.cursor()
         except BaseException:
             self._release(pool, conn)
@@ -363,6 +365,12 @@ class _Transaction:
                 for payload in _finished_payloads(self.finished):
                     cur.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, payload))
             if self._write and (self.events or self.finished):
+                if self._key_check is not None:
+                    self._judge_key()
+                # Every statement sent so far has finished before the lock is taken: one waiting for a row of
+                # another transaction of this process that needs the lock to commit would otherwise wait forever.
+                assert self._pipe is not None
+                self._pipe.sync()
                 # Under the lock, so this process's listeners see its commits in commit order.
                 with driver.commit_lock:
                     self._commit(cur)

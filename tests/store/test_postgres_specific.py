@@ -408,3 +408,44 @@ async def test_a_queued_statement_that_fails_at_commit_rolls_the_whole_write_bac
         assert [w.worker_id for w in (await store.query_workers()).items] == ["w-0", "w-1", "w-2"]
     finally:
         await store.close()
+
+
+async def test_two_writes_inserting_one_new_row_both_commit(postgres_dsn: str) -> None:
+    # B's insert of the row waits for A's transaction; B reaches its commit first. Both report finished rollouts,
+    # so both commit under the store's commit lock: B must not hold it while it waits for A, or neither commits.
+    from agl.types.core import Worker
+
+    store = open_store(postgres_dsn)
+    a_inserted, b_returning = threading.Event(), threading.Event()
+
+    def body_a(tx: Any) -> str:
+        tx.put_worker(Worker(worker_id="w-new"))
+        tx.run("SELECT 1").fetchone()  # A's insert has run: the row is A's until A commits
+        a_inserted.set()
+        assert b_returning.wait(10)
+        time.sleep(0.3)  # B is committing now
+        tx.finished.append("ro-a")
+        return "a"
+
+    def body_b(tx: Any) -> str:
+        assert a_inserted.wait(10)
+        tx.put_worker(Worker(worker_id="w-new", status="busy"))  # waits for A in the database
+        tx.finished.append("ro-b")
+        b_returning.set()
+        return "b"
+
+    try:
+        done = await asyncio.wait_for(
+            asyncio.gather(store._pg.run_write(body_a), store._pg.run_write(body_b)), timeout=20
+        )
+        assert sorted(done) == ["a", "b"]
+        worker = await store.get_worker_by_id("w-new")
+        assert worker is not None and worker.status == "busy"
+    finally:
+        # Unstick the connections if the writes did wait on each other, so closing the store cannot hang.
+        _sql(
+            postgres_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+        )
+        await store.close()
