@@ -414,6 +414,11 @@ class GRPO(Algorithm):
         advantages = advantages.to(device)
         pad_id = int(getattr(self.server.tokenizer, "pad_token_id", None) or 0)
         totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+        # In prompt order, the calls of one task (and a conversation's later calls after its earlier ones) sit in the
+        # same micro-batch, so the prompt prefix they share runs once. The update is a sum over samples: order-free.
+        order = sorted(range(len(samples)), key=lambda i: samples[i].prompt_ids)
+        samples = [samples[i] for i in order]
+        advantages = advantages[torch.tensor(order, dtype=torch.long, device=device)]
         with self.server.exclusive():
             model.train()
             optimizer.zero_grad(set_to_none=True)

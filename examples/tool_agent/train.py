@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--micro-batch-size",
         type=int,
-        default=64,
+        default=16,
         help="samples per forward/backward pass of the update; the prompt prefix they share runs once per pass",
     )
     parser.add_argument(

@@ -158,3 +158,21 @@ def test_grpo_refuses_an_unknown_compute_dtype_before_loading() -> None:
     algorithm = GRPO(GRPOConfig(device="cpu", compute_dtype="int4"), model="/no/such/model")
     with pytest.raises(DeviceError, match=re.escape("GRPOConfig.compute_dtype='int4'")):
         asyncio.run(algorithm.run([{"a": 1, "b": 2}]))
+
+
+def test_the_order_of_samples_does_not_change_the_update() -> None:
+    """Samples are regrouped by prompt for the update; each keeps its own advantage."""
+    tokenizer = tiny_tokenizer()
+    results = []
+    for order in ([0, 1, 2, 3], [3, 0, 2, 1]):
+        model = tiny_model(len(tokenizer))
+        algorithm = GRPO(
+            GRPOConfig(device="cpu", micro_batch_size=2, max_grad_norm=1e9), server=ModelServer(model, tokenizer)
+        )
+        samples = make_samples(model, tokenizer)
+        advantages = torch.tensor([0.5, -1.0, 2.0, -0.25])  # all different: a mix-up would show
+        shuffled = [samples[i] for i in order]
+        algorithm._update(shuffled, advantages[order], model, torch.optim.SGD(model.parameters(), lr=1.0), None)
+        results.append(clone_state_dict(model))
+    for name, tensor in results[0].items():
+        torch.testing.assert_close(tensor, results[1][name], atol=1e-6, rtol=1e-4)
