@@ -1,11 +1,16 @@
-"""Test-wide options: slow tests run only with --run-slow (CI passes it); the session's throwaway PostgreSQL server
-(tests/store/postgres_server.py), if a test started one, is stopped at the end."""
+"""Test-wide options and shared fixtures: slow tests run only with --run-slow (CI passes it); the session's throwaway
+PostgreSQL server (tests/store/postgres_server.py), if a test started one, is stopped at the end; `llm_backend` is
+the fake OpenAI-compatible endpoint of the LLM proxy and docs/endpoints.md tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.llm.backend import Backend
 
 
 @pytest.fixture
@@ -39,3 +44,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def llm_backend() -> Iterator[Backend]:
+    """A deterministic OpenAI-compatible backend (tests/llm/backend.py's `Backend`) serving on 127.0.0.1 with a free
+    port; stopped after the test, also when it failed."""
+    from tests.llm.backend import Backend
+
+    server = Backend()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
