@@ -398,7 +398,7 @@ class SqliteDriver:
             if path in ("", ":memory:")
             else ReaderPool(_ReaderOpener(path, synchronous, busy_timeout, self.kept_keys), _READER_THREADS, path)
         )
-        self._finalizer = weakref.finalize(self, stop_unclosed, [self._readers, self._writer])
+        self._finalizer = weakref.finalize(self, stop_unclosed, [self._readers, self._writer], os.getpid())
 
     @property
     def writer(self) -> GroupWriter[SqliteRows]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -335,9 +336,13 @@ class ReaderPool(_JobQueue, Generic[R]):
                 db.close()
 
 
-def stop_unclosed(pools: Sequence[_JobQueue | None], wait: float = UNCLOSED_WAIT) -> None:
+def stop_unclosed(pools: Sequence[_JobQueue | None], owner_pid: int, wait: float = UNCLOSED_WAIT) -> None:
     """Finalizer of a store garbage-collected (or still open at interpreter exit) without close(): stop its threads
-    in order, after the jobs already queued, each closing its connection; waits up to `wait` seconds in all."""
+    in order, after the jobs already queued, each closing its connection; waits up to `wait` seconds in all.
+
+    Does nothing in a forked child (not `owner_pid`): the threads live in the parent only."""
+    if os.getpid() != owner_pid:
+        return
     deadline = time.monotonic() + wait
     for pool in pools:
         if pool is not None:
