@@ -56,6 +56,7 @@ class WriteRows(Protocol):
 
 
 _NO_CONTEXT = contextvars.Context()
+"""What a job that has run keeps instead of its context (which may hold the store)."""
 
 
 class _Job:
