@@ -63,7 +63,7 @@ from agl.store.query import RolloutFilter, sort_items
 from agl.store.sqlite_threads import GroupWriter, ReaderPool
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
-from agl.types.tracer import Span
+from agl.types.tracer import Span, span_json
 
 __all__ = ["SCHEMA_VERSION", "SqliteLightningStore", "SqliteStoreError", "SqliteStoreStatistics"]
 
@@ -427,9 +427,14 @@ class SqliteDriver:
 
     @staticmethod
     def encode_span(span: Span, payload: bytes | None) -> EncodedSpan:
-        """The span with its JSON (always re-encoded: the file holds the store's own serialisation)."""
-        data = _dump(span)
-        return span, data, len(data)
+        """The span with its JSON: `payload` as it is when given (`span` was just validated from it, so reading it
+        back gives the same span), else the span's own encoding."""
+        if payload is None:
+            try:
+                payload = span_json(span)
+            except PydanticSerializationError as exc:
+                raise ValueError(f"Span cannot be stored: a value is not JSON-serialisable ({exc})") from exc
+        return span, payload, len(payload)
 
     def close(self) -> None:
         """Finish queued writes and reads, then close every connection (checkpointing the WAL); later calls raise
