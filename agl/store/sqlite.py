@@ -28,9 +28,9 @@ Design
   the config). Queued rollouts simply stay in the queue in their order.
 * `wait_for_rollouts` wakes without polling when the rollout finishes through this store object, and re-reads the
   database every 0.5 s in case another process (or another store object on the same file) finished it.
-* Models are stored as pydantic JSON next to the columns the queries need (ids, status, ordering); every rule comes
-  from `agl.store.engine`, the same as for the in-memory store, and `query_rollouts` is answered in SQL
-  (`agl.store.sqlite_rollout_query`). Values must therefore be JSON-serialisable (rollout input, metadata, spans).
+* Models are stored as JSON (pydantic's; a span given with its JSON keeps it) next to the columns the queries need
+  (ids, status, ordering); every rule comes from `agl.store.engine`, the same as for the in-memory store, and
+  `query_rollouts` is answered in SQL (`agl.store.sqlite_rollout_query`). Values must therefore be JSON-serialisable (rollout input, metadata, spans).
 * `zero_copy` is False: several processes may open the same file and see one state, but waiters wake across
   processes only by the 0.5 s re-read and each process debounces its own health scans; use the HTTP server to share
   one store between processes.
