@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -60,7 +61,7 @@ from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
 from agl.store.inputs import INT64_MAX
 from agl.store.query import RolloutFilter, sort_items
-from agl.store.sqlite_threads import GroupWriter, ReaderPool
+from agl.store.sqlite_threads import GroupWriter, ReaderPool, stop_unclosed
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
 from agl.types.tracer import Span, span_json
@@ -382,8 +383,6 @@ class SqliteDriver:
     ) -> None:
         self.path = path
         self.on_commit: CommitHook = _no_hook
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout
         db = _connect(path, synchronous, busy_timeout)
         try:
             count, total, oldest = db.execute(
@@ -398,24 +397,21 @@ class SqliteDriver:
             raise
         self.kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
         self._rows = SqliteRows(db, path, self.kept_keys)
-        self._writer: GroupWriter[SqliteRows] = GroupWriter(self._rows, self._committed, path)
+        # The threads get nothing that holds this driver strongly, so a store dropped without close() is collected
+        # and its finalizer stops them.
+        self._writer: GroupWriter[SqliteRows] = GroupWriter(self._rows, _CommitRelay(self), path)
         # A private in-memory database exists on its one connection only: its reads go through the writer.
         self._readers: ReaderPool[SqliteRows] | None = (
-            None if path in ("", ":memory:") else ReaderPool(self._open_reader, _READER_THREADS, path)
+            None
+            if path in ("", ":memory:")
+            else ReaderPool(_ReaderOpener(path, synchronous, busy_timeout, self.kept_keys), _READER_THREADS, path)
         )
+        self._finalizer = weakref.finalize(self, stop_unclosed, [self._readers, self._writer], os.getpid())
 
     @property
     def writer(self) -> GroupWriter[SqliteRows]:
         """The writer thread (its `commits` and `writes` tell how writes were grouped)."""
         return self._writer
-
-    def _open_reader(self) -> SqliteRows:
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return SqliteRows(db, self.path, self.kept_keys)
-
-    def _committed(self, events: list[StoreEvent], finished: list[str]) -> None:
-        self.on_commit(events, finished)
 
     # -- the driver ---------------------------------------------------------------------------------------------
     def bind(self, on_commit: CommitHook) -> None:
@@ -447,10 +443,38 @@ class SqliteDriver:
     def close(self) -> None:
         """Finish queued writes and reads, then close every connection (checkpointing the WAL); later calls raise
         RuntimeError."""
+        self._finalizer.detach()
         if self._readers is not None:
             self._readers.close()
         self._writer.close()
         self._rows.close()
+
+
+class _CommitRelay:
+    """The writer's commit hook: passes each commit on to the driver's `on_commit` while the driver lives (a weak
+    reference, so the writer thread does not keep the store alive)."""
+
+    def __init__(self, driver: SqliteDriver) -> None:
+        self._driver = weakref.ref(driver)
+
+    def __call__(self, events: list[StoreEvent], finished: list[str]) -> None:
+        driver = self._driver()
+        if driver is not None:
+            driver.on_commit(events, finished)
+
+
+class _ReaderOpener:
+    """Opens a reader thread's connection: the database's settings only, nothing of the driver."""
+
+    def __init__(
+        self, path: str, synchronous: Synchronous, busy_timeout: float, kept_keys: idempotency.RetentionTracker
+    ) -> None:
+        self.path, self.synchronous, self.busy_timeout, self.kept_keys = path, synchronous, busy_timeout, kept_keys
+
+    def __call__(self) -> SqliteRows:
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return SqliteRows(db, self.path, self.kept_keys)
 
 
 class SqliteRows:
