@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agl.llm.detokenize import IncrementalText
-from agl.llm.device import model_device
+from agl.llm.device import compute_context, model_device
 from agl.llm.sampling import SamplingParams, make_generator, sample_token
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class GenerationEngine:
         max_batch_size: the most sequences in one batch (a single request with a larger `n` still runs whole).
         batch_window: how long to gather requests after the first one arrives, in seconds.
         weights_version: the version reported before any `update_weights()`.
+        compute_dtype: run the matrix products in this dtype (torch autocast; the weights keep theirs); `None`: the
+            model's own dtype.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class GenerationEngine:
         max_batch_size: int = 32,
         batch_window: float = 0.02,
         weights_version: str = "0",
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -162,6 +165,7 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
         self.weights_version = weights_version
+        self.compute_dtype = compute_dtype
         self.stats = EngineStats()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.pad_token_id = _pad_token_id(tokenizer, self.eos_token_ids)
@@ -350,7 +354,7 @@ class GenerationEngine:
         self.stats.batch_sizes.append(len(sequences))
 
         live = sequences  # row i of the tensors below belongs to live[i]
-        with torch.no_grad():
+        with torch.no_grad(), compute_context(self.compute_dtype, device):
             if shared:
                 prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
                 self._forward(prefix, torch.ones_like(prefix), torch.arange(shared, device=device)[None], cache)
