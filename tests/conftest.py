@@ -1,11 +1,18 @@
-"""Test-wide options: slow tests run only with --run-slow (CI passes it); the session's throwaway PostgreSQL server
-(tests/store/postgres_server.py), if a test started one, is stopped at the end."""
+"""Test-wide options and shared fixtures: slow tests run only with --run-slow (CI passes it), the others with torch on
+one thread (OMP_NUM_THREADS=1 unless set); the session's throwaway PostgreSQL server (tests/store/postgres_server.py),
+if a test started one, is stopped at the end; `llm_backend` is the fake OpenAI-compatible endpoint of the LLM proxy
+and docs/endpoints.md tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.llm.backend import Backend
 
 
 @pytest.fixture
@@ -28,6 +35,15 @@ def _stop_postgres_at_the_end() -> Iterator[None]:
     stop_postgres_cluster()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The default run's torch tests use tiny models, where torch's intra-op threads gain nothing, and on a shared
+    # 2-core machine two of them spin against each other and every other job (a tiny model's training step measured
+    # 0.65 s with two threads and 0.05 s with one under load). One thread, unless the caller chose; inherited by the
+    # processes tests start. The slow run (real models) keeps torch's default.
+    if not config.getoption("--run-slow"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False, help="also run tests marked slow")
 
@@ -39,3 +55,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def llm_backend() -> Iterator[Backend]:
+    """A deterministic OpenAI-compatible backend (tests/llm/backend.py's `Backend`) serving on 127.0.0.1 with a free
+    port; stopped after the test, also when it failed."""
+    from tests.llm.backend import Backend
+
+    server = Backend()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

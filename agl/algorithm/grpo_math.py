@@ -18,8 +18,7 @@ __all__ = [
     "group_advantages",
     "grpo_loss",
     "learning_rate_at",
-    "pad_batch",
-    "response_logprobs",
+    "response_token_logprobs",
     "trajectory_advantages",
 ]
 
@@ -66,38 +65,65 @@ def trajectory_advantages(
     return per_trajectory[[position[t] for t in trajectories]]
 
 
-def pad_batch(
+def response_token_logprobs(
+    model: Any,
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     pad_id: int,
     *,
     device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask`, and a `response_mask` marking each row's response tokens, on
-    `device` (built on the CPU, then moved in one copy per tensor). `device` is required: the model's device."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) must have the same length")
-    rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
-    attention = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool, device="cpu")
-    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device="cpu")
-        attention[i, : len(row)] = 1
-        response_mask[i, len(prompt) : len(row)] = True
-    return input_ids.to(device), attention.to(device), response_mask.to(device)
+    min_shared: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(token | all tokens before it) of every response token, and the mask of real ones: both
+    `[rows, longest response]`, row i's response starting at column 0. Gradients flow as through one plain forward
+    pass over each prompt + response.
 
-
-def response_logprobs(model: Any, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """log π(token_t | tokens_<t) for every position t ≥ 1 (shape [batch, width]; position 0 is 0).
-
-    Logits are used as the model gives them (temperature 1), matching the log-probs the model server reports.
+    What this saves: the prompt prefix that every row shares (system prompt, tool list, few-shot turns) runs once,
+    its keys and values copied to every row, instead of once per row; and logits (vocabulary-wide) are made only
+    where a response token is predicted, so memory grows with the responses, not the prompts.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    taken = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.cat([torch.zeros_like(taken[:, :1]), taken], dim=1)
+    from agl.llm.engine import cache_keyword, shared_prefix_length
+
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"prompts ({len(prompts)}) and responses ({len(responses)}) must be equally many, not 0")
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
+    # Every row keeps at least its last prompt token out of the prefix: it predicts the first response token.
+    shared = min(shared_prefix_length(rows), min(len(p) for p in prompts) - 1)
+    if len(rows) < 2 or shared < min_shared:
+        shared = 0
+    tails = [row[shared:] for row in rows]
+    width = max(len(t) for t in tails)
+    longest = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    attention = torch.zeros((len(rows), shared + width), dtype=torch.long, device="cpu")
+    attention[:, :shared] = 1
+    keep = torch.zeros((len(rows), longest), dtype=torch.long, device="cpu")
+    targets = torch.zeros((len(rows), longest), dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool, device="cpu")
+    for i, (prompt, response, tail) in enumerate(zip(prompts, responses, tails, strict=True)):
+        input_ids[i, : len(tail)] = torch.tensor(tail, dtype=torch.long, device="cpu")
+        attention[i, shared : shared + len(tail)] = 1
+        first = len(prompt) - shared - 1  # the tail position whose logits predict the first response token
+        keep[i] = first  # unused columns repeat a real position; the mask drops them
+        keep[i, : len(response)] = torch.arange(first, first + len(response), device="cpu")
+        targets[i, : len(response)] = torch.tensor(list(response), dtype=torch.long, device="cpu")
+        mask[i, : len(response)] = True
+    input_ids, attention, keep = input_ids.to(device), attention.to(device), keep.to(device)
+    targets, mask = targets.to(device), mask.to(device)
+    kwargs: dict[str, Any] = {}
+    if shared:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        prefix = input_ids.new_tensor([rows[0][:shared]])
+        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
+        cache.batch_repeat_interleave(len(rows))
+        kwargs = {"use_cache": True, cache_keyword(model): cache}
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep, **kwargs).logits.float()
+    taken = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return taken.masked_fill(~mask, 0.0), mask
 
 
 @dataclass

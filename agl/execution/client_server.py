@@ -35,6 +35,7 @@ from agl.execution._loop import StopWatch, run_bundle
 from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle, resolve_managed_store_flag
 from agl.execution.drain import DRAINING_STATUS, DrainWatcher, in_flight_rollouts, probe_status, request_drain
 from agl.execution.events import ExecutionEvent, MultiprocessingEvent
+from agl.execution.parent_watch import watch_parent
 from agl.execution.supervisor import ProcessRecord, ProcessSupervisor, describe_process, stop_processes
 
 if TYPE_CHECKING:
@@ -198,12 +199,15 @@ def _runner_process_main(
     cleanup_timeout: float,
     metrics_port: int | None = None,
     store_url: str | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     """Entry point of a runner process (module level, so it pickles for `spawn`); `store_url` (the servers, separated
-    by commas) replaces `host`/`port` when given."""
+    by commas) replaces `host`/`port` when given. The process stops soon after its parent (`parent_pid`, None: the
+    parent it starts with) dies, instead of retrying a store that went with it."""
     name = multiprocessing.current_process().name
     code = 0
     try:
+        watch_parent(name, parent_pid)
         address: str | None = None
         if store is None:
             if gate is not None:
@@ -495,9 +499,11 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
 
         metrics_port = self.metrics_port
         store_url = ",".join(self.store_urls) or None
+        # A forkserver child's parent is the fork server (which ends with this process), not this process.
+        parent_pid = os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None
 
         def make_args(worker_id: int) -> tuple[Any, ...]:
-            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url)
+            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url, parent_pid)
 
         return ProcessSupervisor(
             ctx,

@@ -5,7 +5,9 @@ How a batch runs:
 - Requests wait in a queue. The engine takes the first, then keeps gathering for `batch_window` seconds (or until
   `max_batch_size` sequences are in hand); all `n` samples of a request always go into the same batch.
 - Prompts are left-padded into one tensor; one forward pass fills the KV cache (the "prefill"), then each step
-  feeds the newest token of every unfinished sequence. Sequences that finish are dropped from the batch (and from
+  feeds the newest token of every unfinished sequence. A prefix that every prompt of the batch shares (a system
+  prompt, a tool list, few-shot examples; all `n` samples of one request) is prefilled once and its keys and values
+  copied to every row, so the prefill costs the shared part once plus each prompt's own tail. Sequences that finish are dropped from the batch (and from
   the cache), so a long completion does not make short ones pay.
 - Each sequence has its own seeded random generator, so a sample depends only on its prompt, settings and seed —
   not on which other requests shared the batch, nor on whether the caller streams.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agl.llm.detokenize import IncrementalText
-from agl.llm.device import model_device
+from agl.llm.device import compute_context, model_device
 from agl.llm.sampling import SamplingParams, make_generator, sample_token
 
 if TYPE_CHECKING:
@@ -42,8 +44,13 @@ __all__ = [
     "GenerationEngine",
     "GenerationRequest",
     "SequenceEvent",
+    "cache_keyword",
     "left_padded_batch",
+    "shared_prefix_length",
 ]
+
+MIN_SHARED_PREFIX = 8
+"""Shorter common prefixes are not worth a separate forward pass."""
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,8 @@ class EngineStats:
     requests: int = 0
     sequences: int = 0
     prompt_tokens: int = 0
+    shared_prompt_tokens: int = 0
+    """Prompt tokens not prefilled because the batch's shared prefix was computed once for all its rows."""
     generated_tokens: int = 0
     generate_seconds: float = 0.0
     weight_updates: int = 0
@@ -102,6 +111,7 @@ class EngineStats:
             "requests": self.requests,
             "sequences": self.sequences,
             "prompt_tokens": self.prompt_tokens,
+            "shared_prompt_tokens": self.shared_prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "generate_seconds": round(self.generate_seconds, 3),
             "weight_updates": self.weight_updates,
@@ -132,6 +142,8 @@ class GenerationEngine:
         max_batch_size: the most sequences in one batch (a single request with a larger `n` still runs whole).
         batch_window: how long to gather requests after the first one arrives, in seconds.
         weights_version: the version reported before any `update_weights()`.
+        compute_dtype: run the matrix products in this dtype (torch autocast; the weights keep theirs); `None`: the
+            model's own dtype.
     """
 
     def __init__(
@@ -142,6 +154,7 @@ class GenerationEngine:
         max_batch_size: int = 32,
         batch_window: float = 0.02,
         weights_version: str = "0",
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -152,13 +165,13 @@ class GenerationEngine:
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
         self.weights_version = weights_version
+        self.compute_dtype = compute_dtype
         self.stats = EngineStats()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self.pad_token_id = _pad_token_id(tokenizer, self.eos_token_ids)
         self.max_context = _max_context(model)
-        forward_params = inspect.signature(model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
-        self._keeps_logits = "logits_to_keep" in forward_params
+        self._cache_kwarg = cache_keyword(model)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._queue: queue.Queue[GenerationRequest | None] = queue.Queue()
         self._held: GenerationRequest | None = None
         self._state = threading.Condition()
@@ -327,16 +340,29 @@ class GenerationEngine:
         sequences = [_Sequence(request, i, self.tokenizer) for request in batch for i in range(request.n)]
         prompts = [seq.request.prompt_ids for seq in sequences]
         device = model_device(self.model)
-        input_ids, attention, positions = left_padded_batch(prompts, self.pad_token_id, device)
         cache = DynamicCache(config=self.model.config)
+        # Every row keeps at least one token of its own, so each row's first logits come from the batched pass.
+        shared = min(shared_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        if len(prompts) < 2 or shared < MIN_SHARED_PREFIX:
+            shared = 0
+        input_ids, attention, positions = left_padded_batch([p[shared:] for p in prompts], self.pad_token_id, device)
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.sequences += len(sequences)
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.shared_prompt_tokens += shared * (len(prompts) - 1)
         self.stats.batch_sizes.append(len(sequences))
 
         live = sequences  # row i of the tensors below belongs to live[i]
-        with torch.no_grad():
+        with torch.no_grad(), compute_context(self.compute_dtype, device):
+            if shared:
+                prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+                self._forward(prefix, torch.ones_like(prefix), torch.arange(shared, device=device)[None], cache)
+                cache.batch_repeat_interleave(len(prompts))
+                # Rows are [shared prefix][left padding][own tail]: the padding is masked out and the tail's
+                # positions continue from the prefix.
+                attention = torch.cat([attention.new_ones((len(prompts), shared)), attention], dim=-1)
+                positions = positions + shared
             logits = self._forward(input_ids, attention, positions, cache)
             while True:
                 next_ids, finished = self._step(live, logits, version)
@@ -448,6 +474,27 @@ def left_padded_batch(
         attention[row, width - len(prompt) :] = 1
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
     return input_ids.to(device), attention.to(device), positions.to(device)
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence has in common (0 for no sequences)."""
+    if not sequences:
+        return 0
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for other in sequences[1:]:
+        i = 0
+        while i < length and other[i] == first[i]:
+            i += 1
+        length = i
+        if not length:
+            break
+    return length
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which `model.forward` takes a KV cache (`cache` in newer transformers, else `past_key_values`)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _deliver(request: GenerationRequest, events: list[SequenceEvent]) -> None:

@@ -84,6 +84,8 @@ class ModelServer:
             OpenAI's do).
         weights_version: the version reported until `update_weights()` is called.
         log_level: uvicorn's log level.
+        compute_dtype: the dtype of the matrix products (torch autocast; the weights keep theirs): bfloat16 is
+            several times faster on CPUs with AVX512-BF16 or AMX. `None`: the model's dtype.
 
     `start()` returns once the server accepts connections; `stop()` shuts it down. Use it as a context manager to
     do both.
@@ -103,6 +105,7 @@ class ModelServer:
         weights_version: str = "0",
         log_level: str = "warning",
         startup_timeout: float = 30.0,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         if default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be at least 1, got {default_max_tokens}")
@@ -119,6 +122,7 @@ class ModelServer:
             max_batch_size=max_batch_size,
             batch_window=batch_window,
             weights_version=weights_version,
+            compute_dtype=compute_dtype,
         )
         self.tokenizer = tokenizer
         self.token_info = TokenInfo(tokenizer)

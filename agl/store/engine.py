@@ -638,6 +638,14 @@ class StoreEngine(LightningStore):
     # -- spans --------------------------------------------------------------------------------------------------
     def _locate(self, tx: ReadTransaction, rollout_id: str, attempt_id: str) -> tuple[Rollout, Attempt, bool]:
         """The rollout, the attempt, and whether it is the rollout's latest attempt."""
+        locate = getattr(tx, "locate_attempt", None)  # optional: a driver may read all three in one query
+        if locate is not None:
+            found, attempt, latest_sequence_id = locate(rollout_id, attempt_id)
+            if found is None:
+                raise NotFoundError("rollout", rollout_id)
+            if attempt is None:
+                raise NotFoundError("attempt", attempt_id, rollout_id)
+            return found, attempt, attempt.sequence_id == latest_sequence_id
         rollout = self._rollout(tx, rollout_id)
         attempt = tx.get_attempt(rollout_id, attempt_id)
         if attempt is None:

@@ -28,9 +28,9 @@ Design
   the config). Queued rollouts simply stay in the queue in their order.
 * `wait_for_rollouts` wakes without polling when the rollout finishes through this store object, and re-reads the
   database every 0.5 s in case another process (or another store object on the same file) finished it.
-* Models are stored as pydantic JSON next to the columns the queries need (ids, status, ordering); every rule comes
-  from `agl.store.engine`, the same as for the in-memory store, and `query_rollouts` is answered in SQL
-  (`agl.store.sqlite_rollout_query`). Values must therefore be JSON-serialisable (rollout input, metadata, spans).
+* Models are stored as JSON (pydantic's; a span given with its JSON keeps it) next to the columns the queries need
+  (ids, status, ordering); every rule comes from `agl.store.engine`, the same as for the in-memory store, and
+  `query_rollouts` is answered in SQL (`agl.store.sqlite_rollout_query`). Values must therefore be JSON-serialisable (rollout input, metadata, spans).
 * `zero_copy` is False: several processes may open the same file and see one state, but waiters wake across
   processes only by the 0.5 s re-read and each process debounces its own health scans; use the HTTP server to share
   one store between processes.
@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -60,10 +61,10 @@ from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
 from agl.store.inputs import INT64_MAX
 from agl.store.query import RolloutFilter, sort_items
-from agl.store.sqlite_threads import GroupWriter, ReaderPool
+from agl.store.sqlite_threads import GroupWriter, ReaderPool, stop_unclosed
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
-from agl.types.tracer import Span
+from agl.types.tracer import Span, span_json
 
 __all__ = ["SCHEMA_VERSION", "SqliteLightningStore", "SqliteStoreError", "SqliteStoreStatistics"]
 
@@ -351,6 +352,14 @@ def _no_hook(events: list[StoreEvent], finished: list[str]) -> None:
     return None
 
 
+_LOCATE_ATTEMPT = (
+    "SELECT r.data, a.data, (SELECT MAX(sequence_id) FROM attempts WHERE rollout_id = r.rollout_id) "
+    "FROM rollouts r LEFT JOIN attempts a ON a.rollout_id = r.rollout_id AND a.attempt_id = ? "
+    "WHERE r.rollout_id = ?"
+)
+"""A rollout, one of its attempts and its highest attempt sequence id (indexes: rollout id, (rollout, attempt),
+(rollout, sequence id))."""
+
 _READER_THREADS = 2
 """Reader connections (each on its own thread): reads beside one long query still find one free."""
 
@@ -374,8 +383,6 @@ class SqliteDriver:
     ) -> None:
         self.path = path
         self.on_commit: CommitHook = _no_hook
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout
         db = _connect(path, synchronous, busy_timeout)
         try:
             count, total, oldest = db.execute(
@@ -390,24 +397,21 @@ class SqliteDriver:
             raise
         self.kept_keys = idempotency.RetentionTracker(retention, int(count), int(total), oldest)
         self._rows = SqliteRows(db, path, self.kept_keys)
-        self._writer: GroupWriter[SqliteRows] = GroupWriter(self._rows, self._committed, path)
+        # The threads get nothing that holds this driver strongly, so a store dropped without close() is collected
+        # and its finalizer stops them.
+        self._writer: GroupWriter[SqliteRows] = GroupWriter(self._rows, _CommitRelay(self), path)
         # A private in-memory database exists on its one connection only: its reads go through the writer.
         self._readers: ReaderPool[SqliteRows] | None = (
-            None if path in ("", ":memory:") else ReaderPool(self._open_reader, _READER_THREADS, path)
+            None
+            if path in ("", ":memory:")
+            else ReaderPool(_ReaderOpener(path, synchronous, busy_timeout, self.kept_keys), _READER_THREADS, path)
         )
+        self._finalizer = weakref.finalize(self, stop_unclosed, [self._readers, self._writer], os.getpid())
 
     @property
     def writer(self) -> GroupWriter[SqliteRows]:
         """The writer thread (its `commits` and `writes` tell how writes were grouped)."""
         return self._writer
-
-    def _open_reader(self) -> SqliteRows:
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return SqliteRows(db, self.path, self.kept_keys)
-
-    def _committed(self, events: list[StoreEvent], finished: list[str]) -> None:
-        self.on_commit(events, finished)
 
     # -- the driver ---------------------------------------------------------------------------------------------
     def bind(self, on_commit: CommitHook) -> None:
@@ -427,17 +431,50 @@ class SqliteDriver:
 
     @staticmethod
     def encode_span(span: Span, payload: bytes | None) -> EncodedSpan:
-        """The span with its JSON (always re-encoded: the file holds the store's own serialisation)."""
-        data = _dump(span)
-        return span, data, len(data)
+        """The span with its JSON: `payload` as it is when given (`span` was just validated from it, so reading it
+        back gives the same span), else the span's own encoding."""
+        if payload is None:
+            try:
+                payload = span_json(span)
+            except PydanticSerializationError as exc:
+                raise ValueError(f"Span cannot be stored: a value is not JSON-serialisable ({exc})") from exc
+        return span, payload, len(payload)
 
     def close(self) -> None:
         """Finish queued writes and reads, then close every connection (checkpointing the WAL); later calls raise
         RuntimeError."""
+        self._finalizer.detach()
         if self._readers is not None:
             self._readers.close()
         self._writer.close()
         self._rows.close()
+
+
+class _CommitRelay:
+    """The writer's commit hook: passes each commit on to the driver's `on_commit` while the driver lives (a weak
+    reference, so the writer thread does not keep the store alive)."""
+
+    def __init__(self, driver: SqliteDriver) -> None:
+        self._driver = weakref.ref(driver)
+
+    def __call__(self, events: list[StoreEvent], finished: list[str]) -> None:
+        driver = self._driver()
+        if driver is not None:
+            driver.on_commit(events, finished)
+
+
+class _ReaderOpener:
+    """Opens a reader thread's connection: the database's settings only, nothing of the driver."""
+
+    def __init__(
+        self, path: str, synchronous: Synchronous, busy_timeout: float, kept_keys: idempotency.RetentionTracker
+    ) -> None:
+        self.path, self.synchronous, self.busy_timeout, self.kept_keys = path, synchronous, busy_timeout, kept_keys
+
+    def __call__(self) -> SqliteRows:
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return SqliteRows(db, self.path, self.kept_keys)
 
 
 class SqliteRows:
@@ -584,6 +621,18 @@ class SqliteRows:
             ):
                 out[rid] = Attempt.model_validate_json(data)
         return out
+
+    def locate_attempt(self, rollout_id: str, attempt_id: str) -> tuple[Rollout | None, Attempt | None, int]:
+        """The rollout, its attempt `attempt_id` and its highest attempt sequence id, read by one statement (the
+        engine's optional `locate_attempt`: every span write needs all three)."""
+        if not isinstance(rollout_id, str) or not isinstance(attempt_id, str):
+            return self.get_rollout(rollout_id), None, 0
+        row = self.conn().execute(_LOCATE_ATTEMPT, (attempt_id, rollout_id)).fetchone()
+        if row is None:
+            return None, None, 0
+        rollout_data, attempt_data, latest = row
+        attempt = None if attempt_data is None else Attempt.model_validate_json(attempt_data)
+        return Rollout.model_validate_json(rollout_data), attempt, int(latest) if latest is not None else 0
 
     def latest_sequence_id(self, rollout_id: str) -> int:
         """The highest attempt sequence id of the rollout (0 without attempts)."""

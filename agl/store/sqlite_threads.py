@@ -9,6 +9,10 @@ a slow fsync or a large query never runs on an event loop.
   no caller gets its result before that commit.
 * `ReaderPool` runs reads on its own connections (WAL snapshots), so a read never waits for a commit's fsync nor
   holds up a write.
+
+Each thread closes its own connection when it stops. Between jobs a thread holds nothing of the store that made it
+(only its queue and its connection), so a store dropped without `close()` can be garbage-collected, and its
+finalizer (`stop_unclosed`) stops the threads.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["GroupWriter", "ReaderPool", "WriteRows"]
+__all__ = ["GroupWriter", "ReaderPool", "WriteRows", "stop_unclosed"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ T = TypeVar("T")
 
 GROUP_MAX = 512
 """The most writes one transaction takes, so one group's commit stays short."""
+
+UNCLOSED_WAIT = 5.0
+"""Seconds the finalizer of a store dropped without close() waits for its threads to finish their queued jobs."""
 
 
 class WriteRows(Protocol):
@@ -41,6 +50,13 @@ class WriteRows(Protocol):
 
     def conn(self) -> sqlite3.Connection:
         """The write connection."""
+
+    def close(self) -> None:
+        """Close the connection (the writer thread does, when it stops)."""
+
+
+_NO_CONTEXT = contextvars.Context()
+"""What a job that has run keeps instead of its context (which may hold the store)."""
 
 
 class _Job:
@@ -71,10 +87,20 @@ def _settle(jobs: list[_Job]) -> None:
             future.set_result(job.result)
 
 
+def _spent(rows: Any) -> None:
+    raise RuntimeError("this SQLite job has already run")
+
+
 def _hand_back(jobs: list[_Job]) -> None:
-    """Settle `jobs` on their loops, one wake-up per loop."""
+    """Settle `jobs` on their loops, one wake-up per loop.
+
+    Each job lets go of its closure and context first: they may hold the store, and the thread that ran the job
+    still holds the job until it takes the next one, which would keep a store dropped meanwhile alive.
+    """
     by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
     for job in jobs:
+        job.body = _spent
+        job.context = _NO_CONTEXT
         by_loop.setdefault(job.loop, []).append(job)
     for loop, group in by_loop.items():
         try:
@@ -95,6 +121,7 @@ class _JobQueue:
         self._queue: SimpleQueue[_Job | None] = SimpleQueue()
         self._state = threading.Lock()
         self._open = True
+        self._threads: list[threading.Thread] = []
 
     async def _submit(self, body: Callable[[Any], T]) -> T:
         job = _Job(body, asyncio.get_running_loop())
@@ -105,14 +132,30 @@ class _JobQueue:
         result: T = await job.future
         return result
 
+    def _stop(self, wait: float | None) -> None:
+        """Take no more jobs; each thread ends after the jobs queued before it. Waits up to `wait` seconds (None:
+        without limit) for them, never for the calling thread itself. A second call returns at once."""
+        with self._state:
+            if not self._open:
+                return
+            self._open = False
+            for _ in self._threads:
+                self._queue.put(None)
+        deadline = None if wait is None else time.monotonic() + wait
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
 
 class GroupWriter(_JobQueue, Generic[R]):
     """The writer thread: runs write closures on `rows` (its connection), committing queued ones together.
 
     Args:
-        rows: the transaction object the closures get; only this thread uses its connection.
+        rows: the transaction object the closures get; only this thread uses its connection, and closes it when
+            it stops.
         on_commit: called after each committed write with what it collected, in commit order, before its caller
-            gets the result.
+            gets the result. It must not hold the store strongly (the thread holds it), or an unclosed store is
+            never collected.
         name: the database, for messages.
     """
 
@@ -125,6 +168,7 @@ class GroupWriter(_JobQueue, Generic[R]):
         self.writes = 0
         """Writes committed so far: `writes / commits` is the mean group size."""
         self._thread = threading.Thread(target=self._serve, name="agl-sqlite-writer", daemon=True)
+        self._threads = [self._thread]
         self._thread.start()
 
     async def run(self, body: Callable[[R], T]) -> T:
@@ -137,43 +181,47 @@ class GroupWriter(_JobQueue, Generic[R]):
         return self._queue.qsize()
 
     def close(self) -> None:
-        """Finish the writes already queued, then stop the thread (the caller closes the connection)."""
-        with self._state:
-            if not self._open:
-                return
-            self._open = False
-            self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        """Finish the writes already queued, then stop the thread, which closes the connection."""
+        self._stop(wait=None)
 
     # -- the thread ------------------------------------------------------------------------------------------------
     def _serve(self) -> None:
-        queue = self._queue
-        while True:
-            first = queue.get()
-            if first is None:
-                return
-            group = [first]
-            stop = False
-            while len(group) < GROUP_MAX:
-                try:
-                    job = queue.get_nowait()
-                except Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                group.append(job)
+        try:
+            while self._serve_group():
+                pass
+        finally:
+            rows: Any = self._rows
             try:
-                self._commit(group)
-            except BaseException as exc:  # never leave a caller waiting, whatever went wrong
-                logger.exception("SQLite writer failed on a group of %d writes", len(group))
-                for job in group:
-                    if job.error is None:
-                        job.error = exc
-                _hand_back(group)
-            if stop:
-                return
+                rows.close()
+            except Exception:
+                logger.exception("could not close the SQLite write connection to %s", self._name)
+
+    def _serve_group(self) -> bool:
+        """Wait for writes and commit them as one group; False once told to stop."""
+        queue = self._queue
+        first = queue.get()
+        if first is None:
+            return False
+        group = [first]
+        stop = False
+        while len(group) < GROUP_MAX:
+            try:
+                job = queue.get_nowait()
+            except Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            group.append(job)
+        try:
+            self._commit(group)
+        except BaseException as exc:  # never leave a caller waiting, whatever went wrong
+            logger.exception("SQLite writer failed on a group of %d writes", len(group))
+            for job in group:
+                if job.error is None:
+                    job.error = exc
+            _hand_back(group)
+        return not stop
 
     def _commit(self, group: list[_Job]) -> None:
         rows: Any = self._rows
@@ -240,7 +288,8 @@ class ReaderPool(_JobQueue, Generic[R]):
     """Reader threads, each with its own read connection (from `open_rows`), running read closures.
 
     Args:
-        open_rows: a transaction object over a new read connection, called once per thread.
+        open_rows: a transaction object over a new read connection, called once per thread. It must not hold the
+            store strongly (the threads hold it), or an unclosed store is never collected.
         threads: how many reads may run at once.
         name: the database, for messages.
     """
@@ -248,7 +297,6 @@ class ReaderPool(_JobQueue, Generic[R]):
     def __init__(self, open_rows: Callable[[], R], threads: int, name: str) -> None:
         super().__init__(name)
         self._open_rows = open_rows
-        self._connections: list[sqlite3.Connection] = []
         self._threads = [
             threading.Thread(target=self._serve, name=f"agl-sqlite-reader-{i}", daemon=True) for i in range(threads)
         ]
@@ -261,15 +309,7 @@ class ReaderPool(_JobQueue, Generic[R]):
 
     def close(self) -> None:
         """Finish the reads already queued, stop the threads and close their connections."""
-        with self._state:
-            if not self._open:
-                return
-            self._open = False
-            for _ in self._threads:
-                self._queue.put(None)
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        self._stop(wait=None)
 
     def _serve(self) -> None:
         rows: Any = None
@@ -295,3 +335,16 @@ class ReaderPool(_JobQueue, Generic[R]):
         finally:
             if db is not None:
                 db.close()
+
+
+def stop_unclosed(pools: Sequence[_JobQueue | None], owner_pid: int, wait: float = UNCLOSED_WAIT) -> None:
+    """Finalizer of a store garbage-collected (or still open at interpreter exit) without close(): stop its threads
+    in order, after the jobs already queued, each closing its connection; waits up to `wait` seconds in all.
+
+    Does nothing in a forked child (not `owner_pid`): the threads live in the parent only."""
+    if os.getpid() != owner_pid:
+        return
+    deadline = time.monotonic() + wait
+    for pool in pools:
+        if pool is not None:
+            pool._stop(max(0.0, deadline - time.monotonic()))

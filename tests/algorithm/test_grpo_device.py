@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 
 from agl.algorithm.grpo import GRPO, GRPOConfig, _Sample  # noqa: E402
 from agl.algorithm.grpo_checkpoint import clone_state_dict  # noqa: E402
-from agl.algorithm.grpo_math import group_advantages, pad_batch, response_logprobs  # noqa: E402
+from agl.algorithm.grpo_math import group_advantages, response_token_logprobs  # noqa: E402
 from agl.llm.device import DeviceError, model_device  # noqa: E402
 from agl.llm.server import ModelServer  # noqa: E402
 from tests.llm.tiny_model import tiny_model, tiny_tokenizer  # noqa: E402
@@ -34,18 +34,10 @@ def make_samples(model: Any, tokenizer: Any) -> list[_Sample]:
     for i, response in enumerate(responses):
         prompt_ids = tokenizer(prompts[i // 2])["input_ids"]
         response_ids = tokenizer(response)["input_ids"]
-        ids = torch.tensor([prompt_ids + response_ids])
         with torch.no_grad():
-            logp = response_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt_ids) :].tolist()
+            logp = response_token_logprobs(model, [prompt_ids], [response_ids], 0, device="cpu")[0][0].tolist()
         samples.append(_Sample(prompt_ids, response_ids, logp, float(i % 2), i // 2, f"r{i}"))
     return samples
-
-
-def test_pad_batch_builds_on_the_given_device() -> None:
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="meta")
-    assert {t.device.type for t in (ids, attention, mask)} == {"meta"}
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6]], pad_id=0, device="cpu")
-    assert ids.device.type == "cpu" and ids.tolist() == [[1, 2, 4], [3, 5, 6]]
 
 
 def test_update_step_on_cpu_makes_every_tensor_on_the_models_device() -> None:
@@ -134,3 +126,53 @@ def test_micro_batch_size_changes_memory_not_the_update() -> None:
     assert any(not torch.equal(start[name], weights_1[name]) for name in start)
     for name, tensor in weights_1.items():
         torch.testing.assert_close(tensor - start[name], weights_4[name] - start[name], atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_compute_runs_the_update_under_autocast_and_keeps_fp32_weights() -> None:
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(len(tokenizer))
+    config = GRPOConfig(device="cpu", compute_dtype="bfloat16", kl_coef=0.1, learning_rate=1e-2)
+    algorithm = GRPO(config, server=ModelServer(model, tokenizer))
+    samples = make_samples(model, tokenizer)
+    advantages = group_advantages([s.reward for s in samples], [s.group for s in samples])
+    reference = copy.deepcopy(model).eval()
+    autocast_on: list[bool] = []
+    handles = [
+        m.register_forward_pre_hook(lambda *_: autocast_on.append(torch.is_autocast_enabled("cpu")))
+        for m in (model, reference)
+    ]
+    before = clone_state_dict(model)
+    try:
+        stats = algorithm._update(samples, advantages, model, torch.optim.AdamW(model.parameters(), lr=1e-2), reference)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert autocast_on and all(autocast_on)  # the policy's and the reference's passes
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-3)
+    after = clone_state_dict(model)
+    assert all(t.dtype == torch.float32 for t in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_grpo_refuses_an_unknown_compute_dtype_before_loading() -> None:
+    algorithm = GRPO(GRPOConfig(device="cpu", compute_dtype="int4"), model="/no/such/model")
+    with pytest.raises(DeviceError, match=re.escape("GRPOConfig.compute_dtype='int4'")):
+        asyncio.run(algorithm.run([{"a": 1, "b": 2}]))
+
+
+def test_the_order_of_samples_does_not_change_the_update() -> None:
+    """Samples are regrouped by prompt for the update; each keeps its own advantage."""
+    tokenizer = tiny_tokenizer()
+    results = []
+    for order in ([0, 1, 2, 3], [3, 0, 2, 1]):
+        model = tiny_model(len(tokenizer))
+        algorithm = GRPO(
+            GRPOConfig(device="cpu", micro_batch_size=2, max_grad_norm=1e9), server=ModelServer(model, tokenizer)
+        )
+        samples = make_samples(model, tokenizer)
+        advantages = torch.tensor([0.5, -1.0, 2.0, -0.25])  # all different: a mix-up would show
+        shuffled = [samples[i] for i in order]
+        algorithm._update(shuffled, advantages[order], model, torch.optim.SGD(model.parameters(), lr=1.0), None)
+        results.append(clone_state_dict(model))
+    for name, tensor in results[0].items():
+        torch.testing.assert_close(tensor, results[1][name], atol=1e-6, rtol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from agl.algorithm.grpo_math import group_advantages, grpo_loss, pad_batch, response_logprobs  # noqa: E402
+from agl.algorithm.grpo_math import group_advantages, grpo_loss, response_token_logprobs  # noqa: E402
 
 
 def test_group_advantages_normalise_within_each_group() -> None:
@@ -19,36 +19,6 @@ def test_group_advantages_normalise_within_each_group() -> None:
     assert torch.equal(group_advantages([3.0], ["solo"]), torch.zeros(1))
     with pytest.raises(ValueError, match="same length"):
         group_advantages([1.0], [])
-
-
-def test_pad_batch_marks_response_tokens() -> None:
-    ids, attention, mask = pad_batch([[1, 2], [3]], [[4], [5, 6, 7]], pad_id=0, device="cpu")
-    assert ids.tolist() == [[1, 2, 4, 0], [3, 5, 6, 7]]
-    assert attention.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
-    assert mask.tolist() == [[False, False, True, False], [False, True, True, True]]
-
-
-class _Bigram(torch.nn.Module):
-    """A tiny model whose logits at each position depend on the current token only."""
-
-    def __init__(self, vocab: int = 5) -> None:
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.randn(vocab, vocab))
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
-        class Out:
-            logits = self.table[input_ids]
-
-        return Out()
-
-
-def test_response_logprobs_match_a_manual_log_softmax() -> None:
-    torch.manual_seed(0)
-    model = _Bigram()
-    ids = torch.tensor([[1, 3, 2]])
-    logp = response_logprobs(model, ids, torch.ones_like(ids))
-    expected = [0.0] + [float(torch.log_softmax(model.table[ids[0, t - 1]], dim=-1)[ids[0, t]]) for t in (1, 2)]
-    assert torch.allclose(logp[0], torch.tensor(expected), atol=1e-6)
 
 
 def test_loss_equals_minus_advantage_when_policies_agree() -> None:
@@ -76,18 +46,21 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region() -> None:
 
 
 def test_positive_advantage_pushes_the_token_probability_up() -> None:
+    pytest.importorskip("transformers")
+    from tests.llm.tiny_model import tiny_model
+
     torch.manual_seed(0)
-    model = _Bigram()
-    ids, attention, mask = pad_batch([[1]], [[3]], pad_id=0, device="cpu")
-    before = float(response_logprobs(model, ids, attention)[0, 1])
+    model = tiny_model(50)
+    prompt, response = [[1, 2]], [[3]]
+    before = float(response_token_logprobs(model, prompt, response, 0, device="cpu")[0][0, 0])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(5):
-        new = response_logprobs(model, ids, attention)
+        new, mask = response_token_logprobs(model, prompt, response, 0, device="cpu")
         loss, _ = grpo_loss(new, new.detach(), torch.tensor([1.0]), mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(response_logprobs(model, ids, attention)[0, 1]) > before
+    assert float(response_token_logprobs(model, prompt, response, 0, device="cpu")[0][0, 0]) > before
 
 
 def test_kl_term_is_zero_at_the_reference_and_positive_away_from_it() -> None:

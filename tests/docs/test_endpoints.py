@@ -1,30 +1,19 @@
 """docs/endpoints.md: the proxy in front of an endpoint records every call; token ids only when the endpoint gives
 them, and what works without them. The endpoint is a real HTTP server on 127.0.0.1 that returns token ids only when
-a request asks with `return_token_ids` (tests/llm/test_proxy.py's Backend)."""
+a request asks with `return_token_ids` (tests/llm/backend.py, the `llm_backend` fixture)."""
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import agl
-from tests.llm.test_proxy import Backend, prompt_ids, reply_ids, reply_text
+from tests.llm.backend import Backend, prompt_ids, reply_ids, reply_text
 
 openai = pytest.importorskip("openai")
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Backend]:
-    server = Backend()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @agl.rollout
@@ -86,14 +75,14 @@ def run(endpoint: Backend, callbacks: list[str] | None) -> list[list[agl.Span]]:
     return collected
 
 
-def test_an_endpoint_that_returns_token_ids_gives_training_triplets(endpoint: Backend) -> None:
-    spans = run(endpoint, callbacks=None)
+def test_an_endpoint_that_returns_token_ids_gives_training_triplets(llm_backend: Backend) -> None:
+    spans = run(llm_backend, callbacks=None)
     assert len(spans) == 2
-    sent = endpoint.requests
+    sent = llm_backend.requests
     assert len(sent) == 2
     assert all(r["return_token_ids"] is True and r["logprobs"] is True for r in sent), "the proxy asked for both"
     assert all(r["model"] == "tiny-backend" for r in sent), "the provider prefix is stripped"
-    assert {h["authorization"] for h in endpoint.headers} == {"Bearer secret"}, "api_key read from the environment"
+    assert {h["authorization"] for h in llm_backend.headers} == {"Bearer secret"}, "api_key read from the environment"
     for rollout_spans, question in zip(spans, ["hello there", "what now"], strict=True):
         (triplet,) = agl.LlmProxyTraceToTriplet().adapt(rollout_spans)
         body = {"messages": [{"role": "user", "content": question}]}
@@ -102,9 +91,9 @@ def test_an_endpoint_that_returns_token_ids_gives_training_triplets(endpoint: Ba
         assert triplet.reward == 1.0
 
 
-def test_without_token_ids_calls_are_still_recorded_as_conversations_but_give_no_triplets(endpoint: Backend) -> None:
-    spans = run(endpoint, callbacks=["opentelemetry"])
-    sent = endpoint.requests
+def test_without_token_ids_calls_are_still_recorded_as_conversations_but_give_no_triplets(llm_backend: Backend) -> None:
+    spans = run(llm_backend, callbacks=["opentelemetry"])
+    sent = llm_backend.requests
     assert len(sent) == 2 and all("return_token_ids" not in r and "logprobs" not in r for r in sent), (
         "forwarded as written"
     )

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 import torch
 
-from agl.llm.device import DeviceError, default_dtype, model_device, resolve_device, resolve_dtype
+from agl.llm.device import DeviceError, compute_context, default_dtype, model_device, resolve_device, resolve_dtype
 from agl.llm.engine import GenerationEngine, GenerationRequest, SequenceEvent, left_padded_batch
 from agl.llm.model import load_model
 from agl.llm.sampling import SamplingParams
@@ -182,3 +182,35 @@ def test_engine_makes_every_tensor_on_the_models_device(model: Any, tokenizer: A
     finished = [e for e in events if e.finish_reason is not None]
     assert sorted(e.finish_reason for e in finished) == ["length"] * 3, [e.error for e in finished]
     assert all(isinstance(lp, float) for e in events for lp in e.logprobs)
+
+
+def test_compute_context_runs_products_in_the_compute_dtype_and_keeps_the_weights() -> None:
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with compute_context(torch.bfloat16, torch.device("cpu")):
+        assert layer(x).dtype == torch.bfloat16
+    for plain in (None, torch.float32):
+        with compute_context(plain, torch.device("cpu")):
+            assert layer(x).dtype == torch.float32
+    assert layer.weight.dtype == torch.float32
+
+
+def test_engine_generates_with_bf16_products_close_to_fp32(model: Any, tokenizer: Any) -> None:
+    prompt = tokenizer("What is 12 + 7?")["input_ids"]
+    results: dict[str, list[SequenceEvent]] = {}
+    for name, compute in (("fp32", None), ("bf16", torch.bfloat16)):
+        engine = GenerationEngine(model, tokenizer, compute_dtype=compute)
+        autocast_on: list[bool] = []
+        handle = model.register_forward_pre_hook(
+            lambda *_, seen=autocast_on: seen.append(torch.is_autocast_enabled("cpu"))
+        )
+        events: list[SequenceEvent] = []
+        try:
+            engine._generate([GenerationRequest(prompt, SamplingParams(max_tokens=1, temperature=0), events.extend)])
+        finally:
+            handle.remove()
+        assert autocast_on == [compute is not None]
+        assert model.lm_head.weight.dtype == torch.float32
+        results[name] = events
+    assert results["bf16"][0].token_ids == results["fp32"][0].token_ids
+    assert results["bf16"][0].logprobs == pytest.approx(results["fp32"][0].logprobs, abs=0.1)

@@ -166,6 +166,29 @@ def test_left_padded_batch_matches_direct_forward_passes(model: Any, tokenizer: 
         engine.stop()
 
 
+def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_results(model: Any, tokenizer: Any) -> None:
+    engine = GenerationEngine(model, tokenizer, batch_window=0.5)
+    engine.start()
+    try:
+        prefix = tokenizer("You are a careful assistant. Answer briefly and exactly, with one number.")["input_ids"]
+        tails = [tokenizer(q)["input_ids"] for q in (" 3 + 4?", " What is twelve times eleven, please?", " 9?")]
+        params = SamplingParams(max_tokens=10, temperature=1.0, seed=4, ignore_eos=True)
+        prompts = [prefix + tail for tail in tails]
+        results = run_engine(engine, [(p, params, 1) for p in prompts])
+        assert engine.stats.batches == 1
+        # The prefix was prefilled once instead of three times.
+        assert engine.stats.shared_prompt_tokens == 2 * len(prefix)
+        for prompt, [sample] in zip(prompts, results, strict=True):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + sample["ids"]])).logits[0]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            expected = [float(logprobs[len(prompt) - 1 + j, t]) for j, t in enumerate(sample["ids"])]
+            assert sample["lps"] == pytest.approx(expected, abs=1e-4)
+            assert run_engine(engine, [(prompt, params, 1)])[0][0]["ids"] == sample["ids"]
+    finally:
+        engine.stop()
+
+
 def test_sequences_leaving_the_batch_early_do_not_disturb_the_rest(model: Any, tokenizer: Any) -> None:
     engine = GenerationEngine(model, tokenizer, batch_window=0.5)
     engine.start()

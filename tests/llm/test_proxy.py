@@ -1,224 +1,36 @@
-"""LLMProxy against a real OpenAI-compatible backend (a small Starlette server in this module), a real
+"""LLMProxy against a real OpenAI-compatible backend (tests/llm/backend.py, the `llm_backend` fixture), a real
 InMemoryLightningStore and the real `openai` client (httpx where the client cannot express the request)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from agl import semconv
 from agl.adapter.messages import TraceToMessages
 from agl.adapter.triplet import LlmProxyTraceToTriplet, TracerTraceToTriplet
-from agl.asgi_serving import AsgiServer
 from agl.llm.proxy import LLMProxy, get_active_llm_proxy, parse_model_list
 from agl.llm.proxy_trace import CHOICE_COUNT, CHOICE_INDEX, WEIGHTS_VERSION, SSEParser
 from agl.store.base import LightningStore, LightningStoreCapabilities
 from agl.store.memory import InMemoryLightningStore
 from agl.types.resources import LLM, ProxyLLM
 from agl.types.tracer import Span
+from tests.llm.backend import Backend, prompt_ids, reply_ids, reply_logprobs, reply_text
 
 openai = pytest.importorskip("openai")
-
-# -- a deterministic OpenAI-compatible backend ---------------------------------------------------------------------
-
-
-def _prompt_text(body: dict[str, Any]) -> str:
-    if "messages" in body:
-        return "|".join(str(m.get("content")) for m in body["messages"])
-    return str(body.get("prompt"))
-
-
-def prompt_ids(body: dict[str, Any]) -> list[int]:
-    """The backend's 'tokenization' of a prompt: one id per character (first 24)."""
-    return [ord(c) for c in _prompt_text(body)[:24]]
-
-
-def reply_text(body: dict[str, Any], index: int) -> str:
-    last = body["messages"][-1]["content"] if "messages" in body else str(body.get("prompt"))
-    return f"re:{last[:6]}" + (f"#{index}" if index else "")
-
-
-def reply_ids(text: str) -> list[int]:
-    return [1000 + ord(c) for c in text]
-
-
-def reply_logprobs(text: str) -> list[float]:
-    return [-round(0.05 * (k + 1), 4) for k in range(len(text))]
-
-
-class Backend:
-    """A tiny vLLM-like server: token ids only with `return_token_ids`, logprobs only when asked.
-
-    Backend model names select behaviours: `fail-400` / `fail-503` answer that status; `cut` streams two
-    chunks and then drops the connection.
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.port = 0
-        self._server: AsgiServer | None = None
-
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self.completions, methods=["POST"]),
-                Route("/v1/completions", self.completions, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-            ]
-        )
-
-    async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
-
-    async def embeddings(self, request: Request) -> Response:
-        body = await request.json()
-        self.requests.append(body)
-        return JSONResponse(
-            {"object": "list", "data": [{"embedding": [0.5, 0.25], "index": 0}], "model": body["model"]}
-        )
-
-    async def completions(self, request: Request) -> Response:
-        body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        chat = request.url.path.endswith("/chat/completions")
-        model = body["model"]
-        if model.startswith("fail-"):
-            status = int(model.split("-")[1])
-            return JSONResponse({"error": {"message": f"backend failure {status}", "code": status}}, status)
-        n = int(body.get("n") or 1)
-        if body.get("stream"):
-            return StreamingResponse(self._stream(body, chat, n), media_type="text/event-stream")
-        choices = []
-        for i in range(n):
-            text = reply_text(body, i)
-            choice: dict[str, Any] = {"index": i, "finish_reason": "stop"}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            if body.get("return_token_ids"):
-                choice["token_ids"] = reply_ids(text)
-            if body.get("logprobs"):
-                choice["logprobs"] = self._logprobs(text, chat)
-            choices.append(choice)
-        answer: dict[str, Any] = {
-            "id": f"cmpl-{len(self.requests)}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": 1,
-            "model": model,
-            "choices": choices,
-            "weights_version": 3,
-            "usage": {
-                "prompt_tokens": len(prompt_ids(body)),
-                "completion_tokens": sum(len(reply_text(body, i)) for i in range(n)),
-                "total_tokens": 0,
-            },
-        }
-        if body.get("return_token_ids"):
-            answer["prompt_token_ids"] = prompt_ids(body)
-        return JSONResponse(answer)
-
-    @staticmethod
-    def _logprobs(text: str, chat: bool) -> dict[str, Any]:
-        values = reply_logprobs(text)
-        if chat:
-            return {
-                "content": [
-                    {"token": c, "logprob": v, "bytes": [ord(c)], "top_logprobs": []}
-                    for c, v in zip(text, values, strict=True)
-                ]
-            }
-        return {"tokens": list(text), "token_logprobs": values, "top_logprobs": None, "text_offset": []}
-
-    async def _stream(self, body: dict[str, Any], chat: bool, n: int) -> AsyncIterator[bytes]:
-        ident = f"cmpl-{len(self.requests)}"
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            payload = {"id": ident, "object": kind, "created": 1, "model": body["model"], "choices": choices, **extra}
-            return b"data: " + json.dumps(payload).encode() + b"\r\n\r\n"  # CRLF, as some servers send
-
-        head: dict[str, Any] = {}
-        if body.get("return_token_ids"):
-            head["prompt_token_ids"] = prompt_ids(body)
-        if chat:
-            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(n)], **head)
-        texts = [reply_text(body, i) for i in range(n)]
-        for k in range(max(len(t) for t in texts)):
-            if body["model"] == "cut" and k == 2:
-                raise RuntimeError("backend dies mid-stream")
-            for i, text in enumerate(texts):
-                if k >= len(text):
-                    continue
-                piece: dict[str, Any] = {"index": i, "finish_reason": None}
-                if chat:
-                    piece["delta"] = {"content": text[k]}
-                else:
-                    piece["text"] = text[k]
-                if body.get("return_token_ids"):
-                    piece["token_ids"] = [reply_ids(text)[k]]
-                if body.get("logprobs"):
-                    lp = reply_logprobs(text)[k]
-                    piece["logprobs"] = (
-                        {"content": [{"token": text[k], "logprob": lp, "bytes": [], "top_logprobs": []}]}
-                        if chat
-                        else {"tokens": [text[k]], "token_logprobs": [lp]}
-                    )
-                extra = head if (not chat and k == 0) else {}
-                yield event([piece], **extra)
-                await asyncio.sleep(0.05 if body["model"] == "slow" else 0)
-        finals = [
-            {"index": i, "finish_reason": "stop", "weights_version": 3, **({"delta": {}} if chat else {"text": ""})}
-            for i in range(n)
-        ]
-        yield event(finals)
-        yield b"data: [DONE]\r\n\r\n"
-
-    def start(self) -> None:
-        server = AsgiServer(self.app(), port=0, name="fake LLM backend", log_level="error", timeout_graceful_shutdown=1)
-        server.start()
-        self.port = server.port
-        self._server = server
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            assert not self._server.is_running
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = Backend()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def model_list(backend: Backend) -> list[dict[str, Any]]:
@@ -244,8 +56,8 @@ async def store() -> InMemoryLightningStore:
 
 
 @pytest.fixture
-async def proxy(backend: Backend, store: InMemoryLightningStore) -> AsyncIterator[LLMProxy]:
-    llm_proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=store)
+async def proxy(llm_backend: Backend, store: InMemoryLightningStore) -> AsyncIterator[LLMProxy]:
+    llm_proxy = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend), store=store)
     await llm_proxy.start()
     try:
         yield llm_proxy
@@ -279,17 +91,17 @@ CHAT_PROMPT = {"messages": MESSAGES}
 
 
 async def test_non_streaming_chat_is_recorded_with_token_ids_and_genai_attributes(
-    proxy: LLMProxy, store: InMemoryLightningStore, backend: Backend
+    proxy: LLMProxy, store: InMemoryLightningStore, llm_backend: Backend
 ) -> None:
     rid, aid = await new_attempt(store)
     async with client_for(proxy, rid, aid) as client:
         answer = await client.chat.completions.create(model="tiny", messages=MESSAGES, temperature=0.5, max_tokens=7)
     assert answer.choices[0].message.content == "re:hello "
     # The backend was asked for token ids and logprobs, under its own model name, with the tagging headers.
-    sent = backend.requests[-1]
+    sent = llm_backend.requests[-1]
     assert sent["model"] == "tiny-backend" and sent["return_token_ids"] is True and sent["logprobs"] is True
-    assert backend.headers[-1]["authorization"] == "Bearer k"
-    assert backend.headers[-1]["x-rollout-id"] == rid and backend.headers[-1]["x-sequence-id"] == "1"
+    assert llm_backend.headers[-1]["authorization"] == "Bearer k"
+    assert llm_backend.headers[-1]["x-rollout-id"] == rid and llm_backend.headers[-1]["x-sequence-id"] == "1"
 
     (span,) = await spans_of(store, rid)
     attrs = span.attributes
@@ -475,11 +287,11 @@ async def test_unreachable_backend_gives_502_naming_it(proxy: LLMProxy, store: I
     assert span.attributes["http.response.status_code"] == 502
 
 
-async def test_retries_move_to_the_next_deployment(backend: Backend, store: InMemoryLightningStore) -> None:
+async def test_retries_move_to_the_next_deployment(llm_backend: Backend, store: InMemoryLightningStore) -> None:
     dead = f"http://127.0.0.1:{_free_port()}/v1"
     entries = [
         {"model_name": "tiny", "litellm_params": {"model": "hosted_vllm/tiny-backend", "api_base": base}}
-        for base in (dead, backend.api_base)
+        for base in (dead, llm_backend.api_base)
     ]
     proxy = LLMProxy(host="127.0.0.1", model_list=entries, store=store, num_retries=1)
     await proxy.start()
@@ -492,7 +304,7 @@ async def test_retries_move_to_the_next_deployment(backend: Backend, store: InMe
         await proxy.stop()
     spans = await spans_of(store, rid)
     assert [s.status.status_code for s in spans] == ["OK", "OK"]
-    assert {s.attributes["agentlightning.llm_proxy.backend"] for s in spans} == {backend.api_base}
+    assert {s.attributes["agentlightning.llm_proxy.backend"] for s in spans} == {llm_backend.api_base}
 
 
 async def test_stream_breaking_off_is_recorded_as_error(proxy: LLMProxy, store: InMemoryLightningStore) -> None:
@@ -559,7 +371,7 @@ async def test_bad_json_is_400(proxy: LLMProxy, store: InMemoryLightningStore) -
 
 
 async def test_untagged_path_is_proxied_without_spans(
-    proxy: LLMProxy, store: InMemoryLightningStore, backend: Backend
+    proxy: LLMProxy, store: InMemoryLightningStore, llm_backend: Backend
 ) -> None:
     rid, _ = await new_attempt(store)
     resource = proxy.as_resource(model="tiny")
@@ -572,7 +384,7 @@ async def test_untagged_path_is_proxied_without_spans(
         embedding = await client.embeddings.create(model="tiny", input="hi")
     assert answer.choices[0].message.content == reply_text(CHAT_PROMPT, 0)
     assert [m.id for m in models.data] == ["tiny", "broken400", "broken503", "cut", "slow", "down"]
-    assert embedding.data[0].embedding == [0.5, 0.25] and backend.requests[-1]["model"] == "tiny-backend"
+    assert embedding.data[0].embedding == [0.5, 0.25] and llm_backend.requests[-1]["model"] == "tiny-backend"
     assert await spans_of(store, rid) == []
     assert (await store.statistics()).get("total_spans", 0) == 0
 
@@ -642,8 +454,8 @@ async def test_llm_proxy_trace_to_triplet_n_choices(proxy: LLMProxy, store: InMe
 # -- configuration and lifecycle ------------------------------------------------------------------------------------
 
 
-async def test_as_resource_shapes(backend: Backend) -> None:
-    one = LLMProxy(host="127.0.0.1", port=4321, model_list=model_list(backend)[:1])
+async def test_as_resource_shapes(llm_backend: Backend) -> None:
+    one = LLMProxy(host="127.0.0.1", port=4321, model_list=model_list(llm_backend)[:1])
     resource = one.as_resource(sampling_parameters={"temperature": 0.7})
     assert isinstance(resource, ProxyLLM) and resource.model == "tiny"
     assert resource.get_base_url() == "http://127.0.0.1:4321"
@@ -653,14 +465,14 @@ async def test_as_resource_shapes(backend: Backend) -> None:
     assert type(tagged) is LLM and tagged.endpoint == "http://127.0.0.1:4321/rollout/r/attempt/a"
     with pytest.raises(ValueError, match="both"):
         one.as_resource("r")
-    many = LLMProxy(host="127.0.0.1", model_list=model_list(backend))
+    many = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend))
     with pytest.raises(ValueError, match="cannot infer the model"):
         many.as_resource()
     assert many.as_resource(model="cut").model == "cut"
 
 
-async def test_start_needs_a_store_with_fitting_capabilities(backend: Backend) -> None:
-    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend))
+async def test_start_needs_a_store_with_fitting_capabilities(llm_backend: Backend) -> None:
+    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend))
     with pytest.raises(ValueError, match="needs a store"):
         await proxy.start()
 
@@ -672,13 +484,15 @@ async def test_start_needs_a_store_with_fitting_capabilities(backend: Backend) -
     proxy.set_store(Unsafe())
     with pytest.raises(RuntimeError, match="thread_safe"):
         await proxy.start()
-    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=InMemoryLightningStore(), launch_mode="mp")
+    proxy = LLMProxy(
+        host="127.0.0.1", model_list=model_list(llm_backend), store=InMemoryLightningStore(), launch_mode="mp"
+    )
     with pytest.raises(RuntimeError, match="zero_copy"):
         await proxy.start()
     assert not proxy.is_running()
 
 
-def test_constructor_validation(backend: Backend) -> None:
+def test_constructor_validation(llm_backend: Backend) -> None:
     with pytest.raises(ValueError, match="launcher_args cannot set port"):
         LLMProxy(launcher_args={"port": 1})
     with pytest.raises(ValueError, match="unknown callback"):
@@ -699,8 +513,10 @@ def test_constructor_validation(backend: Backend) -> None:
     assert routes["b"][0].provider == "openai" and routes["b"][0].api_base == "https://api.openai.com/v1"
 
 
-async def test_lifecycle_restart_keeps_port_and_asyncio_mode(backend: Backend, store: InMemoryLightningStore) -> None:
-    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=store, launch_mode="asyncio")
+async def test_lifecycle_restart_keeps_port_and_asyncio_mode(
+    llm_backend: Backend, store: InMemoryLightningStore
+) -> None:
+    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend), store=store, launch_mode="asyncio")
     assert not proxy.is_running()
     await proxy.start()
     try:
@@ -712,7 +528,7 @@ async def test_lifecycle_restart_keeps_port_and_asyncio_mode(backend: Backend, s
         async with client_for(proxy, rid, aid) as client:
             await client.chat.completions.create(model="tiny", messages=MESSAGES)
         assert len(await spans_of(store, rid)) == 1
-        proxy.update_model_list(model_list(backend)[:1])  # takes effect on the running proxy
+        proxy.update_model_list(model_list(llm_backend)[:1])  # takes effect on the running proxy
         async with client_for(proxy, rid, aid) as client:
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="cut", messages=MESSAGES)
@@ -722,10 +538,10 @@ async def test_lifecycle_restart_keeps_port_and_asyncio_mode(backend: Backend, s
     await proxy.stop()  # a warning, no error
 
 
-async def test_stream_conversion_replays_a_whole_answer(backend: Backend, store: InMemoryLightningStore) -> None:
+async def test_stream_conversion_replays_a_whole_answer(llm_backend: Backend, store: InMemoryLightningStore) -> None:
     proxy = LLMProxy(
         host="127.0.0.1",
-        model_list=model_list(backend),
+        model_list=model_list(llm_backend),
         store=store,
         middlewares=["rollout_attempt", "stream_conversion"],
     )
@@ -739,7 +555,7 @@ async def test_stream_conversion_replays_a_whole_answer(backend: Backend, store:
                     texts[choice.index] += choice.delta.content or ""
     finally:
         await proxy.stop()
-    assert backend.requests[-1]["stream"] is False
+    assert llm_backend.requests[-1]["stream"] is False
     assert texts == [reply_text(CHAT_PROMPT, i) for i in range(2)]
     spans = await spans_of(store, rid)
     assert sorted(s.attributes["response_token_ids"] for s in spans) == sorted(
@@ -747,8 +563,10 @@ async def test_stream_conversion_replays_a_whole_answer(backend: Backend, store:
     )
 
 
-async def test_callbacks_can_turn_off_token_ids_and_recording(backend: Backend, store: InMemoryLightningStore) -> None:
-    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=store, callbacks=[])
+async def test_callbacks_can_turn_off_token_ids_and_recording(
+    llm_backend: Backend, store: InMemoryLightningStore
+) -> None:
+    proxy = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend), store=store, callbacks=[])
     await proxy.start()
     try:
         rid, aid = await new_attempt(store)
@@ -756,7 +574,7 @@ async def test_callbacks_can_turn_off_token_ids_and_recording(backend: Backend, 
             await client.chat.completions.create(model="tiny", messages=MESSAGES)
     finally:
         await proxy.stop()
-    assert "return_token_ids" not in backend.requests[-1] and "logprobs" not in backend.requests[-1]
+    assert "return_token_ids" not in llm_backend.requests[-1] and "logprobs" not in llm_backend.requests[-1]
     assert await spans_of(store, rid) == []
 
 
@@ -774,13 +592,13 @@ def test_sse_parser_splits_across_chunk_boundaries() -> None:
     assert b"".join(raw for raw, _ in events) == stream
 
 
-async def test_mp_mode_records_through_a_store_server(backend: Backend) -> None:
+async def test_mp_mode_records_through_a_store_server(llm_backend: Backend) -> None:
     from agl.store.server import LightningStoreServer
 
     server = LightningStoreServer(InMemoryLightningStore(), host="127.0.0.1", port=0)
     await server.start_async()
     try:
-        proxy = LLMProxy(host="127.0.0.1", model_list=model_list(backend), store=server, launch_mode="mp")
+        proxy = LLMProxy(host="127.0.0.1", model_list=model_list(llm_backend), store=server, launch_mode="mp")
         await proxy.start()
         try:
             assert proxy.is_running()

@@ -4,6 +4,10 @@ their own connections, and neither a long query nor a long commit holding up oth
 from __future__ import annotations
 
 import asyncio
+import gc
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -212,3 +216,57 @@ async def test_a_reader_is_not_held_up_by_a_long_write_and_its_commit(store: Sql
     latencies = sorted(e - s for s, e in during)
     assert latencies[len(latencies) // 2] < took / 5, (took, latencies[len(latencies) // 2])
     assert (await store.statistics())["total_rollouts"] == 6_001
+
+
+def _sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("agl-sqlite-")]
+
+
+async def _use_and_drop(path: Path) -> None:
+    """Open a store on `path`, write and read through it (so the writer and the readers have connections), and drop
+    it without close()."""
+    dropped = SqliteLightningStore(path, scan_debounce_seconds=3600)
+    rollout = await dropped.enqueue_rollout(input="unclosed")
+    assert await dropped.get_rollout_by_id(rollout.rollout_id) is not None
+    assert len(_sqlite_threads()) > 0
+
+
+async def test_stores_dropped_without_close_stop_their_threads_and_close_their_files(tmp_path: Path) -> None:
+    gc.collect()
+    baseline = {t.ident for t in _sqlite_threads()}
+    paths = [tmp_path / f"dropped-{i}.db" for i in range(3)]
+    for path in paths:
+        await _use_and_drop(path)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while {t.ident for t in _sqlite_threads()} - baseline and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    left = [t.name for t in _sqlite_threads() if t.ident not in baseline]
+    assert not left, f"threads of garbage-collected stores still run: {left}"
+    for path in paths:
+        # SQLite removes the WAL file when the last connection to the database closes.
+        assert not Path(f"{path}-wal").exists(), f"a connection to {path} was left open"
+        reopened = SqliteLightningStore(path)
+        try:
+            assert [r.input for r in await reopened.query_rollouts()] == ["unclosed"]
+        finally:
+            await reopened.close()
+
+
+def test_a_store_left_open_at_interpreter_exit_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "left-open.db"
+    script = (
+        "import asyncio, sys\n"
+        "from agl.store.sqlite import SqliteLightningStore\n"
+        "store = SqliteLightningStore(sys.argv[1])\n"
+        "asyncio.run(store.enqueue_rollout(input='at-exit'))\n"
+        "print('WROTE', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "WROTE" in done.stdout, done.stderr
+    assert not Path(f"{path}-wal").exists(), "the store's connections were left open at exit"
+    reopened = sqlite3.connect(path)
+    try:
+        assert reopened.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0] == 1
+    finally:
+        reopened.close()

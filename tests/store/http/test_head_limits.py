@@ -73,14 +73,18 @@ def _answer(sock: socket.socket) -> tuple[int, bytes, bool]:
     return status, answer, _closed(sock)
 
 
-def _exchange(port: int, raw: bytes) -> tuple[int, bytes, bool, float]:
-    """Send `raw` on a new connection: (status, answer, closed after it, seconds until the answer arrived)."""
+def _exchange(port: int, raw: bytes, see_close: bool = True) -> tuple[int, bytes, bool, float]:
+    """Send `raw` on a new connection: (status, answer, closed after it, seconds until the answer arrived).
+
+    `see_close=False` skips the wait for the server to close (2 s on a kept-alive connection) for callers that do not
+    look at it; "closed" is then False.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         start = time.perf_counter()
         sock.sendall(raw)
         status, answer = _read_answer(sock)
         seconds = time.perf_counter() - start
-        return status, answer, _closed(sock), seconds
+        return status, answer, _closed(sock) if see_close else False, seconds
 
 
 def _get(path: str, headers: dict[str, str]) -> bytes:
@@ -89,7 +93,7 @@ def _get(path: str, headers: dict[str, str]) -> bytes:
 
 
 def _healthy(port: int) -> bool:
-    status, _, _, _ = _exchange(port, _get("/v1/agl/health", {}))
+    status, _, _, _ = _exchange(port, _get("/v1/agl/health", {}), see_close=False)
     return status == 200
 
 
@@ -105,7 +109,7 @@ def test_headers_over_the_size_limit_are_431_and_close(limited: LightningStoreSe
     status, answer, closed, _ = _exchange(limited.port, _get("/v1/agl/statistics", {"x-big": "v" * 5000}))
     assert status == 431 and b"max_header_bytes" in answer and closed
     # Just within: the same request with a smaller header is served.
-    status, _, _, _ = _exchange(limited.port, _get("/v1/agl/statistics", {"x-big": "v" * 3000}))
+    status, _, _, _ = _exchange(limited.port, _get("/v1/agl/statistics", {"x-big": "v" * 3000}), see_close=False)
     assert status == 200
     assert _healthy(limited.port)
 
@@ -114,7 +118,9 @@ def test_too_many_headers_are_431(limited: LightningStoreServer) -> None:
     many = {f"x-h{i}": "1" for i in range(20)}  # 21 lines with host
     status, answer, closed, _ = _exchange(limited.port, _get("/v1/agl/statistics", many))
     assert status == 431 and b"max_header_count" in answer and closed
-    status, _, _, _ = _exchange(limited.port, _get("/v1/agl/statistics", {f"x-h{i}": "1" for i in range(19)}))
+    status, _, _, _ = _exchange(
+        limited.port, _get("/v1/agl/statistics", {f"x-h{i}": "1" for i in range(19)}), see_close=False
+    )
     assert status == 200
 
 
@@ -137,7 +143,9 @@ def test_a_one_mib_header_is_431_within_a_second(defaults: LightningStoreServer)
 
 
 def test_a_long_url_is_414(limited: LightningStoreServer) -> None:
-    status, answer, _, _ = _exchange(limited.port, _get("/v1/agl/rollouts?rollout_id_contains=" + "x" * 1100, {}))
+    status, answer, _, _ = _exchange(
+        limited.port, _get("/v1/agl/rollouts?rollout_id_contains=" + "x" * 1100, {}), see_close=False
+    )
     assert status == 414 and b"max_url_bytes" in answer
     # Beyond 64 KiB the HTTP server's URL parser (httptools) refuses the request line itself: 400 and close.
     huge = _get("/v1/agl/rollouts?rollout_id_contains=" + "x" * 2**20, {})

@@ -1,0 +1,81 @@
+"""Ends a child process soon after the process that started it is gone (killed by the OOM killer, `kill -9`, ...).
+
+A runner process started by a strategy has no one to report to once its parent has died: the store server lived
+in the parent (or the parent supervised it), so it would retry a dead address forever. The watch polls
+`os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a subreaper) on Linux
+and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = ["ORPHANED_EXIT_CODE", "watch_parent"]
+
+logger = logging.getLogger(__name__)
+
+ORPHANED_EXIT_CODE = 1
+"""The exit code of a child that had to be ended hard after its parent died (nobody reads it: the parent is gone)."""
+
+
+def _flush() -> None:
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, grace: float = 3.0) -> threading.Thread:
+    """Start a daemon thread that stops this process once its parent has died.
+
+    The stop is that of Ctrl+C (SIGINT to the main thread, so the work is cancelled and cleaned up); if the process
+    is still alive `grace` seconds later, it exits at once with `ORPHANED_EXIT_CODE`.
+
+    Args:
+        name: how log lines name this process (e.g. `runner-0`).
+        parent_pid: the pid of the process that started this one, when known; it also catches a parent that died
+            before the watch started. None takes the parent at the time of the call.
+        poll: seconds between checks.
+        grace: seconds between the interrupt and the hard exit.
+    """
+    expected = os.getppid() if parent_pid is None else parent_pid
+    main = threading.main_thread().ident or 0
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(poll)
+        logger.error(
+            "%s (pid %d): the process that started it (pid %d) has ended, killed or crashed; stopping this runner, "
+            "which nothing supervises any more",
+            name, os.getpid(), expected,
+        )  # fmt: skip
+        _flush()
+        # A real SIGINT to the main thread (not `_thread.interrupt_main`, which sets a flag only): it interrupts the
+        # event loop's wait, so the handler runs at once rather than when the loop next wakes. With SIGINT ignored
+        # (e.g. a background job of a shell) there is no cooperative stop to wait for.
+        if not callable(signal.getsignal(signal.SIGINT)):
+            logger.error("%s (pid %d) ignores SIGINT; exiting now", name, os.getpid())
+            _flush()
+            os._exit(ORPHANED_EXIT_CODE)
+        try:
+            signal.pthread_kill(main, signal.SIGINT)
+        except (OSError, ValueError):  # the main thread is gone: the process is ending anyway
+            pass
+        time.sleep(grace)
+        logger.error("%s (pid %d) did not stop within %gs of the interrupt; exiting now", name, os.getpid(), grace)
+        _flush()
+        os._exit(ORPHANED_EXIT_CODE)
+
+    thread = threading.Thread(target=watch, name="agl-parent-watch", daemon=True)
+    thread.start()
+    return thread
