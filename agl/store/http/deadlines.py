@@ -9,6 +9,7 @@ whose deadline passed: a late body is cut off between `seconds` and `seconds + t
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -33,17 +34,25 @@ class BodyDeadlines:
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
 
     async def run(self, call: Awaitable[T]) -> T:
         """`await call` from the current task; `DeadlinePassed` if it takes longer than `seconds` (+ up to a tick)."""
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
-            return await call
-        loop = task.get_loop()
-        if loop is not self._loop:  # served on a new loop (a restart): the old one's timer and tasks are gone
-            self._loop, self._timer = loop, None
-            self._deadlines.clear()
-            self._expired.clear()
+        # The task is looked up on the loop it ran on last time, from the same thread: that loop, if it is running,
+        # is this thread's running loop. `asyncio.current_task()` would ask for the running loop, which costs a
+        # getpid(2) system call per request on Python 3.11.
+        loop, thread = self._loop, threading.get_ident()
+        task = asyncio.current_task(loop) if loop is not None and thread == self._thread else None
+        if task is None or loop is None:
+            task = asyncio.current_task()
+            if task is None:  # pragma: no cover - a coroutine always runs in a task under asyncio
+                return await call
+            loop = task.get_loop()
+            if loop is not self._loop:  # served on a new loop (a restart): the old one's timer and tasks are gone
+                self._loop, self._timer = loop, None
+                self._deadlines.clear()
+                self._expired.clear()
+            self._thread = thread
         self._deadlines[task] = loop.time() + self.seconds
         if self._timer is None:
             self._timer = loop.call_later(self.tick, self._check, loop)

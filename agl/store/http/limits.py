@@ -150,11 +150,14 @@ def _shape(byte: int) -> int:
         return ord("0")
     if char == "+":
         return byte
+    if char in "[{":
+        return ord("[")
     return ord("e") if char in "eE" else ord(" ")
 
 
 _NUMBER_SHAPES = bytes(_shape(b) for b in range(256))
-"""Digits → 0, e/E → e, + kept, every other byte → space: what a number's size can be read from."""
+"""Digits → 0, e/E → e, + kept, [ and { → [, every other byte → space: what a number's size can be read from (and
+how many arrays and objects open)."""
 _LONG_DIGITS = b"0" * 19  # int64 has 19 digits: only numbers at least this long can fall outside it
 _WHITESPACE = b" \t\r\n"
 
@@ -182,9 +185,8 @@ def _outside_strings(body: bytes) -> bytes:
     return b"".join(cleaned.split(b'"')[::2])
 
 
-def _depth_exceeds(body: bytes, max_depth: int) -> bool:
-    if len(body) <= 4096 and body.count(b"[") + body.count(b"{") <= max_depth:  # depth <= number of openers
-        return False
+def _nesting_exceeds(body: bytes, max_depth: int) -> bool:
+    """Whether arrays and objects in `body` nest deeper than `max_depth` (brackets inside strings ignored)."""
     # Brackets and quotes only. When every run of quotes has even length, no string holds a bracket (quotes pair
     # up in order), so dropping the quotes leaves the structure; else strip the strings' contents first.
     structure = body.translate(_NORMALIZE, _NOT_STRUCTURE)
@@ -232,23 +234,26 @@ def check_json(body: bytes, limits: RequestLimits, where: str = "body") -> dict[
     numbers too large for a double (JSON has no such values; they would be stored as null). A body that is not
     JSON at all passes: the validator reports it.
     """
-    if _depth_exceeds(body, limits.max_json_depth):
+    shapes = body.translate(_NUMBER_SHAPES)
+    max_depth = limits.max_json_depth
+    # Depth is at most the number of openers: most bodies are settled by one count.
+    if (len(body) > 4096 or shapes.count(b"[") > max_depth) and _nesting_exceeds(body, max_depth):
         return {
             "type": "json_too_deep",
             "loc": [where],
-            "msg": f"JSON nesting is deeper than {limits.max_json_depth} levels (max_json_depth); flatten the value",
+            "msg": f"JSON nesting is deeper than {max_depth} levels (max_json_depth); flatten the value",
         }
-    shapes = body.translate(_NUMBER_SHAPES)
     long_digits = _LONG_DIGITS in shapes and _long_number(body, shapes)
     if not long_digits:
-        # NaN, Infinity or an exponent (1e400 overflows a double): orjson refuses all three and is fast.
-        if b"e0" not in shapes and b"e+" not in shapes and b"NaN" not in body and b"Infinity" not in body:
-            return None
+        # Left to find: NaN, Infinity and numbers too large for a double (1e400), which orjson refuses. Parsing with
+        # orjson costs less than searching the body for the three (multi-byte searches over digit-heavy JSON are
+        # slow); only a body orjson refuses is searched, to tell them from a plain syntax error.
         try:
             orjson.loads(body)
             return None
         except orjson.JSONDecodeError:
-            pass  # not valid for orjson: find out where (below), or let the validator report the syntax error
+            if b"e0" not in shapes and b"e+" not in shapes and b"NaN" not in body and b"Infinity" not in body:
+                return None  # a syntax error: the validator reports it
     try:
         parsed = json.loads(body, parse_constant=_NonFinite)
     except (ValueError, RecursionError):

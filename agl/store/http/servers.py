@@ -89,8 +89,12 @@ class StoreEndpoint:
 
     def pool(self, connect_timeout: float, max_connections: int) -> ConnectionPool:
         """The connection pool of the running event loop (made on first use)."""
-        loop = asyncio.get_running_loop()
         pool = self._last_pool
+        # The last pool's loop, running and made in this thread, is this thread's running loop: no need to ask for
+        # it (`asyncio.get_running_loop()` costs a getpid(2) system call per call on Python 3.11).
+        if pool is not None and pool.thread == threading.get_ident() and pool.loop.is_running() and not pool.closed:
+            return pool
+        loop = asyncio.get_running_loop()
         if pool is not None and pool.loop is loop and not pool.closed:
             return pool
         entry = self._pools.get(id(loop))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 import zlib
 from urllib.parse import urlsplit
 
@@ -143,6 +144,8 @@ class ConnectionPool:
         max_idle_seconds: float = 30.0,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        """The thread running `loop` when the pool was made (a loop runs in one thread at a time)."""
         self.host = host
         self.port = port
         self.tls = tls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import time
 
@@ -57,3 +58,25 @@ def test_the_deadline_must_be_positive() -> None:
     for bad in (0, -1, float("inf")):
         with pytest.raises(ValueError, match="seconds"):
             BodyDeadlines(bad)
+
+
+def test_each_new_loop_and_thread_has_its_own_late_calls_cut_off() -> None:
+    """The task is looked up on the loop seen last only from its thread while it runs: a new loop, in this thread or
+    another, is found anew, and its late call (not some other task) is the one cut off."""
+    deadlines = BodyDeadlines(0.1, tick=0.02)
+
+    async def late() -> str:
+        try:
+            await deadlines.run(asyncio.sleep(10))
+        except DeadlinePassed:
+            return "cut off"
+        return "not cut off"
+
+    async def in_time() -> str:
+        return await deadlines.run(asyncio.sleep(0.01, "in time"))
+
+    assert asyncio.run(in_time()) == "in time"
+    assert asyncio.run(late()) == "cut off"  # a second loop of this thread
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, late()).result(5) == "cut off"  # another thread's loop
+    assert asyncio.run(late()) == "cut off"

@@ -124,3 +124,19 @@ async def test_client_pickles_and_works_from_another_loop_and_thread(client: Lig
         return asyncio.run(use())
 
     assert await asyncio.to_thread(in_thread) == rollout.rollout_id
+
+
+def test_one_client_on_successive_loops_of_one_thread(server: LightningStoreServer) -> None:
+    """Each `asyncio.run` gets a pool of its own: a pool whose loop has ended is never used again."""
+    client = LightningStoreClient(server.endpoint, retry_delays=(), health_retry_delays=())
+
+    async def enqueue() -> str:
+        return (await client.enqueue_rollout({"q": 1})).rollout_id
+
+    first, second = asyncio.run(enqueue()), asyncio.run(enqueue())
+    assert first != second
+
+    async def close() -> None:
+        await client.close()
+
+    asyncio.run(close())

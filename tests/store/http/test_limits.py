@@ -244,3 +244,22 @@ def test_long_digit_runs_are_numbers_only_where_a_number_can_start(body: bytes, 
     from agl.store.http.limits import check_json
 
     assert (check_json(body, RequestLimits()) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        (b"[1e400]", True),
+        (b"[1E+400]", True),
+        (b"[-2.5e0400]", True),
+        (b'{"a": 0.5e99999999999999999999}', True),
+        (b"[999999999999999999.9e99]", False),
+        (b"[1.7e308, 1e-400, 1E99, 2e+99]", False),
+        (b'{"span_id": "5e1f2e9a7e3c0d4b", "trace_id": "e123e4567e89e1000000000000000000"}', False),
+    ],
+)  # fmt: skip
+def test_only_an_exponent_of_three_digits_can_overflow_a_double(body: bytes, refused: bool) -> None:
+    """Without 19 integer digits, a number overflows a double only with a 3-digit exponent; hex ids never refuse."""
+    from agl.store.http.limits import check_json
+
+    assert (check_json(body, RequestLimits()) is not None) is refused
