@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from store_http import tree_cpu  # bench/ is on sys.path when this script runs
 
 REPO = Path(__file__).resolve().parents[1]
 CALLS = ("dequeue", "add_span", "update_attempt")
@@ -326,7 +327,7 @@ def _measure(
 
         time.sleep(max(0.0, start_at - time.time()))
         cpu_start = cpu_seconds()
-        db_start = _tree_cpu(db_pid) if db_pid else {}
+        db_start = tree_cpu(db_pid) if db_pid else {}
         started = time.monotonic()
         rss_peak = rss()
         profile: list[tuple[str, float]] = []
@@ -354,7 +355,7 @@ def _measure(
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         cpu_end = cpu_seconds()
-        db_cpu = sum(c - db_start.get(pid, 0.0) for pid, c in _tree_cpu(db_pid).items()) if db_pid else None
+        db_cpu = sum(c - db_start.get(pid, 0.0) for pid, c in tree_cpu(db_pid).items()) if db_pid else None
         stop_flag.value = 1
         results = [out.get(timeout=120) for _ in procs]
         for proc in procs:
@@ -391,21 +392,6 @@ def _measure(
         "db_cpu_per_call_us": db_cpu / calls * 1e6 if calls and db_cpu is not None else None,
         "profile_top": profile,
     }
-
-
-def _tree_cpu(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of a process and its children (a PostgreSQL server: postmaster and backends)."""
-    out: dict[int, float] = {}
-    try:
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                out[proc.pid] = sum(proc.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                continue
-    except psutil.NoSuchProcess:
-        pass
-    return out
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -315,12 +315,12 @@ def run_one(
     server_proc = psutil.Process(server_pid)
     barrier.wait()
     server_cpu0 = sum(server_proc.cpu_times()[:2])
-    db_cpu0 = _tree_cpu(db_pid) if db_pid else {}
+    db_cpu0 = tree_cpu(db_pid) if db_pid else {}
     wall_start = time.perf_counter()
     outs = [results.get(timeout=duration + warmup + 120) for _ in procs]
     wall = time.perf_counter() - wall_start
     server_cpu = sum(server_proc.cpu_times()[:2]) - server_cpu0
-    db_cpu = sum(cpu - db_cpu0.get(pid, 0.0) for pid, cpu in _tree_cpu(db_pid).items()) if db_pid else None
+    db_cpu = sum(cpu - db_cpu0.get(pid, 0.0) for pid, cpu in tree_cpu(db_pid).items()) if db_pid else None
     for proc in procs:
         proc.join(30)
     rss = psutil.Process(server_pid).memory_info().rss
@@ -360,7 +360,7 @@ def run_one(
     }
 
 
-def _tree_cpu(pid: int) -> dict[int, float]:
+def tree_cpu(pid: int) -> dict[int, float]:
     """User + system CPU seconds of a process and its children (a PostgreSQL server: postmaster and backends)."""
     import psutil
 
