@@ -6,6 +6,7 @@ and docs/endpoints.md tests."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,10 @@ def _stop_postgres_at_the_end() -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Tests press Ctrl+C on the processes they start (SIGINT). Started from a background job or nohup, the test run
+    # itself has SIGINT ignored, which every process it starts would inherit: put back the terminal's behaviour.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # The default run's torch tests use tiny models, where torch's intra-op threads gain nothing, and on a shared
     # 2-core machine two of them spin against each other and every other job (a tiny model's training step measured
     # 0.65 s with two threads and 0.05 s with one under load). One thread, unless the caller chose; inherited by the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,10 @@ def test_ctrl_c_stops_cleanly_and_execute_returns(kind: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, so cleanup can end every process it started
     )
+    out: str | None = None
+    err = ""
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 20
@@ -38,8 +42,9 @@ def test_ctrl_c_stops_cleanly_and_execute_returns(kind: str) -> None:
         out, err = process.communicate(timeout=15)
         elapsed = time.monotonic() - started
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None or out is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # a child left behind would hold the pipes open
             process.communicate()
     assert process.returncode == 0, err
     assert "EXECUTE-RETURNED children=0" in out, err
