@@ -118,9 +118,9 @@ def response_token_logprobs(
 
         cache = DynamicCache(config=model.config)
         prefix = input_ids.new_tensor([rows[0][:shared]])
-        model(input_ids=prefix, use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
-        cache.batch_repeat_interleave(len(rows))
         kwargs = {"use_cache": True, cache_keyword(model): cache}
+        model(input_ids=prefix, logits_to_keep=1, **kwargs)
+        cache.batch_repeat_interleave(len(rows))
     logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep, **kwargs).logits.float()
     taken = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return taken.masked_fill(~mask, 0.0), mask
