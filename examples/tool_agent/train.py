@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compute-dtype",
         default="bfloat16",
-        help="dtype of the matrix products in generation and update (weights stay float32); bfloat16 is ~3x faster "
+        help="dtype of the matrix products in generation and update (weights stay float32); bfloat16 is ~2x faster "
         "on CPUs with AVX512-BF16 or AMX, float32 is the choice elsewhere (see README)",
     )
     parser.add_argument(
