@@ -166,7 +166,15 @@ def test_hostile_inputs_measures_every_case(tmp_path: Path) -> None:
 def test_store_asgi_app_runs_the_cycle_through_asgi(tmp_path: Path) -> None:
     data = _run("store_asgi_app.py", "--cycles", "20", "--warmup", "5", "--repeats", "2", out=tmp_path)
     assert data["cycles"] == 20 and len(data["us_per_call_runs"]) == 2
-    assert data["us_per_call_median"] > 0
+    assert data["us_per_call_median"] > 0 and data["workers"] == 1
+
+
+def test_store_asgi_app_spreads_dequeues_over_many_workers(tmp_path: Path) -> None:
+    data = _run(
+        "store_asgi_app.py", "--cycles", "30", "--warmup", "5", "--repeats", "1", "--workers", "7", out=tmp_path
+    )
+    assert data["workers"] == 7 and data["us_per_call_median"] > 0
+    assert data["workers_in_store"] == [7]  # 35 dequeues took turns over the 7 worker ids
 
 
 @pytest.mark.slow
