@@ -160,8 +160,11 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
     from agl.execution._loop import new_event_loop
 
     # The loop a real runner process gets (the client-server strategy's: uvloop when installed).
-    with asyncio.Runner(loop_factory=lambda: new_event_loop(fast=True)) as runner:
-        stats = runner.run(main())
+    loop = new_event_loop(fast=True)
+    try:
+        stats = loop.run_until_complete(main())
+    finally:
+        loop.close()
     out.put({key: stats[key] for key in ("latencies", "first_heartbeat", "errors", "done")})
 
 
