@@ -1,4 +1,4 @@
-"""`agl.asgi_head_guard`: request heads that take too long or grow too large are cut off; everything else passes.
+"""`agl.asgi_connections`: request heads that take too long or grow too large are cut off; everything else passes.
 
 Real uvicorn on 127.0.0.1 (through `AsgiServer`, and directly with each of uvicorn's HTTP/1.1 protocols), raw sockets.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agl.asgi_head_guard import HeadGuard
+from agl.asgi_connections import HeadGuard
 from agl.asgi_serving import AsgiServer
 
 HEAD_TIMEOUT = 0.6
@@ -256,3 +256,44 @@ async def test_many_slow_heads_are_all_cut_off_and_the_server_keeps_serving(port
     finally:
         for _, writer in connections:
             writer.close()
+
+
+async def _busy_or_fast(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """`/busy` holds the event loop for 5 ms (a server at work); anything else answers at once."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/busy":
+        time.sleep(0.005)  # blocking on purpose: the loop's turns get long, as under load
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_busy_server_accepts_a_burst_of_new_connections_at_once() -> None:
+    """libuv accepts one connection per loop turn; with 10 clients keeping the server busy (turns of ~50 ms), 300
+    new connections would take ~15 s to be accepted one by one. Accepted eagerly, all are answered within seconds."""
+    server = AsgiServer(_busy_or_fast, backlog=1024)
+    server.start()  # on a loop of its own (uvloop's when installed), in a thread
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        async with _connection(server.port) as (reader, writer):
+            while not stop.is_set():
+                writer.write(b"GET /busy HTTP/1.1\r\nhost: t\r\n\r\n")
+                await _answer(reader)
+
+    async def newcomer() -> float:
+        started = time.monotonic()
+        async with _connection(server.port) as (reader, writer):
+            writer.write(b"GET /fast HTTP/1.1\r\nhost: t\r\n\r\n")
+            assert await _answer(reader) == (200, b"ok")
+        return time.monotonic() - started
+
+    busy = [asyncio.ensure_future(keep_busy()) for _ in range(10)]
+    try:
+        await asyncio.sleep(0.3)
+        waits = await asyncio.gather(*(newcomer() for _ in range(300)))
+        assert max(waits) < 5.0, sorted(waits)[-10:]
+    finally:
+        stop.set()
+        await asyncio.gather(*busy, return_exceptions=True)
+        server.stop()
