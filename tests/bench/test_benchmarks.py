@@ -195,3 +195,9 @@ def test_many_runners_heartbeats_first_and_audits_every_rollout(tmp_path: Path) 
     assert 0 < row["first_heartbeat_ms"]["p50"] <= row["first_heartbeat_ms"]["max"]
     assert row["calls"] >= 5 * 60  # dequeue, 3 spans, status per rollout, plus polls of an empty queue
     assert row["runners_cpu_per_call_us"] > 0 and row["server_cpu_per_call_us"] > 0
+
+
+def test_accept_burst_runs_both_ways(tmp_path: Path) -> None:
+    data = _run("accept_burst.py", "--busy", "2", "--new", "20", "--repeats", "1", "--give-up", "30", out=tmp_path)
+    assert [run["eager_accept"] for run in data["runs"]] == [True, False]
+    assert all(run["all_answered_s"] is not None and run["max_s"] > 0 for run in data["runs"])
