@@ -25,27 +25,19 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from agl.asgi_connections import HeadGuard
+from agl.event_loops import new_event_loop
 from agl.sockets import bind_listening_socket
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["AsgiServer", "AsgiServerProcess", "new_event_loop"]
+__all__ = ["AsgiServer", "AsgiServerProcess"]
 
 logger = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _READY_POLL = 0.005
 """Seconds between looks at uvicorn's public `started` flag while waiting for start-up."""
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when it is installed, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _http_protocol() -> type[asyncio.Protocol]:

@@ -157,7 +157,7 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
         await asyncio.wait(tasks, timeout=30)
         return stats
 
-    from agl.execution._loop import new_event_loop
+    from agl.event_loops import new_event_loop
 
     # The loop a real runner process gets (the client-server strategy's: uvloop when installed).
     loop = new_event_loop(fast=True)
