@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from queue import Empty
@@ -36,6 +37,9 @@ T = TypeVar("T")
 
 GROUP_MAX = 512
 """The most writes one transaction takes, so one group's commit stays short."""
+
+STEP_ASIDE_SECONDS = 0.0002
+"""How long a large read pauses between chunks while another read is in flight (see `ReaderPool.step_aside`)."""
 
 UNCLOSED_WAIT = 5.0
 """Seconds the finalizer of a store dropped without close() waits for its threads to finish their queued jobs."""
@@ -199,14 +203,35 @@ class ReaderPool(JobThreads, Generic[R]):
     def __init__(self, open_rows: Callable[[], R], threads: int, name: str) -> None:
         super().__init__(_closed(name))
         self._open_rows = open_rows
+        self._count = threading.Lock()
+        self._reading = 0
+        self.pauses = 0
+        """How many times a large read paused for another one so far."""
         self.start([f"agl-sqlite-reader-{i}" for i in range(threads)])
 
     async def run(self, body: Callable[[R], T]) -> T:
         """`body(rows)` in a read transaction (one snapshot) on a reader thread; its result or exception."""
-        return await self.submit(body)
+        with self._count:
+            self._reading += 1
+        try:
+            return await self.submit(body)
+        finally:
+            with self._count:
+                self._reading -= 1
+
+    def step_aside(self) -> None:
+        """Called by a large read between chunks of its rows: while another read is in flight, pause briefly.
+
+        Decoding rows holds the interpreter lock, and a thread waiting for it waits up to the switch interval
+        (5 ms) each time; a point read takes it several times (each SQLite call lets it go), on its reader thread
+        and on the event loop. Pausing here hands it over at once, so a read of tens of thousands of rows slows
+        point reads beside it by about a chunk's decoding instead (bench/store_stall.py)."""
+        if self._reading > 1:
+            self.pauses += 1
+            time.sleep(STEP_ASIDE_SECONDS)
 
     def _serve(self) -> None:
-        reader = _Reader(self._open_rows)
+        reader = _Reader(self._open_rows, self.step_aside)
         try:
             self.serve_each(reader.read)
         finally:
@@ -216,8 +241,9 @@ class ReaderPool(JobThreads, Generic[R]):
 class _Reader:
     """One reader thread's connection, opened at its first read."""
 
-    def __init__(self, open_rows: Callable[[], Any]) -> None:
+    def __init__(self, open_rows: Callable[[], Any], step_aside: Callable[[], None]) -> None:
         self._open_rows = open_rows
+        self._step_aside = step_aside
         self._rows: Any = None
         self._db: sqlite3.Connection | None = None
 
@@ -225,6 +251,7 @@ class _Reader:
         """`body(rows)` in one read transaction."""
         if self._db is None:
             self._rows = self._open_rows()
+            self._rows.step_aside = self._step_aside
             self._db = self._rows.conn()
         db = self._db
         db.execute("BEGIN")
