@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from agl.asgi_head_guard import HeadGuard
 from agl.sockets import bind_listening_socket
 
 if TYPE_CHECKING:
@@ -47,12 +48,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _http_protocol() -> str:
+def _http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol: httptools' when installed (as uvicorn's "auto" picks), else h11's."""
     try:
         import httptools  # noqa: F401
     except ImportError:
-        return "h11"
-    return "httptools"
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return HttpToolsProtocol
 
 
 @contextlib.contextmanager
@@ -94,6 +100,10 @@ class AsgiServer:
         startup_timeout: seconds `start` waits for the server to accept connections.
         on_stop: called on the server's loop when a stop begins, before uvicorn stops accepting connections (e.g.
             to end long waits early).
+        head_timeout: seconds a request head may take to arrive (from its first byte, or from the connection's
+            opening); slower → 408 and the connection closes. None: no limit (see agl.asgi_head_guard).
+        max_head_bytes: largest request head (request line and headers); larger → 431 and the connection closes.
+            None: no limit beyond uvicorn's.
         options: more `uvicorn.Config` keyword arguments (they override the ones above).
     """
 
@@ -113,9 +123,13 @@ class AsgiServer:
         limit_concurrency: int | None = None,
         startup_timeout: float = 60.0,
         on_stop: Callable[[], None] | None = None,
+        head_timeout: float | None = 30.0,
+        max_head_bytes: int | None = 1024 * 1024,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
+        self.head_timeout = head_timeout
+        self.max_head_bytes = max_head_bytes
         self.host = host
         self.name = name
         self.backlog = backlog
@@ -125,7 +139,6 @@ class AsgiServer:
         self._sock = sock
         self._port = int(sock.getsockname()[1]) if sock is not None else port
         self._settings: dict[str, Any] = {
-            "http": _http_protocol(),
             "ws": "none",
             "lifespan": lifespan,
             "interface": "asgi3",
@@ -185,7 +198,16 @@ class AsgiServer:
 
         if self._server is not None:
             raise RuntimeError(f"the {self.name} on port {self._port} is already running")
-        return uvicorn.Server(uvicorn.Config(self.app, **self._settings))
+        settings = dict(self._settings)
+        app = self.app
+        if "http" not in settings:
+            protocol = _http_protocol()
+            if self.head_timeout is not None or self.max_head_bytes is not None:
+                # One guard per run: its deadlines live on the loop that serves this run.
+                guard = HeadGuard(self.head_timeout, self.max_head_bytes)
+                app, protocol = guard.app(app), guard.protocol(protocol)
+            settings["http"] = protocol
+        return uvicorn.Server(uvicorn.Config(app, **settings))
 
     async def _serve(self, server: uvicorn.Server, sock: socket.socket, keep_signals: bool) -> None:
         try:

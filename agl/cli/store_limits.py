@@ -49,6 +49,9 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                        help="largest total of a request's header names and values (default 64KiB) → 431")  # fmt: skip
     group.add_argument("--max-headers", type=_positive_int, default=100, metavar="N",
                        help="most header lines in a request (default 100) → 431")  # fmt: skip
+    group.add_argument("--head-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                       help="time to receive a request head, from its first byte or the connection's opening "
+                       "(default 30) → 408")  # fmt: skip
     group.add_argument("--body-timeout", type=_seconds, default=60.0, metavar="SECONDS",
                        help="time to receive a whole request body once its head arrived (default 60) → 408")  # fmt: skip
     group.add_argument("--max-validation-errors", type=_positive_int, default=20, metavar="N",
@@ -71,6 +74,7 @@ def limits_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             max_header_bytes=args.max_header_bytes,
             max_header_count=args.max_headers,
             body_timeout_seconds=args.body_timeout,
+            head_timeout_seconds=args.head_timeout,
             max_validation_errors=args.max_validation_errors,
             max_watchers=args.max_watchers,
             watcher_ttl_seconds=args.watcher_ttl,

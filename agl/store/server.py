@@ -260,6 +260,8 @@ class LightningStoreServer(LightningStore):
             limit_concurrency=self.limit_concurrency,
             startup_timeout=self.startup_timeout,
             on_stop=app.begin_stop,
+            head_timeout=self.limits.head_timeout_seconds,
+            max_head_bytes=self.limits.max_head_bytes,
         )
 
     def begin_drain(self) -> None:

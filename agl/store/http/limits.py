@@ -42,6 +42,9 @@ class RequestLimits:
     """Number of header lines in a request; more → 431 (and the connection closes)."""
     body_timeout_seconds: float = 60.0
     """Time to receive the whole body once the request head has arrived; longer → 408 (and the connection closes)."""
+    head_timeout_seconds: float = 30.0
+    """Time to receive a request head, from its first byte (or from the opening of the connection, for its first
+    request); longer → 408 (and the connection closes)."""
     max_validation_errors: int = 20
     """Errors listed in a 422 answer (the first ones); inputs are shown as excerpts of at most 80 characters."""
     max_error_bytes: int = 64 * 1024
@@ -72,10 +75,17 @@ class RequestLimits:
             raise ValueError(f"max_json_depth must be between 1 and 200, got {self.max_json_depth!r}")
         if not isinstance(self.max_error_bytes, int) or self.max_error_bytes < 1024:
             raise ValueError(f"max_error_bytes must be an integer >= 1024, got {self.max_error_bytes!r}")
-        for name in ("watcher_ttl_seconds", "body_timeout_seconds"):
+        for name in ("watcher_ttl_seconds", "body_timeout_seconds", "head_timeout_seconds"):
             seconds = getattr(self, name)
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+
+    @property
+    def max_head_bytes(self) -> int:
+        """The most bytes a request head within these limits can take: the request target, the header names and
+        values, and room for the request line, separators and line ends. A head still growing past it is answered
+        431 before it is parsed to the end (and the connection closes)."""
+        return self.max_url_bytes + self.max_header_bytes + 4 * self.max_header_count + 1024
 
 
 def excerpt(value: Any) -> Any:

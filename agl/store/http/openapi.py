@@ -158,7 +158,7 @@ _ERROR_MEANINGS = {
     409: "Idempotency-Key reused with another body, or a stale attempt",
     413: "Body larger than the server's limit",
     414: "Path and query longer than the server's limit",
-    408: "The body did not arrive in time (the server's body timeout)",
+    408: "The request head or body did not arrive in time (the server's head or body timeout)",
     415: "Unsupported Content-Encoding",
     422: "The body or query does not match the schema (errors name the field)",
     431: "Header lines too many or too large for the server's limits",
@@ -178,9 +178,9 @@ def _app_routes(app: StoreApp) -> list[_RouteInfo]:
 
 
 def _error_codes(route: _RouteInfo, op: Operation) -> list[int]:
-    # 414 for any request: a path and query over max_url_bytes; 400 (text/plain) from the HTTP server for any request
-    # that is not valid HTTP/1.1.
-    codes: set[int] = {400, 414, 431, *op.extra_errors}
+    # For any request: 408 a head that arrives too slowly, 414 a path and query over max_url_bytes, 431 a head too
+    # large, 400 (text/plain) from the HTTP server for a request that is not valid HTTP/1.1.
+    codes: set[int] = {400, 408, 414, 431, *op.extra_errors}
     if not route.public:
         codes.add(401)
     if op.body is not None or (op.query is not None and op.query_checked):

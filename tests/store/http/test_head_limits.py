@@ -1,5 +1,5 @@
 """Limits on what arrives before the app answers: header size and count (431), URL length (414), and the time to
-receive a body (408). Raw sockets against a real server on 127.0.0.1, so nothing in a client library hides them."""
+receive a head or a body (408). Raw sockets against a real server on 127.0.0.1, so nothing in a client library hides them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from agl.store.memory import InMemoryLightningStore
 from agl.store.server import LightningStoreServer
 
 BODY_TIMEOUT = 0.5
+HEAD_TIMEOUT = 0.8
 LIMITS = RequestLimits(
-    max_header_bytes=4096, max_header_count=20, max_url_bytes=1024, body_timeout_seconds=BODY_TIMEOUT
+    max_header_bytes=4096,
+    max_header_count=20,
+    max_url_bytes=1024,
+    body_timeout_seconds=BODY_TIMEOUT,
+    head_timeout_seconds=HEAD_TIMEOUT,
 )
 
 
@@ -98,7 +103,12 @@ def _healthy(port: int) -> bool:
 
 
 def test_the_limits_are_checked_when_made() -> None:
-    for bad in ({"max_header_bytes": 0}, {"max_header_count": -1}, {"body_timeout_seconds": 0}):
+    for bad in (
+        {"max_header_bytes": 0},
+        {"max_header_count": -1},
+        {"body_timeout_seconds": 0},
+        {"head_timeout_seconds": -1},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RequestLimits(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="body_timeout_seconds"):
@@ -147,10 +157,10 @@ def test_a_long_url_is_414(limited: LightningStoreServer) -> None:
         limited.port, _get("/v1/agl/rollouts?rollout_id_contains=" + "x" * 1100, {}), see_close=False
     )
     assert status == 414 and b"max_url_bytes" in answer
-    # Beyond 64 KiB the HTTP server's URL parser (httptools) refuses the request line itself: 400 and close.
+    # A request line growing past the most a head may hold is refused before it ends: 414 and close.
     huge = _get("/v1/agl/rollouts?rollout_id_contains=" + "x" * 2**20, {})
     status, answer, closed, seconds = _exchange(limited.port, huge)
-    assert status == 400 and b"text/plain" in answer and closed and seconds <= 1.0
+    assert status == 414 and b"shorter URL" in answer and closed and seconds <= 1.0
     assert _healthy(limited.port)
 
 
@@ -159,6 +169,23 @@ def test_a_stalled_body_is_cut_off_with_408(limited: LightningStoreServer) -> No
     status, answer, closed, seconds = _exchange(limited.port, head + b'{"input": ')
     assert status == 408 and b"body_timeout_seconds" in answer and closed
     assert BODY_TIMEOUT <= seconds < BODY_TIMEOUT + 1.5
+    assert _healthy(limited.port)
+
+
+def test_a_stalled_head_is_cut_off_with_408(limited: LightningStoreServer) -> None:
+    """Slowloris: half a head, then nothing. The connection is answered 408 and closed at the head timeout."""
+    status, answer, closed, seconds = _exchange(limited.port, b"GET /v1/agl/statistics HTTP/1.1\r\nhost: x\r\n")
+    assert status == 408 and b"head_timeout_seconds" in answer and closed
+    assert HEAD_TIMEOUT - 0.05 <= seconds < HEAD_TIMEOUT + 1.5
+    assert _healthy(limited.port)
+
+
+def test_a_head_larger_than_the_limits_allow_is_431_before_it_ends(limited: LightningStoreServer) -> None:
+    """A header still growing past what the URL and header limits allow is refused without waiting for its end."""
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/agl/statistics HTTP/1.1\r\nx-big: " + b"v" * (LIMITS.max_head_bytes + 1))
+        status, answer, closed = _answer(sock)
+    assert status == 431 and closed, answer[:300]
     assert _healthy(limited.port)
 
 
@@ -190,8 +217,11 @@ def test_agl_store_flags_set_the_head_limits() -> None:
     from agl.cli.store_limits import limits_from_args
 
     parser = build_parser()
-    args = parser.parse_args(["--max-header-bytes", "8KiB", "--max-headers", "30", "--body-timeout", "2.5"])
+    args = parser.parse_args(
+        ["--max-header-bytes", "8KiB", "--max-headers", "30", "--body-timeout", "2.5", "--head-timeout", "7"]
+    )
     _, limits = limits_from_args(parser, args)
     assert (limits.max_header_bytes, limits.max_header_count, limits.body_timeout_seconds) == (8192, 30, 2.5)
+    assert limits.head_timeout_seconds == 7
     defaults = limits_from_args(parser, parser.parse_args([]))[1]
     assert defaults == RequestLimits()
