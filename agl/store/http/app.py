@@ -306,25 +306,34 @@ _LARGE_PAGE_ITEMS = 2000
 """Pages with more rollouts than this are encoded on a worker thread instead of the event loop."""
 
 _PAGE_CHUNK = 250
-"""Rollouts per encoder call, and per release, of a large page: one such call holds the interpreter lock until it
-returns, which every other thread (the loop's included) waits for; 250 rollouts take about 0.4 ms."""
+"""Rollouts per encoder call of a large page: one call holds the interpreter lock until it returns (250 rollouts
+about 0.4 ms)."""
+
+_PAGE_PAUSE_SECONDS = 0.0001
+"""The encoder's pause after each chunk: it hands the interpreter lock to a thread waiting for it (the event loop
+with another client's request) at once, rather than after the 5 ms switch interval."""
 
 
 def _large_page_json(result: Any) -> bytes:
-    """`_page_json` of a large page, encoded a chunk of items at a time (the same JSON).
+    """`_page_json` of a large page, encoded a chunk of items at a time (the same JSON), pausing between chunks.
 
-    When nothing else holds the page's list, its rollouts are then released a chunk at a time too: freeing 45 000 at
-    once holds the interpreter lock for about 60 ms (bench/store_stall.py).
+    When nothing else holds the page's list, each chunk's rollouts are released once encoded: freeing 45 000 at once
+    holds the interpreter lock for about 60 ms (bench/store_stall.py). The pauses add ~30 ms to 45 000 rollouts.
     """
     items = result.items
+    # Referenced by the page, `items` and getrefcount's argument only: nobody sees it emptied.
+    owned = sys.getrefcount(items) <= 3
     parts = []
     for start in range(0, len(items), _PAGE_CHUNK):
-        parts.append(pydantic_core.to_json(items[start : start + _PAGE_CHUNK])[1:-1])
+        chunk = items[start : start + _PAGE_CHUNK]
+        parts.append(pydantic_core.to_json(chunk)[1:-1])
+        if owned:
+            items[start : start + _PAGE_CHUNK] = [None] * len(chunk)
+            del chunk
+        time.sleep(_PAGE_PAUSE_SECONDS)
+    if owned:
+        items.clear()
     tail = pydantic_core.to_json({"limit": result.limit, "offset": result.offset, "total": result.total})
-    # Referenced by the page, `items` and getrefcount's argument only: nobody sees it emptied.
-    if sys.getrefcount(items) <= 3:
-        while items:
-            del items[-_PAGE_CHUNK:]
     return b'{"items":[' + b",".join(parts) + b"]," + tail[1:]
 
 
