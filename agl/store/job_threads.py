@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
-__all__ = ["Job", "JobThreads", "call_alone", "hand_back"]
+__all__ = ["Job", "JobThreads", "hand_back", "hand_back_one"]
 
 T = TypeVar("T")
 
@@ -44,40 +44,39 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
 
-    def run(self, call: Callable[[Callable[..., Any]], Any]) -> None:
-        """`call(body)` in the caller's context, keeping its result or exception (whatever it is: the caller gets
-        it)."""
-        try:
-            self.result = self.context.run(call, self.body)
-        except BaseException as exc:
-            self.error = exc
+
+def _settle_one(job: Job) -> None:
+    """On the caller's loop: hand the job's result or exception to its caller (if still waiting)."""
+    future = job.future
+    if not future.done():  # done: the caller was cancelled (a write itself stands)
+        if job.error is not None:
+            future.set_exception(job.error)
+        else:
+            future.set_result(job.result)
 
 
 def _settle(jobs: list[Job]) -> None:
-    """On the callers' loop: hand each job's result or exception to its caller (one still waiting)."""
     for job in jobs:
-        future = job.future
-        if not future.done():  # done: the caller was cancelled (a write itself stands)
-            if job.error is not None:
-                future.set_exception(job.error)
-            else:
-                future.set_result(job.result)
-        job.result = job.error = None
+        _settle_one(job)
+
+
+def hand_back_one(job: Job) -> None:
+    """Settle `job` on its caller's loop.
+
+    It lets go of its closure and context first: they may hold the store, and the thread that ran the job may
+    still hold the job when it waits for the next one, which would keep a store dropped meanwhile alive.
+    """
+    job.body, job.context = _spent, _NO_CONTEXT
+    try:
+        job.loop.call_soon_threadsafe(_settle_one, job)
+    except RuntimeError:  # the caller's loop is closed: nobody is waiting
+        pass
 
 
 def hand_back(jobs: list[Job]) -> None:
-    """Settle `jobs` on their loops, one wake-up per loop.
-
-    Each job lets go of its closure and context first: they may hold the store, and the thread that ran the job
-    still holds the job until it takes the next one, which would keep a store dropped meanwhile alive.
-    """
+    """Settle `jobs` on their loops, one wake-up per loop (each job let go of as `hand_back_one` says)."""
     if len(jobs) == 1:
-        job = jobs[0]
-        job.body, job.context = _spent, _NO_CONTEXT
-        try:
-            job.loop.call_soon_threadsafe(_settle, jobs)
-        except RuntimeError:  # the caller's loop is closed: nobody is waiting
-            pass
+        hand_back_one(jobs[0])
         return
     by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
     for job in jobs:
@@ -90,16 +89,11 @@ def hand_back(jobs: list[Job]) -> None:
             pass
 
 
-def call_alone(body: Callable[[], T]) -> T:
-    """The `call` of a thread whose closures take nothing."""
-    return body()
-
-
 class JobThreads:
     """A queue of closures and the threads that run them, closed once.
 
-    On its own it runs each closure as it comes (`call_alone` by default); a driver that needs more around a
-    closure (a connection of its thread, a transaction, several closures in one commit) overrides `_serve`.
+    On its own it runs each closure as it comes, with no argument; a driver that needs more around a closure (a
+    connection of its thread, a transaction, several closures in one commit) overrides `_serve`.
 
     Args:
         closed_message: the RuntimeError's text for calls after `stop()` or `close()`.
@@ -152,13 +146,17 @@ class JobThreads:
         """Run the closures already queued, then stop the threads (later calls raise RuntimeError)."""
         self.stop(wait=None)
 
-    def serve_each(self, call: Callable[[Callable[..., Any]], Any]) -> None:
-        """On a thread: run the jobs one at a time as `call(body)`, handing each back, until told to stop."""
+    def serve_each(self, call: Callable[[Callable[..., Any]], Any] | None = None) -> None:
+        """On a thread: run the jobs one at a time, each in its caller's context as `call(body)` (None: `body()`),
+        handing each result or exception back, until told to stop."""
         get = self.queue.get
         while (job := get()) is not None:
-            job.run(call)
-            hand_back([job])
+            try:
+                job.result = job.context.run(job.body) if call is None else job.context.run(call, job.body)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                job.error = exc
+            hand_back_one(job)
             del job  # hold nothing of the last caller while waiting for the next job
 
     def _serve(self) -> None:
-        self.serve_each(call_alone)
+        self.serve_each()
