@@ -24,28 +24,20 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from agl.asgi_head_guard import HeadGuard
+from agl.asgi_connections import HeadGuard
+from agl.event_loops import new_event_loop
 from agl.sockets import bind_listening_socket
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["AsgiServer", "AsgiServerProcess", "new_event_loop"]
+__all__ = ["AsgiServer", "AsgiServerProcess"]
 
 logger = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _READY_POLL = 0.005
 """Seconds between looks at uvicorn's public `started` flag while waiting for start-up."""
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when it is installed, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _http_protocol() -> type[asyncio.Protocol]:
@@ -101,7 +93,7 @@ class AsgiServer:
         on_stop: called on the server's loop when a stop begins, before uvicorn stops accepting connections (e.g.
             to end long waits early).
         head_timeout: seconds a request head may take to arrive (from its first byte, or from the connection's
-            opening); slower → 408 and the connection closes. None: no limit (see agl.asgi_head_guard).
+            opening); slower → 408 and the connection closes. None: no limit (see agl.asgi_connections).
         max_head_bytes: largest request head (request line and headers); larger → 431 and the connection closes.
             None: no limit beyond uvicorn's.
         options: more `uvicorn.Config` keyword arguments (they override the ones above).
@@ -193,20 +185,19 @@ class AsgiServer:
         self._requested_port = self._port  # a restart comes back on the same port
         return sock
 
-    def _new_server(self) -> uvicorn.Server:
-        import uvicorn
-
+    def _check_not_running(self) -> None:
         if self._server is not None:
             raise RuntimeError(f"the {self.name} on port {self._port} is already running")
+
+    def _new_server(self, sock: socket.socket) -> uvicorn.Server:
+        import uvicorn
+
         settings = dict(self._settings)
         app = self.app
         if "http" not in settings:
-            protocol = _http_protocol()
-            if self.head_timeout is not None or self.max_head_bytes is not None:
-                # One guard per run: its deadlines live on the loop that serves this run.
-                guard = HeadGuard(self.head_timeout, self.max_head_bytes)
-                app, protocol = guard.app(app), guard.protocol(protocol)
-            settings["http"] = protocol
+            # One guard per run: its deadlines live on the loop that serves this run, and it accepts from `sock`.
+            guard = HeadGuard(self.head_timeout, self.max_head_bytes, listener=sock)
+            app, settings["http"] = guard.app(app), guard.protocol(_http_protocol())
         return uvicorn.Server(uvicorn.Config(app, **settings))
 
     async def _serve(self, server: uvicorn.Server, sock: socket.socket, keep_signals: bool) -> None:
@@ -231,8 +222,9 @@ class AsgiServer:
 
         Raises `PortInUseError` if the port is taken, `RuntimeError` if start-up fails or times out.
         """
-        server = self._new_server()
+        self._check_not_running()
         sock = self._take_socket()
+        server = self._new_server(sock)
         self._error = None
         started = threading.Event()
 
@@ -307,8 +299,9 @@ class AsgiServer:
 
         Raises `PortInUseError` if the port is taken, `RuntimeError` if start-up fails or times out.
         """
-        server = self._new_server()
+        self._check_not_running()
         sock = self._take_socket()
+        server = self._new_server(sock)
         self._error = None
         self._server = server
         self._loop = asyncio.get_running_loop()

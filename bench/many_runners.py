@@ -1,10 +1,11 @@
 """Many runners against one store server: rollouts/s, per-call latency, errors, duplicates, server RSS and CPU.
 
 Each simulated runner is an asyncio task with its own `LightningStoreClient` (its own connections), doing what a
-real runner does per rollout: dequeue (polling while the queue is empty) → 3 spans → attempt succeeded. The runners
-live in a few worker processes (`--procs`); the server is a real `agl store` process (or Agent Lightning 0.3.0's,
-`--server agentlightning --al-python PY`). All rollouts are enqueued before the clock starts; the run ends when every
-one has succeeded. Then every rollout is checked: exactly one attempt succeeded (duplicates and losses are errors).
+real runner does per rollout: dequeue (polling an empty queue with LitAgentRunner's back-off) → 3 spans → attempt
+succeeded. The runners live in a few worker processes (`--procs`) on the event loop a real runner process gets (uvloop
+when installed); the server is a real `agl store` process (or Agent Lightning 0.3.0's, `--server agentlightning
+--al-python PY`). All rollouts are enqueued before the clock starts; the run ends when every one has succeeded.
+Then every rollout is checked: exactly one attempt succeeded (duplicates and losses are errors).
 
 Several servers of one database: `--servers N` starts N `agl store` processes on one SQLite file or PostgreSQL
 database (`--backend postgres`: a throwaway local server with fsync on, or `--dsn`) and gives every
@@ -29,6 +30,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import shutil
 import signal
 import socket
@@ -93,7 +95,16 @@ async def _runner(url: str, name: str, go: asyncio.Event, stats: dict[str, Any])
     client = LightningStoreClient(url, retry_delays=(0.2, 0.5, 1.0), request_timeout=60)
     latencies: dict[str, list[float]] = stats["latencies"]
     try:
+        # A runner's first call is its heartbeat (LitAgentRunner starts one before it polls); made before the clock
+        # starts, it also opens the runner's connection, so the run measures 1 000 runners at work, not connecting.
+        started = time.perf_counter()
+        try:
+            await client.update_worker(name)
+            stats["first_heartbeat"].append(time.perf_counter() - started)
+        except Exception as exc:
+            stats["errors"].append(f"heartbeat: {exc!r:.200}")
         await go.wait()
+        poll = 0.02
         while not stats["stop"]:
             started = time.perf_counter()
             try:
@@ -104,8 +115,11 @@ async def _runner(url: str, name: str, go: asyncio.Event, stats: dict[str, Any])
                 continue
             latencies["dequeue"].append(time.perf_counter() - started)
             if claimed is None:
-                await asyncio.sleep(0.05)
+                # As LitAgentRunner polls an empty queue: from 20 ms, doubling up to 5 s, with jitter.
+                await asyncio.sleep(poll * random.uniform(0.5, 1.5))
+                poll = min(poll * 2, 5.0)
                 continue
+            poll = 0.02
             rid, aid = claimed.rollout_id, claimed.attempt.attempt_id
             try:
                 for seq in (1, 2, 3):
@@ -126,7 +140,13 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
     _raise_fd_limit()
 
     async def main() -> dict[str, Any]:
-        stats: dict[str, Any] = {"latencies": {c: [] for c in CALLS}, "errors": [], "done": 0, "stop": False}
+        stats: dict[str, Any] = {
+            "latencies": {c: [] for c in CALLS},
+            "first_heartbeat": [],
+            "errors": [],
+            "done": 0,
+            "stop": False,
+        }
         go = asyncio.Event()
         tasks = [asyncio.ensure_future(_runner(url, n, go, stats)) for n in names]
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -137,8 +157,15 @@ def _worker_process(url: str, names: list[str], start_at: float, stop_at_count: 
         await asyncio.wait(tasks, timeout=30)
         return stats
 
-    stats = asyncio.run(main())
-    out.put({"latencies": stats["latencies"], "errors": stats["errors"], "done": stats["done"]})
+    from agl.event_loops import new_event_loop
+
+    # The loop a real runner process gets (the client-server strategy's: uvloop when installed).
+    loop = new_event_loop(fast=True)
+    try:
+        stats = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    out.put({key: stats[key] for key in ("latencies", "first_heartbeat", "errors", "done")})
 
 
 def _start_server(
@@ -327,6 +354,7 @@ def _measure(
 
         time.sleep(max(0.0, start_at - time.time()))
         cpu_start = cpu_seconds()
+        runners_start = sum(sum(tree_cpu(proc.pid).values()) for proc in procs)
         db_start = tree_cpu(db_pid) if db_pid else {}
         started = time.monotonic()
         rss_peak = rss()
@@ -355,6 +383,7 @@ def _measure(
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         cpu_end = cpu_seconds()
+        runners_cpu = sum(sum(tree_cpu(proc.pid).values()) for proc in procs) - runners_start
         db_cpu = sum(c - db_start.get(pid, 0.0) for pid, c in tree_cpu(db_pid).items()) if db_pid else None
         stop_flag.value = 1
         results = [out.get(timeout=120) for _ in procs]
@@ -363,6 +392,7 @@ def _measure(
         audit = asyncio.run(_audit(url, ids))
     latencies = {c: sorted(x for r in results for x in r["latencies"][c]) for c in CALLS}
     errors = [e for r in results for e in r["errors"]]
+    heartbeats = sorted(x for r in results for x in r["first_heartbeat"])
     done = sum(r["done"] for r in results)
     cpu = cpu_end - cpu_start if servers else None
     calls = sum(len(v) for v in latencies.values())
@@ -381,12 +411,15 @@ def _measure(
         "rollouts_per_s": audit.get("succeeded", 0) / elapsed,
         "calls": calls,
         "latency_ms": {c: {"p50": pct(v, 0.5), "p99": pct(v, 0.99)} for c, v in latencies.items()},
+        "first_heartbeat_ms": {"p50": pct(heartbeats, 0.5), "max": pct(heartbeats, 1.0), "count": len(heartbeats)},
         "errors": len(errors),
         "error_samples": errors[:5],
         "audit": audit,
         "server_cpu_s": cpu,
         "server_cpu_per_call_us": cpu / calls * 1e6 if calls and cpu is not None else None,
         "server_cpu_share": cpu / elapsed if cpu is not None else None,
+        "runners_cpu_share": runners_cpu / elapsed,
+        "runners_cpu_per_call_us": runners_cpu / calls * 1e6 if calls else None,
         "server_rss_peak_mib": rss_peak / 2**20 if servers else None,
         "db_cpu_share": db_cpu / elapsed if db_cpu is not None else None,
         "db_cpu_per_call_us": db_cpu / calls * 1e6 if calls and db_cpu is not None else None,
@@ -442,13 +475,15 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{kind:>14} {row['backend']:>6} run {repeat + 1}: {row['rollouts_per_s']:8.1f} rollouts/s  "
-                f"errors {row['errors']}  audit {row['audit']}",
+                f"errors {row['errors']}  audit {row['audit']}  first heartbeat p50/max "
+                f"{_num(row['first_heartbeat_ms']['p50'], 0)}/{_num(row['first_heartbeat_ms']['max'], 0)} ms",
                 flush=True,
             )
     print()
     header = (
         f"{'server':>14} {'backend':>7} {'srvs':>4} {'runners':>7} {'rollouts/s':>10} {'dequeue p50/p99':>16} "
         f"{'add_span p50/p99':>17} {'update p50/p99':>15} {'errors':>6} {'srv CPU':>7} {'µs/call':>7} {'RSS MiB':>7}"
+        f" {'run CPU':>7} {'µs/call':>7} {'calls/ro':>8}"
         f" {'db CPU':>6} {'db µs/call':>10}"
     )
     print(header)
@@ -462,7 +497,9 @@ def main() -> None:
             f"{row['server']:>14} {row['backend']:>7} {row['servers']:>4} {row['runners']:>7} {row['rollouts_per_s']:>10.1f} "
             f"{cell(row, 'dequeue'):>16} {cell(row, 'add_span'):>17} {cell(row, 'update_attempt'):>15} {row['errors']:>6} "
             f"{_num(row['server_cpu_share'], 2):>7} {_num(row['server_cpu_per_call_us'], 0):>7} "
-            f"{_num(row['server_rss_peak_mib'], 0):>7} {_num(row.get('db_cpu_share'), 2):>6} "
+            f"{_num(row['server_rss_peak_mib'], 0):>7} {_num(row['runners_cpu_share'], 2):>7} "
+            f"{_num(row['runners_cpu_per_call_us'], 0):>7} {row['calls'] / max(1, row['rollouts']):>8.2f} "
+            f"{_num(row.get('db_cpu_share'), 2):>6} "
             f"{_num(row.get('db_cpu_per_call_us'), 0):>10}"
         )
     by_config: dict[tuple[str, str, int], list[float]] = {}

@@ -4,8 +4,10 @@ One process calls `StoreApp.__call__` directly (scope, receive and send made her
 the runner cycle of bench/store_http.py: enqueue → dequeue → 10 × add_span (`Prefer: return=minimal`, as the
 client sends it) → update_attempt(succeeded), 13 calls, each with an idempotency key where the client sends one.
 This is the part of a call that AGL's code decides; bench/store_http.py measures the whole call over HTTP.
+`--workers N` spreads the dequeues over N worker ids in turn (as N runners would), to see what more workers cost.
 
     .venv/bin/python bench/store_asgi_app.py                 # 4 000 cycles after 1 000 warm-up, medians of 5
+    .venv/bin/python bench/store_asgi_app.py --workers 1000
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[s
 class _Cycle:
     """Drives the app through the runner cycle; collects the answers' statuses."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, workers: int = 1) -> None:
         self.app = app
+        self.workers = [f"w-{index}" for index in range(workers)] if workers > 1 else ["w"]
+        self._turn = 0
         self.statuses: list[int] = []
         self.body = b""
         self._key = 0
@@ -85,8 +89,10 @@ class _Cycle:
         [rollout] = orjson.loads(
             await self.call("POST", "/v1/agl/queues/rollouts/enqueue", {"rollouts": [{"input": {"q": 1}}]}, keyed=True)
         )
+        worker_id = self.workers[self._turn % len(self.workers)]
+        self._turn += 1
         [claimed] = orjson.loads(
-            await self.call("POST", "/v1/agl/queues/rollouts/dequeue", {"limit": 1, "worker_id": "w"}, keyed=True)
+            await self.call("POST", "/v1/agl/queues/rollouts/dequeue", {"limit": 1, "worker_id": worker_id}, keyed=True)
         )
         rollout_id, attempt_id = rollout["rollout_id"], claimed["attempt"]["attempt_id"]
         for index in range(SPANS_PER_CYCLE):
@@ -108,12 +114,13 @@ class _Cycle:
         )
 
 
-async def _measure(cycles: int, warmup: int) -> float:
+async def _measure(cycles: int, warmup: int, workers: int = 1) -> tuple[float, int]:
+    """CPU µs per call over `cycles` cycles, and how many workers the store then holds."""
     from agl.store.http.app import StoreApp
     from agl.store.memory import InMemoryLightningStore
 
     app = StoreApp(InMemoryLightningStore(thread_safe=True))
-    driver = _Cycle(app)
+    driver = _Cycle(app, workers)
     for _ in range(warmup):
         await driver.run()
     driver.statuses.clear()
@@ -125,8 +132,9 @@ async def _measure(cycles: int, warmup: int) -> float:
     bad = [status for status in driver.statuses if status >= 300]
     if bad or len(driver.statuses) != calls:
         raise RuntimeError(f"unexpected answers: {len(driver.statuses)} of {calls}, not 2xx: {bad[:5]}")
+    seen = (await app.store.query_workers(limit=1)).total
     app.insight.close()
-    return spent / calls * 1e6
+    return spent / calls * 1e6, seen
 
 
 def main() -> int:
@@ -134,11 +142,18 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=4000, help="measured cycles per repeat")
     parser.add_argument("--warmup", type=int, default=1000, help="cycles run first (unmeasured)")
     parser.add_argument("--repeats", type=int, default=5, help="runs; the median is reported")
+    parser.add_argument("--workers", type=int, default=1, help="worker ids the dequeues take turns with")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
-    runs = [asyncio.run(_measure(args.cycles, args.warmup)) for _ in range(args.repeats)]
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    measured = [asyncio.run(_measure(args.cycles, args.warmup, args.workers)) for _ in range(args.repeats)]
+    runs = [us for us, _ in measured]
     median = statistics.median(runs)
-    print(f"store app over ASGI, runner cycle: {median:.1f} µs CPU per call (median of {args.repeats})")
+    print(
+        f"store app over ASGI, runner cycle, {args.workers} worker(s): {median:.1f} µs CPU per call "
+        f"(median of {args.repeats})"
+    )
     print("runs: " + ", ".join(f"{run:.1f}" for run in runs))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -151,6 +166,8 @@ def main() -> int:
                 "python": platform.python_version(),
                 "cycles": args.cycles,
                 "warmup": args.warmup,
+                "workers": args.workers,
+                "workers_in_store": [seen for _, seen in measured],
                 "us_per_call_runs": runs,
                 "us_per_call_median": median,
             },

@@ -86,7 +86,7 @@ def _serve(
 
     import signal
 
-    from agl.asgi_serving import new_event_loop
+    from agl.event_loops import new_event_loop
     from agl.store.server import tune_gc_for_serving
 
     loop = new_event_loop()

@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cors_allow_origins=args.cors_origin,
             max_body_bytes=max_body_bytes,
             limits=limits,
+            limit_concurrency=args.limit_concurrency,
         )
         server.insecure = args.insecure or server.insecure
         if args.backend != "postgres":

@@ -49,6 +49,11 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
                        help="largest total of a request's header names and values (default 64KiB) → 431")  # fmt: skip
     group.add_argument("--max-headers", type=_positive_int, default=100, metavar="N",
                        help="most header lines in a request (default 100) → 431")  # fmt: skip
+    group.add_argument("--limit-concurrency", type=_positive_int, default=None, metavar="N",
+                       help="answer 503 to new requests beyond N open connections or requests in flight "
+                       "(default: no limit)")  # fmt: skip
+    group.add_argument("--keep-alive", type=_seconds, default=75.0, metavar="SECONDS",
+                       help="close a kept-alive connection idle this long between requests (default 75)")  # fmt: skip
     group.add_argument("--head-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                        help="time to receive a request head, from its first byte or the connection's opening "
                        "(default 30) → 408")  # fmt: skip
@@ -75,6 +80,7 @@ def limits_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             max_header_count=args.max_headers,
             body_timeout_seconds=args.body_timeout,
             head_timeout_seconds=args.head_timeout,
+            keep_alive_seconds=args.keep_alive,
             max_validation_errors=args.max_validation_errors,
             max_watchers=args.max_watchers,
             watcher_ttl_seconds=args.watcher_ttl,

@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from agl.event_loops import new_event_loop
 from agl.execution.events import ExecutionEvent
 
-__all__ = ["StopWatch", "new_event_loop", "run_bundle"]
+__all__ = ["StopWatch", "run_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +86,6 @@ def _close_loop(loop: asyncio.AbstractEventLoop, timeout: float, name: str) -> b
     # close() shuts the default executor down without waiting for its threads.
     loop.close()
     return True
-
-
-def new_event_loop(fast: bool = False) -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when `fast` and uvloop is installed, else asyncio's."""
-    if fast:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def run_bundle(

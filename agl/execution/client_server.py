@@ -246,11 +246,14 @@ def _algorithm_process_main(
     managed: bool,
     graceful_timeout: float,
     terminate_timeout: float,
+    parent_pid: int | None = None,
 ) -> None:
-    """Entry point of the algorithm process when the runner is the main process (`main_process="runner"`)."""
+    """Entry point of the algorithm process when the runner is the main process (`main_process="runner"`). It stops
+    soon after that process (`parent_pid`) dies: nothing would be left to run its rollouts or to stop it."""
     code = 0
     server: LightningStoreServer | None = None
     try:
+        watch_parent("algorithm", parent_pid)
         if managed:
             from agl.store.server import LightningStoreServer
 
@@ -273,8 +276,13 @@ def _algorithm_process_main(
         if server is not None:
             try:
                 request_drain(server)
-                # Keep serving until the runner (in the main process) has finished its last rollout.
-                if not runners_done.wait(graceful_timeout + terminate_timeout):
+                # Keep serving until the runner (in the main process) has finished its last rollout, unless that
+                # process is gone.
+                deadline = time.monotonic() + graceful_timeout + terminate_timeout
+                while not runners_done.wait(0.1) and time.monotonic() < deadline:
+                    if parent_pid is not None and os.getppid() != parent_pid:
+                        break
+                if not runners_done.is_set() and (parent_pid is None or os.getppid() == parent_pid):
                     logger.warning(
                         "the runner did not finish within %.3gs; stopping the store server", graceful_timeout
                     )
@@ -701,6 +709,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             args=(
                 algorithm, store, stop_evt, gate, runners_done, self.server_host, self.server_port,
                 self.managed_store, self.graceful_timeout, self.terminate_timeout,
+                os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None,  # a forkserver's child: its own
             ),
             name="algorithm",
         )  # fmt: skip

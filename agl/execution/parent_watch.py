@@ -1,7 +1,8 @@
 """Ends a child process soon after the process that started it is gone (killed by the OOM killer, `kill -9`, ...).
 
 A runner process started by a strategy has no one to report to once its parent has died: the store server lived
-in the parent (or the parent supervised it), so it would retry a dead address forever. The watch polls
+in the parent (or the parent supervised it), so it would retry a dead address forever. Likewise the algorithm
+process started by a runner in the main process (`main_process="runner"`) would wait for rollouts nobody runs. The watch polls
 `os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a subreaper) on Linux
 and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
 """
@@ -55,8 +56,8 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
         while os.getppid() == expected:
             time.sleep(poll)
         logger.error(
-            "%s (pid %d): the process that started it (pid %d) has ended, killed or crashed; stopping this runner, "
-            "which nothing supervises any more",
+            "%s (pid %d): the process that started it (pid %d) has ended, killed or crashed; stopping, as nothing "
+            "supervises this process any more",
             name, os.getpid(), expected,
         )  # fmt: skip
         _flush()

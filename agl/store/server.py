@@ -158,7 +158,7 @@ class LightningStoreServer(LightningStore):
         self.tracker = tracker
         self.access_host = launch.access_host
         self._stop_timeout = launch.stop_timeout if launch.stop_timeout is not None else 10.0
-        self._keep_alive = launch.timeout_keep_alive if launch.timeout_keep_alive is not None else 75
+        self._keep_alive: float | None = launch.timeout_keep_alive  # None: the limits' keep_alive_seconds
         self.backlog = backlog
         self._store_thread_safe = bool(capabilities.get("thread_safe", False))
         self._owner_pid = os.getpid()
@@ -255,7 +255,7 @@ class LightningStoreServer(LightningStore):
             name="store server",
             log_level=self.log_level,
             lifespan="on",  # the app's health-check timer and the dashboard reader start and stop with the server
-            timeout_keep_alive=self._keep_alive,
+            timeout_keep_alive=self._keep_alive if self._keep_alive is not None else self.limits.keep_alive_seconds,
             timeout_graceful_shutdown=5,
             limit_concurrency=self.limit_concurrency,
             startup_timeout=self.startup_timeout,
@@ -480,7 +480,7 @@ class LightningStoreServer(LightningStore):
         self._owner_pid = state["owner_pid"]
         self.access_host = state.get("access_host")
         self.launch_mode, self.launcher_args, self.n_workers, self.tracker = "thread", None, 1, None
-        self._stop_timeout, self._keep_alive = 10.0, 75
+        self._stop_timeout, self._keep_alive = 10.0, None
         self._store_thread_safe = True
         self._serving = None
         self._in_thread = False

@@ -166,4 +166,38 @@ def test_hostile_inputs_measures_every_case(tmp_path: Path) -> None:
 def test_store_asgi_app_runs_the_cycle_through_asgi(tmp_path: Path) -> None:
     data = _run("store_asgi_app.py", "--cycles", "20", "--warmup", "5", "--repeats", "2", out=tmp_path)
     assert data["cycles"] == 20 and len(data["us_per_call_runs"]) == 2
-    assert data["us_per_call_median"] > 0
+    assert data["us_per_call_median"] > 0 and data["workers"] == 1
+
+
+def test_store_asgi_app_spreads_dequeues_over_many_workers(tmp_path: Path) -> None:
+    data = _run(
+        "store_asgi_app.py", "--cycles", "30", "--warmup", "5", "--repeats", "1", "--workers", "7", out=tmp_path
+    )
+    assert data["workers"] == 7 and data["us_per_call_median"] > 0
+    assert data["workers_in_store"] == [7]  # 35 dequeues took turns over the 7 worker ids
+
+
+@pytest.mark.slow
+def test_many_runners_heartbeats_first_and_audits_every_rollout(tmp_path: Path) -> None:
+    out = tmp_path / "many_runners.json"
+    args = ["--runners", "12", "--rollouts", "60", "--procs", "2", "--backend", "memory", "--timeout", "120"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "many_runners.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["errors"] == 0 and row["audit"] == {"succeeded": 60}
+    # Every runner made its first heartbeat (which opened its connection) before the clock started.
+    assert row["first_heartbeat_ms"]["count"] == 12
+    assert 0 < row["first_heartbeat_ms"]["p50"] <= row["first_heartbeat_ms"]["max"]
+    assert row["calls"] >= 5 * 60  # dequeue, 3 spans, status per rollout, plus polls of an empty queue
+    assert row["runners_cpu_per_call_us"] > 0 and row["server_cpu_per_call_us"] > 0
+
+
+def test_accept_burst_runs_both_ways(tmp_path: Path) -> None:
+    data = _run("accept_burst.py", "--busy", "2", "--new", "20", "--repeats", "1", "--give-up", "30", out=tmp_path)
+    assert [run["eager_accept"] for run in data["runs"]] == [True, False]
+    assert all(run["all_answered_s"] is not None and run["max_s"] > 0 for run in data["runs"])

@@ -2,9 +2,11 @@
 
 `fork` / `spawn` (the start method): a training with a real agent; the algorithm (in this process, which also
 serves the store) runs four rollouts. `stuck`: runners that swallow cancellation, as a stuck agent would. Then the
-algorithm prints `RUNNERS <pid> <pid>` and waits to be killed.
+algorithm prints `RUNNERS <pid> <pid>` and waits to be killed. `runner-main`: the other way round
+(`main_process="runner"`): this process runs the one runner, and the algorithm process it starts serves the store,
+runs four rollouts, prints `RUNNERS <its own pid>` (the process that must end) and waits.
 
-Usage: python -m tests.execution.orphan_script {fork|spawn|stuck}
+Usage: python -m tests.execution.orphan_script {fork|spawn|stuck|runner-main}
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from tests.execution.agents import Doubler
 
 
 def _announce_runners() -> None:
+    if multiprocessing.parent_process() is not None:  # the algorithm is the child (main_process="runner")
+        print(f"RUNNERS {os.getpid()}", flush=True)
+        return
     print("RUNNERS " + " ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
 
 
@@ -61,6 +66,12 @@ async def algorithm_waits_for_stuck_runners(store: LightningStore, event: Execut
 
 def main() -> int:
     mode = sys.argv[1]
+    if mode == "runner-main":
+        strategy = ClientServerExecutionStrategy(
+            server_host="127.0.0.1", server_port=0, n_runners=1, main_process="runner", metrics=False
+        )
+        Trainer(strategy=strategy, algorithm=RunThenWait()).fit(Doubler())
+        return 0
     strategy = ClientServerExecutionStrategy(
         server_host="127.0.0.1",
         server_port=0,

@@ -42,6 +42,8 @@ class RequestLimits:
     """Number of header lines in a request; more → 431 (and the connection closes)."""
     body_timeout_seconds: float = 60.0
     """Time to receive the whole body once the request head has arrived; longer → 408 (and the connection closes)."""
+    keep_alive_seconds: float = 75.0
+    """Time a kept-alive connection may stay idle between requests before the server closes it."""
     head_timeout_seconds: float = 30.0
     """Time to receive a request head, from its first byte (or from the opening of the connection, for its first
     request); longer → 408 (and the connection closes)."""
@@ -75,7 +77,7 @@ class RequestLimits:
             raise ValueError(f"max_json_depth must be between 1 and 200, got {self.max_json_depth!r}")
         if not isinstance(self.max_error_bytes, int) or self.max_error_bytes < 1024:
             raise ValueError(f"max_error_bytes must be an integer >= 1024, got {self.max_error_bytes!r}")
-        for name in ("watcher_ttl_seconds", "body_timeout_seconds", "head_timeout_seconds"):
+        for name in ("watcher_ttl_seconds", "body_timeout_seconds", "head_timeout_seconds", "keep_alive_seconds"):
             seconds = getattr(self, name)
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")

@@ -189,6 +189,22 @@ def test_a_head_larger_than_the_limits_allow_is_431_before_it_ends(limited: Ligh
     assert _healthy(limited.port)
 
 
+def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_seconds() -> None:
+    limits = RequestLimits(keep_alive_seconds=0.5, head_timeout_seconds=30)
+    server = LightningStoreServer(InMemoryLightningStore(thread_safe=True), port=0, limits=limits)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(_get("/v1/agl/health", {}))
+            status, _ = _read_answer(sock)
+            started = time.perf_counter()
+            sock.settimeout(5)
+            assert status == 200 and sock.recv(1) == b""  # closed by the server, not by the 5 s wait
+            assert 0.4 <= time.perf_counter() - started < 2.5
+    finally:
+        server.stop()
+
+
 def test_a_body_that_arrives_in_time_is_served(limited: LightningStoreServer) -> None:
     body = b'{"input": 1}'
     head = b"POST /v1/agl/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
@@ -223,5 +239,7 @@ def test_agl_store_flags_set_the_head_limits() -> None:
     _, limits = limits_from_args(parser, args)
     assert (limits.max_header_bytes, limits.max_header_count, limits.body_timeout_seconds) == (8192, 30, 2.5)
     assert limits.head_timeout_seconds == 7
+    args = parser.parse_args(["--keep-alive", "3", "--limit-concurrency", "50"])
+    assert limits_from_args(parser, args)[1].keep_alive_seconds == 3 and args.limit_concurrency == 50
     defaults = limits_from_args(parser, parser.parse_args([]))[1]
     assert defaults == RequestLimits()

@@ -1,4 +1,4 @@
-"""Limits on a request head that uvicorn's HTTP protocols lack: the time to receive it and its size.
+"""What uvicorn's connections lack: limits on a request head (the time to receive it, its size), and eager accept.
 
 uvicorn (httptools or h11) reads a request head for as long as the client keeps sending it: a client that trickles
 a header a byte at a time, or connects and sends nothing, holds its connection indefinitely (slowloris), and a huge
@@ -6,6 +6,11 @@ header costs the parser time that grows with the square of its size before any a
 gaps through uvicorn's public `Config(http=...)` option: its protocol wraps uvicorn's own (composition: every event
 is passed through unchanged) and watches the bytes of each request head, and an ASGI middleware tells it when the
 app has received a request (its head is complete) and when the answer is done (the next bytes start a new head).
+
+Eager accept: libuv (under uvloop) accepts one connection per turn of the event loop, so a busy server, whose turns
+take tens of milliseconds, takes a burst of new connections (1 000 runners starting) at a few dozen per second while
+the rest wait in the listening socket's backlog. Given the `listener`, each connection the loop accepts also
+accepts every other connection already waiting (`socket.accept` and `loop.connect_accepted_socket`).
 
 A head not complete `timeout` seconds after its first byte (or after the connection opened) is answered 408 and
 the connection closed; one that grows past `max_bytes` without ending is answered 431 (414 while still on the
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ClassVar
 
@@ -31,6 +37,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HEAD_END = b"\r\n\r\n"
+_ACCEPT_BURST = 512
+"""Most connections taken from the backlog at once, beside the one the loop accepted."""
 
 # What a connection is doing, as far as the guard is concerned.
 _IDLE = 0  # between requests: uvicorn's keep-alive timer watches it
@@ -51,17 +59,25 @@ def _answer(status: int, reason: str, error_type: str, detail: str) -> bytes:
 class HeadGuard:
     """Cuts off connections whose request head takes over `timeout` seconds to arrive or grows past `max_bytes`.
 
-    Either limit may be None (not enforced). Serve with `uvicorn.Config(guard.app(app), http=guard.protocol(uvicorn_protocol_class), ...)`; one guard per
+    Either limit may be None (not enforced). With `listener` (the socket uvicorn serves), waiting connections are
+    accepted eagerly (see the module docstring). Serve with `uvicorn.Config(guard.app(app), http=guard.protocol(uvicorn_protocol_class), ...)`; one guard per
     server. `tick` (default: a quarter of `timeout`, at most 1 s) is how late after its deadline a head is cut off.
     """
 
-    def __init__(self, timeout: float | None, max_bytes: int | None, tick: float | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        max_bytes: int | None,
+        tick: float | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
         if timeout is not None and not 0 < timeout < float("inf"):
             raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
         self.timeout = timeout
         self.max_bytes = max_bytes if max_bytes is not None else 2**62
+        self.listener = listener
         self.tick = tick if tick is not None else min(1.0, (timeout or 4.0) / 4)
         self._connections: dict[Any, _GuardedConnection] = {}
         self._deadlines: dict[_GuardedConnection, float] = {}
@@ -116,6 +132,31 @@ class HeadGuard:
         """Connections being watched."""
         return len(self._connections)
 
+    # -- eager accept ------------------------------------------------------------------------------------------
+
+    def _accept_waiting(self, make: Callable[[], asyncio.Protocol], loop: asyncio.AbstractEventLoop) -> None:
+        listener = self.listener
+        assert listener is not None
+        for _ in range(_ACCEPT_BURST):
+            try:
+                sock, _address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more waiting: the usual case, one system call
+            except OSError as exc:  # out of file descriptors and the like: the loop's own accept retries later
+                logger.debug("accepting a waiting connection failed: %r", exc)
+                return
+            sock.setblocking(False)
+            loop.create_task(self._adopt(sock, make, loop))
+
+    async def _adopt(
+        self, sock: socket.socket, make: Callable[[], asyncio.Protocol], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(make, sock)
+        except Exception as exc:  # the client left already
+            logger.debug("serving an accepted connection failed: %r", exc)
+            sock.close()
+
     # -- deadlines ---------------------------------------------------------------------------------------------
 
     def _arm(self, connection: _GuardedConnection, loop: asyncio.AbstractEventLoop) -> None:
@@ -147,6 +188,7 @@ class _GuardedConnection(asyncio.Protocol):
     def __init__(self, **settings: Any) -> None:
         # uvicorn builds its protocol with keyword arguments (config, server_state, app_state, _loop): passed on.
         self._inner = self.inner_class(**settings)
+        self._settings = settings
         self._state = _HEAD
         self._head_bytes = 0
         self._line_ended = False
@@ -165,6 +207,12 @@ class _GuardedConnection(asyncio.Protocol):
             self.guard._connections[self._key] = self
         self.guard._arm(self, self._loop)
         self._inner.connection_made(transport)
+        if self.guard.listener is not None:
+            self.guard._accept_waiting(self._another, self._loop)
+
+    def _another(self) -> asyncio.Protocol:
+        """A protocol for another connection of the same server, made as uvicorn made this one."""
+        return type(self)(**self._settings)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED

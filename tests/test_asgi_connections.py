@@ -1,4 +1,4 @@
-"""`agl.asgi_head_guard`: request heads that take too long or grow too large are cut off; everything else passes.
+"""`agl.asgi_connections`: request heads that take too long or grow too large are cut off; everything else passes.
 
 Real uvicorn on 127.0.0.1 (through `AsgiServer`, and directly with each of uvicorn's HTTP/1.1 protocols), raw sockets.
 """
@@ -6,6 +6,7 @@ Real uvicorn on 127.0.0.1 (through `AsgiServer`, and directly with each of uvico
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agl.asgi_head_guard import HeadGuard
+from agl.asgi_connections import HeadGuard
 from agl.asgi_serving import AsgiServer
 
 HEAD_TIMEOUT = 0.6
@@ -59,13 +60,21 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await asyncio.wait_for(reader.readexactly(length), 10)
 
 
+@contextlib.asynccontextmanager
+async def _connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
 async def _closed(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), 10) == b""
 
 
 async def test_a_connection_that_sends_nothing_is_answered_408_and_closed(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, _writer):
         started = time.monotonic()
         status, body = await _answer(reader)
         waited = time.monotonic() - started
@@ -73,8 +82,6 @@ async def test_a_connection_that_sends_nothing_is_answered_408_and_closed(port: 
         assert "head_timeout_seconds" in orjson.loads(body)["detail"]
         assert await _closed(reader)
         assert HEAD_TIMEOUT - 0.05 <= waited <= HEAD_TIMEOUT + 1.0
-    finally:
-        writer.close()
 
 
 async def test_a_trickled_head_is_cut_off_at_the_deadline(port: int) -> None:
@@ -101,8 +108,7 @@ async def test_a_trickled_head_is_cut_off_at_the_deadline(port: int) -> None:
 
 
 async def test_idle_keep_alive_is_not_a_slow_head_but_the_next_trickled_head_is(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         writer.write(_request(b"abc"))
         assert await _answer(reader) == (200, b"3")
         await asyncio.sleep(HEAD_TIMEOUT * 2)  # idle between requests: uvicorn's keep-alive timer's business
@@ -114,27 +120,21 @@ async def test_idle_keep_alive_is_not_a_slow_head_but_the_next_trickled_head_is(
         assert status == 408
         assert time.monotonic() - started <= HEAD_TIMEOUT + 1.0
         assert await _closed(reader)
-    finally:
-        writer.close()
 
 
 async def test_a_slow_body_is_not_the_head_guards_business(port: int) -> None:
     """The head arrived at once; the body trickles for longer than the head timeout and the request succeeds."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         body = b"x" * 12
         writer.write(_request(body)[: -len(body)])
         for chunk in (body[:4], body[4:8], body[8:]):
             await asyncio.sleep(HEAD_TIMEOUT / 2)
             writer.write(chunk)
         assert await _answer(reader) == (200, b"12")
-    finally:
-        writer.close()
 
 
 async def test_a_head_growing_past_the_limit_is_answered_431_before_it_ends(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         writer.write(b"GET /x HTTP/1.1\r\nhost: t\r\nx-big: ")
         for _ in range(3):
             writer.write(b"y" * (MAX_HEAD // 2))  # the head never ends; no chunk holds a blank line
@@ -142,13 +142,10 @@ async def test_a_head_growing_past_the_limit_is_answered_431_before_it_ends(port
         assert status == 431
         assert str(MAX_HEAD) in orjson.loads(body)["detail"]
         assert await _closed(reader)
-    finally:
-        writer.close()
 
 
 async def test_large_bodies_and_heads_under_the_limit_pass(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         body = b"z" * (MAX_HEAD * 50)  # arrives with the head, in the same writes: not counted as head
         writer.write(_request(body, extra=f"x-pad: {'p' * (MAX_HEAD // 2)}\r\n"))
         assert await _answer(reader) == (200, str(len(body)).encode())
@@ -160,13 +157,10 @@ async def test_large_bodies_and_heads_under_the_limit_pass(port: int) -> None:
         await asyncio.sleep(0.05)
         writer.write(whole[cut:])
         assert await _answer(reader) == (200, b"2")
-    finally:
-        writer.close()
 
 
 async def test_pipelined_requests_and_100_continue_pass(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         writer.write(_request(b"a") + _request(b"bb") + _request(b"c" * 10))
         assert [await _answer(reader) for _ in range(3)] == [(200, b"1"), (200, b"2"), (200, b"10")]
         await asyncio.sleep(HEAD_TIMEOUT * 1.5)
@@ -176,8 +170,6 @@ async def test_pipelined_requests_and_100_continue_pass(port: int) -> None:
         await asyncio.sleep(HEAD_TIMEOUT * 1.5)  # waiting to send the body is not a slow head
         writer.write(b"hello")
         assert await _answer(reader) == (200, b"5")
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize("protocol", ["httptools", "h11"])
@@ -214,15 +206,12 @@ async def test_each_of_uvicorns_protocols_under_the_guard(protocol: str) -> None
 
 
 async def test_a_request_line_growing_past_the_limit_is_answered_414(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with _connection(port) as (reader, writer):
         writer.write(b"GET /" + b"u" * (MAX_HEAD * 2))
         status, body = await _answer(reader)
         assert status == 414
         assert "URL" in orjson.loads(body)["detail"]
         assert await _closed(reader)
-    finally:
-        writer.close()
 
 
 async def test_asgi_servers_guard_heads_by_default() -> None:
@@ -267,3 +256,44 @@ async def test_many_slow_heads_are_all_cut_off_and_the_server_keeps_serving(port
     finally:
         for _, writer in connections:
             writer.close()
+
+
+async def _busy_or_fast(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """`/busy` holds the event loop for 5 ms (a server at work); anything else answers at once."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/busy":
+        time.sleep(0.005)  # blocking on purpose: the loop's turns get long, as under load
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_busy_server_accepts_a_burst_of_new_connections_at_once() -> None:
+    """libuv accepts one connection per loop turn; with 10 clients keeping the server busy (turns of ~50 ms), 300
+    new connections would take ~15 s to be accepted one by one. Accepted eagerly, all are answered within seconds."""
+    server = AsgiServer(_busy_or_fast, backlog=1024)
+    server.start()  # on a loop of its own (uvloop's when installed), in a thread
+    stop = asyncio.Event()
+
+    async def keep_busy() -> None:
+        async with _connection(server.port) as (reader, writer):
+            while not stop.is_set():
+                writer.write(b"GET /busy HTTP/1.1\r\nhost: t\r\n\r\n")
+                await _answer(reader)
+
+    async def newcomer() -> float:
+        started = time.monotonic()
+        async with _connection(server.port) as (reader, writer):
+            writer.write(b"GET /fast HTTP/1.1\r\nhost: t\r\n\r\n")
+            assert await _answer(reader) == (200, b"ok")
+        return time.monotonic() - started
+
+    busy = [asyncio.ensure_future(keep_busy()) for _ in range(10)]
+    try:
+        await asyncio.sleep(0.3)
+        waits = await asyncio.gather(*(newcomer() for _ in range(300)))
+        assert max(waits) < 5.0, sorted(waits)[-10:]
+    finally:
+        stop.set()
+        await asyncio.gather(*busy, return_exceptions=True)
+        server.stop()
