@@ -1,4 +1,5 @@
-"""What uvicorn's connections lack: limits on a request head (the time to receive it, its size), and eager accept.
+"""What uvicorn's connections lack: limits on a request head (the time to receive it, its size), eager accept, and
+one write per answer.
 
 uvicorn (httptools or h11) reads a request head for as long as the client keeps sending it: a client that trickles
 a header a byte at a time, or connects and sends nothing, holds its connection indefinitely (slowloris), and a huge
@@ -11,6 +12,9 @@ Eager accept: libuv (under uvloop) accepts one connection per turn of the event 
 take tens of milliseconds, takes a burst of new connections (1 000 runners starting) at a few dozen per second while
 the rest wait in the listening socket's backlog. Given the `listener`, each connection the loop accepts also
 accepts every other connection already waiting (`socket.accept` and `loop.connect_accepted_socket`).
+
+One write per answer: uvicorn writes an answer's head and body separately, and uvloop sends each at once; the
+connection's transport is wrapped so that the writes of one loop turn leave in one system call.
 
 A head not complete `timeout` seconds after its first byte (or after the connection opened) is answered 408 and
 the connection closed; one that grows past `max_bytes` without ending is answered 431 (414 while still on the
@@ -179,6 +183,62 @@ class HeadGuard:
             self._timer = loop.call_later(self.tick, self._check, loop)
 
 
+class _CoalescingTransport:
+    """A transport that gathers the writes of one loop turn into one system call.
+
+    uvicorn writes an answer's head and its body with two `write` calls, and uvloop sends each at once: two system
+    calls, each waking the client. Here a first write waits for the end of the current loop turn (`call_soon`) and
+    writes made meanwhile join it (`writelines`: one `writev`). Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            self._loop.call_soon(self._flush)
+        pending.append(data)
+
+    def writelines(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + sum(len(chunk) for chunk in self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _GuardedConnection(asyncio.Protocol):
     """One connection: uvicorn's protocol (`inner_class`) doing the HTTP, with `guard` watching its heads."""
 
@@ -198,15 +258,15 @@ class _GuardedConnection(asyncio.Protocol):
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
         self._loop = asyncio.get_running_loop()
+        self._transport = _CoalescingTransport(transport, self._loop)
         peer = transport.get_extra_info("peername")
         # The key uvicorn puts in the ASGI scope as "client" for this connection (host, port).
         if isinstance(peer, (tuple, list)) and len(peer) >= 2:
             self._key = (str(peer[0]), int(peer[1]))
             self.guard._connections[self._key] = self
         self.guard._arm(self, self._loop)
-        self._inner.connection_made(transport)
+        self._inner.connection_made(self._transport)
         if self.guard.listener is not None:
             self.guard._accept_waiting(self._another, self._loop)
 

@@ -297,3 +297,50 @@ async def test_a_busy_server_accepts_a_burst_of_new_connections_at_once() -> Non
         stop.set()
         await asyncio.gather(*busy, return_exceptions=True)
         server.stop()
+
+
+class _RecordingTransport:
+    """Records what reaches the socket's transport: one entry per system call uvloop would make."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append([data])
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.calls.append(list(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def test_the_writes_of_one_loop_turn_leave_together() -> None:
+    from agl.asgi_connections import _CoalescingTransport
+
+    inner = _RecordingTransport()
+    transport = _CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"body")
+    assert inner.calls == []  # held until the end of this turn
+    await asyncio.sleep(0)
+    assert inner.calls == [[b"HTTP/1.1 200 OK\r\n\r\n", b"body"]]
+    transport.write(b"next")
+    transport.close()  # what is pending goes first
+    assert inner.calls[-1] == [b"next"] and inner.closed
+    assert transport.get_extra_info("peername") == "info:peername"
+
+
+async def test_many_answers_on_one_connection_arrive_whole_and_in_order(port: int) -> None:
+    """Every answer goes through the coalescing transport: heads and bodies stay together and in order."""
+    async with _connection(port) as (reader, writer):
+        for size in range(0, 300, 7):
+            writer.write(_request(b"x" * size))
+            assert await _answer(reader) == (200, str(size).encode())
