@@ -1,6 +1,6 @@
 """Benchmark: does a large query stall the store's other clients?
 
-A store server (memory, or SQLite with `synchronous=FULL`) runs in its own process holding `--rollouts` rollouts
+A store server (memory, SQLite with `synchronous=FULL`, or PostgreSQL: a throwaway local server, fsync on) runs in its own process holding `--rollouts` rollouts
 (45 000 by default). Each repeat measures, each phase for `--duration` seconds, with every client its own process:
 
     reads            one client's point reads (`get_rollout_by_id`), alone
@@ -13,6 +13,7 @@ Medians over `--repeats` go to the table; every repeat to JSON under bench/resul
 
     .venv/bin/python bench/store_stall.py --backend sqlite
     .venv/bin/python bench/store_stall.py --backend memory --rollouts 45000 --duration 5 --repeats 3
+    .venv/bin/python bench/store_stall.py --backend postgres --repeats 1 --duration 4
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def _cycle(endpoint: str, pid: int, k: int, duration: float, hog: bool) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["memory", "sqlite"], default="sqlite")
+    parser.add_argument("--backend", choices=["memory", "sqlite", "postgres"], default="sqlite")
     parser.add_argument("--rollouts", type=int, default=45_000)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -169,7 +170,13 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     directory = tempfile.mkdtemp(prefix="agl-stall-")
-    server = ctx.Process(target=store_http._serve, args=(child, args.backend, f"{directory}/store.db", "FULL"))
+    where, cluster = f"{directory}/store.db", None
+    if args.backend == "postgres":
+        from tests.store.postgres_server import PostgresCluster
+
+        cluster = PostgresCluster(fsync=True).start()
+        where = cluster.create_database("agl_stall")
+    server = ctx.Process(target=store_http._serve, args=(child, args.backend, where, "FULL"))
     server.start()
     samples: list[dict[str, Any]] = []
     load_before = os.getloadavg()
@@ -202,6 +209,8 @@ def main() -> None:
         for name in os.listdir(directory):
             os.remove(os.path.join(directory, name))
         os.rmdir(directory)
+        if cluster is not None:
+            cluster.stop()
 
     print(f"\n{args.backend}, {args.rollouts:,} rollouts, medians of {args.repeats} x {args.duration:.0f} s")
     header = f"{'phase':<14}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'hog q/s':>9}{'hog s/query':>13}"

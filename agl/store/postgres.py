@@ -10,7 +10,7 @@ Design
   COMMITTED and lock what they change: reading a rollout, a worker or the watched rollouts inside a write takes
   their row locks (`FOR UPDATE`), so two servers changing one rollout take turns and each sees the other's commit.
   Reads run at REPEATABLE READ, one consistent snapshot per call. Each transaction runs on one of the driver's
-  worker threads (`agl.store.postgres_threads`) in psycopg's pipeline mode: a statement is sent with the next one
+  worker threads (`agl.store.job_threads`) in psycopg's pipeline mode: a statement is sent with the next one
   whose rows are read, so a transaction waits for the database once per read, not once per statement.
 * Claiming locks the queue entry and its rollout with `SELECT ... FOR UPDATE SKIP LOCKED`: servers claiming at once
   each take a different rollout and never wait for each other. Span sequence ids come from `UPDATE ... RETURNING` on
@@ -52,7 +52,7 @@ from agl.store.engine import StoreEngine
 from agl.store.errors import NotFoundError
 from agl.store.events import StoreEvent
 from agl.store.inputs import INT64_MAX
-from agl.store.postgres_threads import TransactionThreads
+from agl.store.job_threads import JobThreads
 from agl.store.query import RolloutFilter, sort_items
 from agl.types.core import Attempt, Rollout, Worker
 from agl.types.resources import ResourcesUpdate
@@ -927,9 +927,8 @@ class PostgresDriver:
             with self.write() as wtx:
                 wtx.run(f"UPDATE {SCHEMA}.rollouts SET watched = TRUE WHERE status = 'preparing' AND NOT watched")
         # Transactions run here, never on an event loop: one thread per pooled connection.
-        self._threads = TransactionThreads(
-            max_connections, "agl-pg", f"PostgresLightningStore on {self.where} is closed"
-        )
+        self._threads = JobThreads(f"PostgresLightningStore on {self.where} is closed")
+        self._threads.start([f"agl-pg-{i}" for i in range(max_connections)])
         if listen:
             self._listener = threading.Thread(target=self._listen, name="agl-pg-listen", daemon=True)
             self._listener.start()
@@ -955,7 +954,7 @@ class PostgresDriver:
         return await self._run(body, True)
 
     async def _run(self, body: Callable[[Any], T], write: bool) -> T:
-        return await self._threads.run(partial(self._transact, body, write))
+        return await self._threads.submit(partial(self._transact, body, write))
 
     def _transact(self, body: Callable[[Any], T], write: bool) -> T:
         """`body(tx)` in one transaction (on the calling thread)."""

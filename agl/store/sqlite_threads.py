@@ -10,23 +10,23 @@ a slow fsync or a large query never runs on an event loop.
 * `ReaderPool` runs reads on its own connections (WAL snapshots), so a read never waits for a commit's fsync nor
   holds up a write.
 
-Each thread closes its own connection when it stops. Between jobs a thread holds nothing of the store that made it
-(only its queue and its connection), so a store dropped without `close()` can be garbage-collected, and its
-finalizer (`stop_unclosed`) stops the threads.
+Each thread closes its own connection when it stops. The queue, the hand-back of results to the callers' loops and
+the closing are `agl.store.job_threads`'; a store dropped without `close()` is collected and its finalizer
+(`stop_unclosed`) stops the threads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from queue import Empty, SimpleQueue
+from queue import Empty
 from typing import Any, Generic, Protocol, TypeVar
+
+from agl.store.job_threads import Job, JobThreads, hand_back
 
 __all__ = ["GroupWriter", "ReaderPool", "WriteRows", "stop_unclosed"]
 
@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 GROUP_MAX = 512
 """The most writes one transaction takes, so one group's commit stays short."""
+
+STEP_ASIDE_SECONDS = 0.0002
+"""How long a large read pauses between chunks while another read is in flight (see `ReaderPool.step_aside`)."""
 
 UNCLOSED_WAIT = 5.0
 """Seconds the finalizer of a store dropped without close() waits for its threads to finish their queued jobs."""
@@ -55,99 +58,11 @@ class WriteRows(Protocol):
         """Close the connection (the writer thread does, when it stops)."""
 
 
-_NO_CONTEXT = contextvars.Context()
-"""What a job that has run keeps instead of its context (which may hold the store)."""
+def _closed(name: str) -> str:
+    return f"SqliteLightningStore on {name} is closed"
 
 
-class _Job:
-    """One closure waiting to run, and what it gave."""
-
-    __slots__ = ("body", "context", "error", "events", "finished", "future", "loop", "result")
-
-    def __init__(self, body: Callable[[Any], Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.body = body
-        self.context = contextvars.copy_context()
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.events: list[Any] = []
-        self.finished: list[str] = []
-
-
-def _settle(jobs: list[_Job]) -> None:
-    """On the callers' loop: hand each job's result or exception to its caller (one still waiting)."""
-    for job in jobs:
-        future = job.future
-        if future.done():  # the caller was cancelled; the write itself stands
-            continue
-        if job.error is not None:
-            future.set_exception(job.error)
-        else:
-            future.set_result(job.result)
-
-
-def _spent(rows: Any) -> None:
-    raise RuntimeError("this SQLite job has already run")
-
-
-def _hand_back(jobs: list[_Job]) -> None:
-    """Settle `jobs` on their loops, one wake-up per loop.
-
-    Each job lets go of its closure and context first: they may hold the store, and the thread that ran the job
-    still holds the job until it takes the next one, which would keep a store dropped meanwhile alive.
-    """
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-    for job in jobs:
-        job.body = _spent
-        job.context = _NO_CONTEXT
-        by_loop.setdefault(job.loop, []).append(job)
-    for loop, group in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, group)
-        except RuntimeError:  # the caller's loop is closed: nobody is waiting
-            pass
-
-
-def _closed(name: str) -> RuntimeError:
-    return RuntimeError(f"SqliteLightningStore on {name} is closed")
-
-
-class _JobQueue:
-    """What the writer and the reader pool share: a queue of closures for their threads, closed once."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._queue: SimpleQueue[_Job | None] = SimpleQueue()
-        self._state = threading.Lock()
-        self._open = True
-        self._threads: list[threading.Thread] = []
-
-    async def _submit(self, body: Callable[[Any], T]) -> T:
-        job = _Job(body, asyncio.get_running_loop())
-        with self._state:
-            if not self._open:
-                raise _closed(self._name)
-            self._queue.put(job)
-        result: T = await job.future
-        return result
-
-    def _stop(self, wait: float | None) -> None:
-        """Take no more jobs; each thread ends after the jobs queued before it. Waits up to `wait` seconds (None:
-        without limit) for them, never for the calling thread itself. A second call returns at once."""
-        with self._state:
-            if not self._open:
-                return
-            self._open = False
-            for _ in self._threads:
-                self._queue.put(None)
-        deadline = None if wait is None else time.monotonic() + wait
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-
-class GroupWriter(_JobQueue, Generic[R]):
+class GroupWriter(JobThreads, Generic[R]):
     """The writer thread: runs write closures on `rows` (its connection), committing queued ones together.
 
     Args:
@@ -160,29 +75,20 @@ class GroupWriter(_JobQueue, Generic[R]):
     """
 
     def __init__(self, rows: R, on_commit: Callable[[list[Any], list[str]], None], name: str) -> None:
-        super().__init__(name)
+        super().__init__(_closed(name))
+        self._name = name
         self._rows = rows
         self.on_commit = on_commit
         self.commits = 0
         """Transactions committed so far (each a group of writes)."""
         self.writes = 0
         """Writes committed so far: `writes / commits` is the mean group size."""
-        self._thread = threading.Thread(target=self._serve, name="agl-sqlite-writer", daemon=True)
-        self._threads = [self._thread]
-        self._thread.start()
+        self.start(["agl-sqlite-writer"])
 
     async def run(self, body: Callable[[R], T]) -> T:
         """`body(rows)` in a write transaction; its result once committed, or its exception (its changes rolled
         back)."""
-        return await self._submit(body)
-
-    def queued(self) -> int:
-        """How many writes wait for the writer (roughly: the count may change meanwhile)."""
-        return self._queue.qsize()
-
-    def close(self) -> None:
-        """Finish the writes already queued, then stop the thread, which closes the connection."""
-        self._stop(wait=None)
+        return await self.submit(body)
 
     # -- the thread ------------------------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -198,7 +104,7 @@ class GroupWriter(_JobQueue, Generic[R]):
 
     def _serve_group(self) -> bool:
         """Wait for writes and commit them as one group; False once told to stop."""
-        queue = self._queue
+        queue = self.queue
         first = queue.get()
         if first is None:
             return False
@@ -220,10 +126,10 @@ class GroupWriter(_JobQueue, Generic[R]):
             for job in group:
                 if job.error is None:
                     job.error = exc
-            _hand_back(group)
+            hand_back(group)
         return not stop
 
-    def _commit(self, group: list[_Job]) -> None:
+    def _commit(self, group: list[Job]) -> None:
         rows: Any = self._rows
         db: sqlite3.Connection = rows.conn()
         try:
@@ -231,9 +137,10 @@ class GroupWriter(_JobQueue, Generic[R]):
         except sqlite3.Error as exc:
             for job in group:
                 job.error = exc
-            _hand_back(group)
+            hand_back(group)
             return
-        applied: list[_Job] = []
+        # Each applied write with the events and finished rollouts it collected, reported once committed.
+        applied: list[tuple[Job, list[Any], list[str]]] = []
         single = len(group) == 1  # alone, the transaction itself is the savepoint
         for job in group:
             if not single:
@@ -250,7 +157,7 @@ class GroupWriter(_JobQueue, Generic[R]):
                 elif applied:
                     # SQLite itself ended the transaction (e.g. the disk is full): the writes applied before in this
                     # group are gone too, so they fail with the same error; the rest go on in a new transaction.
-                    for done in applied:
+                    for done, _, _ in applied:
                         done.error = exc
                     applied = []
                     db.execute("BEGIN IMMEDIATE")
@@ -259,32 +166,31 @@ class GroupWriter(_JobQueue, Generic[R]):
                 continue
             if not single:
                 db.execute("RELEASE w")
-            job.events, job.finished = rows.events, rows.finished
+            applied.append((job, rows.events, rows.finished))
             rows.events, rows.finished = [], []
-            applied.append(job)
         if db.in_transaction:
             try:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                for job in applied:
+                for job, _, _ in applied:
                     job.error = exc
                 applied = []
         if applied:
             self.commits += 1
             self.writes += len(applied)
         hook = self.on_commit
-        for job in applied:
-            if job.events or job.finished:
+        for _, events, finished in applied:
+            if events or finished:
                 try:
-                    hook(job.events, job.finished)
+                    hook(events, finished)
                 except Exception:
                     logger.exception("store commit hook failed")
-        _hand_back(group)
+        hand_back(group)
 
 
-class ReaderPool(_JobQueue, Generic[R]):
+class ReaderPool(JobThreads, Generic[R]):
     """Reader threads, each with its own read connection (from `open_rows`), running read closures.
 
     Args:
@@ -295,49 +201,71 @@ class ReaderPool(_JobQueue, Generic[R]):
     """
 
     def __init__(self, open_rows: Callable[[], R], threads: int, name: str) -> None:
-        super().__init__(name)
+        super().__init__(_closed(name))
         self._open_rows = open_rows
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"agl-sqlite-reader-{i}", daemon=True) for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._count = threading.Lock()
+        self._reading = 0
+        self.pauses = 0
+        """How many times a large read paused for another one so far."""
+        self.start([f"agl-sqlite-reader-{i}" for i in range(threads)])
 
     async def run(self, body: Callable[[R], T]) -> T:
         """`body(rows)` in a read transaction (one snapshot) on a reader thread; its result or exception."""
-        return await self._submit(body)
+        with self._count:
+            self._reading += 1
+        try:
+            return await self.submit(body)
+        finally:
+            with self._count:
+                self._reading -= 1
 
-    def close(self) -> None:
-        """Finish the reads already queued, stop the threads and close their connections."""
-        self._stop(wait=None)
+    def step_aside(self) -> None:
+        """Called by a large read between chunks of its rows: while another read is in flight, pause briefly.
+
+        Decoding rows holds the interpreter lock, and a thread waiting for it waits up to the switch interval
+        (5 ms) each time; a point read takes it several times (each SQLite call lets it go), on its reader thread
+        and on the event loop. Pausing here hands it over at once, so a read of tens of thousands of rows slows
+        point reads beside it by about a chunk's decoding instead (bench/store_stall.py)."""
+        if self._reading > 1:
+            self.pauses += 1
+            time.sleep(STEP_ASIDE_SECONDS)
 
     def _serve(self) -> None:
-        rows: Any = None
-        db: sqlite3.Connection | None = None
+        reader = _Reader(self._open_rows, self.step_aside)
         try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                try:
-                    if rows is None:
-                        rows = self._open_rows()
-                        db = rows.conn()
-                    assert db is not None
-                    db.execute("BEGIN")
-                    try:
-                        job.result = job.context.run(job.body, rows)
-                    finally:
-                        db.execute("COMMIT")
-                except BaseException as exc:
-                    job.error = exc
-                _hand_back([job])
+            self.serve_each(reader.read)
         finally:
-            if db is not None:
-                db.close()
+            reader.close()
 
 
-def stop_unclosed(pools: Sequence[_JobQueue | None], owner_pid: int, wait: float = UNCLOSED_WAIT) -> None:
+class _Reader:
+    """One reader thread's connection, opened at its first read."""
+
+    def __init__(self, open_rows: Callable[[], Any], step_aside: Callable[[], None]) -> None:
+        self._open_rows = open_rows
+        self._step_aside = step_aside
+        self._rows: Any = None
+        self._db: sqlite3.Connection | None = None
+
+    def read(self, body: Callable[[Any], T]) -> T:
+        """`body(rows)` in one read transaction."""
+        if self._db is None:
+            self._rows = self._open_rows()
+            self._rows.step_aside = self._step_aside
+            self._db = self._rows.conn()
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            return body(self._rows)
+        finally:
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+def stop_unclosed(pools: Sequence[JobThreads | None], owner_pid: int, wait: float = UNCLOSED_WAIT) -> None:
     """Finalizer of a store garbage-collected (or still open at interpreter exit) without close(): stop its threads
     in order, after the jobs already queued, each closing its connection; waits up to `wait` seconds in all.
 
@@ -347,4 +275,4 @@ def stop_unclosed(pools: Sequence[_JobQueue | None], owner_pid: int, wait: float
     deadline = time.monotonic() + wait
     for pool in pools:
         if pool is not None:
-            pool._stop(max(0.0, deadline - time.monotonic()))
+            pool.stop(max(0.0, deadline - time.monotonic()))

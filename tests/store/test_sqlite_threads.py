@@ -270,3 +270,30 @@ def test_a_store_left_open_at_interpreter_exit_is_closed(tmp_path: Path) -> None
         assert reopened.execute("SELECT COUNT(*) FROM rollouts").fetchone()[0] == 1
     finally:
         reopened.close()
+
+
+async def test_a_large_read_pauses_while_another_read_is_in_flight_and_still_reads_every_row(
+    store: SqliteLightningStore,
+) -> None:
+    queued = await store.enqueue_many_rollouts([EnqueueRolloutRequest(input={"i": i}) for i in range(1_200)])
+    readers = store._sqlite._readers
+    assert readers is not None
+    alone = await store.query_rollouts()
+    assert readers.pauses == 0  # no other read in flight: no pause
+    started, gate = threading.Event(), threading.Event()
+
+    def held_read(rows: object) -> None:
+        started.set()
+        gate.wait(30)
+
+    held = asyncio.ensure_future(store._sqlite.run_read(held_read))
+    try:
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        beside = await store.query_rollouts()
+    finally:
+        gate.set()
+        await held
+    # 1 200 rows decoded in chunks of 100, and their latest attempts looked up in chunks of 500: 11 + 2 pauses.
+    assert readers.pauses == 13
+    assert [r.rollout_id for r in beside] == [r.rollout_id for r in alone] == [r.rollout_id for r in queued]
