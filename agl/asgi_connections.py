@@ -184,11 +184,12 @@ class HeadGuard:
 
 
 class _CoalescingTransport:
-    """A transport that gathers the writes of one loop turn into one system call.
+    """A transport that sends an answer's head and body with one system call.
 
     uvicorn writes an answer's head and its body with two `write` calls, and uvloop sends each at once: two system
-    calls, each waking the client. Here a first write waits for the end of the current loop turn (`call_soon`) and
-    writes made meanwhile join it (`writelines`: one `writev`). Everything else is the wrapped transport's.
+    calls, each waking the client. Here a write is held until the next one (the body), and both leave together
+    (`writelines`: one `writev`) at once; a write that nothing follows in the same loop turn leaves at the turn's
+    end (`call_soon`). Everything else is the wrapped transport's.
     """
 
     __slots__ = ("_loop", "_pending", "_transport")
@@ -201,8 +202,11 @@ class _CoalescingTransport:
     def write(self, data: bytes) -> None:
         pending = self._pending
         if not pending:
-            self._loop.call_soon(self._flush)
+            self._pending = [data]
+            self._loop.call_soon(self._flush)  # a head alone (no body follows in this turn) still leaves this turn
+            return
         pending.append(data)
+        self._flush()  # head and body: the answer is complete, send it now rather than at the end of the turn
 
     def writelines(self, data: Any) -> None:
         for chunk in data:
@@ -231,6 +235,12 @@ class _CoalescingTransport:
     def abort(self) -> None:
         self._pending = []
         self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
     def get_write_buffer_size(self) -> int:
         return int(self._transport.get_write_buffer_size()) + sum(len(chunk) for chunk in self._pending)

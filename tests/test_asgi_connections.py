@@ -318,23 +318,28 @@ class _RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
-    def get_extra_info(self, name: str) -> str:
+    def get_extra_info(self, name: str, default: object = None) -> str:
         return f"info:{name}"
 
 
-async def test_the_writes_of_one_loop_turn_leave_together() -> None:
+async def test_a_head_and_its_body_leave_together_and_a_lone_write_at_the_end_of_the_turn() -> None:
     from agl.asgi_connections import _CoalescingTransport
 
     inner = _RecordingTransport()
     transport = _CoalescingTransport(inner, asyncio.get_running_loop())
     transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert inner.calls == []  # a head waits for its body
     transport.write(b"body")
-    assert inner.calls == []  # held until the end of this turn
-    await asyncio.sleep(0)
-    assert inner.calls == [[b"HTTP/1.1 200 OK\r\n\r\n", b"body"]]
+    assert inner.calls == [[b"HTTP/1.1 200 OK\r\n\r\n", b"body"]]  # one writev, at once
+    transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert len(inner.calls) == 1
+    await asyncio.sleep(0)  # nothing followed in this turn: it leaves alone
+    assert inner.calls[-1] == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     transport.write(b"next")
     transport.close()  # what is pending goes first
     assert inner.calls[-1] == [b"next"] and inner.closed
+    await asyncio.sleep(0)
+    assert len(inner.calls) == 3  # nothing sent twice
     assert transport.get_extra_info("peername") == "info:peername"
 
 
