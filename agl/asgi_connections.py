@@ -14,12 +14,12 @@ the rest wait in the listening socket's backlog. Given the `listener`, each conn
 accepts every other connection already waiting (`socket.accept` and `loop.connect_accepted_socket`).
 
 One write per answer: uvicorn writes an answer's head and body separately, and uvloop sends each at once; the
-connection's transport is wrapped so that the writes of one loop turn leave in one system call.
+connection's transport is wrapped so that head and body leave in one system call.
 
 A head not complete `timeout` seconds after its first byte (or after the connection opened) is answered 408 and
 the connection closed; one that grows past `max_bytes` without ending is answered 431 (414 while still on the
-request line) and closed. Deadlines are
-kept in a dict and checked by one timer per server every `tick` seconds, so a request costs no timer of its own.
+request line) and closed. Deadlines are kept in a dict and checked by one timer per server every `tick` seconds, so
+a request costs no timer of its own.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class HeadGuard:
     """Cuts off connections whose request head takes over `timeout` seconds to arrive or grows past `max_bytes`.
 
     Either limit may be None (not enforced). With `listener` (the socket uvicorn serves), waiting connections are
-    accepted eagerly (see the module docstring). Serve with `uvicorn.Config(guard.app(app), http=guard.protocol(uvicorn_protocol_class), ...)`; one guard per
-    server. `tick` (default: a quarter of `timeout`, at most 1 s) is how late after its deadline a head is cut off.
+    accepted eagerly (see the module docstring). Serve with
+    `uvicorn.Config(guard.app(app), http=guard.protocol(uvicorn_protocol_class), ...)`, one guard per server.
+    `tick` (default: a quarter of `timeout`, at most 1 s) is how late after its deadline a head is cut off.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class HeadGuard:
         self._connections: dict[Any, _GuardedConnection] = {}
         self._deadlines: dict[_GuardedConnection, float] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._adopting: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self._timeout_answer = _answer(
             408,
             "Request Timeout",
@@ -150,7 +152,9 @@ class HeadGuard:
                 logger.debug("accepting a waiting connection failed: %r", exc)
                 return
             sock.setblocking(False)
-            loop.create_task(self._adopt(sock, make, loop))
+            task = loop.create_task(self._adopt(sock, make, loop))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
 
     async def _adopt(
         self, sock: socket.socket, make: Callable[[], asyncio.Protocol], loop: asyncio.AbstractEventLoop
