@@ -62,6 +62,11 @@ def _serve(
     # schedules each session as one group (autogroup), so the K clients, which share the benchmark's session, do
     # not get K shares of the CPU against the server's one. Agent Lightning's server is started the same way.
     os.setsid()
+    from agl.execution.parent_watch import watch_parent
+
+    # A harness killed by a signal (a `timeout`) runs no `finally`: the server then ends by itself instead of
+    # staying behind.
+    watch_parent("benchmark store server")
     from agl.store.base import LightningStore
     from agl.store.memory import InMemoryLightningStore
     from agl.store.server import LightningStoreServer
