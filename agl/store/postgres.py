@@ -652,13 +652,20 @@ class _Transaction:
     def claim_next(self) -> Rollout | None:
         """Lock and delete the queue's first entry that no other transaction holds, with its rollout; entries whose
         rollout is no longer queuing are deleted and skipped."""
+        looked_again = False
         while True:
             row = self.run(
                 f"SELECT q.position, r.data FROM {SCHEMA}.queue q JOIN {SCHEMA}.rollouts r USING (rollout_id) "
                 "ORDER BY q.position LIMIT 1 FOR UPDATE OF q, r SKIP LOCKED"
             ).fetchone()
             if row is None:
-                return None
+                # The statement saw the queue as it was when it began: an entry committed while it ran is missed
+                # when the entries it did see were all being claimed by others (skipped as locked). One more look
+                # begins after those commits, so a queue that was never empty is not reported empty.
+                if looked_again:
+                    return None
+                looked_again = True
+                continue
             position, data = row
             self.run(f"DELETE FROM {SCHEMA}.queue WHERE position = %s", (position,))
             rollout = Rollout.model_validate_json(data)
