@@ -93,9 +93,9 @@ class GRPOConfig:
     """The most sequences the model server GRPO starts generates together (`ModelServer(max_batch_size=...)`)."""
     compute_dtype: str = "float32"
     """The dtype of the matrix products in generation and in the update (torch autocast); weights, gradients and the
-    optimizer stay in `dtype`. `bfloat16` made the update 2.1–2.5× and generation 1.3× faster on a CPU with AVX512-BF16 (docs/gpu.md), and
-    the update's log-probs then differ from float32 ones by about 0.01 on average. Ignored for generation when GRPO
-    is given a `server`."""
+    optimizer stay in `dtype`. `bfloat16` made the update 2.1–2.5× and generation 1.3× faster on a CPU with
+    AVX512-BF16 (docs/gpu.md), and the update's log-probs then differ from float32 ones by about 0.01 on average.
+    Ignored for generation when GRPO is given a `server`."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "tasks_per_step", "group_size", "micro_batch_size", "max_new_tokens", "max_batch_size"):

@@ -188,6 +188,13 @@ def _start_runner_metrics(metrics_port: int | None, worker_id: int) -> RunnerMet
     return None
 
 
+def _children_parent_pid(ctx: BaseContext) -> int | None:
+    """The parent pid a child started through `ctx` sees while this process lives: this process's, except that a
+    forkserver child's parent is the fork server (which ends with this process), so None lets the child take its own
+    parent at start."""
+    return os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None
+
+
 def _runner_process_main(
     runner: RunnerBundle,
     store: LightningStore | None,
@@ -276,13 +283,16 @@ def _algorithm_process_main(
         if server is not None:
             try:
                 request_drain(server)
+
                 # Keep serving until the runner (in the main process) has finished its last rollout, unless that
                 # process is gone.
+                def runner_alive() -> bool:
+                    return parent_pid is None or os.getppid() == parent_pid
+
                 deadline = time.monotonic() + graceful_timeout + terminate_timeout
-                while not runners_done.wait(0.1) and time.monotonic() < deadline:
-                    if parent_pid is not None and os.getppid() != parent_pid:
-                        break
-                if not runners_done.is_set() and (parent_pid is None or os.getppid() == parent_pid):
+                while not runners_done.wait(0.1) and time.monotonic() < deadline and runner_alive():
+                    pass
+                if not runners_done.is_set() and runner_alive():
                     logger.warning(
                         "the runner did not finish within %.3gs; stopping the store server", graceful_timeout
                     )
@@ -507,8 +517,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
 
         metrics_port = self.metrics_port
         store_url = ",".join(self.store_urls) or None
-        # A forkserver child's parent is the fork server (which ends with this process), not this process.
-        parent_pid = os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None
+        parent_pid = _children_parent_pid(ctx)
 
         def make_args(worker_id: int) -> tuple[Any, ...]:
             return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url, parent_pid)
@@ -709,7 +718,7 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             args=(
                 algorithm, store, stop_evt, gate, runners_done, self.server_host, self.server_port,
                 self.managed_store, self.graceful_timeout, self.terminate_timeout,
-                os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None,  # a forkserver's child: its own
+                _children_parent_pid(ctx),
             ),
             name="algorithm",
         )  # fmt: skip

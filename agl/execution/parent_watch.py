@@ -2,9 +2,9 @@
 
 A runner process started by a strategy has no one to report to once its parent has died: the store server lived
 in the parent (or the parent supervised it), so it would retry a dead address forever. Likewise the algorithm
-process started by a runner in the main process (`main_process="runner"`) would wait for rollouts nobody runs. The watch polls
-`os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a subreaper) on Linux
-and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
+process started by a runner in the main process (`main_process="runner"`) would wait for rollouts nobody runs. The
+watch polls `os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a
+subreaper) on Linux and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
 """
 
 from __future__ import annotations
