@@ -305,27 +305,6 @@ _CLAIMER = textwrap.dedent(
 )
 
 
-async def test_a_dequeue_after_ones_own_enqueue_never_finds_the_queue_empty(postgres_dsn: str) -> None:
-    """Eight callers each enqueue then dequeue, over and over: at every dequeue at least one rollout waits that no
-    one else is claiming (each caller enqueued before it dequeues), so none may come back empty-handed, and no
-    rollout is claimed twice."""
-    store = open_store(postgres_dsn)
-    try:
-        claimed: list[str | None] = []
-
-        async def caller(index: int) -> None:
-            for _ in range(25):
-                await store.enqueue_rollout(input=index)
-                attempted = await store.dequeue_rollout(worker_id=f"w{index}")
-                claimed.append(attempted.rollout_id if attempted is not None else None)
-
-        await asyncio.gather(*(caller(i) for i in range(8)))
-        assert claimed.count(None) == 0
-        assert len(set(claimed)) == 200  # and each rollout was claimed once
-    finally:
-        await store.close()
-
-
 async def test_processes_claiming_together_take_each_rollout_once_and_number_spans_uniquely(postgres_dsn: str) -> None:
     store = open_store(postgres_dsn)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from agl.store.base import UNSET, LightningStore
@@ -263,6 +265,24 @@ async def test_dequeue_claims_requeuing_rollout_with_next_attempt(store: Lightni
     assert claimed is not None and claimed.rollout_id == rollout.rollout_id
     assert claimed.attempt.sequence_id == 2
     assert claimed.status == "preparing"
+
+
+async def test_a_dequeue_after_ones_own_enqueue_never_finds_the_queue_empty(store: LightningStore) -> None:
+    """Eight callers each enqueue then dequeue, over and over: at every dequeue at least one rollout waits that no
+    one else is claiming (each caller enqueued before it dequeues), so none may come back empty-handed, and no
+    rollout is claimed twice. (PostgreSQL once failed this: a claim's snapshot could miss a row committed during
+    it.)"""
+    claimed: list[str | None] = []
+
+    async def caller(index: int) -> None:
+        for _ in range(25):
+            await store.enqueue_rollout(input=index)
+            attempted = await store.dequeue_rollout(worker_id=f"w{index}")
+            claimed.append(attempted.rollout_id if attempted is not None else None)
+
+    await asyncio.gather(*(caller(i) for i in range(8)))
+    assert claimed.count(None) == 0
+    assert len(set(claimed)) == 200  # and each rollout was claimed once
 
 
 # -- dequeue_many -----------------------------------------------------------------------------------------------
