@@ -35,7 +35,7 @@ from agl.execution._loop import StopWatch, run_bundle
 from agl.execution.base import AlgorithmBundle, ExecutionStrategy, RunnerBundle, resolve_managed_store_flag
 from agl.execution.drain import DRAINING_STATUS, DrainWatcher, in_flight_rollouts, probe_status, request_drain
 from agl.execution.events import ExecutionEvent, MultiprocessingEvent
-from agl.execution.parent_watch import watch_parent
+from agl.execution.parent_watch import ParentWatch, watch_parent
 from agl.execution.supervisor import ProcessRecord, ProcessSupervisor, describe_process, stop_processes
 
 if TYPE_CHECKING:
@@ -259,8 +259,9 @@ def _algorithm_process_main(
     soon after that process (`parent_pid`) dies: nothing would be left to run its rollouts or to stop it."""
     code = 0
     server: LightningStoreServer | None = None
+    parent: ParentWatch | None = None
     try:
-        watch_parent("algorithm", parent_pid)
+        parent = watch_parent("algorithm", parent_pid)
         if managed:
             from agl.store.server import LightningStoreServer
 
@@ -287,7 +288,7 @@ def _algorithm_process_main(
                 # Keep serving until the runner (in the main process) has finished its last rollout, unless that
                 # process is gone.
                 def runner_alive() -> bool:
-                    return parent_pid is None or os.getppid() == parent_pid
+                    return parent is None or parent.parent_alive()
 
                 deadline = time.monotonic() + graceful_timeout + terminate_timeout
                 while not runners_done.wait(0.1) and time.monotonic() < deadline and runner_alive():

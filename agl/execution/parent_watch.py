@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
-__all__ = ["ORPHANED_EXIT_CODE", "watch_parent"]
+__all__ = ["ORPHANED_EXIT_CODE", "ParentWatch", "watch_parent"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,22 @@ def _flush() -> None:
         pass
 
 
-def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, grace: float = 3.0) -> threading.Thread:
-    """Start a daemon thread that stops this process once its parent has died.
+@dataclass(frozen=True)
+class ParentWatch:
+    """A running watch of this process's parent, started by `watch_parent`."""
+
+    parent_pid: int
+    """The pid of the parent watched: while it lives, it is this process's parent."""
+    thread: threading.Thread
+    """The daemon thread that stops this process once the parent has died."""
+
+    def parent_alive(self) -> bool:
+        """Whether the watched parent is still this process's parent (False once it has died)."""
+        return os.getppid() == self.parent_pid
+
+
+def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, grace: float = 3.0) -> ParentWatch:
+    """Start a daemon thread that stops this process once its parent has died, and return the watch.
 
     The stop is that of Ctrl+C (SIGINT to the main thread, so the work is cancelled and cleaned up); if the process
     is still alive `grace` seconds later, it exits at once with `ORPHANED_EXIT_CODE`.
@@ -53,7 +68,7 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
     main = threading.main_thread().ident or 0
 
     def watch() -> None:
-        while os.getppid() == expected:
+        while parent.parent_alive():
             time.sleep(poll)
         logger.error(
             "%s (pid %d): the process that started it (pid %d) has ended, killed or crashed; stopping, as nothing "
@@ -77,6 +92,6 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
         _flush()
         os._exit(ORPHANED_EXIT_CODE)
 
-    thread = threading.Thread(target=watch, name="agl-parent-watch", daemon=True)
-    thread.start()
-    return thread
+    parent = ParentWatch(expected, threading.Thread(target=watch, name="agl-parent-watch", daemon=True))
+    parent.thread.start()
+    return parent
