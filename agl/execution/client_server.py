@@ -190,8 +190,7 @@ def _start_runner_metrics(metrics_port: int | None, worker_id: int) -> RunnerMet
 
 def _children_parent_pid(ctx: BaseContext) -> int | None:
     """The parent pid a child started through `ctx` sees while this process lives: this process's, except that a
-    forkserver child's parent is the fork server (which ends with this process), so None lets the child take its own
-    parent at start."""
+    forkserver child's parent is the fork server, so None lets the child find the process that started it."""
     return os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None
 
 

@@ -5,11 +5,16 @@ in the parent (or the parent supervised it), so it would retry a dead address fo
 process started by a runner in the main process (`main_process="runner"`) would wait for rollouts nobody runs. The
 watch polls `os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a
 subreaper) on Linux and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
+
+A child started through multiprocessing's fork server (`forkserver`, the default start method on Linux from Python
+3.14) is the fork server's child, and the fork server outlives the process that asked for the child as long as any
+child it made lives. There the watch asks whether the process that started the child still exists instead.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -42,13 +47,35 @@ class ParentWatch:
     """A running watch of this process's parent, started by `watch_parent`."""
 
     parent_pid: int
-    """The pid of the parent watched: while it lives, it is this process's parent."""
+    """The pid of the process that started this one."""
     thread: threading.Thread
     """The daemon thread that stops this process once the parent has died."""
+    through_fork_server: bool = False
+    """Whether this process was started through a fork server (so its parent in the process tree is the server)."""
 
     def parent_alive(self) -> bool:
-        """Whether the watched parent is still this process's parent (False once it has died)."""
+        """Whether the process that started this one is still alive."""
+        if self.through_fork_server:
+            return _exists(self.parent_pid)
         return os.getppid() == self.parent_pid
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _starter() -> tuple[int, bool]:
+    """The pid of the process that started this one, and whether that was through a fork server."""
+    starter = multiprocessing.parent_process()
+    if starter is not None and starter.pid is not None and starter.pid != os.getppid():
+        return starter.pid, True
+    return os.getppid(), False
 
 
 def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, grace: float = 3.0) -> ParentWatch:
@@ -60,11 +87,12 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
     Args:
         name: how log lines name this process (e.g. `runner-0`).
         parent_pid: the pid of the process that started this one, when known; it also catches a parent that died
-            before the watch started. None takes the parent at the time of the call.
+            before the watch started. None takes the process that started this one (multiprocessing's parent
+            process, also through a fork server), else the parent at the time of the call.
         poll: seconds between checks.
         grace: seconds between the interrupt and the hard exit.
     """
-    expected = os.getppid() if parent_pid is None else parent_pid
+    expected, through_fork_server = _starter() if parent_pid is None else (parent_pid, False)
     main = threading.main_thread().ident or 0
 
     def watch() -> None:
@@ -92,6 +120,7 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
         _flush()
         os._exit(ORPHANED_EXIT_CODE)
 
-    parent = ParentWatch(expected, threading.Thread(target=watch, name="agl-parent-watch", daemon=True))
+    thread = threading.Thread(target=watch, name="agl-parent-watch", daemon=True)
+    parent = ParentWatch(expected, thread, through_fork_server)
     parent.thread.start()
     return parent

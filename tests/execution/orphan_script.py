@@ -1,12 +1,14 @@
 """A `cs` run with two runner processes that the test kills with SIGKILL once the runners are at work.
 
-`fork` / `spawn` (the start method): a training with a real agent; the algorithm (in this process, which also
-serves the store) runs four rollouts. `stuck`: runners that swallow cancellation, as a stuck agent would. Then the
+`fork` / `spawn` / `forkserver` (the start method): a training with a real agent; the algorithm (in this process,
+which also serves the store) runs four rollouts. `stuck`: runners that swallow cancellation, as a stuck agent would. Then the
 algorithm prints `RUNNERS <pid> <pid>` and waits to be killed. `runner-main`: the other way round
 (`main_process="runner"`): this process runs the one runner, and the algorithm process it starts serves the store,
-runs four rollouts, prints `RUNNERS <its own pid>` (the process that must end) and waits.
+runs four rollouts, prints `RUNNERS <its own pid>` (the process that must end) and waits;
+`runner-main-forkserver`: the same, started through a fork server (so the algorithm process's parent in the process
+tree is the fork server, which outlives this process).
 
-Usage: python -m tests.execution.orphan_script {fork|spawn|stuck|runner-main}
+Usage: python -m tests.execution.orphan_script {fork|spawn|forkserver|stuck|runner-main|runner-main-forkserver}
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ async def algorithm_waits_for_stuck_runners(store: LightningStore, event: Execut
 
 def main() -> int:
     mode = sys.argv[1]
-    if mode == "runner-main":
+    if mode.startswith("runner-main"):
         strategy = ClientServerExecutionStrategy(
-            server_host="127.0.0.1", server_port=0, n_runners=1, main_process="runner", metrics=False
+            server_host="127.0.0.1",
+            server_port=0,
+            n_runners=1,
+            main_process="runner",
+            start_method="forkserver" if mode == "runner-main-forkserver" else None,
+            metrics=False,
         )
         Trainer(strategy=strategy, algorithm=RunThenWait()).fit(Doubler())
         return 0

@@ -57,11 +57,13 @@ def _line_starting(stream: IO[str], prefix: str, timeout: float) -> str:
         seen.append(line)
 
 
-@pytest.mark.parametrize("mode", ["fork", "spawn", "stuck", "runner-main"])
+@pytest.mark.parametrize("mode", ["fork", "spawn", "forkserver", "stuck", "runner-main", "runner-main-forkserver"])
 def test_runners_end_soon_after_the_algorithm_process_is_killed(mode: str) -> None:
-    """`fork`/`spawn`: a training's runners (real agent) stop as on Ctrl+C; `stuck`: runners that swallow the
-    cancellation are ended 3 s later; `runner-main`: with the runner in the main process, the algorithm process
-    (serving the store) stops when the runner is killed."""
+    """`fork`/`spawn`/`forkserver`: a training's runners (real agent) stop as on Ctrl+C; `stuck`: runners that
+    swallow the cancellation are ended 3 s later; `runner-main`: with the runner in the main process, the algorithm
+    process (serving the store) stops when the runner is killed, without waiting in its drain for the runner's last
+    rollout. Through a fork server (`forkserver`, `runner-main-forkserver`), whose children keep it alive, the
+    children's parent in the process tree is not the process killed."""
     parent = subprocess.Popen(
         [sys.executable, "-m", "tests.execution.orphan_script", mode],
         cwd=ROOT,
@@ -74,7 +76,7 @@ def test_runners_end_soon_after_the_algorithm_process_is_killed(mode: str) -> No
         assert parent.stdout is not None and parent.stderr is not None
         line = _line_starting(parent.stdout, "RUNNERS ", timeout=60)
         runners = [psutil.Process(int(pid)) for pid in line.split()[1:]]
-        assert len(runners) == (1 if mode == "runner-main" else 2)
+        assert len(runners) == (1 if mode.startswith("runner-main") else 2)
         family = psutil.Process(parent.pid).children(recursive=True)  # killed in `finally` whatever happens
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
