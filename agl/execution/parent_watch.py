@@ -8,7 +8,8 @@ subreaper) on Linux and macOS alike, without relying on Linux-only `prctl(PR_SET
 
 A child started through multiprocessing's fork server (`forkserver`, the default start method on Linux from Python
 3.14) is the fork server's child, and the fork server outlives the process that asked for the child as long as any
-child it made lives. There the watch asks whether the process that started the child still exists instead.
+child it made lives. There the watch asks whether the process that started the child still exists instead (a
+process that died counts as existing until its own parent has reaped it, as shells and supervisors do at once).
 """
 
 from __future__ import annotations
