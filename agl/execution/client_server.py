@@ -188,12 +188,6 @@ def _start_runner_metrics(metrics_port: int | None, worker_id: int) -> RunnerMet
     return None
 
 
-def _children_parent_pid(ctx: BaseContext) -> int | None:
-    """The parent pid a child started through `ctx` sees while this process lives: this process's, except that a
-    forkserver child's parent is the fork server, so None lets the child find the process that started it."""
-    return os.getpid() if ctx.get_start_method() in ("fork", "spawn") else None
-
-
 def _runner_process_main(
     runner: RunnerBundle,
     store: LightningStore | None,
@@ -205,15 +199,14 @@ def _runner_process_main(
     cleanup_timeout: float,
     metrics_port: int | None = None,
     store_url: str | None = None,
-    parent_pid: int | None = None,
 ) -> None:
     """Entry point of a runner process (module level, so it pickles for `spawn`); `store_url` (the servers, separated
-    by commas) replaces `host`/`port` when given. The process stops soon after its parent (`parent_pid`, None: the
-    parent it starts with) dies, instead of retrying a store that went with it."""
+    by commas) replaces `host`/`port` when given. The process stops soon after the process that started it dies,
+    instead of retrying a store that went with it."""
     name = multiprocessing.current_process().name
     code = 0
     try:
-        watch_parent(name, parent_pid)
+        watch_parent(name)
         address: str | None = None
         if store is None:
             if gate is not None:
@@ -252,15 +245,14 @@ def _algorithm_process_main(
     managed: bool,
     graceful_timeout: float,
     terminate_timeout: float,
-    parent_pid: int | None = None,
 ) -> None:
     """Entry point of the algorithm process when the runner is the main process (`main_process="runner"`). It stops
-    soon after that process (`parent_pid`) dies: nothing would be left to run its rollouts or to stop it."""
+    soon after that process dies: nothing would be left to run its rollouts or to stop it."""
     code = 0
     server: LightningStoreServer | None = None
     parent: ParentWatch | None = None
     try:
-        parent = watch_parent("algorithm", parent_pid)
+        parent = watch_parent("algorithm")
         if managed:
             from agl.store.server import LightningStoreServer
 
@@ -517,10 +509,9 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
 
         metrics_port = self.metrics_port
         store_url = ",".join(self.store_urls) or None
-        parent_pid = _children_parent_pid(ctx)
 
         def make_args(worker_id: int) -> tuple[Any, ...]:
-            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url, parent_pid)
+            return (runner, store, worker_id, stop_evt, gate, host, port, cleanup, metrics_port, store_url)
 
         return ProcessSupervisor(
             ctx,
@@ -718,7 +709,6 @@ class ClientServerExecutionStrategy(ExecutionStrategy):
             args=(
                 algorithm, store, stop_evt, gate, runners_done, self.server_host, self.server_port,
                 self.managed_store, self.graceful_timeout, self.terminate_timeout,
-                _children_parent_pid(ctx),
             ),
             name="algorithm",
         )  # fmt: skip

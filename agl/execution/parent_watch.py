@@ -6,10 +6,11 @@ process started by a runner in the main process (`main_process="runner"`) would 
 watch polls `os.getppid()`, which changes when the parent dies and the child is re-parented (to init or a
 subreaper) on Linux and macOS alike, without relying on Linux-only `prctl(PR_SET_PDEATHSIG)`.
 
+The process watched is the one that started this one: multiprocessing's parent process, for every start method.
 A child started through multiprocessing's fork server (`forkserver`, the default start method on Linux from Python
 3.14) is the fork server's child, and the fork server outlives the process that asked for the child as long as any
-child it made lives. There the watch asks whether the process that started the child still exists instead (a
-process that died counts as existing until its own parent has reaped it, as shells and supervisors do at once).
+child it made lives; a starter that is not (or no longer) this process's parent is watched by its existence instead
+(a process that died counts as existing until its own parent has reaped it, as shells and supervisors do at once).
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ class ParentWatch:
     """The pid of the process that started this one."""
     thread: threading.Thread
     """The daemon thread that stops this process once the parent has died."""
-    through_fork_server: bool = False
-    """Whether this process was started through a fork server (so its parent in the process tree is the server)."""
+    by_existence: bool = False
+    """Whether the parent is watched by its existence, not as this process's parent in the process tree (a fork
+    server stands between them, or the parent had died already when the watch began)."""
 
     def parent_alive(self) -> bool:
         """Whether the process that started this one is still alive."""
-        if self.through_fork_server:
+        if self.by_existence:
             return _exists(self.parent_pid)
         return os.getppid() == self.parent_pid
 
@@ -72,7 +74,8 @@ def _exists(pid: int) -> bool:
 
 
 def _starter() -> tuple[int, bool]:
-    """The pid of the process that started this one, and whether that was through a fork server."""
+    """The pid of the process that started this one, and whether it is to be watched by its existence (it is not
+    this process's parent in the process tree)."""
     starter = multiprocessing.parent_process()
     if starter is not None and starter.pid is not None and starter.pid != os.getppid():
         return starter.pid, True
@@ -87,13 +90,13 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
 
     Args:
         name: how log lines name this process (e.g. `runner-0`).
-        parent_pid: the pid of the process that started this one, when known; it also catches a parent that died
-            before the watch started. None takes the process that started this one (multiprocessing's parent
-            process, also through a fork server), else the parent at the time of the call.
+        parent_pid: the pid of this process's parent, when known otherwise. None takes the process that started
+            this one: multiprocessing's parent process (which also catches one that died before the watch began),
+            else the parent at the time of the call.
         poll: seconds between checks.
         grace: seconds between the interrupt and the hard exit.
     """
-    expected, through_fork_server = _starter() if parent_pid is None else (parent_pid, False)
+    expected, by_existence = _starter() if parent_pid is None else (parent_pid, False)
     main = threading.main_thread().ident or 0
 
     def watch() -> None:
@@ -122,6 +125,6 @@ def watch_parent(name: str, parent_pid: int | None = None, poll: float = 0.5, gr
         os._exit(ORPHANED_EXIT_CODE)
 
     thread = threading.Thread(target=watch, name="agl-parent-watch", daemon=True)
-    parent = ParentWatch(expected, thread, through_fork_server)
+    parent = ParentWatch(expected, thread, by_existence)
     parent.thread.start()
     return parent

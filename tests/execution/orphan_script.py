@@ -1,8 +1,8 @@
 """A `cs` run with two runner processes that the test kills with SIGKILL once the runners are at work.
 
 `fork` / `spawn` / `forkserver` (the start method): a training with a real agent; the algorithm (in this process,
-which also serves the store) runs four rollouts. `stuck`: runners that swallow cancellation, as a stuck agent would. Then the
-algorithm prints `RUNNERS <pid> <pid>` and waits to be killed. `runner-main`: the other way round
+which also serves the store) runs four rollouts. `stuck`: runners that swallow cancellation, as a stuck agent would.
+Then the algorithm prints `RUNNERS <pid> <pid>` and waits to be killed. `runner-main`: the other way round
 (`main_process="runner"`): this process runs the one runner, and the algorithm process it starts serves the store,
 runs four rollouts, prints `RUNNERS <its own pid>` (the process that must end) and waits;
 `runner-main-forkserver`: the same, started through a fork server (so the algorithm process's parent in the process
